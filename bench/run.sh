@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make bench`: benchmarks side by side with their baselines, in one run, on a private cluster.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT=${BENCH_PGPORT:-54349}
+DATA=${BENCH_PGDATA:-/tmp/pg_entitlements-bench}
+RUNS=${BENCH_RUNS:-7}
+BASE_RUNS=${BENCH_BASE_RUNS:-3}
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
+
+scripts/cluster.sh stop "$DATA"
+rm -rf "$DATA"
+trap 'scripts/cluster.sh stop "$DATA"' EXIT
+scripts/cluster.sh start "$DATA" "$PORT"
+"${PSQL[@]}" -d postgres -c "create database bench"
+"${PSQL[@]}" -d bench -c "create extension pg_entitlements" \
+    -c "select entitlements.apply_catalog(\$json\$$(cat examples/catalog.json)\$json\$) is not null" >/dev/null
+"${PSQL[@]}" -d bench -f bench/has_feature/setup.sql >/dev/null
+"${PSQL[@]}" -d bench -f bench/has_feature/baseline.sql >/dev/null
+"${PSQL[@]}" -d bench -f bench/has_feature/rls.sql >/dev/null
+
+echo "== has_feature: identical answers"
+diff=$("${PSQL[@]}" -d bench -At -c "
+    select count(*) from (select bench.cid(i) c from generate_series(1, 1000) i
+                          union all select bench.cid(9000 + o) from generate_series(1, 50) o) x,
+                         unnest(array['advanced_agents', 'sso']) f
+     where entitlements.has_feature(x.c, f) is distinct from bench.has_feature_plpgsql(x.c, f)")
+echo "customers x features where the extension and the PL/pgSQL baseline disagree: $diff"
+[ "$diff" = 0 ] || { echo "FAIL: answers differ" >&2; exit 1; }
+
+# Median wall time (ms) of a query run N times in one session as bench_reader, after one warm-up.
+median_ms() {
+    local query=$1 n=$2
+    { echo "set role bench_reader;"; echo "$query;"; echo "\\timing on"; for _ in $(seq "$n"); do echo "$query;"; done; } |
+        "${PSQL[@]}" -d bench -At | awk '/^Time:/ {print $2}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+rows() { "${PSQL[@]}" -d bench -At -c "set role bench_reader" -c "select count(*) from bench.$1"; }
+
+echo "== has_feature per row from an RLS policy, 200,000 rows, 1,000 customers"
+n_ext=$(rows docs_ext); n_base=$(rows docs_plpgsql)
+echo "rows visible: extension $n_ext, baseline $n_base"
+[ "$n_ext" = "$n_base" ] || { echo "FAIL: visible rows differ" >&2; exit 1; }
+open_ms=$(median_ms "select count(*) from bench.docs_open" "$RUNS")
+ext_ms=$(median_ms "select count(*) from bench.docs_ext" "$RUNS")
+base_ms=$(median_ms "select count(*) from bench.docs_plpgsql" "$BASE_RUNS")
+awk -v o="$open_ms" -v e="$ext_ms" -v b="$base_ms" 'BEGIN {
+    r = 200000
+    printf "%-34s %10s %14s %16s\n", "policy", "median ms", "us/row (all)", "us/row (net)"
+    printf "%-34s %10.1f %14.3f %16s\n", "using (true)  [scan only]", o, o * 1000 / r, "-"
+    printf "%-34s %10.1f %14.3f %16.3f\n", "entitlements.has_feature", e, e * 1000 / r, (e - o) * 1000 / r
+    printf "%-34s %10.1f %14.3f %16.3f\n", "PL/pgSQL baseline", b, b * 1000 / r, (b - o) * 1000 / r
+    printf "ratio (baseline / extension): %.0fx per row overall, %.0fx net of the scan\n", b / e, (b - o) / (e - o)
+}'

@@ -1,0 +1,403 @@
+//! The catalog document: validation and normalization.
+//!
+//! `entitlements.apply_catalog` (sql/catalog.sql) calls `_normalize_catalog` first, so a
+//! malformed document is refused before anything is written, with an error that names
+//! the JSON path of the bad entry. The normalized per-feature spec is what
+//! `plan_entitlements.spec` stores and what the resolver (resolve.rs) reads back.
+
+use crate::error::{Error, OrRaise, Result};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashSet};
+
+pub const KINDS: [&str; 5] = ["flag", "limit", "metered", "concurrency", "config"];
+pub const PERIODS: [&str; 4] = ["day", "month", "billing_period", "lifetime"];
+pub const OVERAGES: [&str; 3] = ["block", "allow", "bill"];
+const INTERVALS: [&str; 5] = ["day", "week", "month", "year", "once"];
+
+/// `resources` (CPU, memory, storage, users for the provisioner) is a config feature
+/// every catalog may use without declaring it.
+pub const IMPLICIT_RESOURCES: &str = "resources";
+
+fn bad(path: &str, what: impl std::fmt::Display) -> Error {
+    Error::invalid_with_hint(
+        format!("invalid catalog at {path}: {what}"),
+        "see the catalog format in README.md (features: key, kind, unit; plans: key, name, price_cents, ..., entitlements)",
+    )
+}
+
+fn is_key(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+fn check_fields(path: &str, obj: &Map<String, Value>, allowed: &[&str]) -> Result<()> {
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(bad(path, format!("unknown field \"{k}\" (allowed: {})", allowed.join(", "))));
+        }
+    }
+    Ok(())
+}
+
+fn as_object<'a>(path: &str, v: &'a Value) -> Result<&'a Map<String, Value>> {
+    v.as_object().ok_or_else(|| bad(path, "expected an object"))
+}
+
+fn key_field(path: &str, obj: &Map<String, Value>) -> Result<String> {
+    match obj.get("key") {
+        Some(Value::String(s)) if is_key(s) => Ok(s.clone()),
+        Some(Value::String(s)) => Err(bad(
+            &format!("{path}.key"),
+            format!("\"{s}\" is not a valid key (lowercase letters, digits and _, starting with a letter)"),
+        )),
+        _ => Err(bad(&format!("{path}.key"), "a string key is required")),
+    }
+}
+
+fn opt_bool(path: &str, obj: &Map<String, Value>, field: &str, default: bool) -> Result<bool> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(bad(&format!("{path}.{field}"), "expected true or false")),
+    }
+}
+
+fn opt_nonneg_int(path: &str, obj: &Map<String, Value>, field: &str, default: i64) -> Result<i64> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_i64() {
+            Some(n) if n >= 0 && n <= i32::MAX as i64 => Ok(n),
+            _ => Err(bad(&format!("{path}.{field}"), "expected a non-negative integer")),
+        },
+    }
+}
+
+/// A limit: a non-negative number, or null for unlimited.
+fn limit_value(path: &str, v: &Value) -> Result<Value> {
+    match v {
+        Value::Null => Ok(Value::Null),
+        Value::Number(n) if n.as_f64().is_some_and(|f| f >= 0.0 && f.is_finite()) => Ok(v.clone()),
+        _ => Err(bad(path, "expected a non-negative number, or null for unlimited")),
+    }
+}
+
+fn normalize_meter(path: &str, v: &Value) -> Result<Value> {
+    let obj = match v {
+        Value::Object(o) => o,
+        // A bare number is a monthly quota.
+        Value::Number(_) | Value::Null => return Ok(json!({"period": "month", "limit": limit_value(path, v)?, "overage": "block"})),
+        _ => return Err(bad(path, "expected {\"limit\": n, \"period\": ...} or a number")),
+    };
+    check_fields(path, obj, &["limit", "period", "overage", "unit_price_cents"])?;
+    let limit = limit_value(&format!("{path}.limit"), obj.get("limit").unwrap_or(&Value::Null))?;
+    let period = match obj.get("period") {
+        None | Some(Value::Null) => "month",
+        Some(Value::String(p)) if PERIODS.contains(&p.as_str()) => p.as_str(),
+        Some(_) => return Err(bad(&format!("{path}.period"), format!("expected one of {}", PERIODS.join(", ")))),
+    };
+    let overage = match obj.get("overage") {
+        None | Some(Value::Null) => "block",
+        Some(Value::String(o)) if OVERAGES.contains(&o.as_str()) => o.as_str(),
+        Some(_) => return Err(bad(&format!("{path}.overage"), format!("expected one of {}", OVERAGES.join(", ")))),
+    };
+    let mut out = json!({"period": period, "limit": limit, "overage": overage});
+    match obj.get("unit_price_cents") {
+        None | Some(Value::Null) if overage == "bill" => {
+            return Err(bad(&format!("{path}.unit_price_cents"), "overage \"bill\" needs a unit price"))
+        }
+        None | Some(Value::Null) => {}
+        Some(p) => {
+            if !p.as_f64().is_some_and(|f| f >= 0.0 && f.is_finite()) {
+                return Err(bad(&format!("{path}.unit_price_cents"), "expected a non-negative number"));
+            }
+            out["unit_price_cents"] = p.clone();
+        }
+    }
+    Ok(out)
+}
+
+/// Normalize one plan's value for one feature to its stored spec.
+pub fn normalize_spec(path: &str, kind: &str, v: &Value) -> Result<Value> {
+    match kind {
+        "flag" => match v {
+            Value::Bool(b) => Ok(json!({"enabled": b})),
+            Value::Object(o) => {
+                check_fields(path, o, &["enabled"])?;
+                Ok(json!({"enabled": opt_bool(path, o, "enabled", false)?}))
+            }
+            _ => Err(bad(path, "a flag takes true or false")),
+        },
+        "limit" => match v {
+            Value::Object(o) => {
+                check_fields(path, o, &["limit", "per_unit"])?;
+                let limit = limit_value(&format!("{path}.limit"), o.get("limit").unwrap_or(&Value::Null))?;
+                Ok(json!({"limit": limit, "per_unit": opt_bool(path, o, "per_unit", false)?}))
+            }
+            _ => Ok(json!({"limit": limit_value(path, v)?, "per_unit": false})),
+        },
+        "concurrency" => match v {
+            Value::Object(o) => {
+                check_fields(path, o, &["limit"])?;
+                Ok(json!({"limit": limit_value(&format!("{path}.limit"), o.get("limit").unwrap_or(&Value::Null))?}))
+            }
+            _ => Ok(json!({"limit": limit_value(path, v)?})),
+        },
+        "metered" => {
+            let items: Vec<Value> = match v {
+                Value::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| normalize_meter(&format!("{path}[{i}]"), m))
+                    .collect::<Result<_>>()?,
+                _ => vec![normalize_meter(path, v)?],
+            };
+            let mut seen = HashSet::new();
+            for (i, m) in items.iter().enumerate() {
+                let p = m["period"].as_str().unwrap_or_default().to_owned();
+                if !seen.insert(p.clone()) {
+                    return Err(bad(&format!("{path}[{i}].period"), format!("period \"{p}\" appears twice")));
+                }
+            }
+            Ok(json!({"limits": items}))
+        }
+        "config" => {
+            if v.is_null() {
+                return Err(bad(path, "a config value cannot be null (leave the feature out instead)"));
+            }
+            Ok(json!({"value": v}))
+        }
+        other => Err(bad(path, format!("unknown kind \"{other}\""))),
+    }
+}
+
+fn normalize_resources(path: &str, v: &Value) -> Result<()> {
+    let o = as_object(path, v)?;
+    check_fields(path, o, &["cpu", "memory", "storage", "users"])?;
+    for f in ["cpu", "memory", "storage"] {
+        if let Some(x) = o.get(f) {
+            if !x.is_string() {
+                return Err(bad(&format!("{path}.{f}"), "expected a Kubernetes quantity string such as \"4\" or \"8Gi\""));
+            }
+        }
+    }
+    if let Some(u) = o.get("users") {
+        if !u.as_i64().is_some_and(|n| n >= 0) {
+            return Err(bad(&format!("{path}.users"), "expected a non-negative integer"));
+        }
+    }
+    Ok(())
+}
+
+/// Validate and normalize a whole catalog document. `existing` maps feature keys already
+/// in the database to their kinds, so a document may reference them without redeclaring.
+pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
+    let root = as_object("$", doc)?;
+    check_fields("$", root, &["features", "plans"])?;
+
+    let mut kinds: BTreeMap<String, String> = existing
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect();
+    let mut features = Vec::new();
+    let mut declared = HashSet::new();
+    let empty = Vec::new();
+    let feature_docs = match root.get("features") {
+        None => &empty,
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad("$.features", "expected an array")),
+    };
+    for (i, f) in feature_docs.iter().enumerate() {
+        let path = format!("$.features[{i}]");
+        let o = as_object(&path, f)?;
+        check_fields(&path, o, &["key", "kind", "unit", "description"])?;
+        let key = key_field(&path, o)?;
+        if !declared.insert(key.clone()) {
+            return Err(bad(&path, format!("feature \"{key}\" is declared twice")));
+        }
+        let kind = match o.get("kind") {
+            Some(Value::String(k)) if KINDS.contains(&k.as_str()) => k.clone(),
+            _ => return Err(bad(&format!("{path}.kind"), format!("expected one of {}", KINDS.join(", ")))),
+        };
+        let unit = match o.get("unit") {
+            None | Some(Value::Null) => Value::Null,
+            Some(Value::String(s)) => Value::String(s.clone()),
+            Some(_) => return Err(bad(&format!("{path}.unit"), "expected a string")),
+        };
+        kinds.insert(key.clone(), kind.clone());
+        features.push(json!({"key": key, "kind": kind, "unit": unit}));
+    }
+
+    let plan_docs = match root.get("plans") {
+        None => &empty,
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad("$.plans", "expected an array")),
+    };
+    let mut plans = Vec::new();
+    let mut plan_keys = HashSet::new();
+    let mut price_ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut default_plan: Option<String> = None;
+    let mut uses_resources = false;
+    for (i, p) in plan_docs.iter().enumerate() {
+        let path = format!("$.plans[{i}]");
+        let o = as_object(&path, p)?;
+        check_fields(
+            &path,
+            o,
+            &[
+                "key", "name", "description", "price_cents", "currency", "interval", "default", "public",
+                "trial_days", "grace_days", "stripe_price_ids", "metadata", "entitlements",
+            ],
+        )?;
+        let key = key_field(&path, o)?;
+        if !plan_keys.insert(key.clone()) {
+            return Err(bad(&path, format!("plan \"{key}\" appears twice")));
+        }
+        let name = match o.get("name") {
+            None | Some(Value::Null) => key.clone(),
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(_) => return Err(bad(&format!("{path}.name"), "expected a non-empty string")),
+        };
+        let description = match o.get("description") {
+            None | Some(Value::Null) => Value::Null,
+            Some(Value::String(s)) => Value::String(s.clone()),
+            Some(_) => return Err(bad(&format!("{path}.description"), "expected a string")),
+        };
+        let price_cents = opt_nonneg_int(&path, o, "price_cents", 0)?;
+        let currency = match o.get("currency") {
+            None | Some(Value::Null) => "usd".to_owned(),
+            Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => c.to_ascii_lowercase(),
+            Some(_) => return Err(bad(&format!("{path}.currency"), "expected a 3-letter ISO currency code")),
+        };
+        let interval = match o.get("interval") {
+            None | Some(Value::Null) => "month",
+            Some(Value::String(s)) if INTERVALS.contains(&s.as_str()) => s.as_str(),
+            Some(_) => return Err(bad(&format!("{path}.interval"), format!("expected one of {}", INTERVALS.join(", ")))),
+        };
+        let is_default = opt_bool(&path, o, "default", false)?;
+        if is_default {
+            if let Some(other) = &default_plan {
+                return Err(bad(&format!("{path}.default"), format!("plan \"{other}\" is already the default; only one plan can be")));
+            }
+            default_plan = Some(key.clone());
+        }
+        let mut stripe = Vec::new();
+        match o.get("stripe_price_ids") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) => {
+                for (j, id) in a.iter().enumerate() {
+                    let ipath = format!("{path}.stripe_price_ids[{j}]");
+                    let s = id.as_str().filter(|s| !s.is_empty()).ok_or_else(|| bad(&ipath, "expected a Stripe price id"))?;
+                    if let Some(owner) = price_ids.insert(s.to_owned(), key.clone()) {
+                        return Err(bad(&ipath, format!("price \"{s}\" already maps to plan \"{owner}\"")));
+                    }
+                    stripe.push(Value::String(s.to_owned()));
+                }
+            }
+            Some(_) => return Err(bad(&format!("{path}.stripe_price_ids"), "expected an array of strings")),
+        }
+        let metadata = match o.get("metadata") {
+            None | Some(Value::Null) => json!({}),
+            Some(m @ Value::Object(_)) => m.clone(),
+            Some(_) => return Err(bad(&format!("{path}.metadata"), "expected an object")),
+        };
+        let mut ents = Map::new();
+        if let Some(e) = o.get("entitlements") {
+            let epath = format!("{path}.entitlements");
+            for (fkey, fval) in as_object(&epath, e)? {
+                let fpath = format!("{epath}.{fkey}");
+                let kind = match kinds.get(fkey) {
+                    Some(k) => k.clone(),
+                    None if fkey == IMPLICIT_RESOURCES => {
+                        normalize_resources(&fpath, fval)?;
+                        uses_resources = true;
+                        "config".to_owned()
+                    }
+                    None => {
+                        return Err(Error::invalid_with_hint(
+                            format!("invalid catalog at {fpath}: unknown feature \"{fkey}\""),
+                            "declare it in \"features\" with its kind",
+                        ))
+                    }
+                };
+                ents.insert(fkey.clone(), normalize_spec(&fpath, &kind, fval)?);
+            }
+        }
+        plans.push(json!({
+            "key": key, "name": name, "description": description, "price_cents": price_cents,
+            "currency": currency, "interval": interval, "is_default": is_default,
+            "public": opt_bool(&path, o, "public", false)?,
+            "trial_days": opt_nonneg_int(&path, o, "trial_days", 0)?,
+            "grace_days": opt_nonneg_int(&path, o, "grace_days", 7)?,
+            "position": i, "stripe_price_ids": stripe, "metadata": metadata, "entitlements": ents,
+        }));
+    }
+    if uses_resources && !kinds.contains_key(IMPLICIT_RESOURCES) {
+        features.push(json!({"key": IMPLICIT_RESOURCES, "kind": "config", "unit": null}));
+    }
+    Ok(json!({"features": features, "plans": plans}))
+}
+
+/// Validate and normalize a catalog document; raises 22023 naming the bad entry.
+#[pg_extern(immutable, parallel_safe, name = "_normalize_catalog")]
+fn normalize_catalog(doc: Option<JsonB>, existing_features: Option<JsonB>) -> JsonB {
+    let Some(JsonB(doc)) = doc else {
+        Error::NullValue("catalog must not be NULL".into()).raise()
+    };
+    let existing = match existing_features {
+        Some(JsonB(Value::Object(m))) => m,
+        _ => Map::new(),
+    };
+    JsonB(normalize(&doc, &existing).or_raise())
+}
+
+/// Normalize a grant's value for a feature of `kind`, as plan values are normalized.
+#[pg_extern(immutable, parallel_safe, name = "_normalize_feature_value")]
+fn normalize_feature_value(kind: &str, value: Option<JsonB>) -> JsonB {
+    let v = value.map(|j| j.0).unwrap_or(Value::Null);
+    JsonB(normalize_spec("value", kind, &v).or_raise())
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use super::*;
+
+    fn err(doc: Value) -> String {
+        match normalize(&doc, &Map::new()) {
+            Err(Error::InvalidParameter { message, .. }) => message,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[pgrx::pg_test]
+    fn errors_name_the_path() {
+        let m = err(json!({"features": [{"key": "a", "kind": "flag"}],
+                           "plans": [{"key": "p", "entitlements": {"b": true}}]}));
+        assert!(m.contains("$.plans[0].entitlements.b") && m.contains("unknown feature"), "{m}");
+        let m = err(json!({"features": [{"key": "q", "kind": "metered"}],
+                           "plans": [{"key": "p", "entitlements": {"q": [{"limit": 1, "period": "week"}]}}]}));
+        assert!(m.contains("$.plans[0].entitlements.q[0].period"), "{m}");
+        let m = err(json!({"plans": [{"key": "a", "default": true}, {"key": "b", "default": true}]}));
+        assert!(m.contains("$.plans[1].default"), "{m}");
+        let m = err(json!({"plans": [{"key": "Bad Key"}]}));
+        assert!(m.contains("$.plans[0].key"), "{m}");
+    }
+
+    #[pgrx::pg_test]
+    fn normalization_is_canonical() {
+        let doc = json!({"features": [{"key": "m", "kind": "metered"}, {"key": "s", "kind": "limit"}],
+                         "plans": [{"key": "p", "entitlements": {"m": 10, "s": null, "resources": {"cpu": "1"}}}]});
+        let n = normalize(&doc, &Map::new()).unwrap();
+        assert_eq!(n["plans"][0]["entitlements"]["m"], json!({"limits": [{"period": "month", "limit": 10, "overage": "block"}]}));
+        assert_eq!(n["plans"][0]["entitlements"]["s"], json!({"limit": null, "per_unit": false}));
+        assert_eq!(n["features"][2]["key"], "resources");
+        // Normalizing the normalized spec again gives the same spec: apply_catalog relies on it.
+        let again = normalize_spec("$", "metered", &json!([{"period": "month", "limit": 10, "overage": "block"}])).unwrap();
+        assert_eq!(again, n["plans"][0]["entitlements"]["m"]);
+    }
+}

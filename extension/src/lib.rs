@@ -1,0 +1,59 @@
+//! pg_entitlements: plans, subscriptions and entitlement checks inside PostgreSQL.
+//!
+//! Tables and the write path (catalog, subscriptions, members, grants, audit, RLS) are
+//! hand-written SQL in `sql/`; the read path that RLS policies call per row is Rust.
+
+use pgrx::prelude::*;
+
+mod cache;
+mod catalog;
+mod checks;
+mod clock;
+mod error;
+mod identity;
+mod rules;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../../sql/security.sql",
+    name = "security",
+    requires = ["schema", identity::current_user_id]
+);
+extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security"]);
+extension_sql_file!(
+    "../../sql/cache.sql",
+    name = "cache",
+    requires = ["audit", checks::cache_touch]
+);
+extension_sql_file!(
+    "../../sql/catalog.sql",
+    name = "catalog",
+    requires = ["cache", catalog::normalize_catalog]
+);
+extension_sql_file!(
+    "../../sql/subscriptions.sql",
+    name = "subscriptions",
+    requires = ["catalog", checks::feature_limit]
+);
+extension_sql_file!(
+    "../../sql/grants.sql",
+    name = "grants",
+    requires = ["subscriptions"]
+);
+extension_sql_file!(
+    "../../sql/privileges.sql",
+    name = "privileges",
+    finalize
+);
+
+/// Hooks for `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Start/stop a private PostgreSQL 15 cluster owned by the `postgres` user.
+#   scripts/cluster.sh start DATADIR PORT   (initdb on first use; reuses an existing cluster)
+#   scripts/cluster.sh stop  DATADIR
+set -euo pipefail
+BIN=/usr/lib/postgresql/15/bin
+cmd=${1:?start|stop}; dir=${2:?data directory}
+as_pg() { if [ "$(id -un)" = postgres ]; then "$@"; else sudo -u postgres "$@"; fi; }
+
+case "$cmd" in
+start)
+    port=${3:?port}
+    mkdir -p "$dir"
+    chown postgres:postgres "$dir" 2>/dev/null || true
+    chmod 700 "$dir"
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        as_pg "$BIN/initdb" -D "$dir" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+    fi
+    if as_pg "$BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        echo "cluster in $dir already running"
+        exit 0
+    fi
+    as_pg "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start \
+        -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB -c fsync=${PG_FSYNC:-on}" >/dev/null
+    echo "cluster in $dir listening on 127.0.0.1:$port"
+    ;;
+stop)
+    if [ -f "$dir/PG_VERSION" ] && as_pg "$BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        as_pg "$BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
+    fi
+    ;;
+*) echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2 ;;
+esac

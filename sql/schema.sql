@@ -1,0 +1,173 @@
+-- pg_entitlements: tables. Loaded first (bootstrap); everything is schema-qualified.
+--
+-- Conventions
+--   * Keys of catalog objects are short snake_case identifiers chosen by the app.
+--   * Time columns are timestamptz; "granting" is decided at read time by the
+--     extension (src/resolve.rs), never stored.
+--   * Every table is audited (sql/audit.sql) and protected by RLS (sql/security.sql).
+
+-- Catalog ---------------------------------------------------------------------
+
+create table entitlements.features (
+    key         text primary key check (key ~ '^[a-z][a-z0-9_]{0,62}$'),
+    kind        text not null check (kind in ('flag', 'limit', 'metered', 'concurrency', 'config')),
+    unit        text,
+    created_at  timestamptz not null default now(),
+    updated_at  timestamptz not null default now()
+);
+comment on table entitlements.features is
+    'What can be sold: flags, static limits, metered quotas, concurrency slots and config values.';
+
+create table entitlements.plans (
+    key              text primary key check (key ~ '^[a-z][a-z0-9_]{0,62}$'),
+    name             text not null,
+    description      text,
+    price_cents      bigint not null default 0 check (price_cents >= 0),
+    currency         text not null default 'usd' check (currency ~ '^[a-z]{3}$'),
+    interval         text not null default 'month' check (interval in ('day', 'week', 'month', 'year', 'once')),
+    is_default       boolean not null default false,
+    public           boolean not null default false,
+    active           boolean not null default true,
+    trial_days       integer not null default 0 check (trial_days >= 0),
+    grace_days       integer not null default 7 check (grace_days >= 0),
+    position         integer not null default 0,
+    stripe_price_ids text[] not null default '{}',
+    metadata         jsonb not null default '{}',
+    created_at       timestamptz not null default now(),
+    updated_at       timestamptz not null default now(),
+    check (not is_default or active)
+);
+comment on table entitlements.plans is
+    'Plans from the catalog. A plan dropped from the catalog becomes inactive, never deleted.';
+-- At most one default plan: who has no subscription gets it.
+create unique index plans_single_default on entitlements.plans ((true)) where is_default;
+
+create table entitlements.plan_entitlements (
+    plan_key    text not null references entitlements.plans (key) on update cascade on delete cascade,
+    feature_key text not null references entitlements.features (key) on update cascade,
+    -- Normalized by entitlements._normalize_catalog (src/catalog.rs); shape depends on the kind.
+    spec        jsonb not null,
+    primary key (plan_key, feature_key)
+);
+create index plan_entitlements_feature on entitlements.plan_entitlements (feature_key);
+
+-- Customers, organizations, subscriptions ---------------------------------------
+
+create table entitlements.customers (
+    id                 uuid primary key,
+    kind               text not null default 'user' check (kind in ('user', 'organization')),
+    -- The store/tenant this customer belongs to; tenant admins see only theirs.
+    tenant_id          uuid,
+    stripe_customer_id text unique,
+    email              text,
+    metadata           jsonb not null default '{}',
+    created_at         timestamptz not null default now(),
+    updated_at         timestamptz not null default now()
+);
+create index customers_tenant on entitlements.customers (tenant_id) where tenant_id is not null;
+
+create table entitlements.subscriptions (
+    id                     uuid primary key default gen_random_uuid(),
+    customer_id            uuid not null references entitlements.customers (id),
+    plan_key               text not null references entitlements.plans (key) on update cascade,
+    status                 text not null check (status in ('trialing', 'active', 'past_due', 'unpaid',
+                               'canceled', 'incomplete', 'incomplete_expired', 'paused')),
+    quantity               integer not null default 1 check (quantity > 0),
+    current_period_start   timestamptz,
+    current_period_end     timestamptz,
+    trial_end              timestamptz,
+    cancel_at_period_end   boolean not null default false,
+    canceled_at            timestamptz,
+    ended_at               timestamptz,
+    -- Start of the past_due grace period; maintained by trigger.
+    status_changed_at      timestamptz not null default now(),
+    source                 text not null default 'manual' check (source in ('manual', 'stripe')),
+    stripe_subscription_id text unique,
+    metadata               jsonb not null default '{}',
+    created_at             timestamptz not null default now(),
+    updated_at             timestamptz not null default now(),
+    check (current_period_start is null or current_period_end is null
+           or current_period_end > current_period_start)
+);
+create index subscriptions_customer on entitlements.subscriptions (customer_id);
+create index subscriptions_plan on entitlements.subscriptions (plan_key);
+
+create table entitlements.members (
+    organization_id uuid not null references entitlements.customers (id) on delete cascade,
+    user_id         uuid not null,
+    role            text not null default 'member' check (role in ('owner', 'admin', 'member')),
+    created_at      timestamptz not null default now(),
+    primary key (organization_id, user_id),
+    check (organization_id <> user_id)
+);
+create index members_user on entitlements.members (user_id);
+
+-- Grants and overrides --------------------------------------------------------
+
+create table entitlements.grants (
+    id          uuid primary key default gen_random_uuid(),
+    customer_id uuid not null references entitlements.customers (id),
+    -- feature: grant a value; quota_boost: add to a limit; override: replace the value;
+    -- deny: remove the feature whatever else grants it; discount: billing only.
+    kind        text not null check (kind in ('feature', 'quota_boost', 'override', 'deny', 'discount')),
+    feature_key text references entitlements.features (key) on update cascade,
+    value       jsonb,
+    starts_at   timestamptz not null default now(),
+    expires_at  timestamptz,
+    reason      text not null check (length(btrim(reason)) > 0),
+    created_by  uuid,
+    created_at  timestamptz not null default now(),
+    revoked_at  timestamptz,
+    check ((kind = 'discount') = (feature_key is null)),
+    check (expires_at is null or expires_at > starts_at)
+);
+create index grants_customer on entitlements.grants (customer_id);
+
+-- Who administers: global admins (tenant_id null) or admins of one tenant.
+create table entitlements.admins (
+    user_id    uuid not null,
+    tenant_id  uuid,
+    created_at timestamptz not null default now(),
+    unique nulls not distinct (user_id, tenant_id)
+);
+
+-- Audit -------------------------------------------------------------------------
+
+create table entitlements.audit_log (
+    id          bigint generated always as identity primary key,
+    at          timestamptz not null default clock_timestamp(),
+    txid        bigint not null default txid_current(),
+    actor       uuid,
+    actor_role  text not null,
+    action      text not null,
+    table_name  text not null,
+    row_key     text,
+    old_values  jsonb,
+    new_values  jsonb,
+    reason      text
+);
+create index audit_log_table_row on entitlements.audit_log (table_name, row_key);
+create index audit_log_at on entitlements.audit_log using brin (at);
+
+-- Cache coherence ---------------------------------------------------------------
+
+-- One row. Every committed change to the tables the checks read bumps `version`
+-- (a deferred trigger, so the row lock is held only for the commit). Backends
+-- compare it once per snapshot and drop their cache when it moved.
+create table entitlements.cache_version (
+    singleton boolean primary key default true check (singleton),
+    version   bigint not null,
+    bumped_by bigint
+);
+insert into entitlements.cache_version (singleton, version) values (true, 1);
+
+-- User data survives pg_dump of a database that has the extension.
+select pg_catalog.pg_extension_config_dump('entitlements.features', '');
+select pg_catalog.pg_extension_config_dump('entitlements.plans', '');
+select pg_catalog.pg_extension_config_dump('entitlements.plan_entitlements', '');
+select pg_catalog.pg_extension_config_dump('entitlements.customers', '');
+select pg_catalog.pg_extension_config_dump('entitlements.subscriptions', '');
+select pg_catalog.pg_extension_config_dump('entitlements.members', '');
+select pg_catalog.pg_extension_config_dump('entitlements.grants', '');
+select pg_catalog.pg_extension_config_dump('entitlements.admins', '');
+select pg_catalog.pg_extension_config_dump('entitlements.audit_log', '');

@@ -1,0 +1,281 @@
+-- Customers, subscriptions and organization membership: the write path.
+-- Whether a subscription grants is decided at read time (extension/src/rules.rs).
+
+create function entitlements._touch_subscription()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    new.updated_at := now();
+    if tg_op = 'INSERT' or new.status is distinct from old.status then
+        -- The past_due grace period counts from here.
+        new.status_changed_at := now();
+    end if;
+    return new;
+end
+$$;
+create trigger subscriptions_touch before insert or update on entitlements.subscriptions
+    for each row execute function entitlements._touch_subscription();
+
+create function entitlements._raise_unknown_plan(plan text)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    raise exception 'unknown plan "%"', plan
+        using errcode = '22023',
+              hint = 'active plans: ' || coalesce((select string_agg(p.key, ', ' order by p.position)
+                                                  from entitlements.plans p where p.active), 'none');
+end
+$$;
+
+create function entitlements._require_not_null(value anyelement, name text)
+returns void language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if value is null then
+        raise exception '% must not be NULL', name using errcode = '22004';
+    end if;
+end
+$$;
+
+create function entitlements.subscribe(
+    customer uuid,
+    plan text,
+    status text default 'active',
+    period_end timestamptz default null,
+    trial_end timestamptz default null,
+    quantity integer default 1)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_plan entitlements.plans;
+    v_trial_end timestamptz := trial_end;
+    v_id uuid;
+begin
+    perform entitlements._require_not_null(customer, 'customer');
+    perform entitlements._require_not_null(plan, 'plan');
+    perform entitlements._require_not_null(status, 'status');
+    perform entitlements._require_admin('subscribe', entitlements._customer_tenant(customer));
+    select * into v_plan from entitlements.plans p where p.key = subscribe.plan;
+    if not found then
+        perform entitlements._raise_unknown_plan(plan);
+    end if;
+    if not v_plan.active then
+        raise exception 'plan "%" is no longer offered', plan
+            using errcode = '22023', hint = 'Existing subscribers keep it; new subscriptions need an active plan.';
+    end if;
+    if status not in ('trialing', 'active', 'past_due', 'unpaid', 'canceled', 'incomplete', 'incomplete_expired', 'paused') then
+        raise exception 'unknown subscription status "%"', status
+            using errcode = '22023',
+                  hint = 'one of: trialing, active, past_due, unpaid, canceled, incomplete, incomplete_expired, paused';
+    end if;
+    if quantity is null or quantity < 1 then
+        raise exception 'quantity must be at least 1, got %', coalesce(quantity::text, 'NULL') using errcode = '22023';
+    end if;
+    if period_end <= now() then
+        raise exception 'period_end (%) must be in the future', period_end using errcode = '22023';
+    end if;
+    if trial_end <= now() then
+        raise exception 'trial_end (%) must be in the future', trial_end using errcode = '22023';
+    end if;
+    if status = 'trialing' and v_trial_end is null and v_plan.trial_days > 0 then
+        v_trial_end := now() + make_interval(days => v_plan.trial_days);
+    end if;
+
+    insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
+    insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
+                                            current_period_end, trial_end, canceled_at, ended_at)
+    values (customer, plan, status, quantity, now(), period_end, v_trial_end,
+            case when status = 'canceled' then now() end,
+            case when status in ('canceled', 'incomplete_expired') then now() end)
+    returning id into v_id;
+    return v_id;
+end
+$$;
+comment on function entitlements.subscribe(uuid, text, text, timestamptz, timestamptz, integer) is
+    'Create a manual (non-Stripe) subscription; creates the customer if missing. Admins only.';
+
+create function entitlements._subscription_for_update(subscription uuid)
+returns entitlements.subscriptions language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+begin
+    perform entitlements._require_not_null(subscription, 'subscription');
+    select * into v_sub from entitlements.subscriptions s where s.id = subscription for update;
+    if not found then
+        raise exception 'subscription % does not exist', subscription using errcode = 'P0002';
+    end if;
+    perform entitlements._require_admin('changing a subscription', entitlements._customer_tenant(v_sub.customer_id));
+    return v_sub;
+end
+$$;
+
+-- Cancel now, or at the end of the current period (access continues until then).
+-- A subscription without a period end has nothing to run out, so it ends now.
+create function entitlements.cancel(subscription uuid, at_period_end boolean default true)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+begin
+    perform entitlements._require_not_null(at_period_end, 'at_period_end');
+    v_sub := entitlements._subscription_for_update(subscription);
+    if v_sub.status = 'canceled' and not (at_period_end is false and v_sub.cancel_at_period_end) then
+        return; -- already canceled: idempotent
+    end if;
+    perform set_config('entitlements.reason', 'cancel', true);
+    if at_period_end and v_sub.current_period_end > now() then
+        update entitlements.subscriptions s
+           set status = 'canceled', cancel_at_period_end = true, canceled_at = now(), ended_at = v_sub.current_period_end
+         where s.id = v_sub.id;
+    else
+        if at_period_end then
+            raise notice 'subscription % has no future period end; canceled immediately', v_sub.id;
+        end if;
+        update entitlements.subscriptions s
+           set status = 'canceled', cancel_at_period_end = false, canceled_at = now(), ended_at = now()
+         where s.id = v_sub.id;
+    end if;
+    perform set_config('entitlements.reason', '', true);
+end
+$$;
+
+create function entitlements.change_plan(subscription uuid, plan text, reason text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+    v_plan entitlements.plans;
+begin
+    perform entitlements._require_not_null(plan, 'plan');
+    if reason is null or btrim(reason) = '' then
+        raise exception 'a reason is required to change a plan' using errcode = '22023';
+    end if;
+    v_sub := entitlements._subscription_for_update(subscription);
+    select * into v_plan from entitlements.plans p where p.key = change_plan.plan;
+    if not found then
+        perform entitlements._raise_unknown_plan(plan);
+    end if;
+    if not v_plan.active then
+        raise exception 'plan "%" is no longer offered', plan using errcode = '22023';
+    end if;
+    if v_sub.ended_at is not null and v_sub.ended_at <= now() then
+        raise exception 'subscription % has ended; start a new one instead', v_sub.id using errcode = '55000';
+    end if;
+    if v_sub.plan_key = plan then
+        return;
+    end if;
+    perform set_config('entitlements.reason', reason, true);
+    update entitlements.subscriptions s set plan_key = plan where s.id = v_sub.id;
+    perform set_config('entitlements.reason', '', true);
+end
+$$;
+
+create function entitlements.link_stripe_customer(customer uuid, stripe_customer_id text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_not_null(customer, 'customer');
+    if stripe_customer_id is null or stripe_customer_id !~ '^cus_[A-Za-z0-9]+$' then
+        raise exception 'not a Stripe customer id: %', coalesce(stripe_customer_id, 'NULL') using errcode = '22023';
+    end if;
+    perform entitlements._require_admin('link_stripe_customer', entitlements._customer_tenant(customer));
+    insert into entitlements.customers as c (id, stripe_customer_id) values (customer, stripe_customer_id)
+    on conflict (id) do update set stripe_customer_id = excluded.stripe_customer_id, updated_at = now()
+     where c.stripe_customer_id is distinct from excluded.stripe_customer_id;
+end
+$$;
+
+-- Members ---------------------------------------------------------------------------
+
+-- Seats are the organization's `seats` limit. Enforced by trigger, so a direct INSERT by an
+-- organization admin is held to it too; a per-organization advisory lock serializes the
+-- count, so concurrent adds cannot overshoot.
+create function entitlements._enforce_seats()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_limit double precision;
+    v_used bigint;
+begin
+    if not exists (select 1 from entitlements.features f where f.key = 'seats') then
+        return new; -- a catalog without seats does not limit members
+    end if;
+    perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(new.organization_id::text));
+    -- Already a member: an upsert that only changes the role takes no seat.
+    if exists (select 1 from entitlements.members m
+                where m.organization_id = new.organization_id and m.user_id = new.user_id) then
+        return new;
+    end if;
+    -- A new statement, so a new snapshot: members committed while we waited are counted.
+    select count(*) into v_used from entitlements.members m where m.organization_id = new.organization_id;
+    v_limit := entitlements._feature_limit(new.organization_id, 'seats');
+    if v_limit is not null and v_used + 1 > v_limit then
+        raise exception 'no free seat: organization % uses % of % seats', new.organization_id, v_used, v_limit
+            using errcode = 'PT403',
+                  detail = 'feature: seats',
+                  hint = 'Upgrade the plan or buy more seats, or remove a member first.';
+    end if;
+    return new;
+end
+$$;
+create trigger members_enforce_seats before insert on entitlements.members
+    for each row execute function entitlements._enforce_seats();
+
+-- Adds a member, or changes an existing member's role (which takes no seat).
+create function entitlements.add_member(organization uuid, user_id uuid, role text default 'member')
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_not_null(organization, 'organization');
+    perform entitlements._require_not_null(user_id, 'user_id');
+    if role is null or role not in ('owner', 'admin', 'member') then
+        raise exception 'unknown member role "%"', role using errcode = '22023', hint = 'one of: owner, admin, member';
+    end if;
+    if organization = user_id then
+        raise exception 'an organization cannot be its own member' using errcode = '22023';
+    end if;
+    if not entitlements.can_manage_organization(organization) then
+        raise exception 'permission denied: only organization owners/admins and entitlements admins manage members'
+            using errcode = '42501';
+    end if;
+    if entitlements._customer_kind(user_id) = 'organization' then
+        raise exception 'customer % is an organization and cannot be a member', user_id using errcode = '22023';
+    end if;
+    -- Creating an organization (or turning a customer into one) is for admins (RLS).
+    if entitlements._customer_kind(organization) is distinct from 'organization' then
+        insert into entitlements.customers as c (id, kind) values (organization, 'organization')
+        on conflict (id) do update set kind = 'organization', updated_at = now();
+    end if;
+    insert into entitlements.members as m (organization_id, user_id, role) values (organization, user_id, role)
+    on conflict on constraint members_pkey do update set role = excluded.role where m.role <> excluded.role;
+end
+$$;
+
+create function entitlements.remove_member(organization uuid, user_id uuid)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_not_null(organization, 'organization');
+    perform entitlements._require_not_null(user_id, 'user_id');
+    if not entitlements.can_manage_organization(organization) then
+        raise exception 'permission denied: only organization owners/admins and entitlements admins manage members'
+            using errcode = '42501';
+    end if;
+    delete from entitlements.members m where m.organization_id = organization and m.user_id = remove_member.user_id;
+    if not found then
+        raise exception 'user % is not a member of organization %', user_id, organization using errcode = 'P0002';
+    end if;
+end
+$$;

@@ -1,0 +1,41 @@
+//! Database access: a pool, and thin calls of extension functions.
+use crate::{Error, Result};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub async fn connect(url: &str) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)?.application_name("entitlements-worker");
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    extension_version(&pool).await?;
+    tracing::info!("connected to the database");
+    Ok(pool)
+}
+
+pub async fn extension_version(pool: &PgPool) -> Result<String> {
+    sqlx::query_scalar::<_, String>("select extversion from pg_extension where extname = 'pg_entitlements'")
+        .fetch_optional(pool)
+        .await?
+        .ok_or(Error::ExtensionMissing)
+}
+
+pub async fn apply_catalog_file(pool: &PgPool, path: &Path) -> Result<serde_json::Value> {
+    let shown = path.display().to_string();
+    let text = tokio::fs::read_to_string(path).await.map_err(|source| Error::Io { path: shown.clone(), source })?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json { path: shown, source })?;
+    let changes = sqlx::query_scalar::<_, serde_json::Value>("select entitlements.apply_catalog($1)")
+        .bind(doc)
+        .fetch_one(pool)
+        .await?;
+    Ok(changes)
+}
+
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query("select 1").execute(pool).await.is_ok()
+}

@@ -1,0 +1,18 @@
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Database errors keep PostgreSQL's SQLSTATE and message; sqlx never includes the password.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the pg_entitlements extension is not installed in this database")]
+    ExtensionMissing,
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is not valid JSON: {source}")]
+    Json { path: String, source: serde_json::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
