@@ -44,6 +44,7 @@ as $$
         'subscriptions', coalesce((
             select jsonb_agg(jsonb_build_object(
                 'id', s.id, 'plan', s.plan_key, 'status', s.status, 'quantity', s.quantity,
+                'period_start', entitlements._us(s.current_period_start),
                 'period_end', entitlements._us(s.current_period_end),
                 'trial_end', entitlements._us(s.trial_end),
                 'cancel_at_period_end', s.cancel_at_period_end,

@@ -7,14 +7,19 @@
 --   * global admins, the service role, superusers and the extension owner see and do all.
 
 -- Role-level privilege: superuser/BYPASSRLS, Supabase's service_role, or the extension owner.
-create function entitlements._is_privileged_role()
+create function entitlements._role_is_privileged(r oid)
 returns boolean language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
-    select exists (select 1 from pg_roles r where r.rolname = current_user and (r.rolsuper or r.rolbypassrls))
-        or exists (select 1 from pg_roles r where r.rolname = 'service_role' and pg_has_role(current_user, r.oid, 'USAGE'))
-        or exists (select 1 from pg_namespace n where n.nspname = 'entitlements' and pg_has_role(current_user, n.nspowner, 'USAGE'))
+    select exists (select 1 from pg_roles x where x.oid = r and (x.rolsuper or x.rolbypassrls))
+        or exists (select 1 from pg_roles x where x.rolname = 'service_role' and pg_has_role(r, x.oid, 'USAGE'))
+        or exists (select 1 from pg_namespace n where n.nspname = 'entitlements' and pg_has_role(r, n.nspowner, 'USAGE'))
 $$;
+
+create function entitlements._is_privileged_role()
+returns boolean language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select entitlements._role_is_privileged((select r.oid from pg_roles r where r.rolname = current_user)) $$;
 
 -- These SECURITY DEFINER helpers read tables callers cannot read in full; each answers
 -- only about the calling user, so they reveal nothing about anyone else.

@@ -220,6 +220,13 @@ pub fn with_customer<R>(customer: &[u8; 16], now: Micros, f: impl FnOnce(&Catalo
     })
 }
 
+/// Run a query returning one jsonb as the extension owner (reads around RLS; callers
+/// decide who may see the answer).
+pub fn load_as_owner(sql: &str, arg: Option<Uuid>) -> Result<Json> {
+    let owner = STATE.with_borrow_mut(|st| refresh(st).map(|_| st.owner))?;
+    load_json(owner, sql, arg)
+}
+
 // --- Loading -------------------------------------------------------------------------
 
 fn load_json(owner: pg_sys::Oid, sql: &str, arg: Option<Uuid>) -> Result<Json> {
@@ -305,6 +312,7 @@ fn parse_party(v: &Json, id: [u8; 16]) -> Party {
                         plan: s["plan"].as_str()?.to_owned(),
                         status: s["status"].as_str()?.to_owned(),
                         quantity: s["quantity"].as_i64().unwrap_or(1),
+                        period_start: micros(&s["period_start"]),
                         period_end: micros(&s["period_end"]),
                         trial_end: micros(&s["trial_end"]),
                         cancel_at_period_end: s["cancel_at_period_end"].as_bool().unwrap_or(false),

@@ -6,6 +6,7 @@ use crate::cache;
 use crate::clock::{self, Micros};
 use crate::error::{Error, OrRaise, Result};
 use crate::identity;
+use crate::metering;
 use crate::rules::{Catalog, CustomerData, Kind, Resolved, Value};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
@@ -72,16 +73,10 @@ fn limit_json(l: Option<f64>) -> Json {
     }
 }
 
-fn resets_at(period: &str, now: Micros, billing_end: Option<Micros>) -> Option<Micros> {
-    match period {
-        "day" => Some(clock::next_day_start(now)),
-        "month" => Some(clock::next_month_start(now)),
-        "billing_period" => billing_end.or_else(|| Some(clock::next_month_start(now))),
-        _ => None,
-    }
-}
+/// Units counted for (period, window start) of the feature being rendered.
+type UsedIn<'a> = &'a dyn Fn(&str, Micros) -> f64;
 
-fn feature_json(kind: Kind, unit: Option<&str>, value: Option<&Value>, now: Micros, billing_end: Option<Micros>) -> Json {
+fn feature_json(kind: Kind, unit: Option<&str>, value: Option<&Value>, now: Micros, r: &Resolved, used_in: UsedIn) -> Json {
     let enabled = value.is_some_and(Value::enabled);
     let mut out = json!({"kind": kind.as_str(), "enabled": enabled});
     match (kind, value) {
@@ -95,22 +90,23 @@ fn feature_json(kind: Kind, unit: Option<&str>, value: Option<&Value>, now: Micr
             out["unlimited"] = json!(false);
         }
         (Kind::Metered, v) => {
-            // Usage is always zero until metering records consumption (see the metering module).
-            let used = 0.0;
-            let limits: Vec<Json> = match v {
-                Some(Value::Metered(ms)) => ms
-                    .iter()
-                    .map(|m| {
-                        json!({
-                            "period": m.period, "limit": limit_json(m.limit), "used": limit_json(Some(used)),
-                            "remaining": limit_json(m.limit.map(|l| (l - used).max(0.0))),
-                            "resets_at": iso(resets_at(&m.period, now, billing_end)),
-                            "overage": m.overage, "unit_price_cents": m.unit_price_cents,
-                        })
+            let windows = metering::windows(v, now, r).unwrap_or_default();
+            let limits: Vec<Json> = windows
+                .iter()
+                .map(|w| {
+                    let m = &w.meter;
+                    let used = used_in(&m.period, w.start);
+                    json!({
+                        "period": m.period, "limit": limit_json(m.limit), "used": limit_json(Some(used)),
+                        "remaining": limit_json(m.limit.map(|l| (l - used).max(0.0))),
+                        "window_start": clock::to_iso8601(w.start),
+                        "resets_at": iso(w.resets_at),
+                        "overage": m.overage, "unit_price_cents": m.unit_price_cents,
                     })
-                    .collect(),
-                _ => vec![],
-            };
+                })
+                .collect();
+            // Headline usage: the shortest period's count (all periods count every unit).
+            let used = limits.first().and_then(|l| l["used"].as_f64()).unwrap_or(0.0);
             // The headline numbers are those of the limit that binds first.
             let binding = limits
                 .iter()
@@ -143,12 +139,18 @@ fn feature_json(kind: Kind, unit: Option<&str>, value: Option<&Value>, now: Micr
     out
 }
 
-fn render(customer: &[u8; 16], cat: &Catalog, data: &CustomerData, r: &Resolved, now: Micros) -> Json {
+fn render(customer: &[u8; 16], cat: &Catalog, data: &CustomerData, r: &Resolved, now: Micros, usage: &[(String, String, Micros, f64)]) -> Json {
     let sub = r.primary.as_ref().and_then(|p| p.subscription.as_ref());
-    let billing_end = sub.and_then(|s| s.period_end);
     let mut features = Map::new();
     for (i, f) in cat.features.iter().enumerate() {
-        features.insert(f.key.clone(), feature_json(f.kind, f.unit.as_deref(), r.values[i].as_ref(), now, billing_end));
+        let used_in = |period: &str, start: Micros| {
+            usage
+                .iter()
+                .filter(|(uf, up, us, _)| *uf == f.key && up == period && *us == start)
+                .map(|u| u.3)
+                .sum::<f64>()
+        };
+        features.insert(f.key.clone(), feature_json(f.kind, f.unit.as_deref(), r.values[i].as_ref(), now, r, &used_in));
     }
     let plan = r.primary.as_ref().and_then(|p| cat.plans.get(&p.plan));
     json!({
@@ -204,7 +206,8 @@ fn entitlements_view(customer: default!(Option<Uuid>, "entitlements.current_user
     let id = bytes(&customer);
     let now = clock::statement_now();
     ensure_can_read(&id, now).or_raise();
-    JsonB(cache::with_customer(&id, now, |cat, data, r| render(&id, cat, data, r, now)).or_raise())
+    let usage = metering::usage(&id).or_raise();
+    JsonB(cache::with_customer(&id, now, |cat, data, r| render(&id, cat, data, r, now, &usage)).or_raise())
 }
 
 /// Supabase custom access token hook: adds an `entitlements` claim with the plan key and

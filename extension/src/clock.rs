@@ -45,6 +45,17 @@ pub fn next_day_start(t: Micros) -> Micros {
     (t.div_euclid(US_PER_DAY) + 1) * US_PER_DAY
 }
 
+/// 00:00 UTC of the day holding `t`.
+pub fn day_start(t: Micros) -> Micros {
+    t.div_euclid(US_PER_DAY) * US_PER_DAY
+}
+
+/// The first instant of the calendar month (UTC) holding `t`.
+pub fn month_start(t: Micros) -> Micros {
+    let (y, m, _) = civil_from_days(t.div_euclid(US_PER_DAY));
+    days_from_civil(y, m, 1) * US_PER_DAY
+}
+
 /// The first instant of the next calendar month (UTC) after `t`.
 pub fn next_month_start(t: Micros) -> Micros {
     let (y, m, _) = civil_from_days(t.div_euclid(US_PER_DAY));
@@ -80,6 +91,8 @@ mod tests {
         assert_eq!(to_iso8601(next_month_start(t)), "2026-02-01T00:00:00+00:00");
         let dec = days_from_civil(2024, 12, 15) * US_PER_DAY;
         assert_eq!(to_iso8601(next_month_start(dec)), "2025-01-01T00:00:00+00:00");
+        assert_eq!(to_iso8601(month_start(dec + 5)), "2024-12-01T00:00:00+00:00");
+        assert_eq!(to_iso8601(day_start(t)), "2026-01-31T00:00:00+00:00");
         let leap = days_from_civil(2024, 2, 29) * US_PER_DAY + 1;
         assert_eq!(to_iso8601(leap), "2024-02-29T00:00:00.000001+00:00");
         assert_eq!(to_iso8601(-1), "1969-12-31T23:59:59.999999+00:00");

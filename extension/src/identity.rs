@@ -81,3 +81,12 @@ pub fn current() -> Result<Option<[u8; 16]>> {
 fn current_user_id() -> Option<Uuid> {
     current().or_raise().map(Uuid::from_bytes)
 }
+
+/// The role in effect outside any SECURITY DEFINER function (the session user, or what
+/// SET ROLE chose, as PostgREST does): who is really calling, for the access checks
+/// that definer functions must make about their caller.
+#[pg_extern(stable, parallel_safe, name = "_outer_role")]
+fn outer_role() -> pg_sys::Oid {
+    // SAFETY: a plain read of backend state, valid in any backend running SQL.
+    unsafe { pg_sys::GetOuterUserId() }
+}

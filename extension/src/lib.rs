@@ -11,6 +11,7 @@ mod checks;
 mod clock;
 mod error;
 mod identity;
+mod metering;
 mod rules;
 
 ::pgrx::pg_module_magic!();
@@ -41,6 +42,11 @@ extension_sql_file!(
     "../../sql/grants.sql",
     name = "grants",
     requires = ["subscriptions"]
+);
+extension_sql_file!(
+    "../../sql/metering.sql",
+    name = "metering",
+    requires = ["grants", metering::meter_limits, identity::outer_role]
 );
 extension_sql_file!(
     "../../sql/privileges.sql",

@@ -221,6 +221,7 @@ pub struct Subscription {
     pub plan: String,
     pub status: String,
     pub quantity: i64,
+    pub period_start: Option<Micros>,
     pub period_end: Option<Micros>,
     pub trial_end: Option<Micros>,
     pub cancel_at_period_end: bool,
