@@ -51,3 +51,32 @@ awk -v o="$open_ms" -v e="$ext_ms" -v b="$base_ms" 'BEGIN {
     printf "%-34s %10.1f %14.3f %16.3f\n", "PL/pgSQL baseline", b, b * 1000 / r, (b - o) * 1000 / r
     printf "ratio (baseline / extension): %.0fx per row overall, %.0fx net of the scan\n", b / e, (b - o) / (e - o)
 }'
+
+# --- Metering: consume() against the hand-written counter, same clients, same run ---------
+SECONDS_PER_RUN=${BENCH_SECONDS:-20}
+CLIENTS=${BENCH_CLIENTS:-16}
+"${PSQL[@]}" -d bench -f bench/metering/setup.sql >/dev/null
+# tps of one pgbench run: script, customer range lo..hi, clients, then -T seconds or -t transactions.
+tps() {
+    pgbench -n -h 127.0.0.1 -p "$PORT" -U postgres -M prepared -f "bench/metering/$1.pgbench" \
+        -D lo="$2" -D hi="$3" -c "$4" -j 2 "${@:5}" bench 2>&1 | awk '/^tps/ {print $3; exit}'
+}
+echo "== consume: $CLIENTS clients, ${SECONDS_PER_RUN}s per run (pgbench -M prepared, fsync on)"
+hot_base=$(tps baseline 20000 20000 "$CLIENTS" -T "$SECONDS_PER_RUN")
+hot_ext=$(tps consume 20000 20000 "$CLIENTS" -T "$SECONDS_PER_RUN")
+wide_base=$(tps baseline 20001 30000 "$CLIENTS" -T "$SECONDS_PER_RUN")
+wide_ext=$(tps consume 20001 30000 "$CLIENTS" -T "$SECONDS_PER_RUN")
+awk -v hb="$hot_base" -v he="$hot_ext" -v wb="$wide_base" -v we="$wide_ext" 'BEGIN {
+    printf "%-26s %16s %16s %8s\n", "workload", "baseline tps", "consume tps", "ratio"
+    printf "%-26s %16.0f %16.0f %7.2fx\n", "one hot customer", hb, he, he / hb
+    printf "%-26s %16.0f %16.0f %7.2fx\n", "10,000 customers", wb, we, we / wb
+}'
+
+echo "== overshoot: 32 clients x 50 try_consume on a customer allowed 1,000"
+tps try_consume 31000 31000 32 -t 50 >/dev/null
+read -r counted ledger drift < <("${PSQL[@]}" -d bench -At -F ' ' -c "
+    select (select sum(used) from entitlements.usage_counters where customer_id = bench.cid(31000)),
+           (select count(*) from entitlements.usage_ledger where customer_id = bench.cid(31000)),
+           (select count(*) from entitlements.usage_drift())")
+echo "counted $counted, ledger rows $ledger, windows where counters differ from the ledger: $drift"
+[ "$counted" = 1000 ] && [ "$ledger" = 1000 ] && [ "$drift" = 0 ] || { echo "FAIL: overshoot or drift" >&2; exit 1; }

@@ -260,42 +260,35 @@ begin
                 v_out.allowed := false;
             end if;
         else
-            -- Fast path: a stripe with room that nobody holds.
-            update entitlements.usage_counters c set used = c.used + p_amount
-             where c.customer_id = p_customer and c.feature_key = p_feature
-               and c.period = v_lim.period and c.window_start = v_w
-               and c.stripe = (select s.stripe from entitlements.usage_counters s
-                                where s.customer_id = p_customer and s.feature_key = p_feature
-                                  and s.period = v_lim.period and s.window_start = v_w
-                                  and s.basis = v_limit and s.used + p_amount <= s.cap
-                                order by s.stripe
-                                for update skip locked
-                                limit 1)
-            returning c.stripe into v_stripe;
+            -- Fast path: a stripe with room that nobody holds. In a subtransaction: a
+            -- stripe that FOR UPDATE locked but then skipped (it ran out of room after
+            -- our snapshot) stays locked until the subtransaction ends, and no stray lock
+            -- may be held while the slow path waits below, or two consumers could deadlock.
+            begin
+                update entitlements.usage_counters c set used = c.used + p_amount
+                 where c.customer_id = p_customer and c.feature_key = p_feature
+                   and c.period = v_lim.period and c.window_start = v_w
+                   and c.stripe = (select s.stripe from entitlements.usage_counters s
+                                    where s.customer_id = p_customer and s.feature_key = p_feature
+                                      and s.period = v_lim.period and s.window_start = v_w
+                                      and s.basis = v_limit and s.used + p_amount <= s.cap
+                                    order by s.stripe
+                                    for update skip locked
+                                    limit 1)
+                returning c.stripe into v_stripe;
+                if v_stripe is null then
+                    raise exception using errcode = 'PE000';  -- undo the attempt's row locks
+                end if;
+            exception when sqlstate 'PE000' then
+                v_stripe := null;
+            end;
 
             if v_stripe is null then
-                -- Others hold every stripe with room: wait for one (when there are already
-                -- as many stripes as allowed), else grow the stripes when rebalancing.
-                select count(*) into v_n from entitlements.usage_counters s
-                 where s.customer_id = p_customer and s.feature_key = p_feature
-                   and s.period = v_lim.period and s.window_start = v_w
-                   and s.basis = v_limit and s.used + p_amount <= s.cap;
-                v_grow := v_n > 0;
-                if v_n > 0 and (select count(*) from entitlements.usage_counters s
-                                 where s.customer_id = p_customer and s.feature_key = p_feature
-                                   and s.period = v_lim.period and s.window_start = v_w) >= max_stripes then
-                    update entitlements.usage_counters c set used = c.used + p_amount
-                     where c.customer_id = p_customer and c.feature_key = p_feature
-                       and c.period = v_lim.period and c.window_start = v_w
-                       and c.stripe = (select s.stripe from entitlements.usage_counters s
-                                        where s.customer_id = p_customer and s.feature_key = p_feature
-                                          and s.period = v_lim.period and s.window_start = v_w
-                                          and s.basis = v_limit and s.used + p_amount <= s.cap
-                                        order by random()
-                                        for update
-                                        limit 1)
-                    returning c.stripe into v_stripe;
-                end if;
+                -- Others hold every stripe that has room: contention, so add stripes.
+                v_grow := exists (select 1 from entitlements.usage_counters s
+                                   where s.customer_id = p_customer and s.feature_key = p_feature
+                                     and s.period = v_lim.period and s.window_start = v_w
+                                     and s.basis = v_limit and s.used + p_amount <= s.cap);
             end if;
 
             if v_stripe is null then
