@@ -3,7 +3,7 @@
 -- Metering in one session: check, consume, try_consume, periods, overage, grants,
 -- idempotency, bad input, concurrency slots and the ledger. The races are in tests/.
 begin;
-select plan(67);
+select plan(74);
 
 select entitlements.apply_catalog($json$
 {
@@ -195,6 +195,26 @@ select is(entitlements.ensure_usage_partitions(2), 3, 'three monthly partitions 
 select is((select count(*) from entitlements.usage_ledger_default), 0::bigint, 'rows moved out of the default partition');
 select is(entitlements.ensure_usage_partitions(2), 0, 'idempotent');
 select is((select count(*) from entitlements.usage_drift()), 0::bigint, 'still no drift after the move');
+
+-- Retention: a month older than `keep` is dropped; its lifetime usage is kept as a rollup.
+create table entitlements.usage_ledger_2024_01 partition of entitlements.usage_ledger
+    for values from ('2024-01-01 00:00:00+00') to ('2024-02-01 00:00:00+00');
+insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods) values
+    ('2024-01-15 12:00:00+00', :x, 'exports', 4, '{lifetime,month}'),
+    ('2024-03-15 12:00:00+00', :x, 'exports', 1, '{lifetime}');
+insert into entitlements.usage_counters (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis) values
+    (:x, 'exports', 'lifetime', '1970-01-01 00:00:00+00', null, 0, 5, 5, 5),
+    (:x, 'exports', 'month', '2024-01-01 00:00:00+00', '2024-02-01 00:00:00+00', 0, 4, 4, 4);
+select is((select count(*) from entitlements.usage_drift()), 0::bigint, 'old usage reconciles before retention');
+select is(entitlements.drop_usage_partitions('13 months'), 1, 'retention drops the old month''s partition');
+select ok(to_regclass('entitlements.usage_ledger_2024_01') is null, 'the partition is gone');
+select is((select count(*) from entitlements.usage_ledger where at < '2025-01-01'), 0::bigint,
+          'old rows of the default partition are gone too');
+select is((select sum(amount) from entitlements.usage_rollup where customer_id = :x), 5::numeric,
+          'their lifetime usage is kept as a rollup');
+select is((select count(*) from entitlements.usage_counters where customer_id = :x and window_start < '2025-01-01'
+             and period <> 'lifetime'), 0::bigint, 'counters of old closed windows are gone');
+select is((select count(*) from entitlements.usage_drift()), 0::bigint, 'lifetime counts still reconcile');
 
 -- RLS: a signed-in user meters only themselves and sees only their own usage.
 set local role authenticated;

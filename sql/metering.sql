@@ -28,7 +28,7 @@ comment on type entitlements.usage is
 
 create table entitlements.usage_counters (
     customer_id  uuid not null,
-    feature_key  text not null references entitlements.features (key) on update cascade,
+    feature_key  text not null,
     period       text not null check (period in ('day', 'month', 'billing_period', 'lifetime')),
     window_start timestamptz not null,
     window_end   timestamptz,
@@ -111,32 +111,22 @@ select pg_catalog.pg_extension_config_dump('entitlements.usage_idempotency', '')
 
 create function entitlements._ts(us bigint)
 returns timestamptz language sql immutable parallel safe strict
-set search_path = pg_catalog, pg_temp
-as $$ select timestamptz '1970-01-01 00:00:00+00' + us * interval '1 microsecond' $$;
+return timestamptz '1970-01-01 00:00:00+00' + us * interval '1 microsecond';
 
 -- Usage in the windows that are open now, for entitlements(customer) (src/metering.rs).
 create function entitlements._usage_snapshot(customer uuid)
-returns jsonb language sql stable parallel safe
+returns jsonb language plpgsql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
-    select coalesce(jsonb_agg(jsonb_build_object('feature', feature_key, 'period', period,
-                                                 'window_start', entitlements._us(window_start), 'used', used)), '[]')
-      from (select feature_key, period, window_start, sum(used) as used
-              from entitlements.usage_counters
-             where customer_id = customer and (window_end is null or window_end > statement_timestamp())
-             group by 1, 2, 3) u
-$$;
-
--- May the real caller (not the definer: see _outer_role) meter this customer? Privileged
--- roles, the customer themself, members of the organization, admins of its tenant.
-create function entitlements._may_meter(customer uuid)
-returns boolean language sql stable
-set search_path = pg_catalog, pg_temp
-as $$
-    select entitlements._role_is_privileged(entitlements._outer_role())
-        or customer = entitlements.current_user_id()
-        or entitlements._my_org_role(customer) is not null
-        or entitlements._is_listed_admin(entitlements._customer_tenant(customer))
+begin
+    return (
+        select coalesce(jsonb_agg(jsonb_build_object('feature', feature_key, 'period', period,
+                                                     'window_start', entitlements._us(window_start), 'used', used)), '[]')
+          from (select feature_key, period, window_start, sum(used) as used
+                  from entitlements.usage_counters
+                 where customer_id = customer and (window_end is null or window_end > statement_timestamp())
+                 group by 1, 2, 3) u);
+end
 $$;
 
 -- The cheapest public, active plan that would allow `amount` more of `feature` given
@@ -260,28 +250,41 @@ begin
                 v_out.allowed := false;
             end if;
         else
+            v_stripe := null;
+            if p_amount <= v_limit then
+                -- First use of this window: stripe 0 takes the whole quota in one statement.
+                insert into entitlements.usage_counters
+                       (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+                values (p_customer, p_feature, v_lim.period, v_w, entitlements._ts(v_lim.resets_at_us), 0,
+                        p_amount, v_limit, v_limit)
+                on conflict do nothing
+                returning stripe, used into v_stripe, v_total;
+            end if;
+
             -- Fast path: a stripe with room that nobody holds. In a subtransaction: a
             -- stripe that FOR UPDATE locked but then skipped (it ran out of room after
             -- our snapshot) stays locked until the subtransaction ends, and no stray lock
             -- may be held while the slow path waits below, or two consumers could deadlock.
-            begin
-                update entitlements.usage_counters c set used = c.used + p_amount
-                 where c.customer_id = p_customer and c.feature_key = p_feature
-                   and c.period = v_lim.period and c.window_start = v_w
-                   and c.stripe = (select s.stripe from entitlements.usage_counters s
-                                    where s.customer_id = p_customer and s.feature_key = p_feature
-                                      and s.period = v_lim.period and s.window_start = v_w
-                                      and s.basis = v_limit and s.used + p_amount <= s.cap
-                                    order by s.stripe
-                                    for update skip locked
-                                    limit 1)
-                returning c.stripe into v_stripe;
-                if v_stripe is null then
-                    raise exception using errcode = 'PE000';  -- undo the attempt's row locks
-                end if;
-            exception when sqlstate 'PE000' then
-                v_stripe := null;
-            end;
+            if v_stripe is null then
+                begin
+                    update entitlements.usage_counters c set used = c.used + p_amount
+                     where c.customer_id = p_customer and c.feature_key = p_feature
+                       and c.period = v_lim.period and c.window_start = v_w
+                       and c.stripe = (select s.stripe from entitlements.usage_counters s
+                                        where s.customer_id = p_customer and s.feature_key = p_feature
+                                          and s.period = v_lim.period and s.window_start = v_w
+                                          and s.basis = v_limit and s.used + p_amount <= s.cap
+                                        order by s.stripe
+                                        for update skip locked
+                                        limit 1)
+                    returning c.stripe into v_stripe;
+                    if v_stripe is null then
+                        raise exception using errcode = 'PE000';  -- undo the attempt's row locks
+                    end if;
+                exception when sqlstate 'PE000' then
+                    v_stripe := null;
+                end;
+            end if;
 
             if v_stripe is null then
                 -- Others hold every stripe that has room: contention, so add stripes.
@@ -426,26 +429,26 @@ begin
 end
 $$;
 
+-- The public wrappers are PL/pgSQL (plans cached per session; a SQL function with a SET
+-- clause would be planned again on every call) and qualify every name instead of pinning
+-- search_path; _meter pins it, as SECURITY DEFINER must.
 create function entitlements.check(customer uuid, feature text, amount numeric default 1)
-returns entitlements.usage language sql volatile
-set search_path = pg_catalog, pg_temp
-as $$ select entitlements._meter(customer, feature, amount, null, 'check') $$;
+returns entitlements.usage language plpgsql volatile
+as $$ begin return entitlements._meter(customer, feature, amount, null, 'check'); end $$;
 comment on function entitlements.check(uuid, text, numeric) is
     'Would consuming `amount` be allowed now? Changes nothing.';
 
 create function entitlements.consume(customer uuid, feature text, amount numeric default 1,
                                      idempotency_key text default null)
-returns entitlements.usage language sql volatile
-set search_path = pg_catalog, pg_temp
-as $$ select entitlements._meter(customer, feature, amount, idempotency_key, 'consume') $$;
+returns entitlements.usage language plpgsql volatile
+as $$ begin return entitlements._meter(customer, feature, amount, idempotency_key, 'consume'); end $$;
 comment on function entitlements.consume(uuid, text, numeric, text) is
     'Count `amount` in the caller''s transaction; over a blocking limit raises PT429 (HTTP 429 in PostgREST).';
 
 create function entitlements.try_consume(customer uuid, feature text, amount numeric default 1,
                                          idempotency_key text default null)
-returns entitlements.usage language sql volatile
-set search_path = pg_catalog, pg_temp
-as $$ select entitlements._meter(customer, feature, amount, idempotency_key, 'try') $$;
+returns entitlements.usage language plpgsql volatile
+as $$ begin return entitlements._meter(customer, feature, amount, idempotency_key, 'try'); end $$;
 comment on function entitlements.try_consume(uuid, text, numeric, text) is
     'Like consume, but answers allowed = false instead of raising.';
 
@@ -489,7 +492,7 @@ declare
     v_key   bigint;
 begin
     v_limit := entitlements._concurrency_limit(customer, feature);
-    if not entitlements.can_see_customer(customer) then
+    if not entitlements._may_meter(customer) then
         raise exception 'permission denied: you may take slots only for yourself and your organizations'
             using errcode = '42501';
     end if;
@@ -521,7 +524,7 @@ declare
     v_limit float8;
 begin
     v_limit := entitlements._concurrency_limit(customer, feature);
-    if not entitlements.can_see_customer(customer) then
+    if not entitlements._may_meter(customer) then
         raise exception 'permission denied' using errcode = '42501';
     end if;
     if v_limit is null then
@@ -608,16 +611,17 @@ begin
 end
 $$;
 
--- Retention: drop ledger partitions that ended more than `keep` ago (their lifetime usage
--- goes to usage_rollup), counters of windows that closed before then, and old
--- idempotency keys. Returns how many partitions it dropped.
+-- Retention: everything of the ledger before the month boundary at or before now() - keep
+-- goes: whole partitions are dropped, rows that fell into the default partition deleted;
+-- their lifetime usage moves to usage_rollup so lifetime counts still reconcile. Counters
+-- of windows closed by then and idempotency keys older than that go too. Returns how
+-- many partitions it dropped.
 create function entitlements.drop_usage_partitions(keep interval default interval '13 months')
 returns integer language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_part    record;
-    v_cutoff  timestamptz;
     v_through timestamptz;
     v_dropped integer := 0;
 begin
@@ -625,31 +629,29 @@ begin
     if keep is null or keep < interval '1 day' then
         raise exception 'keep must be at least one day' using errcode = '22023';
     end if;
-    v_cutoff := now() - keep;
+    v_through := date_trunc('month', now() - keep, 'UTC');
     for v_part in
-        select c.oid::regclass as rel, c.relname,
+        select c.oid::regclass as rel,
                (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz as upper_bound
           from pg_inherits i join pg_class c on c.oid = i.inhrelid
-         where i.inhparent = 'entitlements.usage_ledger'::regclass and c.relname <> 'usage_ledger_default'
+         where i.inhparent = 'entitlements.usage_ledger'::regclass
     loop
-        continue when v_part.upper_bound is null or v_part.upper_bound > v_cutoff;
+        continue when v_part.upper_bound is null or v_part.upper_bound > v_through;
         execute format('insert into entitlements.usage_rollup (customer_id, feature_key, amount, through)
                         select customer_id, feature_key, sum(amount), %L from %s
-                         where ''lifetime'' = any(periods) group by 1, 2', v_part.upper_bound, v_part.rel);
+                         where ''lifetime'' = any(periods) group by 1, 2
+                        on conflict (customer_id, feature_key, through)
+                        do update set amount = usage_rollup.amount + excluded.amount', v_through, v_part.rel);
         execute format('drop table %s', v_part.rel);
         v_dropped := v_dropped + 1;
     end loop;
-    -- Rows that landed in the default partition before the months had theirs.
-    v_through := (select max(r.through) from entitlements.usage_rollup r);
-    if v_through is not null then
-        with old as (delete from entitlements.usage_ledger_default d where d.at < v_through returning d.*)
-        insert into entitlements.usage_rollup (customer_id, feature_key, amount, through)
-        select o.customer_id, o.feature_key, sum(o.amount), v_through from old o
-         where 'lifetime' = any(o.periods) group by 1, 2
-        on conflict (customer_id, feature_key, through) do update set amount = usage_rollup.amount + excluded.amount;
-    end if;
-    delete from entitlements.usage_counters where window_end is not null and window_end <= v_cutoff;
-    delete from entitlements.usage_idempotency where created_at <= v_cutoff;
+    with old as (delete from entitlements.usage_ledger_default d where d.at < v_through returning d.*)
+    insert into entitlements.usage_rollup (customer_id, feature_key, amount, through)
+    select o.customer_id, o.feature_key, sum(o.amount), v_through from old o
+     where 'lifetime' = any(o.periods) group by 1, 2
+    on conflict (customer_id, feature_key, through) do update set amount = usage_rollup.amount + excluded.amount;
+    delete from entitlements.usage_counters where window_end is not null and window_end <= v_through;
+    delete from entitlements.usage_idempotency where created_at < v_through;
     return v_dropped;
 end
 $$;

@@ -1,9 +1,12 @@
 -- The baseline: the same rule hand-written in PL/pgSQL the way an app developer would,
 -- over the same tables (subscription status and period, organization membership,
 -- expiring grants and denies, default plan). Covers flags, which is what is measured.
+-- SECURITY DEFINER, as such a helper must be when policies call it: the caller's own RLS
+-- on the subscription tables would otherwise run for every row it reads.
 \set ON_ERROR_STOP 1
 create function bench.has_feature_plpgsql(p_customer uuid, p_feature text)
-returns boolean language plpgsql stable
+returns boolean language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_kind text;
@@ -28,8 +31,9 @@ begin
     select array_agg(s.plan_key) into v_plans
       from entitlements.subscriptions s
       join entitlements.plans p on p.key = s.plan_key
-     where (s.customer_id = p_customer
-            or s.customer_id in (select m.organization_id from entitlements.members m where m.user_id = p_customer))
+     where s.customer_id = any (array(select p_customer
+                                      union all
+                                      select m.organization_id from entitlements.members m where m.user_id = p_customer))
        and (s.ended_at is null or s.ended_at > now())
        and ((s.status = 'active' and (s.current_period_end is null or s.current_period_end > now()))
          or (s.status = 'trialing' and coalesce(s.trial_end, s.current_period_end, 'infinity') > now())

@@ -220,6 +220,11 @@ pub fn with_customer<R>(customer: &[u8; 16], now: Micros, f: impl FnOnce(&Catalo
     })
 }
 
+/// The role owning the extension's schema.
+pub fn owner() -> Result<pg_sys::Oid> {
+    STATE.with_borrow_mut(|st| refresh(st).map(|_| st.owner))
+}
+
 /// Run a query returning one jsonb as the extension owner (reads around RLS; callers
 /// decide who may see the answer).
 pub fn load_as_owner(sql: &str, arg: Option<Uuid>) -> Result<Json> {

@@ -2,6 +2,7 @@
 //! resolved view for a profile page), the Supabase access-token hook, and the limit
 //! lookup the seat check uses. All read through the per-backend cache (cache.rs).
 
+use crate::access;
 use crate::cache;
 use crate::clock::{self, Micros};
 use crate::error::{Error, OrRaise, Result};
@@ -174,20 +175,9 @@ fn render(customer: &[u8; 16], cat: &Catalog, data: &CustomerData, r: &Resolved,
 
 /// May the caller read this customer's resolved entitlements?
 fn ensure_can_read(customer: &[u8; 16], now: Micros) -> Result<()> {
-    if let Some(me) = identity::current()? {
-        if &me == customer {
-            return Ok(());
-        }
-        let member = cache::with_customer(&me, now, |_, d, _| d.organizations.iter().any(|(o, _)| &o.id == customer))?;
-        if member {
-            return Ok(());
-        }
-    }
-    let uuid = Uuid::from_bytes(*customer);
-    let allowed = Spi::connect(|c| {
-        c.select("select entitlements.is_admin_of($1)", Some(1), &[uuid.into()])?.first().get::<bool>(1)
-    })?;
-    if allowed == Some(true) {
+    // SAFETY: plain read of backend state.
+    let role = unsafe { pgrx::pg_sys::GetUserId() };
+    if access::may_act_for(customer, role, now)? {
         Ok(())
     } else {
         Err(Error::InsufficientPrivilege(

@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 
+mod access;
 mod cache;
 mod catalog;
 mod checks;
@@ -46,7 +47,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/metering.sql",
     name = "metering",
-    requires = ["grants", metering::meter_limits, identity::outer_role]
+    requires = ["grants", metering::meter_limits, identity::outer_role, access::may_meter]
 );
 extension_sql_file!(
     "../../sql/privileges.sql",

@@ -1,0 +1,57 @@
+//! Who may act for a customer: read its resolved entitlements, meter its usage, take its
+//! slots. The customer themself, members of the organization, privileged roles, and
+//! admins of the customer's tenant. Shared by checks.rs and the metering functions, and
+//! written in Rust because metering asks on every call: the SQL version cost ~120 µs.
+
+use crate::cache;
+use crate::clock::Micros;
+use crate::error::Result;
+use crate::identity;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, Uuid};
+
+/// Superuser, BYPASSRLS, a member of Supabase's `service_role`, or of the extension owner:
+/// the same rule as `entitlements._role_is_privileged` (sql/security.sql).
+fn role_is_privileged(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups through the syscache; valid inside a transaction.
+    unsafe {
+        if pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) || pg_sys::has_privs_of_role(role, owner) {
+            return true;
+        }
+        let service = pg_sys::get_role_oid(c"service_role".as_ptr(), true);
+        service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, service)
+    }
+}
+
+/// May `role` (signed in as `current_user_id()`) act for `customer` at `now`?
+pub fn may_act_for(customer: &[u8; 16], role: pg_sys::Oid, now: Micros) -> Result<bool> {
+    if role_is_privileged(role, cache::owner()?) {
+        return Ok(true);
+    }
+    if let Some(me) = identity::current()? {
+        if &me == customer {
+            return Ok(true);
+        }
+        if cache::with_customer(&me, now, |_, d, _| d.organizations.iter().any(|(o, _)| &o.id == customer))? {
+            return Ok(true);
+        }
+    }
+    // Rare: an admin listed for the customer's tenant.
+    let uuid = Uuid::from_bytes(*customer);
+    let listed = Spi::connect(|c| {
+        c.select("select entitlements._is_listed_admin(entitlements._customer_tenant($1))", Some(1), &[uuid.into()])?
+            .first()
+            .get::<bool>(1)
+    })?;
+    Ok(listed == Some(true))
+}
+
+/// For SECURITY DEFINER metering functions: may the real caller (the role outside any
+/// definer function, see `_outer_role`) act for `customer`?
+#[pg_extern(stable, strict, parallel_safe, name = "_may_meter")]
+fn may_meter(customer: Uuid) -> bool {
+    use crate::error::OrRaise;
+    // SAFETY: plain read of backend state.
+    let outer = unsafe { pg_sys::GetOuterUserId() };
+    may_act_for(customer.as_bytes(), outer, crate::clock::statement_now()).or_raise()
+}
