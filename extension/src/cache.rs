@@ -17,7 +17,8 @@ use crate::clock::Micros;
 use crate::error::{Error, Result};
 use crate::rules::{Catalog, CustomerData, Feature, Grant, Kind, Party, Plan, Resolved, Subscription};
 use pgrx::prelude::*;
-use pgrx::{pg_sys, JsonB, Uuid};
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{pg_sys, JsonB, PgBuiltInOids, PgOid, Uuid};
 use serde_json::Value as Json;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
+    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
 fn snapshot_key() -> Option<SnapshotKey> {
@@ -106,7 +108,8 @@ fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 /// Version and owner, read as the caller (the function pins its search_path).
 fn read_version() -> Result<(i64, pg_sys::Oid)> {
     Spi::connect(|c| {
-        let t = c.select("select version, owner from entitlements._cache_state()", Some(1), &[])?;
+        let plan = kept_plan(c, "select version, owner from entitlements._cache_state()", &[])?;
+        let t = c.select(&*plan, Some(1), &[])?;
         let row = t.first();
         let v = row.get::<i64>(1)?.ok_or_else(|| Error::CorruptState("entitlements.cache_version is empty".into()))?;
         let o = row.get::<pg_sys::Oid>(2)?.ok_or_else(|| Error::CorruptState("schema entitlements has no owner".into()))?;
@@ -227,19 +230,31 @@ pub fn owner() -> Result<pg_sys::Oid> {
 
 /// Run a query returning one jsonb as the extension owner (reads around RLS; callers
 /// decide who may see the answer).
-pub fn load_as_owner(sql: &str, arg: Option<Uuid>) -> Result<Json> {
+pub fn load_as_owner(sql: &'static str, arg: Option<Uuid>) -> Result<Json> {
     let owner = STATE.with_borrow_mut(|st| refresh(st).map(|_| st.owner))?;
     load_json(owner, sql, arg)
 }
 
 // --- Loading -------------------------------------------------------------------------
 
-fn load_json(owner: pg_sys::Oid, sql: &str, arg: Option<Uuid>) -> Result<Json> {
+/// A plan prepared once per backend and kept: the read path runs the same few queries
+/// for every statement, and parsing and planning them each time cost more than the check.
+/// Kept plans are re-planned by PostgreSQL when what they depend on changes.
+pub fn kept_plan(c: &pgrx::spi::SpiClient<'_>, sql: &'static str, args: &[PgOid]) -> Result<Rc<OwnedPreparedStatement>> {
+    if let Some(p) = PLANS.with_borrow(|m| m.get(sql).cloned()) {
+        return Ok(p);
+    }
+    let plan = Rc::new(c.prepare(sql, args)?.keep());
+    PLANS.with_borrow_mut(|m| m.insert(sql, plan.clone()));
+    Ok(plan)
+}
+
+fn load_json(owner: pg_sys::Oid, sql: &'static str, arg: Option<Uuid>) -> Result<Json> {
     as_owner(owner, || {
         Spi::connect(|c| {
             let t = match arg {
-                Some(u) => c.select(sql, Some(1), &[u.into()])?,
-                None => c.select(sql, Some(1), &[])?,
+                Some(u) => c.select(&*kept_plan(c, sql, &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID)])?, Some(1), &[u.into()])?,
+                None => c.select(&*kept_plan(c, sql, &[])?, Some(1), &[])?,
             };
             Ok(t.first().get::<JsonB>(1)?.map(|j| j.0).unwrap_or(Json::Null))
         })
