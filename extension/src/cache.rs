@@ -231,8 +231,7 @@ pub fn owner() -> Result<pg_sys::Oid> {
 /// Run a query returning one jsonb as the extension owner (reads around RLS; callers
 /// decide who may see the answer).
 pub fn load_as_owner(sql: &'static str, arg: Option<Uuid>) -> Result<Json> {
-    let owner = STATE.with_borrow_mut(|st| refresh(st).map(|_| st.owner))?;
-    load_json(owner, sql, arg)
+    load_json(owner()?, sql, arg)
 }
 
 // --- Loading -------------------------------------------------------------------------
