@@ -29,6 +29,7 @@ pg_entitlements is running.
 Try:
   select entitlements.subscribe('11111111-1111-1111-1111-111111111111', 'pro');
   select entitlements.has_feature('11111111-1111-1111-1111-111111111111', 'advanced_agents');
+  select * from entitlements.consume('11111111-1111-1111-1111-111111111111', 'api_requests');
   select jsonb_pretty(entitlements.entitlements('11111111-1111-1111-1111-111111111111'));
 (the README has the full 5-minute tour)
 
