@@ -1,6 +1,15 @@
-//! Configuration: command-line flags, each with an environment variable.
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+//! Configuration: flags, each with an environment variable, over an optional TOML file.
+//!
+//! Precedence: flag / environment > `--config FILE` (or `ENTITLEMENTS_CONFIG`) > defaults.
+//! `Cli` is what clap parses (everything optional so the file can fill gaps); `Config` is
+//! the resolved result the rest of the worker reads. Secrets are wrapped in `Secret`, whose
+//! `Debug` and `Display` never show the value.
+use crate::{Error, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -8,35 +17,414 @@ use std::path::PathBuf;
     version,
     about = "Worker daemon for the pg_entitlements PostgreSQL extension",
     long_about = "Worker daemon for the pg_entitlements PostgreSQL extension.\n\n\
-        Every option can be given as a flag or as the environment variable shown.\n\
-        Secrets (database password in DATABASE_URL) are never logged."
+        Every option can be given as a flag, as the environment variable shown, or as a key of\n\
+        the TOML file named by --config / ENTITLEMENTS_CONFIG (flags and environment win over\n\
+        the file). Secrets (the password in DATABASE_URL, Stripe keys) are never logged.",
+    after_long_help = CONFIG_FILE_HELP
 )]
 pub struct Cli {
-    /// PostgreSQL connection string of the database that has the extension installed.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    /// TOML configuration file (keys: see the end of --help).
+    #[arg(long = "config", env = "ENTITLEMENTS_CONFIG", global = true, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
 
-    /// Address the HTTP server (health, metrics, webhooks) listens on.
-    #[arg(long, env = "ENTITLEMENTS_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
-    pub listen_addr: String,
+    /// PostgreSQL connection string of the database that has the extension installed (required).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
 
-    /// Log format: `text` for people, `json` for log pipelines.
-    #[arg(long, env = "ENTITLEMENTS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    /// Address the HTTP server (health, metrics, webhooks) listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ENTITLEMENTS_LISTEN_ADDR", global = true)]
+    pub listen_addr: Option<String>,
+
+    /// Log format: `text` for people, `json` for log pipelines [default: text].
+    #[arg(long, env = "ENTITLEMENTS_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+
+    /// Name recorded in entitlements.task_runs for this worker [default: HOSTNAME:PID].
+    #[arg(long, env = "ENTITLEMENTS_WORKER_ID", global = true)]
+    pub worker_id: Option<String>,
+
+    /// How long SIGTERM waits for in-flight work before exiting anyway [default: 8s].
+    #[arg(long, env = "ENTITLEMENTS_SHUTDOWN_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+
+    /// Run the maintenance scheduler in `serve` (true/false) [default: true].
+    #[arg(long, env = "ENTITLEMENTS_SCHEDULER", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub scheduler: Option<bool>,
+
+    /// Task intervals, `task=interval,...` (e.g. `expire_subscriptions=30s,health_snapshot=off`);
+    /// merged over the file's [scheduler.tasks].
+    #[arg(long, env = "ENTITLEMENTS_SCHEDULE", global = true)]
+    pub schedule: Option<String>,
+
+    /// First retry delay after a failed task; doubles per failure [default: 5s].
+    #[arg(long, env = "ENTITLEMENTS_RETRY_INITIAL", global = true, value_parser = parse_duration)]
+    pub retry_initial: Option<Duration>,
+
+    /// Longest retry delay after repeated failures [default: 5m].
+    #[arg(long, env = "ENTITLEMENTS_RETRY_MAX", global = true, value_parser = parse_duration)]
+    pub retry_max: Option<Duration>,
+
+    /// Stripe webhook signing secret (`whsec_...`); enables POST /webhooks/stripe.
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true, global = true)]
+    pub stripe_webhook_secret: Option<String>,
+
+    /// Stripe API secret key (`sk_...`); enables fetching objects and the reconcile_stripe task.
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true, global = true)]
+    pub stripe_secret_key: Option<String>,
+
+    /// Base URL of the Stripe API, for a Stripe-compatible server [default: https://api.stripe.com/].
+    #[arg(long, env = "STRIPE_API_BASE", global = true)]
+    pub stripe_api_base: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
 }
 
+const CONFIG_FILE_HELP: &str = "\
+Configuration file (TOML), every key optional:
+  database_url = \"postgres://user:pass@host/db\"
+  listen_addr = \"127.0.0.1:8080\"
+  log_format = \"text\"            # or \"json\"
+  worker_id = \"worker-a\"
+  shutdown_timeout = \"8s\"
+  [scheduler]
+  enabled = true
+  retry_initial = \"5s\"
+  retry_max = \"5m\"
+  [scheduler.tasks]               # interval per task; \"off\" or 0 disables
+  expire_subscriptions = \"1m\"
+  correct_entitlements = \"5m\"
+  health_snapshot = \"1m\"
+  reconcile_stripe = \"1h\"        # only runs when a Stripe secret key is set
+  [stripe]
+  webhook_secret = \"whsec_...\"
+  secret_key = \"sk_...\"
+  api_base = \"https://api.stripe.com/\"
+Durations: a number of seconds, or a number with ms, s, m or h.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon (the default): HTTP server with /healthz.
+    /// Run the daemon (the default): HTTP (/healthz, /metrics) and the task scheduler.
     Serve,
     /// Apply a catalog document (JSON) through entitlements.apply_catalog and print what changed.
     ApplyCatalog {
         /// Path of the catalog JSON file.
         file: PathBuf,
     },
+    /// Run one maintenance task now (entitlements.run_task), print its run record as JSON;
+    /// exits non-zero when the task failed.
+    RunTask {
+        /// expire_subscriptions, correct_entitlements or health_snapshot.
+        name: String,
+    },
     /// Connect, check the extension is installed, and exit.
     Check,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A value that must never reach a log line or an error message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret,
+    pub listen_addr: String,
+    pub log_format: LogFormat,
+    pub worker_id: String,
+    pub shutdown_timeout: Duration,
+    pub scheduler: SchedulerConfig,
+    pub stripe: StripeConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub enabled: bool,
+    /// Interval per task; tasks set to "off" are absent.
+    pub tasks: BTreeMap<String, Duration>,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StripeConfig {
+    pub webhook_secret: Option<Secret>,
+    pub secret_key: Option<Secret>,
+    pub api_base: Option<String>,
+}
+
+/// Tasks the extension runs (`entitlements.run_task`).
+pub const SQL_TASKS: [&str; 3] = ["expire_subscriptions", "correct_entitlements", "health_snapshot"];
+/// The Stripe reconcile, run by the worker itself; scheduled only with a Stripe secret key.
+pub const RECONCILE_STRIPE: &str = "reconcile_stripe";
+
+fn default_tasks() -> BTreeMap<String, Duration> {
+    BTreeMap::from([
+        ("expire_subscriptions".to_owned(), Duration::from_secs(60)),
+        ("correct_entitlements".to_owned(), Duration::from_secs(300)),
+        ("health_snapshot".to_owned(), Duration::from_secs(60)),
+        (RECONCILE_STRIPE.to_owned(), Duration::from_secs(3600)),
+    ])
+}
+
+// The TOML file, as written. Unknown keys are refused so that a typo is not silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    listen_addr: Option<String>,
+    log_format: Option<LogFormat>,
+    worker_id: Option<String>,
+    shutdown_timeout: Option<FileDuration>,
+    #[serde(default)]
+    scheduler: FileScheduler,
+    #[serde(default)]
+    stripe: FileStripe,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileScheduler {
+    enabled: Option<bool>,
+    retry_initial: Option<FileDuration>,
+    retry_max: Option<FileDuration>,
+    #[serde(default)]
+    tasks: BTreeMap<String, FileDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStripe {
+    webhook_secret: Option<String>,
+    secret_key: Option<String>,
+    api_base: Option<String>,
+}
+
+/// `30` (seconds) or `"30s"`, `"500ms"`, `"5m"`, `"1h"`, `"off"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl FileDuration {
+    fn resolve(&self, key: &str) -> Result<Option<Duration>> {
+        match self {
+            FileDuration::Seconds(0) => Ok(None),
+            FileDuration::Seconds(s) => Ok(Some(Duration::from_secs(*s))),
+            FileDuration::Text(t) => parse_interval(t).map_err(|e| Error::Config(format!("{key}: {e}"))),
+        }
+    }
+}
+
+/// A duration; "off" and 0 mean disabled (None).
+fn parse_interval(text: &str) -> std::result::Result<Option<Duration>, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let d = parse_duration(t)?;
+    Ok(if d.is_zero() { None } else { Some(d) })
+}
+
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {text:?} (try 30s, 500ms, 5m, 1h)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {text:?} (ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("not a duration: {text:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl Config {
+    /// Resolve flags and environment (already in `cli`) over the file over the defaults.
+    pub fn from_cli(cli: &Cli) -> Result<Config> {
+        let file = match &cli.config_file {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let database_url = cli.database_url.clone().or(file.database_url).ok_or_else(|| {
+            Error::Config("DATABASE_URL is not set (flag --database-url, environment, or database_url in the file)".into())
+        })?;
+        let shutdown_timeout = match (&cli.shutdown_timeout, &file.shutdown_timeout) {
+            (Some(d), _) => *d,
+            (None, Some(f)) => f.resolve("shutdown_timeout")?.unwrap_or_default(),
+            (None, None) => Duration::from_secs(8),
+        };
+
+        let mut tasks = default_tasks();
+        for (name, interval) in &file.scheduler.tasks {
+            set_task(&mut tasks, name, interval.resolve(&format!("scheduler.tasks.{name}"))?)?;
+        }
+        if let Some(spec) = &cli.schedule {
+            for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (name, interval) = item
+                    .split_once('=')
+                    .ok_or_else(|| Error::Config(format!("ENTITLEMENTS_SCHEDULE: expected task=interval, got {item:?}")))?;
+                let interval = parse_interval(interval).map_err(|e| Error::Config(format!("ENTITLEMENTS_SCHEDULE: {e}")))?;
+                set_task(&mut tasks, name.trim(), interval)?;
+            }
+        }
+        let stripe = StripeConfig {
+            webhook_secret: cli.stripe_webhook_secret.clone().or(file.stripe.webhook_secret).map(Secret::new),
+            secret_key: cli.stripe_secret_key.clone().or(file.stripe.secret_key).map(Secret::new),
+            api_base: cli.stripe_api_base.clone().or(file.stripe.api_base),
+        };
+        if stripe.secret_key.is_none() {
+            tasks.remove(RECONCILE_STRIPE);
+        }
+        let retry_initial = match (cli.retry_initial, &file.scheduler.retry_initial) {
+            (Some(d), _) => d,
+            (None, Some(f)) => f.resolve("scheduler.retry_initial")?.unwrap_or(Duration::from_secs(5)),
+            (None, None) => Duration::from_secs(5),
+        };
+        let retry_max = match (cli.retry_max, &file.scheduler.retry_max) {
+            (Some(d), _) => d,
+            (None, Some(f)) => f.resolve("scheduler.retry_max")?.unwrap_or(Duration::from_secs(300)),
+            (None, None) => Duration::from_secs(300),
+        };
+        Ok(Config {
+            database_url: Secret::new(database_url),
+            listen_addr: cli.listen_addr.clone().or(file.listen_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            worker_id: cli.worker_id.clone().or(file.worker_id).unwrap_or_else(default_worker_id),
+            shutdown_timeout,
+            scheduler: SchedulerConfig {
+                enabled: cli.scheduler.or(file.scheduler.enabled).unwrap_or(true),
+                tasks,
+                retry_initial,
+                retry_max: retry_max.max(retry_initial),
+            },
+            stripe,
+        })
+    }
+}
+
+fn set_task(tasks: &mut BTreeMap<String, Duration>, name: &str, interval: Option<Duration>) -> Result<()> {
+    if !SQL_TASKS.contains(&name) && name != RECONCILE_STRIPE {
+        return Err(Error::Config(format!(
+            "unknown task {name:?} in the schedule (known: {}, {RECONCILE_STRIPE})",
+            SQL_TASKS.join(", ")
+        )));
+    }
+    match interval {
+        Some(d) => tasks.insert(name.to_owned(), d),
+        None => tasks.remove(name),
+    };
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: shown.clone(), source })?;
+    // toml's message quotes the offending line, which may hold a secret: report only the
+    // position and the reason.
+    toml::from_str(&text).map_err(|e| {
+        let at = e.span().map(|s| format!(" at byte {}", s.start)).unwrap_or_default();
+        Error::Config(format!("{shown}{at}: {}", e.message()))
+    })
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("entitlements-worker").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("5 days").is_err());
+        assert_eq!(parse_interval("off").unwrap(), None);
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_secrets_do_not_print() {
+        let dir = std::env::temp_dir().join(format!("ew-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("worker.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"postgres://u:hunter2@db/x\"\nlisten_addr = \"0.0.0.0:9\"\n\
+             [scheduler.tasks]\nhealth_snapshot = \"off\"\nexpire_subscriptions = 10\n\
+             [stripe]\nsecret_key = \"sk_test_file\"\n",
+        )
+        .unwrap();
+        let c = Config::from_cli(&cli(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--listen-addr",
+            "127.0.0.1:1",
+            "--schedule",
+            "correct_entitlements=2s",
+        ]))
+        .unwrap();
+        assert_eq!(c.listen_addr, "127.0.0.1:1");
+        assert_eq!(c.database_url.expose(), "postgres://u:hunter2@db/x");
+        assert_eq!(c.scheduler.tasks.get("expire_subscriptions"), Some(&Duration::from_secs(10)));
+        assert_eq!(c.scheduler.tasks.get("correct_entitlements"), Some(&Duration::from_secs(2)));
+        assert!(!c.scheduler.tasks.contains_key("health_snapshot"));
+        assert!(c.scheduler.tasks.contains_key(RECONCILE_STRIPE), "a secret key schedules the reconcile");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("sk_test_file"), "{shown}");
+
+        std::fs::write(&file, "database_url = \"x\"\n[scheduler.tasks]\nnope = 1\n").unwrap();
+        assert!(Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).is_err());
+        std::fs::write(&file, "databse_url = \"postgres://u:hunter2@db/x\"\n").unwrap();
+        let err = Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

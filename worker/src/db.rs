@@ -39,3 +39,18 @@ pub async fn apply_catalog_file(pool: &PgPool, path: &Path) -> Result<serde_json
 pub async fn ping(pool: &PgPool) -> bool {
     sqlx::query("select 1").execute(pool).await.is_ok()
 }
+
+/// The latest run of each task by any worker (skipped runs left out), as a JSON object
+/// keyed by task.
+pub async fn latest_task_runs(pool: &PgPool) -> Result<serde_json::Value> {
+    let v = sqlx::query_scalar::<_, serde_json::Value>(
+        "select coalesce(jsonb_object_agg(task, jsonb_build_object(
+                    'outcome', outcome, 'finished_at', finished_at, 'rows_touched', rows_touched,
+                    'error', error, 'worker', worker)), '{}')
+           from (select distinct on (task) * from entitlements.task_runs
+                  where outcome <> 'skipped' order by task, started_at desc) latest",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(v)
+}

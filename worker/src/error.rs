@@ -13,6 +13,14 @@ pub enum Error {
     Json { path: String, source: serde_json::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: std::io::Error },
+    /// Bad configuration (flags, environment or the TOML file); never quotes a secret.
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("metrics recorder: {0}")]
+    Metrics(String),
+    /// A maintenance task ran and failed; its run is recorded in entitlements.task_runs.
+    #[error("task {task} failed: {message}")]
+    TaskFailed { task: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,50 +1,71 @@
-//! HTTP surface. For now: `GET /healthz`.
-use crate::{db, Error, Result};
-use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+//! HTTP surface: `GET /healthz`, `GET /metrics`. Other modules add their routes in `router`.
+use crate::{db, Context, Error, Result};
+use axum::{extract::State, http::header, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
-use sqlx::PgPool;
+use std::time::Duration;
 
-pub fn router(pool: PgPool) -> Router {
-    Router::new().route("/healthz", get(healthz)).with_state(pool)
+pub fn router(ctx: Context) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .with_state(ctx)
 }
 
-async fn healthz(State(pool): State<PgPool>) -> (StatusCode, Json<serde_json::Value>) {
-    if db::ping(&pool).await {
-        (StatusCode::OK, Json(json!({"status": "ok", "database": "reachable"})))
+/// 200 when the database answers (status `degraded` and the failing tasks listed when a
+/// task's latest run failed); 503 when the database is unreachable.
+async fn healthz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Value>) {
+    let reachable = tokio::time::timeout(Duration::from_secs(2), db::ping(&ctx.pool)).await.unwrap_or(false);
+    metrics::gauge!("entitlements_database_up").set(if reachable { 1.0 } else { 0.0 });
+    let tasks = ctx.tasks.snapshot();
+    let mut failing: Vec<String> =
+        tasks.iter().filter(|(_, h)| h.last_outcome.as_deref() == Some("error")).map(|(t, _)| t.clone()).collect();
+    // Runs by every replica, from the database: the latest non-skipped run per task.
+    let recent = if reachable {
+        tokio::time::timeout(Duration::from_secs(2), db::latest_task_runs(&ctx.pool)).await.ok().and_then(|r| r.ok())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "database": "unreachable"})))
-    }
-}
-
-/// Serve until SIGTERM or Ctrl-C, then finish in-flight requests and return.
-pub async fn serve(pool: PgPool, addr: &str) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Listen { addr: addr.to_owned(), source })?;
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, router(pool))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| Error::Listen { addr: addr.to_owned(), source })?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+        None
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    if let Some(serde_json::Value::Object(runs)) = &recent {
+        for (task, run) in runs {
+            if run["outcome"] == "error" && !failing.contains(task) {
+                failing.push(task.clone());
             }
-            Err(_) => std::future::pending::<()>().await,
         }
+    }
+    let status = match (reachable, failing.is_empty()) {
+        (false, _) => "unavailable",
+        (true, true) => "ok",
+        (true, false) => "degraded",
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown requested");
+    let body = json!({
+        "status": status,
+        "database": if reachable { "reachable" } else { "unreachable" },
+        "worker": ctx.config.worker_id,
+        "failing_tasks": failing,
+        "tasks": tasks,
+        "recent_runs": recent,
+    });
+    let code = if reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body))
+}
+
+async fn prometheus(State(ctx): State<Context>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.metrics.render())
+}
+
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Listen { addr: addr.to_owned(), source })
+}
+
+/// Serve until `ctx.shutdown` is cancelled, then finish in-flight requests and return.
+pub async fn serve(ctx: Context, listener: tokio::net::TcpListener) -> Result<()> {
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%addr, "listening");
+    let shutdown = ctx.shutdown.clone();
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    tracing::info!("http stopped");
+    Ok(())
 }

@@ -2,27 +2,86 @@
 //! it never re-implements an entitlement rule.
 
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod metrics;
+pub mod scheduler;
 pub mod telemetry;
 
-use config::{Cli, Command};
+use config::{Command, Config};
+pub use context::Context;
 pub use error::{Error, Result};
 
-pub async fn run(cli: Cli) -> Result<()> {
-    let pool = db::connect(&cli.database_url).await?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => http::serve(pool, &cli.listen_addr).await,
+pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
+    match command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(Context::new(config).await?).await,
         Command::ApplyCatalog { file } => {
+            let pool = db::connect(config.database_url.expose()).await?;
             let changes = db::apply_catalog_file(&pool, &file).await?;
             println!("{changes}");
             Ok(())
         }
+        Command::RunTask { name } => {
+            let pool = db::connect(config.database_url.expose()).await?;
+            let run = scheduler::run_sql_task(&pool, &name, &config.worker_id).await?;
+            println!("{}", serde_json::to_string(&run).unwrap_or_default());
+            if run.outcome == "error" {
+                return Err(Error::TaskFailed { task: name, message: run.error.unwrap_or_default() });
+            }
+            Ok(())
+        }
         Command::Check => {
+            let pool = db::connect(config.database_url.expose()).await?;
             let version = db::extension_version(&pool).await?;
             println!("connected; pg_entitlements {version}");
             Ok(())
         }
     }
+}
+
+/// The daemon: HTTP and the scheduler (and any other background loop, spawned on
+/// `ctx.tracker`) until SIGTERM / Ctrl-C; then stop intake, let in-flight work finish for
+/// up to `shutdown_timeout`, and return.
+pub async fn serve(ctx: Context) -> Result<()> {
+    let listener = http::bind(&ctx.config.listen_addr).await?;
+    tokio::spawn(cancel_on_signal(ctx.shutdown.clone()));
+    ctx.tracker.spawn(metrics::upkeep(ctx.metrics.clone(), ctx.shutdown.clone()));
+    if ctx.config.scheduler.enabled {
+        scheduler::spawn(&ctx);
+    }
+    let http = ctx.tracker.spawn(http::serve(ctx.clone(), listener));
+    ctx.shutdown.cancelled().await;
+    ctx.tracker.close();
+    if tokio::time::timeout(ctx.config.shutdown_timeout, ctx.tracker.wait()).await.is_err() {
+        tracing::warn!(timeout_seconds = ctx.config.shutdown_timeout.as_secs_f64(), "in-flight work did not finish in time; exiting");
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ctx.pool.close()).await;
+    tracing::info!("stopped");
+    match http.is_finished() {
+        true => http.await.unwrap_or(Ok(())),
+        false => Ok(()),
+    }
+}
+
+async fn cancel_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+        _ = shutdown.cancelled() => return,
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
 }

@@ -1,0 +1,184 @@
+//! The maintenance scheduler: one loop per configured task, each calling
+//! `entitlements.run_task` on its interval. Replicas are safe because the extension takes an
+//! advisory lock per task (the loser's run is recorded as `skipped`). A failed run is retried
+//! after a backoff that doubles per failure (`retry_initial` .. `retry_max`), and shows in
+//! /healthz (the `TaskBoard`) and /metrics.
+use crate::config::{RECONCILE_STRIPE, SQL_TASKS};
+use crate::{Context, Error, Result};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// One row of `entitlements.task_runs`, as the extension returns it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRun {
+    pub id: Option<i64>,
+    pub task: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub rows_touched: i64,
+    /// `ok`, `error` or `skipped` (another worker was running the same task).
+    pub outcome: String,
+    pub error: Option<String>,
+    pub worker: Option<String>,
+    pub details: Option<serde_json::Value>,
+}
+
+/// Run one extension task now and return its recorded run (also when the task failed:
+/// the failure is in `outcome`/`error`, and in the table).
+pub async fn run_sql_task(pool: &PgPool, task: &str, worker: &str) -> Result<TaskRun> {
+    let row: serde_json::Value = sqlx::query_scalar("select to_jsonb(r) from entitlements.run_task($1, $2) r")
+        .bind(task)
+        .bind(worker)
+        .fetch_one(pool)
+        .await?;
+    serde_json::from_value(row).map_err(|e| Error::Config(format!("unexpected run record from run_task: {e}")))
+}
+
+/// What /healthz shows per task, as seen by this worker.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskHealth {
+    pub interval_seconds: f64,
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub last_finished_at: Option<String>,
+    pub consecutive_failures: u32,
+    pub runs: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TaskBoard(Arc<Mutex<BTreeMap<String, TaskHealth>>>);
+
+impl TaskBoard {
+    pub fn snapshot(&self) -> BTreeMap<String, TaskHealth> {
+        self.0.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, task: &str, f: impl FnOnce(&mut TaskHealth)) {
+        if let Ok(mut m) = self.0.lock() {
+            f(m.entry(task.to_owned()).or_default());
+        }
+    }
+}
+
+/// Start one loop per scheduled task on the context's tracker; they stop at shutdown after
+/// finishing the run in flight.
+pub fn spawn(ctx: &Context) {
+    for (task, interval) in &ctx.config.scheduler.tasks {
+        if !runnable(task) {
+            tracing::warn!(%task, "task is not available in this build; not scheduled");
+            continue;
+        }
+        ctx.tasks.update(task, |h| h.interval_seconds = interval.as_secs_f64());
+        ctx.tracker.spawn(task_loop(ctx.clone(), task.clone(), *interval));
+    }
+}
+
+fn runnable(task: &str) -> bool {
+    SQL_TASKS.contains(&task) || (task == RECONCILE_STRIPE && reconcile_stripe_available())
+}
+
+async fn task_loop(ctx: Context, task: String, interval: Duration) {
+    tracing::info!(%task, interval_seconds = interval.as_secs_f64(), "scheduled");
+    let mut delay = Duration::ZERO;
+    let mut failures: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        // Not raced against shutdown: a run that started finishes (in-flight work).
+        let ok = run_and_record(&ctx, &task).await;
+        if ok {
+            failures = 0;
+            delay = interval;
+        } else {
+            failures = failures.saturating_add(1);
+            delay = backoff(ctx.config.scheduler.retry_initial, ctx.config.scheduler.retry_max, failures);
+            tracing::warn!(%task, failures, retry_in_seconds = delay.as_secs_f64(), "task failed; retrying");
+        }
+    }
+    tracing::info!(%task, "scheduler stopped");
+}
+
+/// `initial * 2^(failures-1)`, capped at `max`.
+pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(30));
+    initial.saturating_mul(factor).min(max)
+}
+
+/// Run a task once, update metrics and the board; true unless it failed.
+pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
+    let started = Instant::now();
+    let result = if task == RECONCILE_STRIPE {
+        reconcile_stripe(ctx).await
+    } else {
+        run_sql_task(&ctx.pool, task, &ctx.config.worker_id).await
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let (outcome, error, rows, finished_at) = match &result {
+        Ok(run) => (run.outcome.clone(), run.error.clone(), run.rows_touched, run.finished_at.clone()),
+        Err(e) => ("error".to_owned(), Some(e.to_string()), 0, None),
+    };
+    let task_label = task.to_owned();
+    metrics::counter!("entitlements_task_runs_total", "task" => task_label.clone(), "outcome" => outcome.clone()).increment(1);
+    if outcome != "skipped" {
+        metrics::histogram!("entitlements_task_duration_seconds", "task" => task_label.clone()).record(elapsed);
+        metrics::counter!("entitlements_task_rows_touched_total", "task" => task_label.clone()).increment(rows.max(0) as u64);
+    }
+    let failed = outcome == "error";
+    ctx.tasks.update(task, |h| {
+        h.runs += 1;
+        h.last_outcome = Some(outcome.clone());
+        h.last_finished_at = finished_at.or_else(|| Some(unix_now().to_string()));
+        if failed {
+            h.consecutive_failures += 1;
+            h.last_error = error.clone();
+        } else {
+            h.consecutive_failures = 0;
+            h.last_error = None;
+        }
+        metrics::gauge!("entitlements_task_consecutive_failures", "task" => task_label.clone())
+            .set(h.consecutive_failures as f64);
+    });
+    if failed {
+        tracing::error!(%task, error = error.as_deref().unwrap_or(""), "task failed");
+    } else {
+        if outcome == "ok" {
+            metrics::gauge!("entitlements_task_last_success_timestamp_seconds", "task" => task_label).set(unix_now());
+        }
+        tracing::info!(%task, %outcome, rows_touched = rows, seconds = elapsed, "task run");
+    }
+    !failed
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
+}
+
+/// Hook for the Stripe half of issue #4: the scheduled `reconcile_stripe` task.
+/// Until `crate::stripe::reconcile` exists this build does not schedule it (see `runnable`).
+fn reconcile_stripe_available() -> bool {
+    false
+}
+
+async fn reconcile_stripe(_ctx: &Context) -> Result<TaskRun> {
+    Err(Error::Config("reconcile_stripe is not available in this build".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(5), s(60), 1), s(5));
+        assert_eq!(backoff(s(5), s(60), 2), s(10));
+        assert_eq!(backoff(s(5), s(60), 4), s(40));
+        assert_eq!(backoff(s(5), s(60), 5), s(60));
+        assert_eq!(backoff(s(5), s(60), 500), s(60));
+    }
+}
