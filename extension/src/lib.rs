@@ -50,6 +50,11 @@ extension_sql_file!(
     requires = ["grants", metering::meter_limits, identity::outer_role, access::may_meter]
 );
 extension_sql_file!(
+    "../../sql/stripe.sql",
+    name = "stripe",
+    requires = ["subscriptions"]
+);
+extension_sql_file!(
     "../../sql/privileges.sql",
     name = "privileges",
     finalize

@@ -1,0 +1,551 @@
+-- Stripe: the webhook event store and the functions that apply Stripe objects.
+--
+-- The worker (worker/src/stripe/) verifies signatures, stores events and, when it has an API
+-- key, fetches current objects; every decision (which plan a price is, which customer a
+-- Stripe customer is, which of two states is newer) is made here, so an app that syncs Stripe
+-- some other way calls the same functions:
+--
+--   entitlements.stripe_record_event(event jsonb) -> boolean      store once by id (true = new)
+--   entitlements.stripe_apply_event(event_id text, fetched jsonb)   apply a stored event
+--   entitlements.stripe_apply_subscription(subscription jsonb, observed_at timestamptz)
+--   entitlements.link_stripe_customer(customer uuid, stripe_customer_id text)  (subscriptions.sql)
+--
+-- Ordering. Stripe delivers at least once and in any order, and an event's `created` has
+-- one-second resolution, so two events can tie. A subscription state is applied only when its
+-- key is greater than the key of the state applied last, compared left to right:
+--
+--     (observed_at, period_start, state_rank)
+--
+--   * observed_at: when the state was true: the event's `created`, or, for an object just
+--     fetched from the API (observed_at => NULL), now. The worker fetches under
+--     stripe_lock_subscription(), so fetches of one subscription are serialized and a fetched
+--     object is the current state: its key is bumped past the stored one, so it always wins.
+--   * period_start: billing periods only move forward (renewals, anchor resets).
+--   * state_rank: within one period a subscription moves forward through incomplete, trialing,
+--     active, past_due, unpaid, paused, and ends in canceled or incomplete_expired. The moves
+--     back (a past_due invoice paid again, a resume) come minutes or days after the move they
+--     undo, never in the same second.
+-- A full tie keeps what is there. Only two payload states of one subscription in the same
+-- second, same period and same status (say, two quantity changes) are undecidable from the
+-- payloads; with STRIPE_SECRET_KEY set the worker never applies payloads, only fetched objects.
+--
+-- Neither table here is audited row by row: the event store is itself the record of what
+-- Stripe said (as the usage ledger is for usage), and the sync keys are bookkeeping. What the
+-- events change (customers, subscriptions) is audited, with the event id as the reason.
+
+create table entitlements.stripe_events (
+    id              text primary key check (id ~ '^evt_[A-Za-z0-9_]+$'),
+    type            text not null check (type ~ '^[a-z_]+(\.[a-z_]+)+$'),
+    created         timestamptz not null,
+    api_version     text,
+    payload         jsonb not null,
+    received_at     timestamptz not null default now(),
+    applied_at      timestamptz,
+    -- What applying it did: created, updated, unchanged, stale, linked, ignored, ...
+    outcome         text,
+    attempts        integer not null default 0,
+    last_error      text,
+    next_attempt_at timestamptz not null default now()
+);
+comment on table entitlements.stripe_events is
+    'Stripe webhook events, stored once by id, applied asynchronously (entitlements.stripe_apply_event).';
+create index stripe_events_pending on entitlements.stripe_events (next_attempt_at, created) where applied_at is null;
+
+-- One row per Stripe subscription: the key of the state applied last (see Ordering above).
+create table entitlements.stripe_subscriptions (
+    stripe_subscription_id text primary key,
+    subscription_id        uuid not null unique references entitlements.subscriptions (id) on delete cascade,
+    observed_at            timestamptz not null,
+    period_start           timestamptz,
+    state_rank             smallint not null,
+    applied_from           text not null,
+    updated_at             timestamptz not null default now()
+);
+
+alter table entitlements.stripe_events enable row level security;
+create policy stripe_events_admin on entitlements.stripe_events for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+alter table entitlements.stripe_subscriptions enable row level security;
+create policy stripe_subscriptions_admin on entitlements.stripe_subscriptions for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+-- As for the other tables: privileges at the SQL level, RLS decides row by row.
+grant insert, update, delete on entitlements.stripe_events, entitlements.stripe_subscriptions to public;
+
+select pg_catalog.pg_extension_config_dump('entitlements.stripe_events', '');
+select pg_catalog.pg_extension_config_dump('entitlements.stripe_subscriptions', '');
+
+-- Helpers ------------------------------------------------------------------------------
+
+-- Stripe instants are Unix seconds; NULL for anything else.
+create function entitlements._stripe_ts(v jsonb)
+returns timestamptz language sql immutable parallel safe
+return case when jsonb_typeof(v) = 'number' then to_timestamp((v #>> '{}')::double precision) end;
+
+-- An id field that may be expanded into the object it names.
+create function entitlements._stripe_id(v jsonb)
+returns text language sql immutable parallel safe
+return case jsonb_typeof(v) when 'string' then v #>> '{}' when 'object' then v ->> 'id' end;
+
+create function entitlements._stripe_status_rank(status text)
+returns smallint language sql immutable parallel safe
+return case status
+    when 'incomplete' then 0 when 'trialing' then 1 when 'active' then 2 when 'past_due' then 3
+    when 'unpaid' then 4 when 'paused' then 5 when 'canceled' then 9 when 'incomplete_expired' then 9 end;
+
+create function entitlements._stripe_uuid(v text)
+returns uuid language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return v::uuid;
+exception when invalid_text_representation then
+    return null;
+end
+$$;
+
+-- The Stripe subscription an event is about (what the worker fetches when it has a key).
+create function entitlements._stripe_event_subscription(event jsonb)
+returns text language sql immutable parallel safe
+return (
+    select case
+        when event ->> 'type' like 'customer.subscription.%' then o ->> 'id'
+        when event ->> 'type' like 'invoice.%' then coalesce(
+            entitlements._stripe_id(o -> 'subscription'),
+            o #>> '{parent,subscription_details,subscription}',
+            (select coalesce(entitlements._stripe_id(l -> 'subscription'),
+                             l #>> '{parent,subscription_item_details,subscription}')
+               from jsonb_array_elements(case when jsonb_typeof(o #> '{lines,data}') = 'array'
+                                              then o #> '{lines,data}' else '[]' end) l
+              where coalesce(entitlements._stripe_id(l -> 'subscription'),
+                             l #>> '{parent,subscription_item_details,subscription}') is not null
+              limit 1))
+        when event ->> 'type' = 'checkout.session.completed' then entitlements._stripe_id(o -> 'subscription')
+    end
+    from (select event #> '{data,object}' as o) x);
+
+-- Serializes everything applied to one Stripe subscription (transaction-scoped). The worker
+-- takes it before fetching, so a fetched object is never older than one applied before it.
+create function entitlements.stripe_lock_subscription(stripe_subscription_id text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_not_null(stripe_subscription_id, 'stripe_subscription_id');
+    perform pg_advisory_xact_lock('entitlements.stripe_subscriptions'::regclass::oid::integer,
+                                  hashtext(stripe_subscription_id));
+end
+$$;
+
+-- The entitlements customer of a Stripe customer: its link, else metadata.entitlements_customer_id
+-- on the object at hand (subscription, customer or Checkout Session), which then becomes the link.
+create function entitlements._stripe_customer(stripe_customer_id text, metadata jsonb)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id uuid;
+    v_meta text := metadata ->> 'entitlements_customer_id';
+begin
+    if stripe_customer_id is null then
+        return null;
+    end if;
+    select c.id into v_id from entitlements.customers c where c.stripe_customer_id = _stripe_customer.stripe_customer_id;
+    if found then
+        return v_id;
+    end if;
+    if v_meta is not null then
+        v_id := entitlements._stripe_uuid(v_meta);
+        if v_id is null then
+            raise exception 'metadata.entitlements_customer_id of Stripe customer % is not a uuid: %', stripe_customer_id, v_meta
+                using errcode = '22023';
+        end if;
+        perform entitlements._stripe_link(v_id, stripe_customer_id);
+    end if;
+    return v_id;
+end
+$$;
+
+-- Link, and retry at once the events that were waiting for this customer.
+create function entitlements._stripe_link(customer uuid, stripe_customer_id text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements.link_stripe_customer(customer, stripe_customer_id);
+    update entitlements.stripe_events e set next_attempt_at = now()
+     where e.applied_at is null and e.attempts > 0 and e.next_attempt_at > now()
+       and entitlements._stripe_id(e.payload #> '{data,object,customer}') = _stripe_link.stripe_customer_id;
+end
+$$;
+
+-- Is a state with this key newer than the one applied last?
+create function entitlements._stripe_is_newer(prev entitlements.stripe_subscriptions, observed_at timestamptz,
+                                              period_start timestamptz, state_rank smallint)
+returns boolean language sql immutable
+return prev.stripe_subscription_id is null
+    or (observed_at, coalesce(period_start, '-infinity'), state_rank)
+       > (prev.observed_at, coalesce(prev.period_start, '-infinity'), prev.state_rank);
+
+create function entitlements._stripe_remember(stripe_subscription_id text, subscription uuid, observed_at timestamptz,
+                                              period_start timestamptz, state_rank smallint, applied_from text)
+returns void language sql volatile
+set search_path = pg_catalog, pg_temp
+begin atomic
+    insert into entitlements.stripe_subscriptions as s
+           (stripe_subscription_id, subscription_id, observed_at, period_start, state_rank, applied_from)
+    values (stripe_subscription_id, subscription, observed_at, period_start, state_rank, applied_from)
+    on conflict (stripe_subscription_id) do update
+       set observed_at = excluded.observed_at, period_start = excluded.period_start,
+           state_rank = excluded.state_rank, applied_from = excluded.applied_from, updated_at = now();
+end;
+
+-- Applying objects -----------------------------------------------------------------------
+
+-- Apply a Stripe subscription object, as the current API shapes it (billing periods on the
+-- items) or as older versions do (on the subscription). `observed_at`: when this state was
+-- true (the event's `created`); NULL means "just fetched from the Stripe API", which wins.
+-- Returns created, updated, unchanged or stale (an older state than the one applied).
+create function entitlements.stripe_apply_subscription(subscription jsonb, observed_at timestamptz default null,
+                                                       reason text default null)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id text := subscription ->> 'id';
+    v_stripe_customer text := entitlements._stripe_id(subscription -> 'customer');
+    v_status text := subscription ->> 'status';
+    v_items jsonb;
+    v_item jsonb;
+    v_plan text;
+    v_customer uuid;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_ended timestamptz;
+    v_cancel_at_end boolean := coalesce((subscription ->> 'cancel_at_period_end')::boolean, false);
+    v_quantity integer;
+    v_rank smallint := entitlements._stripe_status_rank(v_status);
+    v_prev entitlements.stripe_subscriptions;
+    v_observed timestamptz := observed_at;
+    v_sub uuid;
+    v_outcome text;
+begin
+    perform entitlements._require_admin('stripe_apply_subscription');
+    if jsonb_typeof(subscription) is distinct from 'object' or v_id is null or v_id !~ '^sub_[A-Za-z0-9_]+$'
+       or coalesce(subscription ->> 'object', 'subscription') <> 'subscription' then
+        raise exception 'not a Stripe subscription object (id %)', coalesce(v_id, 'missing') using errcode = '22023';
+    end if;
+    if v_rank is null then
+        raise exception 'Stripe subscription %: unknown status "%"', v_id, v_status using errcode = '22023';
+    end if;
+    if v_stripe_customer is null then
+        raise exception 'Stripe subscription % has no customer', v_id using errcode = '22023';
+    end if;
+
+    -- Items: the current API lists them; very old versions carry one `plan` on the subscription.
+    v_items := case when jsonb_typeof(subscription #> '{items,data}') = 'array' then subscription #> '{items,data}'
+                    when subscription ? 'plan' then jsonb_build_array(jsonb_build_object(
+                        'plan', subscription -> 'plan', 'quantity', subscription -> 'quantity'))
+                    else '[]' end;
+    -- The plan: the most expensive one any item's price maps to through stripe_price_ids.
+    select p.key, i.item into v_plan, v_item
+      from jsonb_array_elements(v_items) i(item)
+      join entitlements.plans p
+        on coalesce(entitlements._stripe_id(i.item -> 'price'), entitlements._stripe_id(i.item -> 'plan')) = any (p.stripe_price_ids)
+     order by p.price_cents desc, p.position, p.key
+     limit 1;
+    if v_plan is null then
+        raise exception 'Stripe subscription %: no plan has any of its prices (%)', v_id,
+            coalesce((select string_agg(coalesce(entitlements._stripe_id(i -> 'price'), entitlements._stripe_id(i -> 'plan')), ', ')
+                        from jsonb_array_elements(v_items) i), 'none')
+            using errcode = '22023', hint = 'Add the price id to a plan''s stripe_price_ids in the catalog.';
+    end if;
+    v_start := coalesce(entitlements._stripe_ts(v_item -> 'current_period_start'), entitlements._stripe_ts(subscription -> 'current_period_start'));
+    v_end := coalesce(entitlements._stripe_ts(v_item -> 'current_period_end'), entitlements._stripe_ts(subscription -> 'current_period_end'));
+    if v_start >= v_end then
+        v_start := null;
+    end if;
+    v_quantity := greatest(1, coalesce((v_item ->> 'quantity')::integer, (subscription ->> 'quantity')::integer, 1));
+
+    v_customer := entitlements._stripe_customer(v_stripe_customer,
+        coalesce(subscription -> 'metadata', '{}') || coalesce(case when jsonb_typeof(subscription -> 'customer') = 'object'
+                                                                    then subscription #> '{customer,metadata}' end, '{}'));
+    if v_customer is null then
+        raise exception 'Stripe customer % is not linked to an entitlements customer', v_stripe_customer
+            using errcode = 'P0002',
+                  hint = 'Call entitlements.link_stripe_customer(customer, stripe_customer_id), or set '
+                         'metadata.entitlements_customer_id on the Stripe subscription, customer or Checkout Session.';
+    end if;
+
+    perform entitlements.stripe_lock_subscription(v_id);
+    select * into v_prev from entitlements.stripe_subscriptions s where s.stripe_subscription_id = v_id;
+    if v_observed is null then
+        v_observed := greatest(clock_timestamp(), v_prev.observed_at + interval '1 microsecond');
+    elsif not entitlements._stripe_is_newer(v_prev, v_observed, v_start, v_rank) then
+        return 'stale';
+    end if;
+
+    -- Stripe's `canceled` is final whatever cancel_at_period_end says: nothing runs to the period end.
+    if v_status in ('canceled', 'incomplete_expired') then
+        v_cancel_at_end := false;
+        v_ended := coalesce(entitlements._stripe_ts(subscription -> 'ended_at'),
+                            entitlements._stripe_ts(subscription -> 'canceled_at'), v_observed);
+    end if;
+
+    perform set_config('entitlements.reason', coalesce(reason, 'stripe ' || v_id), true);
+    v_sub := coalesce(v_prev.subscription_id,
+                      (select s.id from entitlements.subscriptions s where s.stripe_subscription_id = v_id));
+    if v_sub is null then
+        insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
+            current_period_end, trial_end, cancel_at_period_end, canceled_at, ended_at, source, stripe_subscription_id)
+        values (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
+                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
+                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe', v_id)
+        returning id into v_sub;
+        v_outcome := 'created';
+    else
+        -- Only a real change is written (and audited).
+        update entitlements.subscriptions s
+           set customer_id = v_customer, plan_key = v_plan, status = v_status, quantity = v_quantity,
+               current_period_start = v_start, current_period_end = v_end,
+               trial_end = entitlements._stripe_ts(subscription -> 'trial_end'),
+               cancel_at_period_end = v_cancel_at_end,
+               canceled_at = entitlements._stripe_ts(subscription -> 'canceled_at'), ended_at = v_ended,
+               source = 'stripe'
+         where s.id = v_sub
+           and (s.customer_id, s.plan_key, s.status, s.quantity, s.current_period_start, s.current_period_end,
+                s.trial_end, s.cancel_at_period_end, s.canceled_at, s.ended_at, s.source)
+               is distinct from
+               (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
+                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
+                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe');
+        v_outcome := case when found then 'updated' else 'unchanged' end;
+    end if;
+    perform entitlements._stripe_remember(v_id, v_sub, v_observed, v_start, v_rank,
+                                          coalesce(reason, case when observed_at is null then 'api' else 'payload' end));
+    perform set_config('entitlements.reason', '', true);
+    return v_outcome;
+end
+$$;
+comment on function entitlements.stripe_apply_subscription(jsonb, timestamptz, text) is
+    'Apply a Stripe subscription object unless a newer state was applied. observed_at: when the state was true '
+    '(the event''s created); NULL = just fetched from the Stripe API. Returns created, updated, unchanged or stale. Admins only.';
+
+-- invoice.paid / invoice.payment_succeeded / invoice.payment_failed from the payload alone
+-- (with an API key the worker applies the fetched subscription instead). A failed payment
+-- makes an active or trialing subscription past_due: it keeps access for the plan's
+-- grace_days (extension/src/rules.rs). A paid one makes past_due/unpaid/incomplete active
+-- and moves the period forward to the one the invoice paid for.
+create function entitlements._stripe_apply_invoice(event jsonb, observed_at timestamptz, reason text)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_invoice jsonb := event #> '{data,object}';
+    v_id text := entitlements._stripe_event_subscription(event);
+    v_failed boolean := event ->> 'type' = 'invoice.payment_failed';
+    v_prev entitlements.stripe_subscriptions;
+    v_sub entitlements.subscriptions;
+    v_line jsonb;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_status text;
+    v_changed boolean;
+begin
+    if v_id is null then
+        return 'ignored'; -- not a subscription invoice
+    end if;
+    perform entitlements.stripe_lock_subscription(v_id);
+    select * into v_prev from entitlements.stripe_subscriptions s where s.stripe_subscription_id = v_id;
+    if not found then
+        -- Delivered before the subscription itself: fail, so it is retried once that is applied.
+        raise exception 'Stripe subscription % is not known yet', v_id using errcode = 'P0002';
+    end if;
+    select * into v_sub from entitlements.subscriptions s where s.id = v_prev.subscription_id for update;
+    -- The period this invoice is for: its subscription line.
+    select l into v_line
+      from jsonb_array_elements(case when jsonb_typeof(v_invoice #> '{lines,data}') = 'array'
+                                     then v_invoice #> '{lines,data}' else '[]' end) l
+     where l ? 'period' and coalesce(l ->> 'type', 'subscription') = 'subscription'
+     order by (l #>> '{period,end}')::numeric desc nulls last
+     limit 1;
+    v_start := greatest(v_prev.period_start, entitlements._stripe_ts(v_line #> '{period,start}'));
+    v_end := greatest(v_sub.current_period_end, entitlements._stripe_ts(v_line #> '{period,end}'));
+    if v_start >= v_end then
+        v_start := v_prev.period_start;
+    end if;
+    if v_failed then
+        if v_sub.status not in ('active', 'trialing') then
+            return 'unchanged';
+        end if;
+        v_status := 'past_due';
+    else
+        v_status := case when v_sub.status in ('past_due', 'unpaid', 'incomplete') then 'active' else v_sub.status end;
+    end if;
+    if not entitlements._stripe_is_newer(v_prev, observed_at, v_start, entitlements._stripe_status_rank(v_status)) then
+        return 'stale';
+    end if;
+    perform set_config('entitlements.reason', reason, true);
+    update entitlements.subscriptions s
+       set status = v_status,
+           current_period_start = case when v_failed then s.current_period_start else v_start end,
+           current_period_end = case when v_failed then s.current_period_end else v_end end
+     where s.id = v_sub.id
+       and (s.status, s.current_period_start, s.current_period_end) is distinct from
+           (v_status, case when v_failed then s.current_period_start else v_start end,
+                      case when v_failed then s.current_period_end else v_end end);
+    v_changed := found;
+    perform entitlements._stripe_remember(v_id, v_sub.id, observed_at,
+                                          case when v_failed then v_prev.period_start else v_start end,
+                                          entitlements._stripe_status_rank(v_status), reason);
+    perform set_config('entitlements.reason', '', true);
+    return case when v_changed then 'updated' else 'unchanged' end;
+end
+$$;
+
+-- checkout.session.completed (and customer.created/updated): link the Stripe customer to the
+-- entitlements customer named by metadata.entitlements_customer_id or client_reference_id.
+create function entitlements._stripe_apply_link(object jsonb)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_stripe_customer text := case when object ->> 'object' = 'customer' then object ->> 'id'
+                                   else entitlements._stripe_id(object -> 'customer') end;
+    v_ref text := coalesce(object #>> '{metadata,entitlements_customer_id}', object ->> 'client_reference_id');
+    v_customer uuid := entitlements._stripe_uuid(v_ref);
+begin
+    if v_stripe_customer is null or v_customer is null then
+        return 'ignored'; -- a guest checkout, or a Stripe customer this app does not know
+    end if;
+    if exists (select 1 from entitlements.customers c
+                where c.id = v_customer and c.stripe_customer_id = v_stripe_customer) then
+        return 'unchanged';
+    end if;
+    perform entitlements._stripe_link(v_customer, v_stripe_customer);
+    return 'linked';
+end
+$$;
+
+-- Events -------------------------------------------------------------------------------
+
+-- Store a webhook event once by its id. True when it is new. Verifying the signature is the
+-- caller's job (the worker does it on the raw body).
+create function entitlements.stripe_record_event(event jsonb)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_new boolean;
+begin
+    perform entitlements._require_admin('stripe_record_event');
+    if jsonb_typeof(event) is distinct from 'object' or event ->> 'id' !~ '^evt_[A-Za-z0-9_]+$'
+       or coalesce(event ->> 'object', 'event') <> 'event' or jsonb_typeof(event -> 'type') is distinct from 'string'
+       or jsonb_typeof(event -> 'created') is distinct from 'number'
+       or jsonb_typeof(event #> '{data,object}') is distinct from 'object' then
+        raise exception 'not a Stripe event: it needs an id (evt_...), a type, created and data.object'
+            using errcode = '22023';
+    end if;
+    insert into entitlements.stripe_events (id, type, created, api_version, payload)
+    values (event ->> 'id', event ->> 'type', entitlements._stripe_ts(event -> 'created'), event ->> 'api_version', event)
+    on conflict (id) do nothing
+    returning true into v_new;
+    return coalesce(v_new, false);
+end
+$$;
+comment on function entitlements.stripe_record_event(jsonb) is
+    'Store a (signature-verified) Stripe event once by id; true when it was new. Admins only.';
+
+-- Events due to be applied, oldest first, with the Stripe subscription each is about.
+create function entitlements.stripe_pending_events(max_events integer default 100)
+returns table (id text, type text, received_at timestamptz, stripe_subscription_id text)
+language sql stable
+set search_path = pg_catalog, pg_temp
+begin atomic
+    select e.id, e.type, e.received_at, entitlements._stripe_event_subscription(e.payload)
+      from entitlements.stripe_events e
+     where e.applied_at is null and e.next_attempt_at <= now()
+     order by e.created, e.received_at, e.id
+     limit max_events;
+end;
+
+-- Lock a pending event for this transaction; false when it is applied or another session
+-- holds it (several workers share the queue).
+create function entitlements.stripe_claim_event(event_id text)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('stripe_claim_event');
+    perform 1 from entitlements.stripe_events e where e.id = event_id and e.applied_at is null
+        for update skip locked;
+    return found;
+end
+$$;
+
+-- Apply a stored event once. `fetched`: the object as just fetched from the Stripe API
+-- (the subscription the event is about), which is applied instead of the payload.
+-- Returns the outcome, or 'duplicate' when the event was applied before.
+create function entitlements.stripe_apply_event(event_id text, fetched jsonb default null)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_event entitlements.stripe_events;
+    v_object jsonb;
+    v_reason text;
+    v_outcome text;
+begin
+    perform entitlements._require_admin('stripe_apply_event');
+    perform entitlements._require_not_null(event_id, 'event_id');
+    select * into v_event from entitlements.stripe_events e where e.id = event_id for update;
+    if not found then
+        raise exception 'Stripe event % is not stored', event_id using errcode = 'P0002';
+    end if;
+    if v_event.applied_at is not null then
+        return 'duplicate';
+    end if;
+    v_object := v_event.payload #> '{data,object}';
+    v_reason := format('stripe %s %s', v_event.type, v_event.id);
+    if fetched is not null and coalesce(fetched ->> 'object', 'subscription') <> 'subscription' then
+        raise exception 'fetched must be the Stripe subscription the event is about' using errcode = '22023';
+    end if;
+    v_outcome := case
+        when v_event.type like 'customer.subscription.%' then
+            case when fetched is not null then entitlements.stripe_apply_subscription(fetched, null, v_reason)
+                 else entitlements.stripe_apply_subscription(v_object, v_event.created, v_reason) end
+        when v_event.type in ('invoice.paid', 'invoice.payment_succeeded', 'invoice.payment_failed') then
+            case when fetched is not null then entitlements.stripe_apply_subscription(fetched, null, v_reason)
+                 else entitlements._stripe_apply_invoice(v_event.payload, v_event.created, v_reason) end
+        when v_event.type = 'checkout.session.completed' then entitlements._stripe_apply_link(v_object)
+            || case when fetched is not null then ', ' || entitlements.stripe_apply_subscription(fetched, null, v_reason)
+                    else '' end
+        when v_event.type in ('customer.created', 'customer.updated') then entitlements._stripe_apply_link(v_object)
+        else 'ignored'
+    end;
+    update entitlements.stripe_events e
+       set applied_at = now(), outcome = v_outcome, attempts = e.attempts + 1, last_error = null
+     where e.id = event_id;
+    return v_outcome;
+end
+$$;
+comment on function entitlements.stripe_apply_event(text, jsonb) is
+    'Apply a stored Stripe event once (subscription, invoice, checkout and customer events; others are '
+    'acknowledged as ignored). fetched: the subscription as just fetched from the API. Admins only.';
+
+-- Record a failed attempt; the next one waits 2^attempts seconds, at most an hour.
+create function entitlements.stripe_event_failed(event_id text, error text)
+returns timestamptz language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_next timestamptz;
+begin
+    perform entitlements._require_admin('stripe_event_failed');
+    update entitlements.stripe_events e
+       set attempts = e.attempts + 1, last_error = left(error, 2000),
+           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12)))
+     where e.id = event_id and e.applied_at is null
+    returning e.next_attempt_at into v_next;
+    return v_next;
+end
+$$;
