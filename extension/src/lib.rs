@@ -55,6 +55,11 @@ extension_sql_file!(
     requires = ["subscriptions"]
 );
 extension_sql_file!(
+    "../../sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["grants", checks::feature_limit]
+);
+extension_sql_file!(
     "../../sql/privileges.sql",
     name = "privileges",
     finalize

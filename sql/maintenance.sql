@@ -1,0 +1,310 @@
+-- Maintenance tasks with run tracking. Access is always correct at read time
+-- (extension/src/rules.rs); these tasks only tidy stored state up, fix rows that disagree
+-- with the rules, and take a snapshot an operator wants to see. The worker's scheduler calls
+-- entitlements.run_task on intervals; anyone with admin rights can call it from SQL too.
+--
+--   * Every run is a row of entitlements.task_runs: start, end, rows touched, outcome
+--     (ok, error, skipped), the error, the worker, and details (what was changed).
+--   * A failing task is rolled back to before it started (a subtransaction), recorded as
+--     an error, and reported: run_task returns the row instead of raising, so the record
+--     survives.
+--   * At most one run of a task at a time across every caller and worker replica: a
+--     transaction-level advisory lock keyed by (task_runs' oid, hashtext(task)). Whoever
+--     does not get it records a `skipped` run and returns at once; the lock is held until
+--     the caller's transaction ends, so runs of one task never overlap.
+--   * Subscriptions synced from Stripe are not changed here: Stripe is their source of
+--     truth (the worker's reconcile repairs them); stale ones are counted in details.
+
+create table entitlements.task_runs (
+    id           bigint generated always as identity primary key,
+    task         text not null,
+    started_at   timestamptz not null,
+    finished_at  timestamptz not null,
+    rows_touched bigint not null default 0 check (rows_touched >= 0),
+    outcome      text not null check (outcome in ('ok', 'error', 'skipped')),
+    error        text,
+    -- Which worker (or session) ran it: ENTITLEMENTS_WORKER_ID, else application_name and pid.
+    worker       text,
+    details      jsonb not null default '{}',
+    check (finished_at >= started_at),
+    check ((outcome = 'error') = (error is not null))
+);
+comment on table entitlements.task_runs is
+    'One row per maintenance task run (entitlements.run_task): timing, rows touched, outcome, error.';
+create index task_runs_task_started on entitlements.task_runs (task, started_at desc);
+create index task_runs_started on entitlements.task_runs using brin (started_at);
+select pg_catalog.pg_extension_config_dump('entitlements.task_runs', '');
+
+-- Admins read and record runs; nobody updates or deletes them through SQL privileges.
+alter table entitlements.task_runs enable row level security;
+create policy task_runs_read on entitlements.task_runs for select using (entitlements.is_admin());
+create policy task_runs_record on entitlements.task_runs for insert with check (entitlements.is_admin());
+grant insert on entitlements.task_runs to public;
+
+create function entitlements.task_names()
+returns text[] language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot'] $$;
+comment on function entitlements.task_names() is 'The maintenance tasks entitlements.run_task knows.';
+
+-- The advisory lock key of a task (two int4 halves). Also used by the worker for tasks it
+-- runs itself (the Stripe reconcile), so the same one-at-a-time rule holds for those.
+create function entitlements.try_lock_task(task text)
+returns boolean language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$ select pg_try_advisory_xact_lock('entitlements.task_runs'::regclass::oid::integer, hashtext(task)) $$;
+comment on function entitlements.try_lock_task(text) is
+    'Take the task''s lock until the end of the transaction; false when another session holds it.';
+
+-- Expiry --------------------------------------------------------------------------------
+
+-- Manual subscriptions whose trial, cancel-at-period-end period or past_due grace ended
+-- move to the status they are in by the rules; each change is audited with a reason.
+create function entitlements._task_expire_subscriptions()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_trials bigint;
+    v_cancels bigint;
+    v_grace bigint;
+    v_stale_stripe bigint;
+begin
+    -- A trial that ended without becoming a paid subscription.
+    perform set_config('entitlements.reason', 'expire_subscriptions: trial ended', true);
+    update entitlements.subscriptions s
+       set status = 'canceled', cancel_at_period_end = false,
+           canceled_at = coalesce(s.canceled_at, coalesce(s.trial_end, s.current_period_end)),
+           ended_at = coalesce(s.trial_end, s.current_period_end)
+     where s.source = 'manual' and s.status = 'trialing'
+       and coalesce(s.trial_end, s.current_period_end) <= now();
+    get diagnostics v_trials = row_count;
+
+    -- Canceled at period end, and the period is over: the cancellation is final.
+    perform set_config('entitlements.reason', 'expire_subscriptions: canceled period ended', true);
+    update entitlements.subscriptions s
+       set cancel_at_period_end = false, ended_at = coalesce(s.ended_at, s.current_period_end)
+     where s.source = 'manual' and s.status = 'canceled' and s.cancel_at_period_end
+       and (s.current_period_end is null or s.current_period_end <= now());
+    get diagnostics v_cancels = row_count;
+
+    -- past_due beyond the plan's grace period: unpaid, as Stripe does when retries run out.
+    perform set_config('entitlements.reason', 'expire_subscriptions: grace period ended', true);
+    update entitlements.subscriptions s
+       set status = 'unpaid'
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'past_due'
+       and s.status_changed_at + make_interval(days => p.grace_days) <= now();
+    get diagnostics v_grace = row_count;
+    perform set_config('entitlements.reason', '', true);
+
+    select count(*) into v_stale_stripe from entitlements.subscriptions s
+      join entitlements.plans p on p.key = s.plan_key
+     where s.source = 'stripe'
+       and ((s.status = 'trialing' and coalesce(s.trial_end, s.current_period_end) <= now())
+            or (s.status = 'canceled' and s.cancel_at_period_end and s.current_period_end <= now())
+            or (s.status = 'past_due' and s.status_changed_at + make_interval(days => p.grace_days) <= now()));
+
+    return jsonb_build_object(
+        'rows_touched', v_trials + v_cancels + v_grace,
+        'trials_ended', v_trials,
+        'cancellations_final', v_cancels,
+        'grace_ended', v_grace,
+        'stripe_stale', v_stale_stripe);
+end
+$$;
+
+-- Correction ----------------------------------------------------------------------------
+
+-- Rows that disagree with the rules:
+--   * manual `active` subscriptions past their period end (nothing renewed them): canceled
+--     as of the period end;
+--   * organizations with more members than their seats allow (after a downgrade or a lapse):
+--     the newest members beyond the limit are removed, owners last; the removed members are
+--     listed in details (and the audit log keeps their rows). Organizations whose
+--     subscription is in a recoverable state (past_due, unpaid, paused, incomplete) are
+--     left alone and listed, so a late payment does not cost them their members;
+--   * grants past their expiry that are still open: closed (revoked_at = expires_at).
+create function entitlements._task_correct_entitlements()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_lapsed bigint;
+    v_grants bigint;
+    v_removed jsonb := '[]';
+    v_pending jsonb := '[]';
+    v_stale_stripe bigint;
+    r record;
+    v_limit double precision;
+    v_excess bigint;
+    v_gone jsonb;
+begin
+    perform set_config('entitlements.reason', 'correct_entitlements: active past its period end', true);
+    update entitlements.subscriptions s
+       set status = 'canceled', cancel_at_period_end = false,
+           canceled_at = coalesce(s.canceled_at, s.current_period_end), ended_at = s.current_period_end
+     where s.source = 'manual' and s.status = 'active' and s.current_period_end <= now();
+    get diagnostics v_lapsed = row_count;
+
+    select count(*) into v_stale_stripe from entitlements.subscriptions s
+     where s.source = 'stripe' and s.status = 'active' and s.current_period_end <= now();
+
+    perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
+    update entitlements.grants g set revoked_at = g.expires_at
+     where g.revoked_at is null and g.expires_at <= now();
+    get diagnostics v_grants = row_count;
+
+    if exists (select 1 from entitlements.features f where f.key = 'seats') then
+        for r in
+            select m.organization_id as org, count(*) as used
+              from entitlements.members m group by m.organization_id order by m.organization_id
+        loop
+            -- The same serialization as entitlements._enforce_seats: no add_member races us.
+            perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(r.org::text));
+            v_limit := entitlements._feature_limit(r.org, 'seats');
+            continue when v_limit is null or r.used <= v_limit;
+            if exists (select 1 from entitlements.subscriptions s
+                        where s.customer_id = r.org and s.status in ('past_due', 'unpaid', 'paused', 'incomplete')) then
+                v_pending := v_pending || jsonb_build_object('organization', r.org, 'members', r.used, 'seats', v_limit);
+                continue;
+            end if;
+            v_excess := r.used - floor(v_limit)::bigint;
+            perform set_config('entitlements.reason',
+                format('correct_entitlements: organization over seats (%s members, %s seats)', r.used, v_limit), true);
+            with gone as (
+                delete from entitlements.members m
+                 where m.organization_id = r.org
+                   and m.user_id in (select x.user_id from entitlements.members x
+                                      where x.organization_id = r.org
+                                      order by case x.role when 'owner' then 0 when 'admin' then 1 else 2 end desc,
+                                               x.created_at desc, x.user_id
+                                      limit v_excess)
+                returning m.user_id, m.role)
+            select coalesce(jsonb_agg(jsonb_build_object('organization', r.org, 'user_id', g.user_id, 'role', g.role)), '[]')
+              into v_gone from gone g;
+            v_removed := v_removed || v_gone;
+        end loop;
+    end if;
+    perform set_config('entitlements.reason', '', true);
+
+    return jsonb_build_object(
+        'rows_touched', v_lapsed + v_grants + jsonb_array_length(v_removed),
+        'lapsed_subscriptions', v_lapsed,
+        'expired_grants', v_grants,
+        'members_removed', v_removed,
+        'over_seats_pending', v_pending,
+        'stripe_stale', v_stale_stripe);
+end
+$$;
+
+-- Snapshot ------------------------------------------------------------------------------
+
+-- Counts an operator wants on one page; touches nothing.
+create function entitlements._task_health_snapshot()
+returns jsonb language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select jsonb_build_object(
+        'rows_touched', 0,
+        'subscriptions_by_status', (select coalesce(jsonb_object_agg(status, n), '{}')
+                                      from (select s.status, count(*) as n from entitlements.subscriptions s
+                                             group by s.status) x),
+        'subscriptions_by_plan', (select coalesce(jsonb_object_agg(plan_key, n), '{}')
+                                    from (select s.plan_key, count(*) as n from entitlements.subscriptions s
+                                           where s.status in ('trialing', 'active', 'past_due')
+                                           group by s.plan_key) x),
+        'subscriptions_from_stripe', (select count(*) from entitlements.subscriptions s where s.source = 'stripe'),
+        -- Status says it grants, the rules say it no longer does: what expiry/correction will tidy.
+        'subscriptions_to_tidy', (select count(*) from entitlements.subscriptions s
+                                    join entitlements.plans p on p.key = s.plan_key
+                                   where (s.status = 'trialing' and coalesce(s.trial_end, s.current_period_end) <= now())
+                                      or (s.status = 'active' and s.current_period_end <= now())
+                                      or (s.status = 'canceled' and s.cancel_at_period_end
+                                          and s.current_period_end <= now())
+                                      or (s.status = 'past_due'
+                                          and s.status_changed_at + make_interval(days => p.grace_days) <= now())),
+        'customers', (select count(*) from entitlements.customers c where c.kind = 'user'),
+        'organizations', (select count(*) from entitlements.customers c where c.kind = 'organization'),
+        'members', (select count(*) from entitlements.members),
+        'grants_open', (select count(*) from entitlements.grants g
+                         where g.revoked_at is null and (g.expires_at is null or g.expires_at > now())),
+        'grants_expired_open', (select count(*) from entitlements.grants g
+                                 where g.revoked_at is null and g.expires_at <= now()),
+        'plans_active', (select count(*) from entitlements.plans p where p.active),
+        'audit_rows_24h', (select count(*) from entitlements.audit_log a where a.at > now() - interval '24 hours'),
+        'task_runs_failed_24h', (select coalesce(jsonb_object_agg(task, n), '{}')
+                                   from (select t.task, count(*) as n from entitlements.task_runs t
+                                          where t.outcome = 'error' and t.started_at > now() - interval '24 hours'
+                                          group by t.task) x),
+        'task_last_ok', (select coalesce(jsonb_object_agg(task, at), '{}')
+                           from (select t.task, max(t.finished_at) as at from entitlements.task_runs t
+                                  where t.outcome = 'ok' group by t.task) x))
+$$;
+
+-- Running -------------------------------------------------------------------------------
+
+create function entitlements.run_task(task text, worker text default null)
+returns entitlements.task_runs language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_run entitlements.task_runs;
+    v_result jsonb;
+    v_state text;
+    v_message text;
+    v_detail text;
+begin
+    if task is null then
+        raise exception 'task must not be NULL' using errcode = '22004';
+    end if;
+    if not task = any (entitlements.task_names()) then
+        raise exception 'unknown maintenance task "%"', task
+            using errcode = '22023', hint = 'known tasks: ' || array_to_string(entitlements.task_names(), ', ');
+    end if;
+    perform entitlements._require_admin('run_task');
+
+    v_run.task := task;
+    v_run.worker := coalesce(nullif(btrim(worker), ''),
+                             nullif(current_setting('application_name', true), '') || ':' || pg_backend_pid(),
+                             'backend:' || pg_backend_pid());
+    if not entitlements.try_lock_task(task) then
+        v_run.started_at := clock_timestamp();
+        v_run.finished_at := v_run.started_at;
+        v_run.outcome := 'skipped';
+        v_run.details := jsonb_build_object('reason', 'another run of this task is in progress');
+    else
+        -- After the lock: a run's start never precedes the end of the previous one.
+        v_run.started_at := clock_timestamp();
+        begin
+            v_result := case task
+                when 'expire_subscriptions' then entitlements._task_expire_subscriptions()
+                when 'correct_entitlements' then entitlements._task_correct_entitlements()
+                when 'health_snapshot' then entitlements._task_health_snapshot()
+            end;
+            v_run.outcome := 'ok';
+            v_run.rows_touched := coalesce((v_result ->> 'rows_touched')::bigint, 0);
+            v_run.details := v_result - 'rows_touched';
+        exception when others then
+            -- The task's changes are rolled back with the subtransaction; the record is not.
+            get stacked diagnostics v_state = returned_sqlstate, v_message = message_text, v_detail = pg_exception_detail;
+            perform set_config('entitlements.reason', '', true);
+            v_run.outcome := 'error';
+            v_run.rows_touched := 0;
+            v_run.error := v_message;
+            v_run.details := jsonb_strip_nulls(jsonb_build_object('sqlstate', v_state, 'detail', nullif(v_detail, '')));
+            raise warning 'maintenance task % failed: % (SQLSTATE %)', task, v_message, v_state;
+        end;
+        v_run.finished_at := clock_timestamp();
+    end if;
+
+    insert into entitlements.task_runs (task, started_at, finished_at, rows_touched, outcome, error, worker, details)
+    values (v_run.task, v_run.started_at, v_run.finished_at, coalesce(v_run.rows_touched, 0), v_run.outcome,
+            v_run.error, v_run.worker, coalesce(v_run.details, '{}'))
+    returning * into v_run;
+    return v_run;
+end
+$$;
+comment on function entitlements.run_task(text, text) is
+    'Run a maintenance task (see entitlements.task_names()) and return its recorded run; '
+    'a failure is recorded and returned (outcome error), a run while another is in progress is skipped. Admins only.';
