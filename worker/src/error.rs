@@ -3,7 +3,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     /// Database errors keep PostgreSQL's SQLSTATE and message; sqlx never includes the password.
-    #[error("database: {0}")]
+    #[error("database: {}", describe_database(.0))]
     Database(#[from] sqlx::Error),
     #[error("the pg_entitlements extension is not installed in this database")]
     ExtensionMissing,
@@ -24,3 +24,17 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// PostgreSQL's message with its SQLSTATE and hint, so an operator can tell a refused input
+/// (22023) from a permission problem (42501).
+fn describe_database(e: &sqlx::Error) -> String {
+    let Some(db) = e.as_database_error() else { return e.to_string() };
+    let mut text = db.message().to_owned();
+    if let Some(code) = db.code() {
+        text.push_str(&format!(" (SQLSTATE {code})"));
+    }
+    if let Some(hint) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().and_then(|p| p.hint()) {
+        text.push_str(&format!("; hint: {hint}"));
+    }
+    text
+}

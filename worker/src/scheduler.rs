@@ -128,6 +128,11 @@ pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
         metrics::histogram!("entitlements_task_duration_seconds", "task" => task_label.clone()).record(elapsed);
         metrics::counter!("entitlements_task_rows_touched_total", "task" => task_label.clone()).increment(rows.max(0) as u64);
     }
+    if let Ok(run) = &result {
+        if task == "health_snapshot" && run.outcome == "ok" {
+            export_snapshot(run.details.as_ref());
+        }
+    }
     let failed = outcome == "error";
     ctx.tasks.update(task, |h| {
         h.runs += 1;
@@ -152,6 +157,21 @@ pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
         tracing::info!(%task, %outcome, rows_touched = rows, seconds = elapsed, "task run");
     }
     !failed
+}
+
+/// The health snapshot's subscription counts as gauges (every status, so one that drops
+/// to zero shows 0 rather than its last value).
+fn export_snapshot(details: Option<&serde_json::Value>) {
+    let Some(details) = details else { return };
+    const STATUSES: [&str; 8] =
+        ["trialing", "active", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired", "paused"];
+    for status in STATUSES {
+        let n = details["subscriptions_by_status"][status].as_f64().unwrap_or(0.0);
+        metrics::gauge!("entitlements_subscriptions", "status" => status).set(n);
+    }
+    if let Some(n) = details["subscriptions_to_tidy"].as_f64() {
+        metrics::gauge!("entitlements_subscriptions_to_tidy").set(n);
+    }
 }
 
 fn unix_now() -> f64 {

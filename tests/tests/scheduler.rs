@@ -1,0 +1,216 @@
+//! The scheduler against a real database with real worker processes: two replicas never
+//! run one task at the same time, and a failing task is retried with backoff and shows in
+//! /healthz and /metrics.
+mod common;
+mod ops;
+
+use common::*;
+use ops::*;
+use sqlx::Connection;
+use std::time::Duration;
+
+/// A manual trial that ended: expire_subscriptions has one row to update.
+async fn ended_trial(db: &TestDb) -> uuid::Uuid {
+    let sub: uuid::Uuid = sqlx::query_scalar("select entitlements.subscribe(gen_random_uuid(), 'pro', 'trialing')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update entitlements.subscriptions set trial_end = now() - interval '1 minute' where id = $1")
+        .bind(sub)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sub
+}
+
+fn scheduled_worker(db: &TestDb, id: &str, schedule: &str) -> tokio::process::Command {
+    let mut c = worker_command();
+    c.arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("ENTITLEMENTS_WORKER_ID", id)
+        .env("ENTITLEMENTS_SCHEDULE", schedule);
+    c
+}
+
+async fn waiting_runs(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity
+          where datname = current_database() and wait_event_type = 'Lock' and query like '%run_task%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn two_workers_never_run_one_task_at_once() {
+    let db = fresh_db("sched_two_workers").await;
+    let sub = ended_trial(&db).await;
+
+    // Hold the ended trial's row: the first expire_subscriptions run blocks on it, in flight
+    // (holding the task's lock) for as long as this transaction stays open. Without the
+    // per-task lock the other worker's runs would block on the row too, overlapping it.
+    let mut blocker = session(&db).await;
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("select 1 from entitlements.subscriptions where id = $1 for update")
+        .bind(sub)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+
+    let schedule = "expire_subscriptions=100ms,correct_entitlements=100ms,health_snapshot=100ms";
+    let mut a = Worker::spawn(scheduled_worker(&db, "worker-a", schedule), &free_addr());
+    let mut b = Worker::spawn(scheduled_worker(&db, "worker-b", schedule), &free_addr());
+    a.ready().await;
+    b.ready().await;
+
+    eventually(Duration::from_secs(20), "one expire_subscriptions run waits on the row", || async {
+        (waiting_runs(&db).await >= 1).then_some(())
+    })
+    .await;
+    // The other worker keeps trying every 100 ms and is turned away each time.
+    eventually(Duration::from_secs(20), "skipped expire_subscriptions runs", || async {
+        let skipped: i64 = sqlx::query_scalar(
+            "select count(*) from entitlements.task_runs where task = 'expire_subscriptions' and outcome = 'skipped'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (skipped >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(waiting_runs(&db).await, 1, "only one run of the task is in flight, the other worker's are skipped");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(waiting_runs(&db).await, 1);
+    tx.commit().await.unwrap();
+
+    // The blocked run finishes; both keep running every task for a while.
+    eventually(Duration::from_secs(20), "the blocked run is recorded", || async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from entitlements.task_runs
+              where task = 'expire_subscriptions' and outcome = 'ok' and rows_touched = 1",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for w in [&mut a, &mut b] {
+        let (status, _) = w.terminate(Duration::from_secs(10)).await;
+        assert!(status.success(), "SIGTERM is a clean exit: {status:?}\n{}", w.log());
+    }
+
+    // No two recorded runs of one task overlap in time.
+    let overlaps: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select a.task, a.id, b.id from entitlements.task_runs a
+           join entitlements.task_runs b on b.task = a.task and b.id > a.id
+          where a.outcome <> 'skipped' and b.outcome <> 'skipped'
+            and b.started_at < a.finished_at and a.started_at < b.finished_at",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(overlaps.is_empty(), "overlapping runs: {overlaps:?}");
+
+    let waited: f64 = sqlx::query_scalar(
+        "select extract(epoch from finished_at - started_at)::float8 from entitlements.task_runs
+          where task = 'expire_subscriptions' and rows_touched = 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(waited >= 0.5, "the blocked run was in flight while the other worker tried ({waited} s)");
+    let status: String = sqlx::query_scalar("select status from entitlements.subscriptions where id = $1")
+        .bind(sub)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "canceled");
+
+    // Both replicas did real work, and nothing failed.
+    let per_worker: Vec<(String, i64)> = sqlx::query_as(
+        "select worker, count(*) from entitlements.task_runs where outcome = 'ok' group by worker order by worker",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_worker.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>(), ["worker-a", "worker-b"], "{per_worker:?}");
+    let errors: i64 = sqlx::query_scalar("select count(*) from entitlements.task_runs where outcome = 'error'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(errors, 0);
+}
+
+#[tokio::test]
+async fn a_failing_task_is_retried_with_backoff_and_reported() {
+    let db = fresh_db("sched_failing").await;
+    ended_trial(&db).await;
+    // Every update of a subscription fails, so expire_subscriptions fails.
+    sqlx::raw_sql(
+        "create function public.refuse() returns trigger language plpgsql as
+           $$ begin raise exception 'refused by the test'; end $$;
+         create trigger refuse before update on entitlements.subscriptions
+           for each row execute function public.refuse();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // An hour's interval: every run after the first is a retry.
+    let mut cmd = scheduled_worker(&db, "worker-f", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off");
+    cmd.env("ENTITLEMENTS_RETRY_INITIAL", "200ms").env("ENTITLEMENTS_RETRY_MAX", "800ms");
+    let mut w = Worker::spawn(cmd, &free_addr());
+    w.ready().await;
+
+    let starts: Vec<f64> = eventually(Duration::from_secs(20), "four failed runs", || async {
+        let starts: Vec<f64> = sqlx::query_scalar(
+            "select extract(epoch from started_at)::float8 from entitlements.task_runs
+              where task = 'expire_subscriptions' and outcome = 'error' order by started_at",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        (starts.len() >= 4).then_some(starts)
+    })
+    .await;
+    let gaps: Vec<f64> = starts.windows(2).map(|p| p[1] - p[0]).collect();
+    // 200 ms, 400 ms, then capped at 800 ms (each at least that; the run itself adds a little).
+    assert!(gaps[0] >= 0.19 && gaps[1] >= 0.39 && gaps[2] >= 0.79, "backoff doubles up to the cap: {gaps:?}");
+    assert!(gaps[0] < 0.39, "the first retry comes after retry_initial, not the interval: {gaps:?}");
+
+    let (code, health) = get_json(&w.addr, "/healthz").await;
+    assert_eq!(code, 200, "the database is fine: {health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["failing_tasks"], serde_json::json!(["expire_subscriptions"]), "{health}");
+    let task = &health["tasks"]["expire_subscriptions"];
+    assert!(task["consecutive_failures"].as_u64().unwrap() >= 3, "{health}");
+    assert!(task["last_error"].as_str().unwrap().contains("refused by the test"), "{health}");
+    assert_eq!(health["recent_runs"]["expire_subscriptions"]["outcome"], "error", "{health}");
+
+    let (code, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let failed = sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "error")]);
+    assert!(failed.unwrap_or(0.0) >= 3.0, "failures are counted:\n{metrics}");
+    let streak = sample(&metrics, "entitlements_task_consecutive_failures", &[("task", "expire_subscriptions")]);
+    assert!(streak.unwrap_or(0.0) >= 3.0, "the failure streak is a gauge:\n{metrics}");
+
+    // Fixed: the next retry succeeds and health is ok again.
+    sqlx::query("drop trigger refuse on entitlements.subscriptions").execute(&db.pool).await.unwrap();
+    let health = eventually(Duration::from_secs(20), "the task recovers", || async {
+        let (_, h) = get_json(&w.addr, "/healthz").await;
+        (h["status"] == "ok").then_some(h)
+    })
+    .await;
+    assert_eq!(health["tasks"]["expire_subscriptions"]["last_outcome"], "ok", "{health}");
+    assert_eq!(health["tasks"]["expire_subscriptions"]["consecutive_failures"], 0, "{health}");
+    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    assert_eq!(sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "ok")]), Some(1.0));
+    assert_eq!(sample(&metrics, "entitlements_task_consecutive_failures", &[("task", "expire_subscriptions")]), Some(0.0));
+    assert!(w.log().contains("refused by the test"), "failures are logged");
+
+    let (status, _) = w.terminate(Duration::from_secs(10)).await;
+    assert!(status.success());
+}

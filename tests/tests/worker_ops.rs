@@ -1,0 +1,250 @@
+//! Operating the worker: `run-task`, configuration (environment over the TOML file, secrets
+//! never shown), /metrics and /healthz, and SIGTERM finishing the run in flight.
+mod common;
+mod ops;
+
+use common::*;
+use ops::*;
+use sqlx::Connection;
+use std::time::Duration;
+
+#[tokio::test]
+async fn run_task_prints_the_run_and_fails_on_failure() {
+    let db = fresh_db("ops_run_task").await;
+    let out = worker_command().env("DATABASE_URL", &db.url).args(["run-task", "health_snapshot"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the run record is JSON on stdout");
+    assert_eq!(run["task"], "health_snapshot");
+    assert_eq!(run["outcome"], "ok");
+    assert!(run["details"]["subscriptions_by_status"].is_object(), "{run}");
+    let recorded: i64 = sqlx::query_scalar("select count(*) from entitlements.task_runs where id = $1")
+        .bind(run["id"].as_i64().unwrap())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1, "the run is in entitlements.task_runs");
+
+    // An unknown task: the extension's 22023 message, a failure exit, nothing recorded.
+    let before: i64 = sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
+    let out = worker_command().env("DATABASE_URL", &db.url).args(["run-task", "defragment"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown maintenance task") && err.contains("22023"), "{err}");
+    let after: i64 = sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(before, after);
+
+    // A task that fails: the record (outcome error) is printed and the exit code says so.
+    sqlx::raw_sql(
+        "select entitlements.grant_feature('00000000-0000-0000-0000-00000000a001', 'advanced_agents',
+                                           expires_at => now() + interval '1 day', reason => 'test');
+         update entitlements.grants set starts_at = now() - interval '2 days', expires_at = now() - interval '1 day';
+         create function public.refuse() returns trigger language plpgsql as
+           $$ begin raise exception 'no updates today'; end $$;
+         create trigger refuse before update on entitlements.grants
+           for each row execute function public.refuse();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let out = worker_command().env("DATABASE_URL", &db.url).args(["run-task", "correct_entitlements"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "a failed task is a failure exit");
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["outcome"], "error");
+    assert_eq!(run["error"], "no updates today");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no updates today"));
+}
+
+#[tokio::test]
+async fn help_documents_every_setting() {
+    let out = worker_command().arg("--help").output().await.unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "DATABASE_URL",
+        "ENTITLEMENTS_CONFIG",
+        "ENTITLEMENTS_LISTEN_ADDR",
+        "ENTITLEMENTS_LOG_FORMAT",
+        "ENTITLEMENTS_WORKER_ID",
+        "ENTITLEMENTS_SCHEDULE",
+        "ENTITLEMENTS_SCHEDULER",
+        "ENTITLEMENTS_RETRY_INITIAL",
+        "ENTITLEMENTS_RETRY_MAX",
+        "ENTITLEMENTS_SHUTDOWN_TIMEOUT",
+        "STRIPE_WEBHOOK_SECRET",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_API_BASE",
+        "run-task",
+        "[scheduler.tasks]",
+        "correct_entitlements",
+    ] {
+        assert!(text.contains(needle), "--help mentions {needle}:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn environment_wins_over_the_file_and_secrets_stay_secret() {
+    let db = fresh_db("ops_config").await;
+    // The test cluster trusts local connections, so any password works: a recognisable one.
+    let secret_url = db.url.replacen("postgres://postgres@", "postgres://postgres:pw-SHOULD-NOT-LEAK@", 1);
+    assert_ne!(secret_url, db.url, "the test URL has the expected shape: {}", db.url);
+    let file_addr = free_addr();
+    let env_addr = free_addr();
+    let dir = std::env::temp_dir().join(format!("pe-ops-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("worker.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "database_url = \"{secret_url}\"\nlisten_addr = \"{file_addr}\"\nworker_id = \"from-file\"\n\
+             [scheduler.tasks]\nhealth_snapshot = \"150ms\"\nexpire_subscriptions = \"off\"\ncorrect_entitlements = \"off\"\n\
+             [stripe]\nwebhook_secret = \"whsec_FILE-SECRET\"\n"
+        ),
+    )
+    .unwrap();
+
+    let mut cmd = worker_command();
+    cmd.arg("serve")
+        .env("ENTITLEMENTS_CONFIG", &file)
+        .env("RUST_LOG", "debug")
+        .env("STRIPE_SECRET_KEY", "sk_test_ENV-SECRET")
+        .env("STRIPE_API_BASE", "http://127.0.0.1:9/")
+        .env("ENTITLEMENTS_SCHEDULE", "reconcile_stripe=off");
+    // ENTITLEMENTS_LISTEN_ADDR (set by Worker::spawn) beats the file's listen_addr.
+    let mut w = Worker::spawn(cmd, &env_addr);
+    w.ready().await;
+    assert!(http_get(&file_addr, "/healthz").await.is_err(), "the file's address is not used");
+    let health = eventually(Duration::from_secs(20), "a health_snapshot run", || async {
+        let (_, h) = get_json(&env_addr, "/healthz").await;
+        (h["tasks"]["health_snapshot"]["last_outcome"] == "ok").then_some(h)
+    })
+    .await;
+    assert_eq!(health["worker"], "from-file", "worker_id comes from the file: {health}");
+    let tasks: Vec<&String> = health["tasks"].as_object().unwrap().keys().collect();
+    assert_eq!(tasks, ["health_snapshot"], "tasks set to off are not scheduled: {health}");
+    let recorded: String = sqlx::query_scalar("select worker from entitlements.task_runs limit 1").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(recorded, "from-file");
+    let (status, _) = w.terminate(Duration::from_secs(10)).await;
+    assert!(status.success());
+    let log = w.log();
+    assert!(log.contains("listening"), "debug logs were written:\n{log}");
+    for secret in ["pw-SHOULD-NOT-LEAK", "whsec_FILE-SECRET", "sk_test_ENV-SECRET"] {
+        assert!(!log.contains(secret), "{secret} appears in the logs:\n{log}");
+    }
+
+    // A broken file: refused with exit code 2 and the key's position, never the value.
+    std::fs::write(&file, format!("database_url = \"{secret_url}\"\ndatabse_url = \"{secret_url}\"\n")).unwrap();
+    let out = worker_command().arg("check").arg("--config").arg(&file).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("databse_url") && !err.contains("pw-SHOULD-NOT-LEAK"), "{err}");
+    // An unknown task in the schedule is refused too.
+    let out = worker_command().env("DATABASE_URL", &db.url).env("ENTITLEMENTS_SCHEDULE", "defrag=1s").arg("check").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown task \"defrag\""));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn metrics_and_health_over_http() {
+    let db = fresh_db("ops_http").await;
+    subscribe(&mut session(&db).await, uuid::Uuid::new_v4(), "pro").await;
+    let mut cmd = worker_command();
+    cmd.arg("serve").env("DATABASE_URL", &db.url).env("ENTITLEMENTS_SCHEDULE", "health_snapshot=100ms");
+    let mut w = Worker::spawn(cmd, &free_addr());
+    w.ready().await;
+    let (_, health) = eventually(Duration::from_secs(20), "every task ran once", || async {
+        let (code, h) = get_json(&w.addr, "/healthz").await;
+        let all = ["expire_subscriptions", "correct_entitlements", "health_snapshot"]
+            .iter()
+            .all(|t| h["recent_runs"][t]["outcome"] == "ok");
+        all.then_some((code, h))
+    })
+    .await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["database"], "reachable");
+    assert_eq!(health["failing_tasks"], serde_json::json!([]));
+
+    let (code, head, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(metrics.contains("# TYPE entitlements_task_runs_total counter"), "{metrics}");
+    assert!(metrics.contains("# TYPE entitlements_task_duration_seconds histogram"), "{metrics}");
+    assert!(
+        sample(&metrics, "entitlements_task_duration_seconds_count", &[("task", "health_snapshot")]).unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert!(sample(&metrics, "entitlements_task_runs_total", &[("task", "health_snapshot"), ("outcome", "ok")]).unwrap_or(0.0) >= 1.0);
+    assert_eq!(sample(&metrics, "entitlements_database_up", &[]), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "active")]), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "paused")]), Some(0.0), "{metrics}");
+
+    // The database goes away: 503 and says so; the worker keeps serving.
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    db.pool.close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database {} with (force)", db.name))).execute(&mut admin).await.unwrap();
+    let (code, health) = get_json(&w.addr, "/healthz").await;
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["database"], "unreachable");
+    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    assert_eq!(sample(&metrics, "entitlements_database_up", &[]), Some(0.0));
+
+    let (status, took) = w.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "SIGTERM exits 0 even without a database: {status:?}\n{}", w.log());
+    assert!(took < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_run_in_flight() {
+    let db = fresh_db("ops_sigterm").await;
+    let sub: uuid::Uuid = sqlx::query_scalar("select entitlements.subscribe(gen_random_uuid(), 'pro', 'trialing')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("update entitlements.subscriptions set trial_end = now() - interval '1 minute' where id = $1")
+        .bind(sub)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut blocker = session(&db).await;
+    sqlx::raw_sql("begin").execute(&mut blocker).await.unwrap();
+    sqlx::query("select 1 from entitlements.subscriptions where id = $1 for update").bind(sub).execute(&mut blocker).await.unwrap();
+
+    let mut cmd = worker_command();
+    cmd.arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("ENTITLEMENTS_SCHEDULE", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off");
+    let mut w = Worker::spawn(cmd, &free_addr());
+    w.ready().await;
+    eventually(Duration::from_secs(20), "the run is in flight", || async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock' and query like '%run_task%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+
+    // SIGTERM while the run waits; release it a second later. The worker stops taking
+    // requests at once and exits 0 after the run is recorded.
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        sqlx::raw_sql("commit").execute(&mut blocker).await.unwrap();
+        blocker
+    });
+    let addr = w.addr.clone();
+    let (status, took) = w.terminate(Duration::from_secs(10)).await;
+    release.await.unwrap();
+    assert!(status.success(), "exit code 0: {status:?}\n{}", w.log());
+    assert!(took >= Duration::from_millis(900), "it waited for the run in flight ({took:?})");
+    assert!(took < Duration::from_secs(10));
+    let (outcome, rows): (String, i64) =
+        sqlx::query_as("select outcome, rows_touched from entitlements.task_runs where task = 'expire_subscriptions'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((outcome.as_str(), rows), ("ok", 1), "the in-flight run finished and was recorded");
+    assert!(http_get(&addr, "/healthz").await.is_err(), "nothing listens after exit");
+}
