@@ -23,7 +23,7 @@ cat <<MSG
 
 pg_entitlements is running.
   database:  psql "$DATABASE_URL"
-  worker:    http://$LISTEN/healthz
+  worker:    http://$LISTEN/healthz  http://$LISTEN/metrics  (maintenance tasks run on a schedule)
   stop:      Ctrl-C stops the worker; \`scripts/cluster.sh stop $DATA\` stops PostgreSQL.
 
 Try:
@@ -31,6 +31,7 @@ Try:
   select entitlements.has_feature('11111111-1111-1111-1111-111111111111', 'advanced_agents');
   select * from entitlements.consume('11111111-1111-1111-1111-111111111111', 'api_requests');
   select jsonb_pretty(entitlements.entitlements('11111111-1111-1111-1111-111111111111'));
+  select task, outcome, rows_touched, finished_at from entitlements.task_runs order by id desc limit 5;
 (the README has the full 5-minute tour)
 
 MSG
