@@ -32,3 +32,8 @@ fi
 if ! command -v kubernetes-validate >/dev/null || [ "$(kubernetes-validate --version 2>/dev/null)" != "1.37.0" ]; then
     python3 -m pip install -q --root-user-action=ignore "kubernetes-validate==1.37.0"
 fi
+
+# The Stripe tests run against PyPI localstripe, a fake Stripe API server started per test.
+if ! python3 -m pip show localstripe 2>/dev/null | grep -qx "Version: 1.15.10" || ! command -v localstripe >/dev/null; then
+    python3 -m pip install -q --root-user-action=ignore "localstripe==1.15.10"
+fi

@@ -117,6 +117,9 @@ pub enum Command {
         /// expire_subscriptions, correct_entitlements or health_snapshot.
         name: String,
     },
+    /// List every subscription through the Stripe API (STRIPE_SECRET_KEY, STRIPE_API_BASE) and
+    /// apply each, repairing drift; prints what changed as JSON.
+    ReconcileStripe,
     /// Connect, check the extension is installed, and exit.
     Check,
 }

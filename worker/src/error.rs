@@ -21,6 +21,12 @@ pub enum Error {
     /// A maintenance task ran and failed; its run is recorded in entitlements.task_runs.
     #[error("task {task} failed: {message}")]
     TaskFailed { task: String, message: String },
+    /// The Stripe API answered with an error (never quotes the key).
+    #[error("Stripe API ({status}): {message}")]
+    Stripe { status: u16, message: String },
+    /// The Stripe API could not be reached (transport error, without the URL's query).
+    #[error("Stripe API unreachable: {0}")]
+    StripeHttp(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -8,6 +8,7 @@ pub fn router(ctx: Context) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
+        .merge(crate::stripe::router())
         .with_state(ctx)
 }
 

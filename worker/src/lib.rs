@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod scheduler;
+pub mod stripe;
 pub mod telemetry;
 
 use config::{Command, Config};
@@ -32,6 +33,16 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
             }
             Ok(())
         }
+        Command::ReconcileStripe => {
+            let pool = db::connect(config.database_url.expose()).await?;
+            let report = stripe::reconcile(&pool, &config.stripe).await?;
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            if report.failed > 0 {
+                let message = format!("{} subscription(s) not applied: {}", report.failed, report.errors.join("; "));
+                return Err(Error::TaskFailed { task: config::RECONCILE_STRIPE.into(), message });
+            }
+            Ok(())
+        }
         Command::Check => {
             let pool = db::connect(config.database_url.expose()).await?;
             let version = db::extension_version(&pool).await?;
@@ -51,6 +62,7 @@ pub async fn serve(ctx: Context) -> Result<()> {
     if ctx.config.scheduler.enabled {
         scheduler::spawn(&ctx);
     }
+    stripe::spawn(&ctx)?;
     let http = ctx.tracker.spawn(http::serve(ctx.clone(), listener));
     ctx.shutdown.cancelled().await;
     ctx.tracker.close();

@@ -1,0 +1,303 @@
+//! The worker against a Stripe-compatible API server: PyPI `localstripe`, started here on its
+//! own port. `reconcile-stripe` repairs drift; webhooks that localstripe itself signs and
+//! delivers are applied from the object as the API has it now, not from the payload.
+//!
+//! localstripe only speaks the pre-2025 API shape (periods on the subscription, `plan` on the
+//! items, no prices). The current shape (periods on the items, `price`) and pagination are
+//! served by a small recording HTTP server in this file, which also checks the headers of
+//! every outgoing call (Idempotency-Key, Authorization).
+mod common;
+#[path = "common/stripe.rs"]
+mod stripe;
+
+use common::*;
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use stripe::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+const KEY: &str = "sk_test_entitlements_reconcile";
+
+struct LocalStripe {
+    _child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl LocalStripe {
+    async fn start() -> LocalStripe {
+        let port = free_port();
+        let bin = std::env::var("LOCALSTRIPE_BIN").unwrap_or_else(|_| "localstripe".into());
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--from-scratch"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("localstripe is installed (scripts/setup.sh: pip install localstripe)");
+        let ls = LocalStripe { _child: child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+        for _ in 0..200 {
+            if let Ok(r) = ls.http.get(format!("{}/v1/customers", ls.base)).bearer_auth(KEY).send().await {
+                if r.status().is_success() {
+                    return ls;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("localstripe did not start on port {port}");
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Value {
+        let r = self.http.post(format!("{}{path}", self.base)).bearer_auth(KEY).form(form).send().await.unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "localstripe POST {path}: {status} {body}");
+        body
+    }
+
+    async fn delete(&self, path: &str) -> Value {
+        self.http.delete(format!("{}{path}", self.base)).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn plans(&self) {
+        for (id, amount) in [("price_pro_monthly", "1900"), ("price_business_monthly", "4900")] {
+            self.post("/v1/plans", &[("id", id), ("amount", amount), ("currency", "usd"), ("interval", "month"),
+                                     ("product[name]", id)]).await;
+        }
+    }
+
+    /// A customer with a card, and metadata.entitlements_customer_id when `owner` is given.
+    async fn customer(&self, owner: Option<uuid::Uuid>) -> String {
+        let token = self.post("/v1/tokens", &[("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
+                                              ("card[exp_year]", "2035"), ("card[cvc]", "123")]).await;
+        let owner = owner.map(|o| o.to_string());
+        let mut form = vec![("source", token["id"].as_str().unwrap())];
+        if let Some(o) = owner.as_deref() {
+            form.push(("metadata[entitlements_customer_id]", o));
+        }
+        self.post("/v1/customers", &form).await["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn subscribe(&self, customer: &str, plan: &str) -> Value {
+        self.post("/v1/subscriptions", &[("customer", customer), ("items[0][plan]", plan)]).await
+    }
+}
+
+async fn reconcile(db: &TestDb, base: &str) -> (bool, Value, String) {
+    let out = Command::new(worker_bin())
+        .arg("reconcile-stripe")
+        .env("DATABASE_URL", &db.url)
+        .env("STRIPE_SECRET_KEY", KEY)
+        .env("STRIPE_API_BASE", base)
+        .env_remove("STRIPE_WEBHOOK_SECRET")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains(KEY), "the key never appears in the output");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), report, stderr)
+}
+
+async fn sub_row(db: &TestDb, stripe_id: &str) -> (String, String, i64) {
+    sqlx::query_as("select plan_key, status, extract(epoch from current_period_end)::int8 from entitlements.subscriptions \
+                    where stripe_subscription_id = $1")
+        .bind(stripe_id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reconcile_repairs_drift_against_localstripe() {
+    let db = fresh_db("stripe_reconcile").await;
+    let ls = LocalStripe::start().await;
+    ls.plans().await;
+    let owner = uuid::Uuid::new_v4();
+    let cus = ls.customer(Some(owner)).await;
+    // Created while no worker was listening: only a reconcile can find it.
+    let sub = ls.subscribe(&cus, "price_pro_monthly").await;
+    let sub_id = sub["id"].as_str().unwrap();
+    assert_eq!(sub["status"], "active");
+
+    let (ok, report, log) = reconcile(&db, &ls.base).await;
+    assert!(ok, "{log}");
+    assert_eq!((report["seen"].as_i64(), report["created"].as_i64()), (Some(1), Some(1)), "{report}");
+    assert_eq!(sub_row(&db, sub_id).await,
+               ("pro".into(), "active".into(), sub["current_period_end"].as_i64().unwrap()),
+               "plan from the price, status and the period (older API shape: on the subscription)");
+    let linked: Option<String> = sqlx::query_scalar("select stripe_customer_id from entitlements.customers where id = $1")
+        .bind(owner)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(linked.as_deref(), Some(cus.as_str()), "linked through the customer's metadata");
+    assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+
+    // Drift in the database (a bad manual edit): repaired.
+    sqlx::query("update entitlements.subscriptions set status = 'canceled', ended_at = now() where stripe_subscription_id = $1")
+        .bind(sub_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    let (ok, report, log) = reconcile(&db, &ls.base).await;
+    assert!(ok, "{log}");
+    assert_eq!(report["updated"].as_i64(), Some(1), "{report}");
+    assert_eq!(sub_row(&db, sub_id).await.1, "active");
+    assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+
+    // Nothing changed: nothing written.
+    let (ok, report, _) = reconcile(&db, &ls.base).await;
+    assert!(ok);
+    assert_eq!((report["created"].as_i64(), report["updated"].as_i64(), report["unchanged"].as_i64()),
+               (Some(0), Some(0), Some(1)), "{report}");
+
+    // Changes made in Stripe that no webhook told us about: an upgrade, then a cancellation.
+    let item = sub["items"]["data"][0]["id"].as_str().unwrap();
+    ls.post(&format!("/v1/subscriptions/{sub_id}"), &[("items[0][id]", item), ("items[0][plan]", "price_business_monthly")]).await;
+    let (ok, report, _) = reconcile(&db, &ls.base).await;
+    assert!(ok);
+    assert_eq!(report["updated"].as_i64(), Some(1));
+    assert_eq!(sub_row(&db, sub_id).await.0, "business");
+    ls.delete(&format!("/v1/subscriptions/{sub_id}")).await;
+    reconcile(&db, &ls.base).await;
+    assert_eq!(sub_row(&db, sub_id).await.1, "canceled");
+    assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+
+    // A Stripe customer nobody linked: reported, the rest still applied, non-zero exit.
+    let stranger = ls.customer(None).await;
+    let other = ls.subscribe(&stranger, "price_pro_monthly").await;
+    let owner2 = uuid::Uuid::new_v4();
+    let cus2 = ls.customer(Some(owner2)).await;
+    let sub2 = ls.subscribe(&cus2, "price_pro_monthly").await;
+    let (ok, report, log) = reconcile(&db, &ls.base).await;
+    assert!(!ok, "a subscription that could not be applied makes the command fail");
+    assert_eq!((report["failed"].as_i64(), report["created"].as_i64()), (Some(1), Some(1)), "{report}");
+    assert!(log.contains(other["id"].as_str().unwrap()) && log.contains("not linked"), "{log}");
+    assert_eq!(sub_row(&db, sub2["id"].as_str().unwrap()).await.1, "active");
+}
+
+#[tokio::test]
+async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
+    let db = fresh_db("stripe_localstripe_webhooks").await;
+    let ls = LocalStripe::start().await;
+    ls.plans().await;
+    let secret = "whsec_from_localstripe";
+    let w = Worker::start("localstripe", &db.url, &[("STRIPE_WEBHOOK_SECRET", secret), ("STRIPE_SECRET_KEY", KEY),
+                                                    ("STRIPE_API_BASE", &ls.base)]).await;
+    // localstripe signs and delivers its events to the worker, like Stripe.
+    ls.post("/_config/webhooks/worker", &[("url", &w.url("/webhooks/stripe")), ("secret", secret)]).await;
+
+    let owner = uuid::Uuid::new_v4();
+    let cus = ls.customer(Some(owner)).await;
+    let sub = ls.subscribe(&cus, "price_pro_monthly").await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    wait_for(&db.pool, &format!("select exists (select 1 from entitlements.subscriptions \
+                                  where stripe_subscription_id = '{sub_id}' and status = 'active')"),
+             30, "localstripe's customer.subscription.created to be applied").await;
+    assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+
+    // A correctly signed event whose payload says "canceled" while Stripe says "active": with
+    // a key, the worker applies what the API says.
+    let mut lie = sub.clone();
+    lie["status"] = json!("canceled");
+    let body = event("evt_payload_is_old", "customer.subscription.deleted", now(), lie);
+    assert_eq!(w.deliver(&body, Some(&signature(secret, now(), &body))).await.0, 200);
+    wait_for(&db.pool, "select applied_at is not null from entitlements.stripe_events where id = 'evt_payload_is_old'",
+             20, "the event to be applied").await;
+    assert_eq!(status_of(&db.pool, &sub_id).await.as_deref(), Some("active"), "the fetched object, not the payload");
+
+    // The real cancellation, delivered by localstripe.
+    ls.delete(&format!("/v1/subscriptions/{sub_id}")).await;
+    wait_for(&db.pool, &format!("select status = 'canceled' from entitlements.subscriptions where stripe_subscription_id = '{sub_id}'"),
+             30, "localstripe's customer.subscription.deleted to be applied").await;
+    assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    let logs = w.logs();
+    assert!(!logs.contains(KEY) && !logs.contains(secret), "secrets never logged");
+    w.stop().await;
+}
+
+/// One recorded request: path with query, and its headers (lower-case names).
+type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+/// Serves `pages` (the first whose needle the request target contains -> JSON body) over
+/// HTTP/1.1 and records requests.
+async fn recorded_stripe(pages: Vec<(&'static str, Value)>) -> (String, Seen) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let mut lines = text.lines();
+            let target = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("").to_owned();
+            let headers = lines
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            log.lock().unwrap().push((target.clone(), headers));
+            let body = pages
+                .iter()
+                .find(|(needle, _)| target.contains(needle))
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_else(|| json!({"error": {"message": "no recording"}}).to_string());
+            let status = if body.contains("no recording") { "404 Not Found" } else { "200 OK" };
+            let reply = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len());
+            let _ = s.write_all(reply.as_bytes()).await;
+        }
+    });
+    (base, seen)
+}
+
+#[tokio::test]
+async fn reconcile_reads_the_current_api_shape_across_pages() {
+    let db = fresh_db("stripe_recorded").await;
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    for (owner, cus) in [(a, "cus_recA"), (b, "cus_recB")] {
+        sqlx::query("select entitlements.link_stripe_customer($1, $2)").bind(owner).bind(cus).execute(&db.pool).await.unwrap();
+    }
+    let t = now();
+    // Recorded from the current API (2025-03-31.basil and later): periods on the items only.
+    let page1 = json!({"object": "list", "url": "/v1/subscriptions", "has_more": true,
+                       "data": [subscription("sub_rec_a", "cus_recA", "price_pro_yearly", "trialing", t - 60, t + 365 * 86400)]});
+    let page2 = json!({"object": "list", "url": "/v1/subscriptions", "has_more": false,
+                       "data": [subscription("sub_rec_b", "cus_recB", "price_business_monthly", "past_due", t - 60, t + 30 * 86400)]});
+    let (base, seen) = recorded_stripe(vec![
+        ("starting_after=sub_rec_a", page2),
+        ("/v1/subscriptions?status=all&limit=100", page1),
+    ])
+    .await;
+    let (ok, report, log) = reconcile(&db, &base).await;
+    assert!(ok, "{log}");
+    assert_eq!((report["seen"].as_i64(), report["created"].as_i64()), (Some(2), Some(2)), "{report}");
+    assert_eq!(sub_row(&db, "sub_rec_a").await, ("pro".into(), "trialing".into(), t + 365 * 86400),
+               "plan and period end read from the item");
+    assert_eq!(sub_row(&db, "sub_rec_b").await, ("business".into(), "past_due".into(), t + 30 * 86400));
+
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "two pages: {seen:?}");
+    let mut keys = Vec::new();
+    for (target, headers) in &seen {
+        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(header("authorization").as_deref(), Some(format!("Bearer {KEY}").as_str()), "{target}");
+        keys.push(header("idempotency-key").unwrap_or_else(|| panic!("{target} carries an Idempotency-Key")));
+    }
+    assert_ne!(keys[0], keys[1], "one key per call");
+}

@@ -1,0 +1,126 @@
+//! The background applier: reads due events from `entitlements.stripe_events` (so a restart
+//! resumes where it stopped), applies each in its own transaction through
+//! `entitlements.stripe_apply_event`, and records failures for a later retry with backoff
+//! (`entitlements.stripe_event_failed`). With a secret key it applies the subscription as
+//! Stripe has it now instead of the payload, fetched under the subscription's lock.
+use super::api::Client;
+use crate::{Context, Result};
+use sqlx::PgPool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinSet;
+
+const BATCH: i32 = 200;
+/// Events applied at once; several subscriptions' events in parallel, each one serialized
+/// by its lock in the extension.
+const PARALLEL: usize = 4;
+/// Also polled, for events stored by another replica or due for a retry.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+struct Pending {
+    id: String,
+    received_at: f64,
+    stripe_subscription_id: Option<String>,
+}
+
+pub async fn run(ctx: Context, client: Option<Client>) {
+    tracing::info!(fetch_from_api = client.is_some(), "Stripe applier started");
+    loop {
+        let more = match apply_due(&ctx.pool, client.as_ref()).await {
+            Ok(n) => n == BATCH as usize,
+            Err(e) => {
+                tracing::error!(error = %e, "Stripe applier could not read pending events");
+                false
+            }
+        };
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        if !more {
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => break,
+                _ = super::WAKE.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+    tracing::info!("Stripe applier stopped");
+}
+
+/// Apply the events that are due now; returns how many were looked at.
+pub async fn apply_due(pool: &PgPool, client: Option<&Client>) -> Result<usize> {
+    let rows: Vec<(String, f64, Option<String>)> = sqlx::query_as(
+        "select id, extract(epoch from received_at)::float8, stripe_subscription_id \
+           from entitlements.stripe_pending_events($1)",
+    )
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?;
+    let n = rows.len();
+    let mut queue = rows.into_iter().map(|(id, received_at, stripe_subscription_id)| Pending {
+        id,
+        received_at,
+        stripe_subscription_id,
+    });
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() < PARALLEL {
+            let Some(ev) = queue.next() else { break };
+            let (pool, client) = (pool.clone(), client.cloned());
+            running.spawn(async move { apply_one(&pool, client.as_ref(), ev).await });
+        }
+        if running.join_next().await.is_none() {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+async fn apply_one(pool: &PgPool, client: Option<&Client>, ev: Pending) {
+    match try_apply(pool, client, &ev).await {
+        Ok(None) => {} // another worker has it, or it was applied meanwhile
+        Ok(Some(outcome)) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
+            metrics::histogram!("entitlements_webhook_apply_lag_seconds").record((now - ev.received_at).max(0.0));
+            let label = outcome.split(',').next().unwrap_or("").to_owned();
+            metrics::counter!("entitlements_webhooks_applied_total", "outcome" => label).increment(1);
+            tracing::debug!(event = %ev.id, %outcome, "applied a Stripe event");
+        }
+        Err(e) => {
+            metrics::counter!("entitlements_webhooks_failed_total").increment(1);
+            let message = e.to_string();
+            let next = sqlx::query_scalar::<_, Option<f64>>(
+                "select extract(epoch from entitlements.stripe_event_failed($1, $2) - now())::float8",
+            )
+            .bind(&ev.id)
+            .bind(&message)
+            .fetch_one(pool)
+            .await;
+            tracing::warn!(event = %ev.id, error = %message, retry_in_seconds = ?next.ok().flatten(), "could not apply a Stripe event");
+        }
+    }
+}
+
+async fn try_apply(pool: &PgPool, client: Option<&Client>, ev: &Pending) -> Result<Option<String>> {
+    let mut tx = pool.begin().await?;
+    let claimed: bool =
+        sqlx::query_scalar("select entitlements.stripe_claim_event($1)").bind(&ev.id).fetch_one(&mut *tx).await?;
+    if !claimed {
+        return Ok(None);
+    }
+    let fetched = match (client, &ev.stripe_subscription_id) {
+        (Some(client), Some(sub)) => {
+            // Held until commit: nothing else applies this subscription between fetch and write.
+            sqlx::query("select entitlements.stripe_lock_subscription($1)").bind(sub).execute(&mut *tx).await?;
+            client.subscription(sub).await?
+        }
+        _ => None,
+    };
+    let outcome: String = sqlx::query_scalar("select entitlements.stripe_apply_event($1, $2)")
+        .bind(&ev.id)
+        .bind(fetched)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(outcome))
+}

@@ -1,0 +1,88 @@
+//! `POST /webhooks/stripe`: verify the signature on the raw body, store the event once by id,
+//! answer at once; the applier (applier.rs) applies it. A refused delivery stores nothing.
+use super::signature::{self, Refusal};
+use crate::Context;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Stripe's events are a few kilobytes; the largest (invoices with many lines) stay far below.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+type Reply = (StatusCode, Json<Value>);
+
+fn refuse(status: StatusCode, reason: &'static str, message: &str) -> Reply {
+    metrics::counter!("entitlements_webhooks_refused_total", "reason" => reason).increment(1);
+    tracing::warn!(%reason, "refused a Stripe webhook delivery");
+    (status, Json(json!({"error": message, "reason": reason})))
+}
+
+#[derive(serde::Deserialize)]
+struct Head {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+pub async fn receive(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Reply {
+    let Some(secret) = ctx.config.stripe.webhook_secret.as_ref() else {
+        // 503, not 4xx: Stripe keeps retrying until the deployment has its secret.
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "not_configured", "STRIPE_WEBHOOK_SECRET is not set");
+    };
+    let body = match body {
+        Ok(b) if b.len() <= MAX_BODY_BYTES => b,
+        Ok(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "oversized", "body too large"),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "oversized", "body too large")
+        }
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "unreadable", "could not read the body"),
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
+    let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    if let Err(refusal) = signature::verify(header, &body, &signature::parse_secrets(secret.expose()), now) {
+        let message = match refusal {
+            Refusal::Missing => "missing Stripe-Signature header",
+            Refusal::Malformed => "malformed Stripe-Signature header",
+            Refusal::Stale => "signature timestamp outside the 300 s tolerance",
+            Refusal::Mismatch => "no signature matches",
+        };
+        return refuse(StatusCode::BAD_REQUEST, refusal.reason(), message);
+    }
+    // Signed by Stripe, so well-formed in practice; checked anyway so a bad one stores nothing.
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "malformed_event", "body is not UTF-8");
+    };
+    let Ok(head) = serde_json::from_str::<Head>(text) else {
+        return refuse(StatusCode::BAD_REQUEST, "malformed_event", "body is not a Stripe event");
+    };
+    // The raw text goes to jsonb as it is: no re-serialization on the hot path.
+    let stored = sqlx::query_scalar::<_, bool>("select entitlements.stripe_record_event(($1::text)::jsonb)")
+        .bind(text)
+        .fetch_one(&ctx.pool)
+        .await;
+    match stored {
+        Ok(new) => {
+            let duplicate = if new { "false" } else { "true" };
+            metrics::counter!("entitlements_webhooks_received_total", "duplicate" => duplicate).increment(1);
+            tracing::debug!(event = %head.id, kind = %head.kind, new, "stored a Stripe event");
+            if new {
+                super::wake_applier();
+            }
+            (StatusCode::OK, Json(json!({"received": true, "duplicate": !new})))
+        }
+        // Class 22 (data exception): the event itself is unacceptable; retrying will not help.
+        Err(sqlx::Error::Database(e)) if e.code().is_some_and(|c| c.starts_with("22")) => {
+            refuse(StatusCode::BAD_REQUEST, "malformed_event", e.message())
+        }
+        Err(e) => {
+            // 5xx: Stripe retries later. Nothing was stored.
+            metrics::counter!("entitlements_webhooks_refused_total", "reason" => "database").increment(1);
+            tracing::error!(error = %e, event = %head.id, "could not store a Stripe event");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "could not store the event; retry"})))
+        }
+    }
+}
