@@ -214,3 +214,93 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     let (status, _) = w.terminate(Duration::from_secs(10)).await;
     assert!(status.success());
 }
+
+/// PyPI localstripe (installed by scripts/setup.sh) on its own port: a real Stripe-compatible
+/// API server with no subscriptions yet.
+async fn localstripe() -> (tokio::process::Child, String) {
+    let addr = free_addr();
+    let port = addr.rsplit_once(':').unwrap().1.to_owned();
+    let bin = std::env::var("LOCALSTRIPE_BIN").unwrap_or_else(|_| "localstripe".into());
+    let child = tokio::process::Command::new(bin)
+        .args(["--port", &port, "--from-scratch"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("localstripe is installed (scripts/setup.sh)");
+    eventually(Duration::from_secs(30), "localstripe answers", || async {
+        http_get(&addr, "/v1/customers").await.ok().map(|_| ())
+    })
+    .await;
+    (child, format!("http://{addr}"))
+}
+
+#[tokio::test]
+async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
+    let db = fresh_db("sched_stripe").await;
+    let (_stripe, base) = localstripe().await;
+    let key = "sk_test_sched_KEY-NOT-IN-RECORDS";
+
+    // While this session holds the task's lock, the worker's scheduled runs are skipped.
+    let mut holder = session(&db).await;
+    sqlx::raw_sql("begin").execute(&mut holder).await.unwrap();
+    let locked: bool = sqlx::query_scalar("select entitlements.try_lock_task('reconcile_stripe')")
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+    assert!(locked);
+
+    let mut cmd = scheduled_worker(&db, "worker-s", "reconcile_stripe=200ms,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off");
+    cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", &base);
+    let mut w = Worker::spawn(cmd, &free_addr());
+    w.ready().await;
+    let count = |outcome: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from entitlements.task_runs where task = 'reconcile_stripe' and outcome = $1",
+            )
+            .bind(outcome)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    eventually(Duration::from_secs(20), "skipped reconcile runs", || async { (count("skipped").await >= 2).then_some(()) }).await;
+    assert_eq!(count("ok").await, 0, "no reconcile ran while the lock was held elsewhere");
+    sqlx::raw_sql("commit").execute(&mut holder).await.unwrap();
+
+    eventually(Duration::from_secs(20), "a reconcile run", || async { (count("ok").await >= 1).then_some(()) }).await;
+    let details: serde_json::Value = sqlx::query_scalar(
+        "select details from entitlements.task_runs where task = 'reconcile_stripe' and outcome = 'ok' limit 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(details["seen"], 0, "the reconcile's report is the run's details: {details}");
+    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    assert!(sample(&metrics, "entitlements_task_runs_total", &[("task", "reconcile_stripe"), ("outcome", "ok")]).unwrap_or(0.0) >= 1.0);
+    let (status, _) = w.terminate(Duration::from_secs(10)).await;
+    assert!(status.success());
+
+    // An unreachable Stripe API: recorded as a failure (without the key) and in /healthz.
+    let mut cmd = scheduled_worker(&db, "worker-s2", "reconcile_stripe=1h,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off");
+    cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", format!("http://{}/", free_addr()));
+    let mut w = Worker::spawn(cmd, &free_addr());
+    w.ready().await;
+    let error: String = eventually(Duration::from_secs(30), "a failed reconcile run", || async {
+        sqlx::query_scalar::<_, String>(
+            "select error from entitlements.task_runs where task = 'reconcile_stripe' and outcome = 'error' limit 1",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(!error.contains(key), "{error}");
+    let (_, health) = get_json(&w.addr, "/healthz").await;
+    assert_eq!(health["failing_tasks"], serde_json::json!(["reconcile_stripe"]), "{health}");
+    let (status, _) = w.terminate(Duration::from_secs(10)).await;
+    assert!(status.success());
+    assert!(!w.log().contains(key), "the key is not logged");
+}

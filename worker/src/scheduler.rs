@@ -2,8 +2,9 @@
 //! `entitlements.run_task` on its interval. Replicas are safe because the extension takes an
 //! advisory lock per task (the loser's run is recorded as `skipped`). A failed run is retried
 //! after a backoff that doubles per failure (`retry_initial` .. `retry_max`), and shows in
-//! /healthz (the `TaskBoard`) and /metrics.
-use crate::config::{RECONCILE_STRIPE, SQL_TASKS};
+//! /healthz (the `TaskBoard`) and /metrics. `reconcile_stripe` (scheduled only with a Stripe
+//! secret key) runs in the worker under the same lock and is recorded in the same table.
+use crate::config::RECONCILE_STRIPE;
 use crate::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -66,18 +67,11 @@ impl TaskBoard {
 /// Start one loop per scheduled task on the context's tracker; they stop at shutdown after
 /// finishing the run in flight.
 pub fn spawn(ctx: &Context) {
+    // Task names were checked when the configuration was read.
     for (task, interval) in &ctx.config.scheduler.tasks {
-        if !runnable(task) {
-            tracing::warn!(%task, "task is not available in this build; not scheduled");
-            continue;
-        }
         ctx.tasks.update(task, |h| h.interval_seconds = interval.as_secs_f64());
         ctx.tracker.spawn(task_loop(ctx.clone(), task.clone(), *interval));
     }
-}
-
-fn runnable(task: &str) -> bool {
-    SQL_TASKS.contains(&task) || (task == RECONCILE_STRIPE && reconcile_stripe_available())
 }
 
 async fn task_loop(ctx: Context, task: String, interval: Duration) {
@@ -178,14 +172,48 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
-/// Hook for the Stripe half of issue #4: the scheduled `reconcile_stripe` task.
-/// Until `crate::stripe::reconcile` exists this build does not schedule it (see `runnable`).
-fn reconcile_stripe_available() -> bool {
-    false
-}
-
-async fn reconcile_stripe(_ctx: &Context) -> Result<TaskRun> {
-    Err(Error::Config("reconcile_stripe is not available in this build".into()))
+/// The Stripe reconcile runs in the worker, under the same per-task lock as the SQL tasks
+/// (`entitlements.try_lock_task`, held by a transaction on one connection while the reconcile
+/// uses others) and recorded in the same table.
+async fn reconcile_stripe(ctx: &Context) -> Result<TaskRun> {
+    let mut tx = ctx.pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("select entitlements.try_lock_task($1)")
+        .bind(RECONCILE_STRIPE)
+        .fetch_one(&mut *tx)
+        .await?;
+    let started: String = sqlx::query_scalar("select clock_timestamp()::text").fetch_one(&mut *tx).await?;
+    let (outcome, rows, error, details) = if !locked {
+        ("skipped", 0, None, serde_json::json!({"reason": "another run of this task is in progress"}))
+    } else {
+        match crate::stripe::reconcile(&ctx.pool, &ctx.config.stripe).await {
+            Ok(report) => {
+                let details = serde_json::to_value(&report).unwrap_or_default();
+                if report.failed > 0 {
+                    let message = format!("{} subscription(s) not applied: {}", report.failed, report.errors.join("; "));
+                    ("error", report.rows_touched(), Some(message), details)
+                } else {
+                    ("ok", report.rows_touched(), None, details)
+                }
+            }
+            Err(e) => ("error", 0, Some(e.to_string()), serde_json::json!({})),
+        }
+    };
+    let run: serde_json::Value = sqlx::query_scalar(
+        "insert into entitlements.task_runs as r (task, started_at, finished_at, rows_touched, outcome, error, worker, details)
+         values ($1, $2::timestamptz, greatest($2::timestamptz, clock_timestamp()), $3, $4, $5, $6, $7)
+         returning to_jsonb(r)",
+    )
+    .bind(RECONCILE_STRIPE)
+    .bind(&started)
+    .bind(rows.max(0))
+    .bind(outcome)
+    .bind(error)
+    .bind(&ctx.config.worker_id)
+    .bind(details)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    serde_json::from_value(run).map_err(|e| Error::Config(format!("unexpected run record: {e}")))
 }
 
 #[cfg(test)]
