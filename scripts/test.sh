@@ -42,6 +42,8 @@ sed -n '/<!-- tour:begin -->/,/<!-- tour:end -->/p' README.md | grep -v -e '^<!-
     "${PSQL[@]}" -d tour -f - >/dev/null
 
 echo "== 3/3 integration tests"
+# The worker's own unit tests (configuration, backoff, signatures), then the integration tests.
+cargo test --release -p entitlements-worker --lib
 ENTITLEMENTS_TEST_ADMIN_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
     cargo test --release -p integration-tests -- --test-threads=2
 echo "== Kubernetes manifests (kubernetes-validate, Kubernetes 1.32 schemas)"
