@@ -3,7 +3,7 @@
 -- Maintenance tasks (sql/maintenance.sql): expiry, correction, the health snapshot, run
 -- tracking, failures, the per-task lock, and who may run them.
 begin;
-select plan(44);
+select plan(45);
 \ir fixtures/catalog.sql
 select count(*) as runs_before from entitlements.task_runs \gset
 
@@ -142,6 +142,11 @@ select is((:'snap_details'::jsonb) -> 'subscriptions_by_status' -> 'unpaid', '1'
 select is((:'snap_details'::jsonb) -> 'task_runs_failed_24h' -> 'expire_subscriptions', '1'::jsonb, 'and failed runs per task');
 select is((:'snap_details'::jsonb) -> 'subscriptions_to_tidy', '3'::jsonb,
           'and what is left to tidy (the Stripe trial, the failed expiry, the past_due organization)');
+
+-- Users do not see runs (their details name customers).
+set local role authenticated;
+select is((select count(*) from entitlements.task_runs), 0::bigint, 'a user sees no task runs');
+reset role;
 
 -- The service role (not superuser, RLS applies) runs every task.
 set local role service_role;

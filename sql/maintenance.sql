@@ -36,6 +36,7 @@ create index task_runs_started on entitlements.task_runs using brin (started_at)
 select pg_catalog.pg_extension_config_dump('entitlements.task_runs', '');
 
 -- Admins read and record runs; nobody updates or deletes them through SQL privileges.
+-- The table is a record itself, so it is not audited row by row (like the usage ledger).
 alter table entitlements.task_runs enable row level security;
 create policy task_runs_read on entitlements.task_runs for select using (entitlements.is_admin());
 create policy task_runs_record on entitlements.task_runs for insert with check (entitlements.is_admin());
