@@ -3,7 +3,7 @@
 -- Maintenance tasks (sql/maintenance.sql): expiry, correction, the health snapshot, run
 -- tracking, failures, the per-task lock, and who may run them.
 begin;
-select plan(45);
+select plan(48);
 \ir fixtures/catalog.sql
 select count(*) as runs_before from entitlements.task_runs \gset
 
@@ -22,7 +22,8 @@ select count(*) as runs_before from entitlements.task_runs \gset
 \set org2    '''00000000-0000-0000-0000-0000000007c0'''
 
 -- Bad input writes nothing.
-select is(entitlements.task_names(), array['expire_subscriptions', 'correct_entitlements', 'health_snapshot'], 'the known tasks');
+select is(entitlements.task_names(), array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs'],
+          'the known tasks');
 select throws_ok($$select entitlements.run_task('vacuum_everything')$$, '22023',
                  'unknown maintenance task "vacuum_everything"', 'an unknown task is refused with 22023');
 select throws_ok($$select entitlements.run_task(NULL)$$, '22004', NULL, 'a NULL task is refused with 22004');
@@ -152,8 +153,24 @@ reset role;
 set local role service_role;
 select is((select array_agg(outcome) from (select (entitlements.run_task(t)).outcome
                                              from unnest(entitlements.task_names()) t) x),
-          array['ok', 'ok', 'ok'], 'service_role runs every task');
+          array['ok', 'ok', 'ok', 'ok'], 'service_role runs every task');
 reset role;
+
+-- Retention -------------------------------------------------------------------------------
+-- Old runs go after entitlements.task_runs_keep, skipped ones after a day; the latest run of
+-- each task stays however old.
+insert into entitlements.task_runs (task, started_at, finished_at, outcome, worker)
+values ('health_snapshot', now() - interval '200 days', now() - interval '200 days', 'ok', 'old'),
+       ('expire_subscriptions', now() - interval '2 days', now() - interval '2 days', 'skipped', 'old'),
+       ('expire_subscriptions', now() - interval '12 hours', now() - interval '12 hours', 'skipped', 'recent'),
+       ('archaic_task', now() - interval '300 days', now() - interval '300 days', 'ok', 'old');
+select * from entitlements.run_task('prune_task_runs') \gset prune_
+select is(:prune_rows_touched::bigint, 2::bigint, 'prune_task_runs deletes the old run and the old skipped run');
+select is((select array_agg(task || ':' || worker order by id) from entitlements.task_runs where worker in ('old', 'recent')),
+          array['expire_subscriptions:recent', 'archaic_task:old'], 'recent skips and the latest run of a task stay');
+set local entitlements.task_runs_keep = '1 hour';
+select is((select details ->> 'keep' from entitlements.run_task('prune_task_runs')), '01:00:00', 'the retention is a setting');
+reset entitlements.task_runs_keep;
 
 -- One run at a time -----------------------------------------------------------------------
 -- Another session runs the task while this one holds its lock: that run is skipped.

@@ -35,17 +35,18 @@ create index task_runs_task_started on entitlements.task_runs (task, started_at 
 create index task_runs_started on entitlements.task_runs using brin (started_at);
 select pg_catalog.pg_extension_config_dump('entitlements.task_runs', '');
 
--- Admins read and record runs; nobody updates or deletes them through SQL privileges.
+-- Admins read and record runs, and prune old ones (prune_task_runs); nobody rewrites one.
 -- The table is a record itself, so it is not audited row by row (like the usage ledger).
 alter table entitlements.task_runs enable row level security;
 create policy task_runs_read on entitlements.task_runs for select using (entitlements.is_admin());
 create policy task_runs_record on entitlements.task_runs for insert with check (entitlements.is_admin());
-grant insert on entitlements.task_runs to public;
+create policy task_runs_prune on entitlements.task_runs for delete using (entitlements.is_admin());
+grant insert, delete on entitlements.task_runs to public;
 
 create function entitlements.task_names()
 returns text[] language sql immutable parallel safe
 set search_path = pg_catalog, pg_temp
-as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot'] $$;
+as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs'] $$;
 comment on function entitlements.task_names() is 'The maintenance tasks entitlements.run_task knows.';
 
 -- The advisory lock key of a task (two int4 halves). Also used by the worker for tasks it
@@ -243,6 +244,32 @@ as $$
                                   where t.outcome = 'ok' group by t.task) x))
 $$;
 
+-- Retention -----------------------------------------------------------------------------
+
+-- Runs older than the GUC entitlements.task_runs_keep (default 90 days) go; skipped runs
+-- (one per replica and interval) after a day. The latest run of each task always stays.
+create function entitlements._task_prune_task_runs()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_keep interval := coalesce(nullif(current_setting('entitlements.task_runs_keep', true), '')::interval,
+                                interval '90 days');
+    v_skipped bigint;
+    v_old bigint;
+begin
+    delete from entitlements.task_runs t
+     where t.outcome = 'skipped' and t.started_at < now() - least(v_keep, interval '1 day');
+    get diagnostics v_skipped = row_count;
+    delete from entitlements.task_runs t
+     where t.started_at < now() - v_keep
+       and t.started_at < (select max(l.started_at) from entitlements.task_runs l where l.task = t.task);
+    get diagnostics v_old = row_count;
+    return jsonb_build_object('rows_touched', v_skipped + v_old, 'skipped_deleted', v_skipped,
+                              'older_deleted', v_old, 'keep', v_keep::text);
+end
+$$;
+
 -- Running -------------------------------------------------------------------------------
 
 create function entitlements.run_task(task text, worker text default null)
@@ -282,6 +309,7 @@ begin
                 when 'expire_subscriptions' then entitlements._task_expire_subscriptions()
                 when 'correct_entitlements' then entitlements._task_correct_entitlements()
                 when 'health_snapshot' then entitlements._task_health_snapshot()
+                when 'prune_task_runs' then entitlements._task_prune_task_runs()
             end;
             v_run.outcome := 'ok';
             v_run.rows_touched := coalesce((v_result ->> 'rows_touched')::bigint, 0);

@@ -160,7 +160,7 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     .unwrap();
 
     // An hour's interval: every run after the first is a retry.
-    let mut cmd = scheduled_worker(&db, "worker-f", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off");
+    let mut cmd = scheduled_worker(&db, "worker-f", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
     cmd.env("ENTITLEMENTS_RETRY_INITIAL", "200ms").env("ENTITLEMENTS_RETRY_MAX", "800ms");
     let mut w = Worker::spawn(cmd, &free_addr());
     w.ready().await;
@@ -249,7 +249,7 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
         .unwrap();
     assert!(locked);
 
-    let mut cmd = scheduled_worker(&db, "worker-s", "reconcile_stripe=200ms,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off");
+    let mut cmd = scheduled_worker(&db, "worker-s", "reconcile_stripe=200ms,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
     cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", &base);
     let mut w = Worker::spawn(cmd, &free_addr());
     w.ready().await;
@@ -283,7 +283,7 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
     assert!(status.success());
 
     // An unreachable Stripe API: recorded as a failure (without the key) and in /healthz.
-    let mut cmd = scheduled_worker(&db, "worker-s2", "reconcile_stripe=1h,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off");
+    let mut cmd = scheduled_worker(&db, "worker-s2", "reconcile_stripe=1h,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
     cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", format!("http://{}/", free_addr()));
     let mut w = Worker::spawn(cmd, &free_addr());
     w.ready().await;

@@ -96,7 +96,7 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
         &file,
         format!(
             "database_url = \"{secret_url}\"\nlisten_addr = \"{file_addr}\"\nworker_id = \"from-file\"\n\
-             [scheduler.tasks]\nhealth_snapshot = \"150ms\"\nexpire_subscriptions = \"off\"\ncorrect_entitlements = \"off\"\n\
+             [scheduler.tasks]\nhealth_snapshot = \"150ms\"\nexpire_subscriptions = \"off\"\ncorrect_entitlements = \"off\"\nprune_task_runs = \"off\"\n\
              [stripe]\nwebhook_secret = \"whsec_FILE-SECRET\"\n"
         ),
     )
@@ -212,7 +212,7 @@ async fn sigterm_finishes_the_run_in_flight() {
     let mut cmd = worker_command();
     cmd.arg("serve")
         .env("DATABASE_URL", &db.url)
-        .env("ENTITLEMENTS_SCHEDULE", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off");
+        .env("ENTITLEMENTS_SCHEDULE", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
     let mut w = Worker::spawn(cmd, &free_addr());
     w.ready().await;
     eventually(Duration::from_secs(20), "the run is in flight", || async {

@@ -95,6 +95,7 @@ Configuration file (TOML), every key optional:
   expire_subscriptions = \"1m\"
   correct_entitlements = \"5m\"
   health_snapshot = \"1m\"
+  prune_task_runs = \"1h\"
   reconcile_stripe = \"1h\"        # only runs when a Stripe secret key is set
   [stripe]
   webhook_secret = \"whsec_...\"
@@ -114,7 +115,7 @@ pub enum Command {
     /// Run one maintenance task now (entitlements.run_task), print its run record as JSON;
     /// exits non-zero when the task failed.
     RunTask {
-        /// expire_subscriptions, correct_entitlements or health_snapshot.
+        /// expire_subscriptions, correct_entitlements, health_snapshot or prune_task_runs.
         name: String,
     },
     /// List every subscription through the Stripe API (STRIPE_SECRET_KEY, STRIPE_API_BASE) and
@@ -185,7 +186,7 @@ pub struct StripeConfig {
 }
 
 /// Tasks the extension runs (`entitlements.run_task`).
-pub const SQL_TASKS: [&str; 3] = ["expire_subscriptions", "correct_entitlements", "health_snapshot"];
+pub const SQL_TASKS: [&str; 4] = ["expire_subscriptions", "correct_entitlements", "health_snapshot", "prune_task_runs"];
 /// The Stripe reconcile, run by the worker itself; scheduled only with a Stripe secret key.
 pub const RECONCILE_STRIPE: &str = "reconcile_stripe";
 
@@ -194,6 +195,7 @@ fn default_tasks() -> BTreeMap<String, Duration> {
         ("expire_subscriptions".to_owned(), Duration::from_secs(60)),
         ("correct_entitlements".to_owned(), Duration::from_secs(300)),
         ("health_snapshot".to_owned(), Duration::from_secs(60)),
+        ("prune_task_runs".to_owned(), Duration::from_secs(3600)),
         (RECONCILE_STRIPE.to_owned(), Duration::from_secs(3600)),
     ])
 }
