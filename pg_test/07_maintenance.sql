@@ -3,7 +3,7 @@
 -- Maintenance tasks (sql/maintenance.sql): expiry, correction, the health snapshot, run
 -- tracking, failures, the per-task lock, and who may run them.
 begin;
-select plan(48);
+select plan(50);
 \ir fixtures/catalog.sql
 select count(*) as runs_before from entitlements.task_runs \gset
 
@@ -20,6 +20,7 @@ select count(*) as runs_before from entitlements.task_runs \gset
 \set m3      '''00000000-0000-0000-0000-0000000007b3'''
 \set m4      '''00000000-0000-0000-0000-0000000007b4'''
 \set org2    '''00000000-0000-0000-0000-0000000007c0'''
+\set org3    '''00000000-0000-0000-0000-0000000007d0'''
 
 -- Bad input writes nothing.
 select is(entitlements.task_names(), array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs'],
@@ -97,6 +98,10 @@ select entitlements.change_plan(:'sub_org', 'pro', 'downgrade');
 select entitlements.subscribe(:org2, 'team') as sub_org2 \gset
 select entitlements.add_member(:org2, :m3);
 select entitlements.add_member(:org2, :m4);
+select entitlements.subscribe(:org3, 'team') as sub_org3 \gset
+select entitlements.add_member(:org3, :m2, 'owner');
+select entitlements.add_member(:org3, :m3, 'owner');
+select entitlements.change_plan(:'sub_org3', 'pro', 'downgrade');
 update entitlements.subscriptions set status = 'past_due' where id = :'sub_org2';
 update entitlements.subscriptions set status_changed_at = now() - interval '30 days' where id = :'sub_org2';
 
@@ -110,6 +115,9 @@ select is((select revoked_at from entitlements.grants where id = :'g_open'), NUL
 select is((select array_agg(user_id order by user_id) from entitlements.members where organization_id = :org),
           array[:owner::uuid], 'the organization keeps as many members as it has seats, owner first');
 select is(jsonb_array_length((:'fix_details'::jsonb) -> 'members_removed'), 3, 'the removed members are listed');
+select is((select count(*) from entitlements.members where organization_id = :org3), 2::bigint,
+          'owners are never removed, even over seats');
+select is((:'fix_details'::jsonb) -> 'over_seats_owners' -> 0 ->> 'organization', :org3, 'such an organization is listed');
 select is((select count(*) from entitlements.members where organization_id = :org2), 2::bigint,
           'an organization whose subscription is past_due keeps its members');
 select is((:'fix_details'::jsonb) -> 'over_seats_pending' -> 0 ->> 'organization', :org2,

@@ -122,7 +122,8 @@ $$;
 --   * manual `active` subscriptions past their period end (nothing renewed them): canceled
 --     as of the period end;
 --   * organizations with more members than their seats allow (after a downgrade or a lapse):
---     the newest members beyond the limit are removed, owners last; the removed members are
+--     the newest members beyond the limit are removed, plain members before admins, owners
+--     never (an organization keeps someone who can manage it); the removed members are
 --     listed in details (and the audit log keeps their rows). Organizations whose
 --     subscription is in a recoverable state (past_due, unpaid, paused, incomplete) are
 --     left alone and listed, so a late payment does not cost them their members;
@@ -136,6 +137,7 @@ declare
     v_grants bigint;
     v_removed jsonb := '[]';
     v_pending jsonb := '[]';
+    v_owners_over jsonb := '[]';
     v_stale_stripe bigint;
     r record;
     v_limit double precision;
@@ -178,14 +180,17 @@ begin
                 delete from entitlements.members m
                  where m.organization_id = r.org
                    and m.user_id in (select x.user_id from entitlements.members x
-                                      where x.organization_id = r.org
-                                      order by case x.role when 'owner' then 0 when 'admin' then 1 else 2 end desc,
-                                               x.created_at desc, x.user_id
+                                      where x.organization_id = r.org and x.role <> 'owner'
+                                      order by x.role = 'admin', x.created_at desc, x.user_id
                                       limit v_excess)
                 returning m.user_id, m.role)
             select coalesce(jsonb_agg(jsonb_build_object('organization', r.org, 'user_id', g.user_id, 'role', g.role)), '[]')
               into v_gone from gone g;
             v_removed := v_removed || v_gone;
+            if jsonb_array_length(v_gone) < v_excess then
+                v_owners_over := v_owners_over || jsonb_build_object(
+                    'organization', r.org, 'members', r.used - jsonb_array_length(v_gone), 'seats', v_limit);
+            end if;
         end loop;
     end if;
     perform set_config('entitlements.reason', '', true);
@@ -196,6 +201,7 @@ begin
         'expired_grants', v_grants,
         'members_removed', v_removed,
         'over_seats_pending', v_pending,
+        'over_seats_owners', v_owners_over,
         'stripe_stale', v_stale_stripe);
 end
 $$;
