@@ -63,7 +63,15 @@ pub async fn serve(ctx: Context) -> Result<()> {
         scheduler::spawn(&ctx);
     }
     stripe::spawn(&ctx)?;
-    let http = ctx.tracker.spawn(http::serve(ctx.clone(), listener));
+    let http = {
+        let ctx = ctx.clone();
+        ctx.tracker.clone().spawn(async move {
+            let served = http::serve(ctx.clone(), listener).await;
+            // Without its HTTP server the daemon is of no use: stop the rest too.
+            ctx.shutdown.cancel();
+            served
+        })
+    };
     ctx.shutdown.cancelled().await;
     ctx.tracker.close();
     if tokio::time::timeout(ctx.config.shutdown_timeout, ctx.tracker.wait()).await.is_err() {

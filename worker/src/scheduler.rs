@@ -132,10 +132,11 @@ pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
         h.runs += 1;
         h.last_outcome = Some(outcome.clone());
         h.last_finished_at = finished_at.or_else(|| Some(unix_now().to_string()));
+        // A skipped run (another replica had the task) says nothing about failures.
         if failed {
             h.consecutive_failures += 1;
             h.last_error = error.clone();
-        } else {
+        } else if outcome == "ok" {
             h.consecutive_failures = 0;
             h.last_error = None;
         }
