@@ -80,3 +80,6 @@ read -r counted ledger drift < <("${PSQL[@]}" -d bench -At -F ' ' -c "
            (select count(*) from entitlements.usage_drift())")
 echo "counted $counted, ledger rows $ledger, windows where counters differ from the ledger: $drift"
 [ "$counted" = 1000 ] && [ "$ledger" = 1000 ] && [ "$drift" = 0 ] || { echo "FAIL: overshoot or drift" >&2; exit 1; }
+
+# --- Webhook intake (issue #4): signed deliveries through a real worker ----------------------
+BENCH_PGPORT=$PORT bench/webhooks/run.sh

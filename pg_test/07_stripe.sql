@@ -1,7 +1,7 @@
 \set ON_ERROR_STOP 1
 \set QUIET 1
 begin;
-select plan(54);
+select plan(56);
 \ir fixtures/catalog.sql
 update entitlements.plans set stripe_price_ids = '{price_pro_m,price_pro_y}' where key = 'pro';
 update entitlements.plans set stripe_price_ids = '{price_team_m}' where key = 'team';
@@ -172,6 +172,14 @@ select throws_ok($$select entitlements.stripe_record_event('{"id": "evt_evil", "
                                                                "created": 1, "data": {"object": {}}}')$$,
                  '42501', null, 'a signed-in user cannot record Stripe events');
 select is((select count(*)::int from entitlements.stripe_events), 0, 'nor read the event store');
+reset role;
+insert into entitlements.admins (user_id) values ('00000000-0000-0000-0000-0000000005e1');
+set local role authenticated;
+select set_config('request.jwt.claims', '{"sub": "00000000-0000-0000-0000-0000000005e1", "role": "authenticated"}', true);
+select is(entitlements.stripe_record_event('{"id": "evt_by_admin", "type": "customer.updated", "created": 1,
+                                             "data": {"object": {"id": "cus_1"}}}'), true,
+          'an admin listed in entitlements.admins may (the full check, not only privileged roles)');
+select is(entitlements.stripe_apply_event('evt_by_admin'), 'ignored', 'and apply');
 reset role;
 
 select * from finish();

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 const BATCH: i32 = 200;
 /// Events applied at once; several subscriptions' events in parallel, each one serialized
 /// by its lock in the extension.
-const PARALLEL: usize = 4;
+pub const PARALLEL: usize = 4;
 /// Also polled, for events stored by another replica or due for a retry.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -23,10 +23,10 @@ struct Pending {
     stripe_subscription_id: Option<String>,
 }
 
-pub async fn run(ctx: Context, client: Option<Client>) {
+pub async fn run(ctx: Context, pool: PgPool, client: Option<Client>) {
     tracing::info!(fetch_from_api = client.is_some(), "Stripe applier started");
     loop {
-        let more = match apply_due(&ctx.pool, client.as_ref()).await {
+        let more = match apply_due(&pool, client.as_ref()).await {
             Ok(n) => n == BATCH as usize,
             Err(e) => {
                 tracing::error!(error = %e, "Stripe applier could not read pending events");
@@ -44,6 +44,7 @@ pub async fn run(ctx: Context, client: Option<Client>) {
             }
         }
     }
+    pool.close().await;
     tracing::info!("Stripe applier stopped");
 }
 
@@ -78,7 +79,9 @@ pub async fn apply_due(pool: &PgPool, client: Option<&Client>) -> Result<usize> 
 
 async fn apply_one(pool: &PgPool, client: Option<&Client>, ev: Pending) {
     match try_apply(pool, client, &ev).await {
-        Ok(None) => {} // another worker has it, or it was applied meanwhile
+        // Another worker has it, or applied it meanwhile.
+        Ok(None) => {}
+        Ok(Some(outcome)) if outcome == "duplicate" => {}
         Ok(Some(outcome)) => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
             metrics::histogram!("entitlements_webhook_apply_lag_seconds").record((now - ev.received_at).max(0.0));
@@ -103,24 +106,26 @@ async fn apply_one(pool: &PgPool, client: Option<&Client>, ev: Pending) {
 
 async fn try_apply(pool: &PgPool, client: Option<&Client>, ev: &Pending) -> Result<Option<String>> {
     let mut tx = pool.begin().await?;
-    let claimed: bool =
-        sqlx::query_scalar("select entitlements.stripe_claim_event($1)").bind(&ev.id).fetch_one(&mut *tx).await?;
-    if !claimed {
-        return Ok(None);
-    }
     let fetched = match (client, &ev.stripe_subscription_id) {
         (Some(client), Some(sub)) => {
-            // Held until commit: nothing else applies this subscription between fetch and write.
+            // Claim first, so no two workers fetch for one event; then hold the subscription's
+            // lock until commit: nothing else applies it between the fetch and the write.
+            let claimed: bool =
+                sqlx::query_scalar("select entitlements.stripe_claim_event($1)").bind(&ev.id).fetch_one(&mut *tx).await?;
+            if !claimed {
+                return Ok(None);
+            }
             sqlx::query("select entitlements.stripe_lock_subscription($1)").bind(sub).execute(&mut *tx).await?;
             client.subscription(sub).await?
         }
         _ => None,
     };
-    let outcome: String = sqlx::query_scalar("select entitlements.stripe_apply_event($1, $2)")
+    // NULL: another worker is applying it (the function skips locked events).
+    let outcome: Option<String> = sqlx::query_scalar("select entitlements.stripe_apply_event($1, $2)")
         .bind(&ev.id)
         .bind(fetched)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Some(outcome))
+    Ok(outcome)
 }

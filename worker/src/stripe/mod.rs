@@ -13,6 +13,9 @@ use crate::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use axum::Router;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Wakes the applier when the webhook stored a new event (one applier per process).
@@ -41,7 +44,13 @@ pub fn spawn(ctx: &Context) -> Result<()> {
         Some(key) => Some(api::Client::new(key, stripe.api_base.as_deref())?),
         None => None,
     };
-    ctx.tracker.spawn(applier::run(ctx.clone(), client));
+    // Its own connections: however busy applying gets, webhook intake keeps the shared pool.
+    let options = PgConnectOptions::from_str(ctx.config.database_url.expose())?.application_name("entitlements-worker-stripe");
+    let pool = PgPoolOptions::new()
+        .max_connections(applier::PARALLEL as u32 + 1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options);
+    ctx.tracker.spawn(applier::run(ctx.clone(), pool, client));
     Ok(())
 }
 
