@@ -127,6 +127,7 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
     assert!(status.success());
     let log = w.log();
     assert!(log.contains("listening"), "debug logs were written:\n{log}");
+    assert!(log.contains("starting") && log.contains("stripe_api=true"), "the configuration is logged:\n{log}");
     for secret in ["pw-SHOULD-NOT-LEAK", "whsec_FILE-SECRET", "sk_test_ENV-SECRET"] {
         assert!(!log.contains(secret), "{secret} appears in the logs:\n{log}");
     }

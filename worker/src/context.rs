@@ -27,6 +27,19 @@ impl Context {
     pub async fn new(config: Config) -> Result<Context> {
         let metrics = metrics::install()?;
         let pool = db::connect(config.database_url.expose()).await?;
+        // What this process will do, for whoever reads the logs; never a secret's value.
+        let opts = pool.connect_options();
+        let tasks: Vec<String> =
+            config.scheduler.tasks.iter().map(|(t, d)| format!("{t}={}s", d.as_secs_f64())).collect();
+        tracing::info!(
+            database = %format!("{}:{}/{}", opts.get_host(), opts.get_port(), opts.get_database().unwrap_or("")),
+            worker_id = %config.worker_id,
+            scheduler = config.scheduler.enabled,
+            tasks = %tasks.join(","),
+            stripe_webhooks = config.stripe.webhook_secret.is_some(),
+            stripe_api = config.stripe.secret_key.is_some(),
+            "starting"
+        );
         Ok(Context {
             pool,
             config: Arc::new(config),
