@@ -1,7 +1,7 @@
 \set ON_ERROR_STOP 1
 \set QUIET 1
 begin;
-select plan(56);
+select plan(60);
 \ir fixtures/catalog.sql
 update entitlements.plans set stripe_price_ids = '{price_pro_m,price_pro_y}' where key = 'pro';
 update entitlements.plans set stripe_price_ids = '{price_team_m}' where key = 'team';
@@ -117,6 +117,16 @@ select entitlements.stripe_apply_subscription(pg_temp.sub('sub_b', 'cus_b', 'pri
                                               jsonb_build_object('cancel_at_period_end', true)));
 select ok(entitlements.has_feature(:b, 'agents') and (entitlements.entitlements(:b) ->> 'cancel_at_period_end')::boolean,
           'active with cancel_at_period_end grants and shows it');
+
+-- Paused and resumed: the events carry the subscription like any other.
+select entitlements.stripe_record_event(pg_temp.ev('evt_b_pause', 'customer.subscription.paused', :t0 + 300,
+    pg_temp.sub('sub_b', 'cus_b', 'price_team_m', 'paused', :p0, :p1)));
+select is(entitlements.stripe_apply_event('evt_b_pause'), 'updated', 'customer.subscription.paused applies');
+select ok(not entitlements.has_feature(:b, 'agents'), 'paused grants nothing');
+select entitlements.stripe_record_event(pg_temp.ev('evt_b_resume', 'customer.subscription.resumed', :t0 + 400,
+    pg_temp.sub('sub_b', 'cus_b', 'price_team_m', 'active', :p0, :p1)));
+select is(entitlements.stripe_apply_event('evt_b_resume'), 'updated', 'customer.subscription.resumed, a later second: active again');
+select ok(entitlements.has_feature(:b, 'agents'), 'and it grants again');
 
 -- Invoices ----------------------------------------------------------------------------------
 select entitlements.link_stripe_customer(:c, 'cus_c');

@@ -216,6 +216,34 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
     wait_for(&db.pool, &format!("select status = 'canceled' from entitlements.subscriptions where stripe_subscription_id = '{sub_id}'"),
              30, "localstripe's customer.subscription.deleted to be applied").await;
     assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+
+    // Checkout (localstripe has no Checkout Sessions; the completed event is written here as
+    // Stripe sends it): a Stripe customer nobody linked, linked by client_reference_id, and the
+    // session's subscription fetched and applied with it.
+    let buyer = uuid::Uuid::new_v4();
+    let cus2 = ls.customer(None).await;
+    let sub2 = ls.subscribe(&cus2, "price_pro_monthly").await;
+    let sub2_id = sub2["id"].as_str().unwrap().to_owned();
+    let checkout = event("evt_checkout_1", "checkout.session.completed", now(),
+                         json!({"id": "cs_test_1", "object": "checkout.session", "mode": "subscription",
+                                "status": "complete", "customer": cus2, "subscription": sub2_id,
+                                "client_reference_id": buyer}));
+    assert_eq!(w.deliver(&checkout, Some(&signature(secret, now(), &checkout))).await.0, 200);
+    wait_for(&db.pool, "select applied_at is not null from entitlements.stripe_events where id = 'evt_checkout_1'",
+             20, "the checkout event to be applied").await;
+    let outcome: String = sqlx::query_scalar("select outcome from entitlements.stripe_events where id = 'evt_checkout_1'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(outcome.starts_with("linked"), "{outcome}");
+    let (owner2, status2): (uuid::Uuid, String) =
+        sqlx::query_as("select customer_id, status from entitlements.subscriptions where stripe_subscription_id = $1")
+            .bind(&sub2_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((owner2, status2.as_str()), (buyer, "active"));
+    assert!(has_feature(&mut session(&db).await, buyer, "advanced_agents").await);
     let logs = w.logs();
     assert!(!logs.contains(KEY) && !logs.contains(secret), "secrets never logged");
     w.stop().await;
