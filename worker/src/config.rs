@@ -64,7 +64,8 @@ pub struct Cli {
     #[arg(long, env = "ENTITLEMENTS_RETRY_MAX", global = true, value_parser = parse_duration)]
     pub retry_max: Option<Duration>,
 
-    /// Stripe webhook signing secret (`whsec_...`); enables POST /webhooks/stripe.
+    /// Stripe webhook signing secret (`whsec_...`); several, comma-separated, are all accepted
+    /// (rolling a secret); enables POST /webhooks/stripe.
     #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true, global = true)]
     pub stripe_webhook_secret: Option<String>,
 
