@@ -8,6 +8,7 @@ use crate::{Context, Result};
 use sqlx::PgPool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 const BATCH: i32 = 200;
 /// Events applied at once; several subscriptions' events in parallel, each one serialized
@@ -26,7 +27,7 @@ struct Pending {
 pub async fn run(ctx: Context, pool: PgPool, client: Option<Client>) {
     tracing::info!(fetch_from_api = client.is_some(), "Stripe applier started");
     loop {
-        let more = match apply_due(&pool, client.as_ref()).await {
+        let more = match apply_due(&pool, client.as_ref(), &ctx.shutdown).await {
             Ok(n) => n == BATCH as usize,
             Err(e) => {
                 tracing::error!(error = %e, "Stripe applier could not read pending events");
@@ -48,8 +49,9 @@ pub async fn run(ctx: Context, pool: PgPool, client: Option<Client>) {
     tracing::info!("Stripe applier stopped");
 }
 
-/// Apply the events that are due now; returns how many were looked at.
-pub async fn apply_due(pool: &PgPool, client: Option<&Client>) -> Result<usize> {
+/// Apply the events that are due now; returns how many were looked at. After `stop` no new
+/// event is started (those in flight finish; the rest wait in the table for the next start).
+pub async fn apply_due(pool: &PgPool, client: Option<&Client>, stop: &CancellationToken) -> Result<usize> {
     let rows: Vec<(String, f64, Option<String>)> = sqlx::query_as(
         "select id, extract(epoch from received_at)::float8, stripe_subscription_id \
            from entitlements.stripe_pending_events($1)",
@@ -65,7 +67,7 @@ pub async fn apply_due(pool: &PgPool, client: Option<&Client>) -> Result<usize> 
     });
     let mut running = JoinSet::new();
     loop {
-        while running.len() < PARALLEL {
+        while running.len() < PARALLEL && !stop.is_cancelled() {
             let Some(ev) = queue.next() else { break };
             let (pool, client) = (pool.clone(), client.cloned());
             running.spawn(async move { apply_one(&pool, client.as_ref(), ev).await });
