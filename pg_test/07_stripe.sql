@@ -1,7 +1,7 @@
 \set ON_ERROR_STOP 1
 \set QUIET 1
 begin;
-select plan(60);
+select plan(62);
 \ir fixtures/catalog.sql
 update entitlements.plans set stripe_price_ids = '{price_pro_m,price_pro_y}' where key = 'pro';
 update entitlements.plans set stripe_price_ids = '{price_team_m}' where key = 'team';
@@ -174,6 +174,9 @@ select is(entitlements.stripe_apply_event('evt_d_sub'), 'created', 'and applies'
 -- Unknown types are stored and acknowledged.
 select entitlements.stripe_record_event(pg_temp.ev('evt_other', 'charge.refunded', :t0, '{"id": "ch_1"}'));
 select is(entitlements.stripe_apply_event('evt_other'), 'ignored', 'an unknown type is acknowledged as ignored');
+select is(entitlements.stripe_record_event(pg_temp.ev('evt_digits', 'v1.billing.meter.error_report_triggered', :t0, '{"id": "mtr_1"}')),
+          true, 'any Stripe type is stored, digits included');
+select is(entitlements.stripe_apply_event('evt_digits'), 'ignored', 'and acknowledged');
 
 -- Security: admins only, and RLS on the new tables.
 set local role authenticated;

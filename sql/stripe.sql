@@ -35,7 +35,7 @@
 
 create table entitlements.stripe_events (
     id              text primary key check (id ~ '^evt_[A-Za-z0-9_]+$'),
-    type            text not null check (type ~ '^[a-z_]+(\.[a-z_]+)+$'),
+    type            text not null check (type ~ '^[a-z0-9_]+(\.[a-z0-9_]+)+$'),
     created         timestamptz not null,
     api_version     text,
     payload         jsonb not null,
