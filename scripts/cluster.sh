@@ -3,7 +3,7 @@
 #   scripts/cluster.sh start DATADIR PORT   (initdb on first use; reuses an existing cluster)
 #   scripts/cluster.sh stop  DATADIR
 set -euo pipefail
-BIN=/usr/lib/postgresql/15/bin
+BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 cmd=${1:?start|stop}; dir=${2:?data directory}
 as_pg() { if [ "$(id -un)" = postgres ]; then "$@"; else sudo -u postgres "$@"; fi; }
 

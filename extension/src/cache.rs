@@ -15,10 +15,11 @@
 
 use crate::clock::Micros;
 use crate::error::{Error, Result};
+use crate::statements::{self, Statement};
 use crate::rules::{Catalog, CustomerData, Feature, Grant, Kind, Party, Plan, Resolved, Subscription};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{pg_sys, JsonB, PgBuiltInOids, PgOid, Uuid};
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::{pg_sys, JsonB, Uuid};
 use serde_json::Value as Json;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -56,7 +57,6 @@ struct State {
 
 thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
-    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
 fn snapshot_key() -> Option<SnapshotKey> {
@@ -86,7 +86,7 @@ fn top_xid() -> Option<pg_sys::TransactionId> {
 
 /// Run `f` with the extension owner's identity, as SECURITY DEFINER would. Postgres also
 /// restores the identity itself if an ERROR aborts the (sub)transaction.
-fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     struct Restore(pg_sys::Oid, i32);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -105,16 +105,38 @@ fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Version and owner, read as the caller (the function pins its search_path).
+/// The cache version, read as the caller once per statement: a direct query on a kept
+/// generic plan (a helper function with a pinned search_path would cost a GUC save and
+/// restore per call), every name qualified instead.
+const READ_VERSION: Statement = Statement { sql: "select c.version from entitlements.cache_version c", args: &[] };
+
+/// Version and owner of the extension's schema (from the syscache).
 fn read_version() -> Result<(i64, pg_sys::Oid)> {
-    Spi::connect(|c| {
-        let plan = kept_plan(c, "select version, owner from entitlements._cache_state()", &[])?;
-        let t = c.select(&*plan, Some(1), &[])?;
-        let row = t.first();
-        let v = row.get::<i64>(1)?.ok_or_else(|| Error::CorruptState("entitlements.cache_version is empty".into()))?;
-        let o = row.get::<pg_sys::Oid>(2)?.ok_or_else(|| Error::CorruptState("schema entitlements has no owner".into()))?;
-        Ok((v, o))
-    })
+    let version = Spi::connect(|_| {
+        let rows = statements::run(&READ_VERSION, vec![], true)?;
+        (!rows.is_empty())
+            .then(|| rows.get::<i64>(0, 1))
+            .flatten()
+            .ok_or_else(|| Error::CorruptState("entitlements.cache_version is empty".into()))
+    })?;
+    Ok((version, schema_owner()?))
+}
+
+fn schema_owner() -> Result<pg_sys::Oid> {
+    // SAFETY: a syscache lookup by name inside a transaction; the tuple is released
+    // before returning and only its fixed-size part is read.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::NAMESPACENAME as i32,
+            pg_sys::Datum::from(c"entitlements".as_ptr()),
+        );
+        if tuple.is_null() {
+            return Err(Error::CorruptState("schema entitlements does not exist".into()));
+        }
+        let owner = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_namespace>(tuple)).nspowner;
+        pg_sys::ReleaseSysCache(tuple);
+        Ok(owner)
+    }
 }
 
 /// Make the cache agree with the current snapshot. Cheap when the snapshot is unchanged.
@@ -230,32 +252,18 @@ pub fn owner() -> Result<pg_sys::Oid> {
 
 /// Run a query returning one jsonb as the extension owner (reads around RLS; callers
 /// decide who may see the answer).
-pub fn load_as_owner(sql: &'static str, arg: Option<Uuid>) -> Result<Json> {
-    load_json(owner()?, sql, arg)
+pub fn load_as_owner(st: &Statement, arg: Option<Uuid>) -> Result<Json> {
+    load_json(owner()?, st, arg)
 }
 
 // --- Loading -------------------------------------------------------------------------
 
-/// A plan prepared once per backend and kept: the read path runs the same few queries
-/// for every statement, and parsing and planning them each time cost more than the check.
-/// Kept plans are re-planned by PostgreSQL when what they depend on changes.
-pub fn kept_plan(c: &pgrx::spi::SpiClient<'_>, sql: &'static str, args: &[PgOid]) -> Result<Rc<OwnedPreparedStatement>> {
-    if let Some(p) = PLANS.with_borrow(|m| m.get(sql).cloned()) {
-        return Ok(p);
-    }
-    let plan = Rc::new(c.prepare(sql, args)?.keep());
-    PLANS.with_borrow_mut(|m| m.insert(sql, plan.clone()));
-    Ok(plan)
-}
-
-fn load_json(owner: pg_sys::Oid, sql: &'static str, arg: Option<Uuid>) -> Result<Json> {
+fn load_json(owner: pg_sys::Oid, st: &Statement, arg: Option<Uuid>) -> Result<Json> {
     as_owner(owner, || {
-        Spi::connect(|c| {
-            let t = match arg {
-                Some(u) => c.select(&*kept_plan(c, sql, &[PgOid::BuiltIn(PgBuiltInOids::UUIDOID)])?, Some(1), &[u.into()])?,
-                None => c.select(&*kept_plan(c, sql, &[])?, Some(1), &[])?,
-            };
-            Ok(t.first().get::<JsonB>(1)?.map(|j| j.0).unwrap_or(Json::Null))
+        Spi::connect(|_| {
+            let args = if st.args.is_empty() { vec![] } else { vec![statements::arg(arg)] };
+            let rows = statements::run(st, args, true)?;
+            Ok(if rows.is_empty() { Json::Null } else { rows.get::<JsonB>(0, 1).map_or(Json::Null, |j| j.0) })
         })
     })
 }
@@ -265,7 +273,8 @@ fn corrupt(what: &str) -> Error {
 }
 
 fn load_catalog(owner: pg_sys::Oid, version: i64) -> Result<Catalog> {
-    let doc = load_json(owner, "select entitlements._catalog_snapshot()", None)?;
+    const CATALOG: Statement = Statement { sql: "select entitlements._catalog_snapshot()", args: &[] };
+    let doc = load_json(owner, &CATALOG, None)?;
     let mut features = Vec::new();
     let mut feature_index = HashMap::new();
     for f in doc["features"].as_array().ok_or_else(|| corrupt("features"))? {
@@ -303,76 +312,101 @@ fn load_catalog(owner: pg_sys::Oid, version: i64) -> Result<Catalog> {
     Ok(Catalog { version, features, feature_index, plans, default_plan })
 }
 
-fn micros(v: &Json) -> Option<Micros> {
-    v.as_i64()
+// A customer's sources, read row by row with kept plans: a cold customer costs a few
+// index lookups by equality, not a JSON document built in PL/pgSQL and parsed again
+// here. These run as the owner with the caller's search_path, so every operator and
+// function is qualified with pg_catalog.
+
+const LOAD_EXISTS: Statement = Statement {
+    sql: "select exists (select from entitlements.customers c where c.id operator(pg_catalog.=) $1)",
+    args: &[pg_sys::UUIDOID],
+};
+
+const LOAD_MEMBERSHIPS: Statement = Statement {
+    sql: "select m.organization_id, m.role from entitlements.members m
+           where m.user_id operator(pg_catalog.=) $1 order by m.organization_id",
+    args: &[pg_sys::UUIDOID],
+};
+
+const LOAD_SUBSCRIPTIONS: Statement = Statement {
+    sql: "select s.id::pg_catalog.text, s.plan_key, s.status, s.quantity, s.current_period_start,
+                 s.current_period_end, s.trial_end, s.cancel_at_period_end, s.status_changed_at
+            from entitlements.subscriptions s
+           where s.customer_id operator(pg_catalog.=) $1
+             and (s.ended_at is null or s.ended_at operator(pg_catalog.>) pg_catalog.now())
+           order by s.created_at, s.id",
+    args: &[pg_sys::UUIDOID],
+};
+
+const LOAD_GRANTS: Statement = Statement {
+    sql: "select g.kind, g.feature_key, g.value, g.starts_at, g.expires_at
+            from entitlements.grants g
+           where g.customer_id operator(pg_catalog.=) $1
+             and g.revoked_at is null and g.kind operator(pg_catalog.<>) 'discount'
+           order by g.created_at, g.id",
+    args: &[pg_sys::UUIDOID],
+};
+
+fn micros(t: Option<TimestampWithTimeZone>) -> Option<Micros> {
+    t.map(|t| crate::clock::from_timestamptz(t))
 }
 
-fn uuid_bytes(v: &Json) -> Option<[u8; 16]> {
-    let s = v.as_str()?;
-    let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
-    if hex.len() != 32 {
-        return None;
+fn load_party(id: [u8; 16]) -> Result<Party> {
+    let uuid = Uuid::from_bytes(id);
+    let rows = statements::run(&LOAD_SUBSCRIPTIONS, vec![statements::arg(uuid)], true)?;
+    let mut subscriptions = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let (Some(id), Some(plan), Some(status)) = (rows.get(i, 1), rows.get(i, 2), rows.get(i, 3)) else {
+            return Err(corrupt("a subscription"));
+        };
+        subscriptions.push(Subscription {
+            id,
+            plan,
+            status,
+            quantity: rows.get::<i32>(i, 4).unwrap_or(1).into(),
+            period_start: micros(rows.get(i, 5)),
+            period_end: micros(rows.get(i, 6)),
+            trial_end: micros(rows.get(i, 7)),
+            cancel_at_period_end: rows.get::<bool>(i, 8).unwrap_or(false),
+            status_changed_at: micros(rows.get(i, 9)).unwrap_or(0),
+        });
     }
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    let rows = statements::run(&LOAD_GRANTS, vec![statements::arg(uuid)], true)?;
+    let mut grants = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let Some(kind) = rows.get::<String>(i, 1) else { return Err(corrupt("a grant")) };
+        grants.push(Grant {
+            kind,
+            feature: rows.get::<String>(i, 2),
+            value: rows.get::<JsonB>(i, 3).map_or(Json::Null, |j| j.0),
+            starts_at: micros(rows.get(i, 4)).unwrap_or(0),
+            expires_at: micros(rows.get(i, 5)),
+        });
     }
-    Some(out)
-}
-
-fn parse_party(v: &Json, id: [u8; 16]) -> Party {
-    let subscriptions = v["subscriptions"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    Some(Subscription {
-                        id: s["id"].as_str()?.to_owned(),
-                        plan: s["plan"].as_str()?.to_owned(),
-                        status: s["status"].as_str()?.to_owned(),
-                        quantity: s["quantity"].as_i64().unwrap_or(1),
-                        period_start: micros(&s["period_start"]),
-                        period_end: micros(&s["period_end"]),
-                        trial_end: micros(&s["trial_end"]),
-                        cancel_at_period_end: s["cancel_at_period_end"].as_bool().unwrap_or(false),
-                        status_changed_at: micros(&s["status_changed_at"]).unwrap_or(0),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let grants = v["grants"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|g| {
-                    Some(Grant {
-                        kind: g["kind"].as_str()?.to_owned(),
-                        feature: g["feature"].as_str().map(str::to_owned),
-                        value: g["value"].clone(),
-                        starts_at: micros(&g["starts_at"]).unwrap_or(0),
-                        expires_at: micros(&g["expires_at"]),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Party { id, subscriptions, grants }
+    Ok(Party { id, subscriptions, grants })
 }
 
 fn load_customer(owner: pg_sys::Oid, customer: &[u8; 16]) -> Result<CustomerData> {
     let uuid = Uuid::from_bytes(*customer);
-    let doc = load_json(owner, "select entitlements._customer_snapshot($1)", Some(uuid))?;
-    let organizations = doc["organizations"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|o| {
-                    let id = uuid_bytes(&o["id"])?;
-                    Some((parse_party(o, id), o["role"].as_str().unwrap_or("member").to_owned()))
-                })
-                .collect()
+    as_owner(owner, || {
+        Spi::connect(|_| {
+            let rows = statements::run(&LOAD_MEMBERSHIPS, vec![statements::arg(uuid)], true)?;
+            let mut memberships = Vec::with_capacity(rows.len());
+            for i in 0..rows.len() {
+                let (Some(org), Some(role)) = (rows.get::<Uuid>(i, 1), rows.get::<String>(i, 2)) else {
+                    return Err(corrupt("a membership"));
+                };
+                memberships.push((*org.as_bytes(), role));
+            }
+            let own = load_party(*customer)?;
+            let organizations =
+                memberships.into_iter().map(|(org, role)| Ok((load_party(org)?, role))).collect::<Result<Vec<_>>>()?;
+            // A customer with a subscription or a grant exists; ask only otherwise.
+            let exists = !own.subscriptions.is_empty() || !own.grants.is_empty() || {
+                let rows = statements::run(&LOAD_EXISTS, vec![statements::arg(uuid)], true)?;
+                !rows.is_empty() && rows.get::<bool>(0, 1) == Some(true)
+            };
+            Ok(CustomerData { exists, own, organizations })
         })
-        .unwrap_or_default();
-    Ok(CustomerData { exists: doc["exists"].as_bool().unwrap_or(false), own: parse_party(&doc, *customer), organizations })
+    })
 }

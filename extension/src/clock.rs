@@ -63,6 +63,16 @@ pub fn next_month_start(t: Micros) -> Micros {
     days_from_civil(y, m, 1) * US_PER_DAY
 }
 
+/// As a SQL timestamptz (PostgreSQL counts from 2000-01-01).
+pub fn to_timestamptz(t: Micros) -> pgrx::datum::TimestampWithTimeZone {
+    pgrx::datum::TimestampWithTimeZone::try_from(t - PG_EPOCH_OFFSET_US).expect("a timestamp PostgreSQL can hold")
+}
+
+/// From a SQL timestamptz; +/-infinity saturate.
+pub fn from_timestamptz(t: pgrx::datum::TimestampWithTimeZone) -> Micros {
+    pg_sys::TimestampTz::from(t).saturating_add(PG_EPOCH_OFFSET_US)
+}
+
 /// ISO 8601 in UTC, the way PostgreSQL renders timestamptz in JSON.
 pub fn to_iso8601(t: Micros) -> String {
     let days = t.div_euclid(US_PER_DAY);

@@ -10,10 +10,12 @@ mod cache;
 mod catalog;
 mod checks;
 mod clock;
+mod counting;
 mod error;
 mod identity;
 mod metering;
 mod rules;
+mod statements;
 
 ::pgrx::pg_module_magic!();
 

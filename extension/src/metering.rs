@@ -7,7 +7,8 @@ use crate::clock::{self, Micros};
 use crate::error::{Error, OrRaise, Result};
 use crate::rules::{Catalog, Kind, Meter, Resolved, Value};
 use pgrx::prelude::*;
-use pgrx::Uuid;
+use crate::statements::Statement;
+use pgrx::{pg_sys, Uuid};
 
 /// One period's limit and its current window `[start, resets_at)`; `resets_at` is None
 /// for `lifetime`. A `None` limit is unlimited (the period is still counted).
@@ -115,7 +116,8 @@ fn period_rank(p: &str) -> u8 {
 /// Usage of one customer in the current windows, for `entitlements(customer)`:
 /// (feature, period, window start) → units counted.
 pub fn usage(customer: &[u8; 16]) -> Result<Vec<(String, String, Micros, f64)>> {
-    let doc = cache::load_as_owner("select entitlements._usage_snapshot($1)", Some(Uuid::from_bytes(*customer)))?;
+    const USAGE: Statement = Statement { sql: "select entitlements._usage_snapshot($1)", args: &[pg_sys::UUIDOID] };
+    let doc = cache::load_as_owner(&USAGE, Some(Uuid::from_bytes(*customer)))?;
     Ok(doc
         .as_array()
         .map(|a| {

@@ -1,0 +1,285 @@
+//! `consume` and `try_consume`: the common case in Rust, the rest in SQL.
+//!
+//! The common case is a call without an idempotency key, for a customer the caller may
+//! meter, where every window of the feature already exists and has a stripe with room
+//! (see the striped counters in sql/metering.sql). It runs here on kept plans: one
+//! UPDATE per window inside one subtransaction, then the ledger INSERT, with the limits
+//! taken from the per-backend cache. Everything else (bad input and its errors, first use
+//! of a window, rebalancing stripes, refusals with their HINT and DETAIL, overage,
+//! idempotency keys) is `entitlements._meter`, the one place those rules are written;
+//! this file falls back to it and never decides a refusal itself.
+
+use crate::access;
+use crate::cache;
+use crate::clock::{self, Micros};
+use crate::error::{OrRaise, Result};
+use crate::metering::{self, Window};
+use pgrx::prelude::*;
+use pgrx::datum::TimestampWithTimeZone;
+use crate::statements::{self, arg, Statement};
+use pgrx::{pg_sys, AnyNumeric, Uuid};
+
+type Usage = pgrx::composite_type!('static, "entitlements.usage");
+
+/// Count `amount` on a stripe with room, chosen among those nobody holds (SKIP LOCKED),
+/// starting at a stripe of this backend's own so concurrent backends rarely meet.
+/// Returns the window's total after counting: this stripe plus the others as the
+/// statement's snapshot sees them. Runs as the owner with the caller's search_path, so
+/// every operator, function and type is qualified.
+const COUNT_ON_STRIPE: Statement = Statement {
+    sql: "
+    update entitlements.usage_counters c set used = c.used operator(pg_catalog.+) $5
+     where c.customer_id operator(pg_catalog.=) $1 and c.feature_key operator(pg_catalog.=) $2
+       and c.period operator(pg_catalog.=) $3 and c.window_start operator(pg_catalog.=) $4
+       and c.stripe operator(pg_catalog.=) (
+           select s.stripe from entitlements.usage_counters s
+            where s.customer_id operator(pg_catalog.=) $1 and s.feature_key operator(pg_catalog.=) $2
+              and s.period operator(pg_catalog.=) $3 and s.window_start operator(pg_catalog.=) $4
+              and s.basis operator(pg_catalog.=) $6
+              and s.used operator(pg_catalog.+) $5 operator(pg_catalog.<=) s.cap
+            order by (s.stripe operator(pg_catalog.+) $7) operator(pg_catalog.%) 16
+              for update skip locked
+            limit 1)
+    returning c.used operator(pg_catalog.+) coalesce((
+        select pg_catalog.sum(o.used) from entitlements.usage_counters o
+         where o.customer_id operator(pg_catalog.=) $1 and o.feature_key operator(pg_catalog.=) $2
+           and o.period operator(pg_catalog.=) $3 and o.window_start operator(pg_catalog.=) $4
+           and o.stripe operator(pg_catalog.<>) c.stripe), 0)",
+    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::NUMERICOID, pg_sys::NUMERICOID, pg_sys::INT2OID],
+};
+
+/// First use of a window: stripe 0 takes the whole quota and counts `amount`, as
+/// `_meter` would. A conflict means the window exists but had no free stripe with room.
+const OPEN_WINDOW: Statement = Statement {
+    sql: "insert into entitlements.usage_counters
+                 (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+          values ($1, $2, $3, $4, $5, 0, $6, $7, $7)
+          on conflict do nothing
+          returning used",
+    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPTZOID, pg_sys::NUMERICOID, pg_sys::NUMERICOID],
+};
+
+const RECORD: Statement = Statement {
+    sql: "insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods, billing_window, actor)
+          values (pg_catalog.statement_timestamp(), $1, $2, $3, $4, $5, $6)",
+    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::NUMERICOID, pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::UUIDOID],
+};
+
+const FALLBACK: Statement = Statement {
+    sql: "select (m).allowed, (m).\"limit\", (m).used, (m).remaining, (m).resets_at
+            from entitlements._meter($1, $2, $3, $4, $5) m",
+    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::NUMERICOID, pg_sys::TEXTOID, pg_sys::TEXTOID],
+};
+
+/// Count `amount` of a metered feature in the caller's transaction; over a blocking
+/// limit raises PT429 (HTTP 429 in PostgREST).
+#[pg_extern(volatile, parallel_unsafe, requires = ["metering"])]
+fn consume(
+    customer: Option<Uuid>,
+    feature: Option<&str>,
+    amount: default!(Option<AnyNumeric>, 1),
+    idempotency_key: default!(Option<&str>, "NULL"),
+) -> pgrx::composite_type!('static, "entitlements.usage") {
+    meter(customer, feature, amount, idempotency_key, "consume")
+}
+
+/// Like consume, but answers allowed = false instead of raising.
+#[pg_extern(volatile, parallel_unsafe, requires = ["metering"])]
+fn try_consume(
+    customer: Option<Uuid>,
+    feature: Option<&str>,
+    amount: default!(Option<AnyNumeric>, 1),
+    idempotency_key: default!(Option<&str>, "NULL"),
+) -> pgrx::composite_type!('static, "entitlements.usage") {
+    meter(customer, feature, amount, idempotency_key, "try")
+}
+
+fn meter(customer: Option<Uuid>, feature: Option<&str>, amount: Option<AnyNumeric>, key: Option<&str>, mode: &str) -> Usage {
+    if let (Some(c), Some(f), Some(a), None) = (customer, feature, amount.clone(), key) {
+        if let Some(counted) = fast_path(c, f, a).or_raise() {
+            return counted;
+        }
+    }
+    fallback(customer, feature, amount, key, mode).or_raise()
+}
+
+/// The binding window's figures after counting: the one with the least remaining.
+struct Outcome {
+    limit: Option<f64>,
+    used: AnyNumeric,
+    resets_at: Option<Micros>,
+}
+
+/// None: not the common case, let `_meter` decide.
+fn fast_path(customer: Uuid, feature: &str, amount: AnyNumeric) -> Result<Option<Usage>> {
+    if !f64::try_from(amount.clone()).is_ok_and(|a| a > 0.0 && a.is_finite()) {
+        return Ok(None);
+    }
+    let now = clock::statement_now();
+    let cat = cache::catalog()?;
+    let Some(idx) = cat.feature_index.get(feature).copied() else { return Ok(None) };
+    let id = customer.as_bytes();
+    let Some(windows) = cache::with_customer(id, now, |_, _, r| metering::windows(r.values[idx].as_ref(), now, r))? else {
+        return Ok(None);
+    };
+    // SAFETY: plain read of backend state.
+    let caller = unsafe { pg_sys::GetOuterUserId() };
+    if !access::may_act_for(id, caller, now)? {
+        return Ok(None);
+    }
+    let owner = cache::owner()?;
+    let actor = crate::identity::current()?.map(Uuid::from_bytes);
+    let counted = cache::as_owner(owner, || {
+        Spi::connect(|_| -> Result<Option<Outcome>> {
+            let Some(best) = count_all(customer, feature, &amount, &windows)? else { return Ok(None) };
+            record(customer, feature, amount, &windows, actor)?;
+            Ok(Some(best))
+        })
+    })?;
+    // Built after SPI is closed: SPI_finish frees what was allocated while connected.
+    counted.map(usage).transpose()
+}
+
+/// Count on every window, all or nothing: one subtransaction, so a window without room
+/// undoes the others and releases any stripe lock taken on the way (a lock kept while
+/// `_meter` later waits for stripes could deadlock with another consumer).
+fn count_all(customer: Uuid, feature: &str, amount: &AnyNumeric, windows: &[Window]) -> Result<Option<Outcome>> {
+    // SAFETY: this backend's PGPROC slot number, a plain read.
+    let home = (unsafe { (*pg_sys::MyProc).pgprocno } % 16) as i16;
+    let subxact = SubTransaction::begin();
+    let mut best: Option<(f64, Outcome)> = None;
+    for w in windows {
+        let args = vec![
+            arg(customer),
+            arg(feature),
+            arg(w.meter.period.as_str()),
+            arg(clock::to_timestamptz(w.start)),
+            arg(amount.clone()),
+            arg(basis(w.meter.limit)?),
+            arg(home),
+        ];
+        let rows = statements::run(&COUNT_ON_STRIPE, args, false)?;
+        let mut total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
+        if total.is_none() && w.meter.limit.is_none_or(|l| f64::try_from(amount.clone()).is_ok_and(|a| a <= l)) {
+            let args = vec![
+                arg(customer),
+                arg(feature),
+                arg(w.meter.period.as_str()),
+                arg(clock::to_timestamptz(w.start)),
+                arg(w.resets_at.map(clock::to_timestamptz)),
+                arg(amount.clone()),
+                arg(basis(w.meter.limit)?),
+            ];
+            let rows = statements::run(&OPEN_WINDOW, args, false)?;
+            total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
+        }
+        let Some(total) = total else {
+            subxact.rollback();
+            return Ok(None);
+        };
+        let left = w.meter.limit.map_or(f64::INFINITY, |l| l - f64::try_from(total.clone()).unwrap_or(f64::INFINITY));
+        if best.as_ref().is_none_or(|(b, _)| left < *b) {
+            best = Some((left, Outcome { limit: w.meter.limit, used: total, resets_at: w.resets_at }));
+        }
+    }
+    subxact.commit();
+    Ok(best.map(|(_, o)| o))
+}
+
+/// The limit the stripes' caps were split from, as `_meter` writes it.
+fn basis(limit: Option<f64>) -> Result<AnyNumeric> {
+    match limit {
+        Some(l) => AnyNumeric::try_from(l).map_err(|e| crate::error::Error::CorruptState(format!("limit {l}: {e}"))),
+        None => Ok(AnyNumeric::try_from("Infinity").expect("numeric Infinity")),
+    }
+}
+
+fn record(customer: Uuid, feature: &str, amount: AnyNumeric, windows: &[Window], actor: Option<Uuid>) -> Result<()> {
+    let periods: Vec<&str> = windows.iter().map(|w| w.meter.period.as_str()).collect();
+    let billing = windows.iter().find(|w| w.meter.period == "billing_period").map(|w| clock::to_timestamptz(w.start));
+    statements::run(&RECORD, vec![arg(customer), arg(feature), arg(amount), arg(periods), arg(billing), arg(actor)], false)?;
+    Ok(())
+}
+
+fn usage(o: Outcome) -> Result<Usage> {
+    let limit = o.limit.map(|l| AnyNumeric::try_from(l).expect("a finite limit"));
+    let remaining = limit.clone().map(|l| {
+        let r = l - o.used.clone();
+        if r < AnyNumeric::from(0) {
+            AnyNumeric::from(0)
+        } else {
+            r
+        }
+    });
+    let mut row = PgHeapTuple::new_composite_type("entitlements.usage").map_err(corrupt)?;
+    row.set_by_index(1.try_into().expect("1 > 0"), true).map_err(corrupt)?;
+    row.set_by_index(2.try_into().expect("2 > 0"), limit).map_err(corrupt)?;
+    row.set_by_index(3.try_into().expect("3 > 0"), o.used).map_err(corrupt)?;
+    row.set_by_index(4.try_into().expect("4 > 0"), remaining).map_err(corrupt)?;
+    row.set_by_index(5.try_into().expect("5 > 0"), o.resets_at.map(clock::to_timestamptz)).map_err(corrupt)?;
+    Ok(row)
+}
+
+fn corrupt(e: impl std::fmt::Display) -> crate::error::Error {
+    crate::error::Error::CorruptState(format!("pg_entitlements: cannot build entitlements.usage: {e}"))
+}
+
+/// Everything but the common case: `_meter` validates, counts, refuses or raises.
+fn fallback(customer: Option<Uuid>, feature: Option<&str>, amount: Option<AnyNumeric>, key: Option<&str>, mode: &str) -> Result<Usage> {
+    type Answer = (Option<bool>, Option<AnyNumeric>, Option<AnyNumeric>, Option<AnyNumeric>, Option<TimestampWithTimeZone>);
+    let answer: Answer = Spi::connect(|_| {
+        let rows = statements::run(&FALLBACK, vec![arg(customer), arg(feature), arg(amount), arg(key), arg(mode)], false)?;
+        if rows.is_empty() {
+            return Err(corrupt("_meter returned no row"));
+        }
+        Ok::<_, crate::error::Error>((rows.get(0, 1), rows.get(0, 2), rows.get(0, 3), rows.get(0, 4), rows.get(0, 5)))
+    })?;
+    // Built after SPI is closed: SPI_finish frees what was allocated while connected.
+    let mut row = PgHeapTuple::new_composite_type("entitlements.usage").map_err(corrupt)?;
+    row.set_by_index(1.try_into().expect("1 > 0"), answer.0).map_err(corrupt)?;
+    row.set_by_index(2.try_into().expect("2 > 0"), answer.1).map_err(corrupt)?;
+    row.set_by_index(3.try_into().expect("3 > 0"), answer.2).map_err(corrupt)?;
+    row.set_by_index(4.try_into().expect("4 > 0"), answer.3).map_err(corrupt)?;
+    row.set_by_index(5.try_into().expect("5 > 0"), answer.4).map_err(corrupt)?;
+    Ok(row)
+}
+
+/// An internal subtransaction, as PL/pgSQL's BEGIN ... EXCEPTION block uses: its row
+/// locks and writes go away on rollback. An ERROR inside aborts the whole transaction,
+/// which ends the subtransaction too.
+struct SubTransaction {
+    context: pg_sys::MemoryContext,
+    owner: pg_sys::ResourceOwner,
+}
+
+impl SubTransaction {
+    fn begin() -> Self {
+        // SAFETY: inside a transaction; we restore the memory context and resource owner
+        // that BeginInternalSubTransaction switches, as PL/pgSQL does.
+        unsafe {
+            let context = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(context);
+            SubTransaction { context, owner }
+        }
+    }
+
+    fn commit(self) {
+        // SAFETY: ends the subtransaction begun above, then restores the caller's state.
+        unsafe {
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(self.context);
+            pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+
+    fn rollback(self) {
+        // SAFETY: as in commit.
+        unsafe {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(self.context);
+            pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+}
