@@ -454,8 +454,8 @@ as $$ begin return entitlements._meter(customer, feature, amount, null, 'check')
 comment on function entitlements.check(uuid, text, numeric) is
     'Would consuming `amount` be allowed now? Changes nothing.';
 
--- consume and try_consume are Rust (src/counting.rs): the common case runs there on kept
--- plans and everything else comes back to _meter above.
+-- consume and try_consume are in consume.sql: the common case runs in Rust
+-- (src/counting.rs) on kept plans and everything else comes to _meter above.
 
 -- Concurrency slots ---------------------------------------------------------------------
 

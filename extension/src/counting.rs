@@ -7,7 +7,7 @@
 //! taken from the per-backend cache. Everything else (bad input and its errors, first use
 //! of a window, rebalancing stripes, refusals with their HINT and DETAIL, overage,
 //! idempotency keys) is `entitlements._meter`, the one place those rules are written;
-//! this file falls back to it and never decides a refusal itself.
+//! this file never decides a refusal itself.
 
 use crate::access;
 use crate::cache;
@@ -15,7 +15,6 @@ use crate::clock::{self, Micros};
 use crate::error::{OrRaise, Result};
 use crate::metering::{self, Window};
 use pgrx::prelude::*;
-use pgrx::datum::TimestampWithTimeZone;
 use crate::statements::{self, arg, Statement};
 use pgrx::{pg_sys, AnyNumeric, Uuid};
 
@@ -65,42 +64,19 @@ const RECORD: Statement = Statement {
     args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::NUMERICOID, pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::UUIDOID],
 };
 
-const FALLBACK: Statement = Statement {
-    sql: "select (m).allowed, (m).\"limit\", (m).used, (m).remaining, (m).resets_at
-            from entitlements._meter($1, $2, $3, $4, $5) m",
-    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::NUMERICOID, pg_sys::TEXTOID, pg_sys::TEXTOID],
-};
-
-/// Count `amount` of a metered feature in the caller's transaction; over a blocking
-/// limit raises PT429 (HTTP 429 in PostgREST).
-#[pg_extern(volatile, parallel_unsafe, requires = ["metering"])]
-fn consume(
+/// The common case of `consume` and `try_consume` (sql/consume.sql): the usage after
+/// counting, or NULL when this is not the common case and `_meter` must decide. `_meter`
+/// is called from SQL, not from here, so its errors (PT429, PT403) reach the caller
+/// with their own SQLSTATE.
+#[pg_extern(volatile, parallel_unsafe, name = "_consume_fast", requires = ["metering"])]
+pub fn consume_fast(
     customer: Option<Uuid>,
     feature: Option<&str>,
-    amount: default!(Option<AnyNumeric>, 1),
-    idempotency_key: default!(Option<&str>, "NULL"),
-) -> pgrx::composite_type!('static, "entitlements.usage") {
-    meter(customer, feature, amount, idempotency_key, "consume")
-}
-
-/// Like consume, but answers allowed = false instead of raising.
-#[pg_extern(volatile, parallel_unsafe, requires = ["metering"])]
-fn try_consume(
-    customer: Option<Uuid>,
-    feature: Option<&str>,
-    amount: default!(Option<AnyNumeric>, 1),
-    idempotency_key: default!(Option<&str>, "NULL"),
-) -> pgrx::composite_type!('static, "entitlements.usage") {
-    meter(customer, feature, amount, idempotency_key, "try")
-}
-
-fn meter(customer: Option<Uuid>, feature: Option<&str>, amount: Option<AnyNumeric>, key: Option<&str>, mode: &str) -> Usage {
-    if let (Some(c), Some(f), Some(a), None) = (customer, feature, amount.clone(), key) {
-        if let Some(counted) = fast_path(c, f, a).or_raise() {
-            return counted;
-        }
-    }
-    fallback(customer, feature, amount, key, mode).or_raise()
+    amount: Option<AnyNumeric>,
+    idempotency_key: Option<&str>,
+) -> Option<pgrx::composite_type!('static, "entitlements.usage")> {
+    let (Some(c), Some(f), Some(a), None) = (customer, feature, amount, idempotency_key) else { return None };
+    fast_path(c, f, a).or_raise()
 }
 
 /// The binding window's figures after counting: the one with the least remaining.
@@ -222,26 +198,6 @@ fn usage(o: Outcome) -> Result<Usage> {
 
 fn corrupt(e: impl std::fmt::Display) -> crate::error::Error {
     crate::error::Error::CorruptState(format!("pg_entitlements: cannot build entitlements.usage: {e}"))
-}
-
-/// Everything but the common case: `_meter` validates, counts, refuses or raises.
-fn fallback(customer: Option<Uuid>, feature: Option<&str>, amount: Option<AnyNumeric>, key: Option<&str>, mode: &str) -> Result<Usage> {
-    type Answer = (Option<bool>, Option<AnyNumeric>, Option<AnyNumeric>, Option<AnyNumeric>, Option<TimestampWithTimeZone>);
-    let answer: Answer = Spi::connect(|_| {
-        let rows = statements::run(&FALLBACK, vec![arg(customer), arg(feature), arg(amount), arg(key), arg(mode)], false)?;
-        if rows.is_empty() {
-            return Err(corrupt("_meter returned no row"));
-        }
-        Ok::<_, crate::error::Error>((rows.get(0, 1), rows.get(0, 2), rows.get(0, 3), rows.get(0, 4), rows.get(0, 5)))
-    })?;
-    // Built after SPI is closed: SPI_finish frees what was allocated while connected.
-    let mut row = PgHeapTuple::new_composite_type("entitlements.usage").map_err(corrupt)?;
-    row.set_by_index(1.try_into().expect("1 > 0"), answer.0).map_err(corrupt)?;
-    row.set_by_index(2.try_into().expect("2 > 0"), answer.1).map_err(corrupt)?;
-    row.set_by_index(3.try_into().expect("3 > 0"), answer.2).map_err(corrupt)?;
-    row.set_by_index(4.try_into().expect("4 > 0"), answer.3).map_err(corrupt)?;
-    row.set_by_index(5.try_into().expect("5 > 0"), answer.4).map_err(corrupt)?;
-    Ok(row)
 }
 
 /// An internal subtransaction, as PL/pgSQL's BEGIN ... EXCEPTION block uses: its row

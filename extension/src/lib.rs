@@ -62,6 +62,11 @@ extension_sql_file!(
     requires = ["grants", checks::feature_limit]
 );
 extension_sql_file!(
+    "../../sql/consume.sql",
+    name = "consume",
+    requires = ["metering", counting::consume_fast]
+);
+extension_sql_file!(
     "../../sql/privileges.sql",
     name = "privileges",
     finalize
