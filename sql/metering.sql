@@ -44,6 +44,14 @@ create table entitlements.usage_counters (
     -- when they were set ('Infinity' = unlimited). A changed limit forces a re-split.
     cap          numeric not null,
     basis        numeric not null,
+    -- A shared memo of the rules, so a backend that has never seen this customer can
+    -- count without resolving them (src/counting.rs): `basis` is still the customer's
+    -- limit while entitlements.cache_version equals `stamp` (nothing the rules read has
+    -- changed) and until `valid_until` (the next instant the rules' answer changes by
+    -- time alone); `sole` says this window was the feature's only limited period then.
+    stamp        bigint,
+    valid_until  timestamptz,
+    sole         boolean not null default false,
     primary key (customer_id, feature_key, period, window_start, stripe)
 );
 comment on table entitlements.usage_counters is

@@ -245,9 +245,32 @@ pub fn with_customer<R>(customer: &[u8; 16], now: Micros, f: impl FnOnce(&Catalo
     })
 }
 
+/// The cache version this backend's answers are as of, or None while this transaction
+/// has written to the tables the rules read (its answers then differ from what the
+/// version stands for until it commits).
+pub fn clean_version() -> Result<Option<i64>> {
+    if is_tainted() {
+        return Ok(None);
+    }
+    STATE.with_borrow_mut(|st| {
+        refresh(st)?;
+        Ok(Some(st.catalog.as_ref().expect("refresh loads the catalog").version))
+    })
+}
+
+/// Has this transaction written to the tables the rules read? Needs no refresh.
+pub fn is_tainted() -> bool {
+    STATE.with_borrow(|st| st.tainted_by.is_some_and(|x| top_xid() == Some(x)))
+}
+
+/// Has this backend resolved `customer` under the current version?
+pub fn is_cached(customer: &[u8; 16]) -> bool {
+    STATE.with_borrow(|st| st.customers.contains_key(customer))
+}
+
 /// The role owning the extension's schema.
 pub fn owner() -> Result<pg_sys::Oid> {
-    STATE.with_borrow_mut(|st| refresh(st).map(|_| st.owner))
+    schema_owner()
 }
 
 /// Run a query returning one jsonb as the extension owner (reads around RLS; callers

@@ -68,6 +68,12 @@ pub fn to_timestamptz(t: Micros) -> pgrx::datum::TimestampWithTimeZone {
     pgrx::datum::TimestampWithTimeZone::try_from(t - PG_EPOCH_OFFSET_US).expect("a timestamp PostgreSQL can hold")
 }
 
+/// As a SQL timestamptz, 'infinity' when beyond what PostgreSQL can hold (no horizon).
+pub fn to_timestamptz_or_infinity(t: Micros) -> pgrx::datum::TimestampWithTimeZone {
+    pgrx::datum::TimestampWithTimeZone::try_from(t.saturating_sub(PG_EPOCH_OFFSET_US))
+        .unwrap_or_else(|_| pgrx::datum::TimestampWithTimeZone::positive_infinity())
+}
+
 /// From a SQL timestamptz; +/-infinity saturate.
 pub fn from_timestamptz(t: pgrx::datum::TimestampWithTimeZone) -> Micros {
     pg_sys::TimestampTz::from(t).saturating_add(PG_EPOCH_OFFSET_US)
