@@ -3,7 +3,7 @@
 -- Metering in one session: check, consume, try_consume, periods, overage, grants,
 -- idempotency, bad input, concurrency slots and the ledger. The races are in tests/.
 begin;
-select plan(74);
+select plan(76);
 
 select entitlements.apply_catalog($json$
 {
@@ -227,6 +227,15 @@ select throws_ok($$insert into entitlements.usage_ledger (at, customer_id, featu
                    values (now(), '00000000-0000-0000-0000-0000000000f1', 'api', 1, '{}')$$, '42501', null,
                  'nor write the ledger directly');
 reset role;
+
+-- The counters and the ledger carry no CHECK constraints (metering.sql says why); after
+-- everything above, their invariants still hold.
+select is((select count(*) from entitlements.usage_counters
+            where period not in ('day', 'month', 'billing_period', 'lifetime')
+               or stripe not between 0 and 15 or used < 0 or cap < 0),
+          0::bigint, 'every counter row is well-formed');
+select is((select count(*) from entitlements.usage_ledger where amount <= 0 or overage < 0 or cost_cents < 0),
+          0::bigint, 'every ledger row is well-formed');
 
 select * from finish();
 rollback;

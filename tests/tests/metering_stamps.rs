@@ -1,0 +1,146 @@
+//! The stamps on counter windows (usage_counters.stamp, valid_until, sole) let a session
+//! that has never resolved a customer count in one statement. These tests make sure a
+//! stamp is trusted only while it is true: another session's committed change, the
+//! passing of time, this transaction's own uncommitted change, and a feature with
+//! several limited periods all send the count back to the rules.
+mod common;
+
+use common::*;
+use sqlx::{Connection, Executor, PgConnection};
+use uuid::Uuid;
+
+async fn fresh_session(db: &TestDb) -> PgConnection {
+    PgConnection::connect(&db.url).await.expect("open a session")
+}
+
+async fn try_consume(conn: &mut PgConnection, customer: Uuid, feature: &str, amount: i32) -> (bool, f64) {
+    sqlx::query_as("select allowed, used::float8 from entitlements.try_consume($1, $2, $3)")
+        .bind(customer)
+        .bind(feature)
+        .bind(amount)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+async fn stamped_windows(db: &TestDb, customer: Uuid) -> i64 {
+    sqlx::query_scalar("select count(*) from entitlements.usage_counters where customer_id = $1 and stamp is not null")
+        .bind(customer)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn drift(db: &TestDb) -> i64 {
+    sqlx::query_scalar("select count(*) from entitlements.usage_drift()").fetch_one(&db.pool).await.unwrap()
+}
+
+async fn override_api(db: &TestDb, customer: Uuid, limits: serde_json::Value) {
+    sqlx::query("select entitlements.override_feature($1, 'api_requests', $2, reason => 'stamp test')")
+        .bind(customer)
+        .bind(limits)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_committed_limit_change_voids_the_stamps() {
+    let db = fresh_db("stamps_version").await;
+    let customer = Uuid::new_v4();
+    let mut first = session(&db).await;
+    subscribe(&mut first, customer, "business").await;
+    override_api(&db, customer, serde_json::json!({"limit": 5, "period": "month"})).await;
+
+    assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
+    assert_eq!(stamped_windows(&db, customer).await, 1, "the first count stamps its window");
+    // A session that never saw the customer counts through the stamp.
+    let mut second = fresh_session(&db).await;
+    assert_eq!(try_consume(&mut second, customer, "api_requests", 1).await, (true, 2.0));
+
+    // Another session lowers the limit to 2: the stamps (limit 5) no longer hold.
+    override_api(&db, customer, serde_json::json!({"limit": 2, "period": "month"})).await;
+    let mut third = fresh_session(&db).await;
+    let (allowed, used) = try_consume(&mut third, customer, "api_requests", 1).await;
+    assert!(!allowed, "counted against a limit that changed (used {used})");
+    assert_eq!(drift(&db).await, 0);
+}
+
+#[tokio::test]
+async fn a_stamp_expires_when_the_rules_change_by_time() {
+    let db = fresh_db("stamps_time").await;
+    // No subscription: the Free plan's audio_minutes is 60 a month. A boost of 10 for two
+    // seconds makes it 70, then 60 again with no change to any row.
+    let customer = Uuid::new_v4();
+    sqlx::query("select entitlements.boost_quota($1, 'audio_minutes', 10, expires_at => clock_timestamp() + interval '2 seconds', reason => 'stamp test')")
+        .bind(customer)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut first = session(&db).await;
+    assert_eq!(try_consume(&mut first, customer, "audio_minutes", 1).await, (true, 1.0));
+    assert_eq!(stamped_windows(&db, customer).await, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    // 1 used + 60 more fits the boosted 70 the stamp was made under, not the 60 of now.
+    let mut later = fresh_session(&db).await;
+    let (allowed, used) = try_consume(&mut later, customer, "audio_minutes", 60).await;
+    assert!(!allowed, "counted against a boost that had expired (used {used})");
+    assert_eq!(try_consume(&mut later, customer, "audio_minutes", 59).await, (true, 60.0));
+    assert_eq!(drift(&db).await, 0);
+}
+
+#[tokio::test]
+async fn a_change_in_this_transaction_is_seen_before_it_commits() {
+    let db = fresh_db("stamps_own_write").await;
+    let customer = Uuid::new_v4();
+    let mut first = session(&db).await;
+    subscribe(&mut first, customer, "business").await;
+    override_api(&db, customer, serde_json::json!({"limit": 5, "period": "month"})).await;
+    assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
+
+    // A fresh session lowers the limit and consumes in one transaction: the version has
+    // not moved yet (it moves at commit), so only the transaction's own write says the
+    // stamp is stale.
+    let mut other = fresh_session(&db).await;
+    other.execute("begin").await.unwrap();
+    sqlx::query("select entitlements.override_feature($1, 'api_requests', '{\"limit\": 1, \"period\": \"month\"}', reason => 'stamp test')")
+        .bind(customer)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let (allowed, used) = try_consume(&mut other, customer, "api_requests", 1).await;
+    assert!(!allowed, "counted against the limit this transaction had just replaced (used {used})");
+    other.execute("rollback").await.unwrap();
+    assert_eq!(drift(&db).await, 0);
+}
+
+#[tokio::test]
+async fn a_feature_with_several_periods_counts_in_all_of_them() {
+    let db = fresh_db("stamps_periods").await;
+    // No subscription: the Free plan's api_requests is 500 a day and 5,000 a month.
+    let customer = Uuid::new_v4();
+    let mut first = session(&db).await;
+    assert!(try_consume(&mut first, customer, "api_requests", 1).await.0);
+    for _ in 0..3 {
+        let mut fresh = fresh_session(&db).await;
+        assert!(try_consume(&mut fresh, customer, "api_requests", 1).await.0);
+    }
+    let per_period: Vec<(String, f64)> = sqlx::query_as(
+        "select period, sum(used)::float8 from entitlements.usage_counters where customer_id = $1 group by 1 order by 1",
+    )
+    .bind(customer)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_period, vec![("day".to_owned(), 4.0), ("month".to_owned(), 4.0)]);
+    // One ledger row per call, counted in both periods.
+    let ledger: Vec<Vec<String>> = sqlx::query_scalar("select periods from entitlements.usage_ledger where customer_id = $1")
+        .bind(customer)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger.len(), 4, "{ledger:?}");
+    assert!(ledger.iter().all(|p| p.len() == 2), "{ledger:?}");
+    assert_eq!(drift(&db).await, 0);
+}
