@@ -50,7 +50,7 @@ select throws_ok($$delete from entitlements.audit_log$$, '42501', NULL, 'a user 
 select throws_ok($$update entitlements.audit_log set reason = 'x'$$, '42501', NULL, 'or rewrite them');
 select throws_ok($$insert into entitlements.audit_log (actor_role, action, table_name) values ('x', 'x', 'x')$$, '42501', NULL,
                  'or forge them');
-select throws_ok($$select entitlements._customer_snapshot('00000000-0000-0000-0000-0000000000c2')$$, '42501', NULL,
+select throws_ok($$select entitlements._catalog_snapshot()$$, '42501', NULL,
                  'the internal snapshot reader is not callable');
 select ok(not exists (select 1 from entitlements.plans where key = 'enterprise')
           and exists (select 1 from entitlements.plans where key = 'team'), 'private plans are hidden from non-subscribers');

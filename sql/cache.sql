@@ -1,23 +1,13 @@
 -- What the per-backend cache (extension/src/cache.rs) reads, and the triggers that keep
--- it coherent. The snapshot functions are executed by the extension as the owner, so
--- callers cannot use them to read around RLS: EXECUTE is revoked in privileges.sql.
+-- it coherent. The catalog snapshot is executed by the extension as the owner, so
+-- callers cannot use it to read around RLS: EXECUTE is revoked in privileges.sql.
 
 alter table entitlements.cache_version enable row level security;
 create policy cache_version_read on entitlements.cache_version for select using (true);
 
--- The read path's helpers are PL/pgSQL so their plans are cached per session: a SQL
--- function with a SET clause is planned again on every call, which cost more than the
--- whole check.
-create function entitlements._cache_state(out version bigint, out owner oid)
-returns record language plpgsql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    select c.version, n.nspowner into version, owner
-      from entitlements.cache_version c, pg_namespace n
-     where n.nspname = 'entitlements';
-end
-$$;
+-- The catalog is read through a PL/pgSQL helper (its plans are cached per session; a SQL
+-- function with a SET clause is planned again on every call). A customer's sources and
+-- the version are read by the extension itself with kept plans (src/cache.rs).
 
 -- Microseconds since the Unix epoch: how the Rust side reads instants.
 -- A standard SQL body: resolved when created (no search_path to pin) and inlined.
@@ -41,49 +31,6 @@ begin
                                                     from entitlements.plan_entitlements e
                                                    where e.plan_key = p.key), '{}')) order by p.position, p.key)
                                  from entitlements.plans p), '[]')));
-end
-$$;
-
-create function entitlements._party_snapshot(party uuid)
-returns jsonb language plpgsql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    return (
-        select jsonb_build_object(
-            'subscriptions', coalesce((
-                select jsonb_agg(jsonb_build_object(
-                    'id', s.id, 'plan', s.plan_key, 'status', s.status, 'quantity', s.quantity,
-                    'period_start', entitlements._us(s.current_period_start),
-                    'period_end', entitlements._us(s.current_period_end),
-                    'trial_end', entitlements._us(s.trial_end),
-                    'cancel_at_period_end', s.cancel_at_period_end,
-                    'status_changed_at', entitlements._us(s.status_changed_at)) order by s.created_at, s.id)
-                  from entitlements.subscriptions s
-                 where s.customer_id = party and (s.ended_at is null or s.ended_at > now())), '[]'),
-            'grants', coalesce((
-                select jsonb_agg(jsonb_build_object(
-                    'kind', g.kind, 'feature', g.feature_key, 'value', g.value,
-                    'starts_at', entitlements._us(g.starts_at),
-                    'expires_at', entitlements._us(g.expires_at)) order by g.created_at, g.id)
-                  from entitlements.grants g
-                 where g.customer_id = party and g.revoked_at is null and g.kind <> 'discount'), '[]')));
-end
-$$;
-
-create function entitlements._customer_snapshot(customer uuid)
-returns jsonb language plpgsql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    return (
-        select entitlements._party_snapshot(customer) || jsonb_build_object(
-            'exists', exists (select 1 from entitlements.customers c where c.id = customer),
-            'organizations', coalesce((
-                select jsonb_agg(entitlements._party_snapshot(m.organization_id)
-                                 || jsonb_build_object('id', m.organization_id, 'role', m.role)
-                                 order by m.organization_id)
-                  from entitlements.members m where m.user_id = customer), '[]')));
 end
 $$;
 

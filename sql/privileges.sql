@@ -10,8 +10,6 @@ grant insert, update, delete on entitlements.features, entitlements.plans, entit
 revoke insert, update, delete, truncate on entitlements.audit_log, entitlements.cache_version from public;
 
 revoke execute on function entitlements._catalog_snapshot() from public;
-revoke execute on function entitlements._party_snapshot(uuid) from public;
-revoke execute on function entitlements._customer_snapshot(uuid) from public;
 revoke execute on function entitlements._cache_bump() from public;
 revoke execute on function entitlements._audit_row() from public;
 
