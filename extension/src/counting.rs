@@ -17,6 +17,8 @@ use crate::metering::{self, Window};
 use pgrx::prelude::*;
 use crate::statements::{self, arg, Statement};
 use pgrx::datum::TimestampWithTimeZone;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
 
 type Usage = pgrx::composite_type!('static, "entitlements.usage");
@@ -63,9 +65,9 @@ const COUNT_ON_STRIPE: Statement = Statement {
 /// A customer this backend has not resolved yet: count on stripe 0 of the feature's
 /// window if its stamp says its limit is still current (see usage_counters.stamp), and
 /// record the ledger row in the same statement. Lean on purpose (no SKIP LOCKED pick, no
-/// sum over stripes): customers seen for the first time are rarely contended, and a
-/// window with one stripe (cap = basis) needs no sum. Returns limit, cap, stripe 0's
-/// count, end, period and start of the window.
+/// sum over stripes): it serves only the first calls for a customer in a backend (see
+/// `SEEN`), and a window with one stripe (cap = basis) needs no sum. Returns limit, cap,
+/// stripe 0's count, end, period and start of the window.
 const COUNT_ON_STAMPED: Statement = Statement {
     sql: "
     with counted as (
@@ -86,6 +88,28 @@ const COUNT_ON_STAMPED: Statement = Statement {
     select k.basis, k.cap, k.used, k.window_end, k.period, k.window_start from counted k",
     args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::NUMERICOID, pg_sys::UUIDOID],
 };
+
+/// How often this backend has counted each customer through a stamp. From the
+/// `RESOLVE_AFTER`th call on, the customer is resolved and cached and counted on every
+/// stripe: a customer met that often is likely met again, possibly by many sessions at
+/// once, and stripe 0 alone would make them queue.
+const RESOLVE_AFTER: u8 = 4;
+const SEEN_MAX: usize = 100_000;
+thread_local! {
+    static SEEN: RefCell<HashMap<[u8; 16], u8>> = RefCell::new(HashMap::new());
+}
+
+/// Should this call try the stamps?
+fn try_stamps(customer: &[u8; 16]) -> bool {
+    SEEN.with_borrow_mut(|seen| {
+        if seen.len() >= SEEN_MAX {
+            seen.clear();
+        }
+        let n = seen.entry(*customer).or_insert(0);
+        *n = n.saturating_add(1);
+        *n < RESOLVE_AFTER
+    })
+}
 
 /// A window's total over its stripes, when it has several.
 const WINDOW_TOTAL: Statement = Statement {
@@ -164,7 +188,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: AnyNumeric) -> Result<Option
 
     // A customer this backend has not resolved: try the stamps first. The statement
     // compares them with the version itself, so the cache need not be refreshed.
-    if !cache::is_tainted() && !cache::is_cached(id) {
+    if !cache::is_tainted() && !cache::is_cached(id) && try_stamps(id) {
         let stamped = cache::as_owner(owner, || Spi::connect(|_| count_on_stamped(customer, feature, &amount, actor)))?;
         if let Some(o) = stamped {
             return usage(o).map(Some);
