@@ -70,7 +70,7 @@ for script in baseline consume; do
     tps "$script" 20000 20000 "$CLIENTS" -T 3 >/dev/null
     tps "$script" 20001 30000 "$CLIENTS" -T 3 >/dev/null
 done
-ROUNDS=${BENCH_METER_ROUNDS:-2}
+ROUNDS=${BENCH_METER_ROUNDS:-3}
 echo "== consume: $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $ROUNDS rounds (pgbench -M prepared, fsync on)"
 printf "%-6s %-18s %14s %14s %8s\n" "round" "workload" "baseline tps" "consume tps" "ratio"
 for round in $(seq "$ROUNDS"); do

@@ -28,8 +28,10 @@ type Usage = pgrx::composite_type!('static, "entitlements.usage");
 /// Returns the window's total after counting: this stripe plus the others as the
 /// statement's snapshot sees them. Runs as the owner with the caller's search_path, so
 /// every operator, function and type is qualified.
-const COUNT_ON_STRIPE: Statement = Statement {
-    sql: "
+/// The UPDATE of `COUNT_ON_STRIPE`, shared with `COUNT_AND_RECORD`.
+macro_rules! count_on_stripe_sql {
+    () => {
+        "
     update entitlements.usage_counters c set used = c.used operator(pg_catalog.+) $5,
            stamp = $8, valid_until = $9, sole = $10
      where c.customer_id operator(pg_catalog.=) $1 and c.feature_key operator(pg_catalog.=) $2
@@ -47,7 +49,12 @@ const COUNT_ON_STRIPE: Statement = Statement {
         select pg_catalog.sum(o.used) from entitlements.usage_counters o
          where o.customer_id operator(pg_catalog.=) $1 and o.feature_key operator(pg_catalog.=) $2
            and o.period operator(pg_catalog.=) $3 and o.window_start operator(pg_catalog.=) $4
-           and o.stripe operator(pg_catalog.<>) c.stripe), 0)",
+           and o.stripe operator(pg_catalog.<>) c.stripe), 0) as total"
+    };
+}
+
+const COUNT_ON_STRIPE: Statement = Statement {
+    sql: count_on_stripe_sql!(),
     args: &[
         pg_sys::UUIDOID,
         pg_sys::TEXTOID,
@@ -59,6 +66,34 @@ const COUNT_ON_STRIPE: Statement = Statement {
         pg_sys::INT8OID,
         pg_sys::TIMESTAMPTZOID,
         pg_sys::BOOLOID,
+    ],
+};
+
+/// `COUNT_ON_STRIPE` and the ledger row in one statement, for a feature with one limited
+/// period (the common case): one execution instead of two.
+const COUNT_AND_RECORD: Statement = Statement {
+    sql: concat!(
+        "with counted as (",
+        count_on_stripe_sql!(),
+        "), logged as (
+             insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods, billing_window, actor)
+             select pg_catalog.statement_timestamp(), $1, $2, $5, array[$3],
+                    case when $3 operator(pg_catalog.=) 'billing_period' then $4 end, $11
+               from counted)
+         select k.total from counted k"
+    ),
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TIMESTAMPTZOID,
+        pg_sys::NUMERICOID,
+        pg_sys::NUMERICOID,
+        pg_sys::INT2OID,
+        pg_sys::INT8OID,
+        pg_sys::TIMESTAMPTZOID,
+        pg_sys::BOOLOID,
+        pg_sys::UUIDOID,
     ],
 };
 
@@ -206,8 +241,12 @@ fn fast_path(customer: Uuid, feature: &str, amount: AnyNumeric) -> Result<Option
     let stamp = Stamp { version, valid_until, sole: windows.len() == 1 };
     let counted = cache::as_owner(owner, || {
         Spi::connect(|_| -> Result<Option<Outcome>> {
-            let Some(best) = count_all(customer, feature, &amount, &windows, &stamp, home)? else { return Ok(None) };
-            record(customer, feature, amount, &windows, actor)?;
+            let Some((best, recorded)) = count_all(customer, feature, &amount, &windows, &stamp, home, actor)? else {
+                return Ok(None);
+            };
+            if !recorded {
+                record(customer, feature, amount, &windows, actor)?;
+            }
             Ok(Some(best))
         })
     })?;
@@ -255,11 +294,22 @@ fn count_on_stamped(customer: Uuid, feature: &str, amount: &AnyNumeric, actor: O
 /// Count on every window, all or nothing: one subtransaction, so a window without room
 /// undoes the others and releases any stripe lock taken on the way (a lock kept while
 /// `_meter` later waits for stripes could deadlock with another consumer).
-fn count_all(customer: Uuid, feature: &str, amount: &AnyNumeric, windows: &[Window], stamp: &Stamp, home: i16) -> Result<Option<Outcome>> {
+/// Returns the binding window's figures and whether the ledger row was written too
+/// (one window: `COUNT_AND_RECORD`).
+fn count_all(
+    customer: Uuid,
+    feature: &str,
+    amount: &AnyNumeric,
+    windows: &[Window],
+    stamp: &Stamp,
+    home: i16,
+    actor: Option<Uuid>,
+) -> Result<Option<(Outcome, bool)>> {
     let subxact = SubTransaction::begin();
     let mut best: Option<(f64, Outcome)> = None;
+    let mut recorded = false;
     for w in windows {
-        let args = vec![
+        let mut args = vec![
             arg(customer),
             arg(feature),
             arg(w.meter.period.as_str()),
@@ -271,8 +321,14 @@ fn count_all(customer: Uuid, feature: &str, amount: &AnyNumeric, windows: &[Wind
             arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
             arg(stamp.sole),
         ];
-        let rows = statements::run(&COUNT_ON_STRIPE, args, false)?;
+        let rows = if windows.len() == 1 {
+            args.push(arg(actor));
+            statements::run(&COUNT_AND_RECORD, args, false)?
+        } else {
+            statements::run(&COUNT_ON_STRIPE, args, false)?
+        };
         let mut total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
+        recorded = windows.len() == 1 && total.is_some();
         if total.is_none() && w.meter.limit.is_none_or(|l| f64::try_from(amount.clone()).is_ok_and(|a| a <= l)) {
             let args = vec![
                 arg(customer),
@@ -299,7 +355,7 @@ fn count_all(customer: Uuid, feature: &str, amount: &AnyNumeric, windows: &[Wind
         }
     }
     subxact.commit();
-    Ok(best.map(|(_, o)| o))
+    Ok(best.map(|(_, o)| (o, recorded)))
 }
 
 /// The limit the stripes' caps were split from, as `_meter` writes it.
