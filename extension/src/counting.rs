@@ -1,34 +1,36 @@
 //! `consume` and `try_consume`: the common case in Rust, the rest in SQL.
 //!
 //! The common case is a call without an idempotency key, for a customer the caller may
-//! meter, where every window of the feature already exists and has a stripe with room
-//! (see the striped counters in sql/metering.sql). It runs here on kept plans: one
-//! UPDATE per window inside one subtransaction, then the ledger INSERT, with the limits
-//! taken from the per-backend cache. Everything else (bad input and its errors, first use
-//! of a window, rebalancing stripes, refusals with their HINT and DETAIL, overage,
-//! idempotency keys) is `entitlements._meter`, the one place those rules are written;
-//! this file never decides a refusal itself.
+//! meter, where every window of the feature has a stripe with room (see the striped
+//! counters in sql/metering.sql). It runs here on kept generic plans, inside one
+//! subtransaction: for a customer this backend has not resolved, one statement on a
+//! stamped window; otherwise one UPDATE per window with the limits from the per-backend
+//! cache (opening a window on its first use), and the ledger INSERT, in the same statement
+//! when the feature has one limited period. Everything else (bad input and its errors,
+//! rebalancing stripes, refusals with their HINT and DETAIL, overage, idempotency keys)
+//! is `entitlements._meter`, the one place those rules are written; this file never
+//! decides a refusal itself.
 
 use crate::access;
 use crate::cache;
 use crate::clock::{self, Micros};
 use crate::error::{OrRaise, Result};
 use crate::metering::{self, Window};
-use pgrx::prelude::*;
 use crate::statements::{self, arg, Statement};
 use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
 
 type Usage = pgrx::composite_type!('static, "entitlements.usage");
 
 /// Count `amount` on a stripe with room, chosen among those nobody holds (SKIP LOCKED),
-/// starting at a stripe of this backend's own so concurrent backends rarely meet.
-/// Returns the window's total after counting: this stripe plus the others as the
-/// statement's snapshot sees them. Runs as the owner with the caller's search_path, so
-/// every operator, function and type is qualified.
-/// The UPDATE of `COUNT_ON_STRIPE`, shared with `COUNT_AND_RECORD`.
+/// starting at a stripe of this backend's own so concurrent backends rarely meet, and
+/// stamp it (see usage_counters.stamp). Returns the window's total after counting: this
+/// stripe plus the others as the statement's snapshot sees them. Every statement here
+/// runs as the owner with the caller's search_path, so every operator, function and type
+/// is qualified. A macro so that `COUNT_AND_RECORD` can embed the same text.
 macro_rules! count_on_stripe_sql {
     () => {
         "
@@ -414,7 +416,7 @@ fn usage_type() -> Result<pg_sys::Oid> {
 }
 
 fn corrupt(e: impl std::fmt::Display) -> crate::error::Error {
-    crate::error::Error::CorruptState(format!("pg_entitlements: cannot build entitlements.usage: {e}"))
+    crate::error::Error::CorruptState(format!("pg_entitlements: unexpected metering state: {e}"))
 }
 
 /// An internal subtransaction, as PL/pgSQL's BEGIN ... EXCEPTION block uses: its row
