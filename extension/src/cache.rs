@@ -263,7 +263,8 @@ pub fn is_tainted() -> bool {
     STATE.with_borrow(|st| st.tainted_by.is_some_and(|x| top_xid() == Some(x)))
 }
 
-/// Has this backend resolved `customer` under the current version?
+/// Does this backend hold `customer` in its cache? Without a refresh, so possibly from
+/// an older version: callers only use it to choose a path, and the cached path refreshes.
 pub fn is_cached(customer: &[u8; 16]) -> bool {
     STATE.with_borrow(|st| st.customers.contains_key(customer))
 }
