@@ -131,6 +131,37 @@ async fn refused_deliveries_store_nothing() {
     w.stop().await;
 }
 
+/// A client still sending an oversized body reads the 413; it is not cut off mid-write by a
+/// connection closed under it (regression: CI saw "Broken pipe" instead of 413).
+#[tokio::test]
+async fn a_slow_oversized_delivery_reads_its_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = fresh_db("stripe_slow_big").await;
+    let w = Worker::start("slow_big", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
+    let body = event("evt_slow_big", "customer.updated", now(), json!({"id": "cus_big", "padding": "x".repeat(600 * 1024)}));
+    let mut conn = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nStripe-Signature: {}\r\nContent-Length: {}\r\n\r\n",
+        w.addr, signature(NEW, now(), &body), body.len());
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // The server has the headers and knows the size before the body arrives; it must still wait.
+    for chunk in body.as_bytes().chunks(32 * 1024) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        conn.write_all(chunk).await.expect("the server reads the whole oversized body");
+    }
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&reply).contains("\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed without a reply");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert_eq!(events_stored(&db.pool).await, 0);
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn without_a_secret_nothing_is_accepted() {
     let db = fresh_db("stripe_unconfigured").await;

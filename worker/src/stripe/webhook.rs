@@ -2,16 +2,21 @@
 //! answer at once; the applier (applier.rs) applies it. A refused delivery stores nothing.
 use super::signature::{self, Refusal};
 use crate::Context;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Stripe's events are a few kilobytes; the largest (invoices with many lines) stay far below.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// An oversized body is read on and thrown away up to this size, so that a client still sending
+/// gets to read the 413 instead of a reset connection; past it the connection is simply closed.
+const DRAIN_LIMIT_BYTES: usize = 8 << 20;
 
 type Reply = (StatusCode, Json<Value>);
 
@@ -28,18 +33,47 @@ struct Head {
     kind: String,
 }
 
-pub async fn receive(State(ctx): State<Context>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Reply {
+enum Delivery {
+    Read(Bytes),
+    TooLarge,
+    Unreadable,
+}
+
+/// Keeps at most `MAX_BODY_BYTES`; never holds more than that in memory.
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Delivery {
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES) {
+        return Delivery::TooLarge;
+    }
+    let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY_BYTES));
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Delivery::Unreadable };
+        let Ok(data) = frame.into_data() else { continue }; // trailers
+        seen += data.len();
+        if seen > DRAIN_LIMIT_BYTES {
+            return Delivery::TooLarge;
+        }
+        if seen <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        Delivery::TooLarge
+    } else {
+        Delivery::Read(kept.into())
+    }
+}
+
+pub async fn receive(State(ctx): State<Context>, headers: HeaderMap, body: Body) -> Reply {
     let Some(secret) = ctx.config.stripe.webhook_secret.as_ref() else {
         // 503, not 4xx: Stripe keeps retrying until the deployment has its secret.
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "not_configured", "STRIPE_WEBHOOK_SECRET is not set");
     };
-    let body = match body {
-        Ok(b) if b.len() <= MAX_BODY_BYTES => b,
-        Ok(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "oversized", "body too large"),
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "oversized", "body too large")
-        }
-        Err(_) => return refuse(StatusCode::BAD_REQUEST, "unreadable", "could not read the body"),
+    let body = match read_body(&headers, body).await {
+        Delivery::Read(b) => b,
+        Delivery::TooLarge => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "oversized", "body too large"),
+        Delivery::Unreadable => return refuse(StatusCode::BAD_REQUEST, "unreadable", "could not read the body"),
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
     let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
