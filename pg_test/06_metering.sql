@@ -3,7 +3,7 @@
 -- Metering in one session: check, consume, try_consume, periods, overage, grants,
 -- idempotency, bad input, concurrency slots and the ledger. The races are in tests/.
 begin;
-select plan(76);
+select plan(79);
 
 select entitlements.apply_catalog($json$
 {
@@ -227,6 +227,29 @@ select throws_ok($$insert into entitlements.usage_ledger (at, customer_id, featu
                    values (now(), '00000000-0000-0000-0000-0000000000f1', 'api', 1, '{}')$$, '42501', null,
                  'nor write the ledger directly');
 reset role;
+
+-- consume is inlined into the caller's query even when an argument is a costly
+-- expression (a PL/pgSQL helper, a subquery): a SQL function that is not inlined is
+-- planned again on every call. sql/consume.sql says how.
+create function pg_temp.plan_of(q text) returns text language plpgsql as $$
+declare
+    line text;
+    plan text := '';
+begin
+    for line in execute 'explain (verbose, costs off) ' || q loop
+        plan := plan || line || E'\n';
+    end loop;
+    return plan;
+end
+$$;
+create function pg_temp.uid() returns uuid language plpgsql stable
+as $$ begin return nullif(current_setting('request.jwt.claim.sub', true), '')::uuid; end $$;
+select matches(pg_temp.plan_of($$select entitlements.consume(pg_temp.uid(), 'audio')$$), '_consume_fast',
+               'consume is inlined when the customer is a PL/pgSQL function call');
+select matches(pg_temp.plan_of($$select entitlements.try_consume((select pg_temp.uid()), 'audio', 2)$$), '_consume_fast',
+               'so is try_consume, with a subquery');
+select throws_ok($$select entitlements._meter_pending('consume')$$, '55000', null,
+                 '_meter_pending meters only what _consume_fast just left to it');
 
 -- The counters and the ledger carry no CHECK constraints (metering.sql says why); after
 -- everything above, their invariants still hold.

@@ -188,6 +188,7 @@ const RECORD: Statement = Statement {
 /// counting, or NULL when this is not the common case and `_meter` must decide. `_meter`
 /// is called from SQL, not from here, so its errors (PT429, PT403) reach the caller
 /// with their own SQLSTATE.
+/// When it answers NULL it keeps its arguments for `_take_pending`.
 #[pg_extern(volatile, parallel_unsafe, name = "_consume_fast", requires = ["metering"])]
 pub fn consume_fast(
     customer: Option<Uuid>,
@@ -195,8 +196,47 @@ pub fn consume_fast(
     amount: Option<AnyNumeric>,
     idempotency_key: Option<&str>,
 ) -> Option<pgrx::composite_type!('static, "entitlements.usage")> {
-    let (Some(c), Some(f), Some(a), None) = (customer, feature, amount, idempotency_key) else { return None };
-    fast_path(c, f, a).or_raise()
+    let counted = match (customer, feature, &amount, idempotency_key) {
+        (Some(c), Some(f), Some(a), None) => fast_path(c, f, a).or_raise(),
+        _ => None,
+    };
+    if counted.is_none() {
+        let pending = Pending { customer, feature: feature.map(str::to_owned), amount, key: idempotency_key.map(str::to_owned) };
+        PENDING.set(Some(pending));
+    }
+    counted
+}
+
+/// The arguments of the last call `_consume_fast` left to `_meter`. consume's SQL body
+/// names each argument once (so PostgreSQL inlines it whatever expression the caller
+/// passes, `auth.uid()` included) and `_meter_pending` picks them up from here, right
+/// after, in the same COALESCE.
+struct Pending {
+    customer: Option<Uuid>,
+    feature: Option<String>,
+    amount: Option<AnyNumeric>,
+    key: Option<String>,
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+}
+
+/// Hands the kept arguments over, once.
+#[pg_extern(volatile, parallel_unsafe, name = "_take_pending")]
+fn take_pending() -> TableIterator<
+    'static,
+    (
+        name!(customer, Option<Uuid>),
+        name!(feature, Option<String>),
+        name!(amount, Option<AnyNumeric>),
+        name!(idempotency_key, Option<String>),
+    ),
+> {
+    let Some(p) = PENDING.take() else {
+        crate::error::Error::CorruptState("pg_entitlements: no consume call is waiting to be metered".into()).raise()
+    };
+    TableIterator::once((p.customer, p.feature, p.amount, p.key))
 }
 
 /// The binding window's figures after counting: the one with the least remaining.
@@ -207,7 +247,7 @@ struct Outcome {
 }
 
 /// None: not the common case, let `_meter` decide.
-fn fast_path(customer: Uuid, feature: &str, amount: AnyNumeric) -> Result<Option<Usage>> {
+fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Option<Usage>> {
     if !f64::try_from(amount.clone()).is_ok_and(|a| a > 0.0 && a.is_finite()) {
         return Ok(None);
     }
@@ -226,7 +266,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: AnyNumeric) -> Result<Option
     // A customer this backend has not resolved: try the stamps first. The statement
     // compares them with the version itself, so the cache need not be refreshed.
     if !cache::is_tainted() && !cache::is_cached(id) && try_stamps(id) {
-        let stamped = cache::as_owner(owner, || Spi::connect(|_| count_on_stamped(customer, feature, &amount, actor)))?;
+        let stamped = cache::as_owner(owner, || Spi::connect(|_| count_on_stamped(customer, feature, amount, actor)))?;
         if let Some(o) = stamped {
             return usage(o).map(Some);
         }
@@ -243,11 +283,11 @@ fn fast_path(customer: Uuid, feature: &str, amount: AnyNumeric) -> Result<Option
     let stamp = Stamp { version, valid_until, sole: windows.len() == 1 };
     let counted = cache::as_owner(owner, || {
         Spi::connect(|_| -> Result<Option<Outcome>> {
-            let Some((best, recorded)) = count_all(customer, feature, &amount, &windows, &stamp, home, actor)? else {
+            let Some((best, recorded)) = count_all(customer, feature, amount, &windows, &stamp, home, actor)? else {
                 return Ok(None);
             };
             if !recorded {
-                record(customer, feature, amount, &windows, actor)?;
+                record(customer, feature, amount.clone(), &windows, actor)?;
             }
             Ok(Some(best))
         })

@@ -64,7 +64,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../../sql/consume.sql",
     name = "consume",
-    requires = ["metering", counting::consume_fast]
+    requires = ["metering", counting::consume_fast, counting::take_pending]
 );
 extension_sql_file!(
     "../../sql/privileges.sql",
