@@ -74,6 +74,11 @@ pub fn to_timestamptz_or_infinity(t: Micros) -> pgrx::datum::TimestampWithTimeZo
         .unwrap_or_else(|_| pgrx::datum::TimestampWithTimeZone::positive_infinity())
 }
 
+/// From PostgreSQL's raw TimestampTz (microseconds since 2000-01-01).
+pub fn from_pg(t: pg_sys::TimestampTz) -> Micros {
+    t.saturating_add(PG_EPOCH_OFFSET_US)
+}
+
 /// From a SQL timestamptz; +/-infinity saturate.
 pub fn from_timestamptz(t: pgrx::datum::TimestampWithTimeZone) -> Micros {
     pg_sys::TimestampTz::from(t).saturating_add(PG_EPOCH_OFFSET_US)

@@ -16,8 +16,8 @@ use crate::cache;
 use crate::clock::{self, Micros};
 use crate::error::{OrRaise, Result};
 use crate::metering::{self, Window};
+use crate::stamped;
 use crate::statements::{self, arg, Statement};
-use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
 use std::cell::RefCell;
@@ -97,33 +97,6 @@ const COUNT_AND_RECORD: Statement = Statement {
         pg_sys::BOOLOID,
         pg_sys::UUIDOID,
     ],
-};
-
-/// A customer this backend has not resolved yet: count on stripe 0 of the feature's
-/// window if its stamp says its limit is still current (see usage_counters.stamp), and
-/// record the ledger row in the same statement. Lean on purpose (no SKIP LOCKED pick, no
-/// sum over stripes): it serves only the first calls for a customer in a backend (see
-/// `SEEN`), and a window with one stripe (cap = basis) needs no sum. Returns limit, cap,
-/// stripe 0's count, end, period and start of the window.
-const COUNT_ON_STAMPED: Statement = Statement {
-    sql: "
-    with counted as (
-        update entitlements.usage_counters c set used = c.used operator(pg_catalog.+) $3
-         where c.customer_id operator(pg_catalog.=) $1 and c.feature_key operator(pg_catalog.=) $2
-           and c.stripe operator(pg_catalog.=) 0 and c.sole
-           and c.stamp operator(pg_catalog.=) (select v.version from entitlements.cache_version v)
-           and c.valid_until operator(pg_catalog.>) pg_catalog.statement_timestamp()
-           and c.window_start operator(pg_catalog.<=) pg_catalog.statement_timestamp()
-           and (c.window_end is null or c.window_end operator(pg_catalog.>) pg_catalog.statement_timestamp())
-           and c.used operator(pg_catalog.+) $3 operator(pg_catalog.<=) c.cap
-        returning c.basis, c.cap, c.used, c.window_end, c.period, c.window_start),
-    logged as (
-        insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods, billing_window, actor)
-        select pg_catalog.statement_timestamp(), $1, $2, $3, array[k.period],
-               case when k.period operator(pg_catalog.=) 'billing_period' then k.window_start end, $4
-          from counted k)
-    select k.basis, k.cap, k.used, k.window_end, k.period, k.window_start from counted k",
-    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::NUMERICOID, pg_sys::UUIDOID],
 };
 
 /// How often this backend has counted each customer through a stamp. From the
@@ -303,34 +276,26 @@ struct Stamp {
     sole: bool,
 }
 
-/// The shortcut for customers this backend has not resolved: one statement, in a
-/// subtransaction for the same reason as `count_all`.
+/// The shortcut for customers this backend has not resolved: count on the stamped
+/// window directly (stamped.rs), then write the ledger row.
 fn count_on_stamped(customer: Uuid, feature: &str, amount: &AnyNumeric, actor: Option<Uuid>) -> Result<Option<Outcome>> {
-    let subxact = SubTransaction::begin();
-    let rows = statements::run(&COUNT_ON_STAMPED, vec![arg(customer), arg(feature), arg(amount.clone()), arg(actor)], false)?;
-    if rows.is_empty() {
-        subxact.rollback();
-        return Ok(None);
-    }
-    let (Some(basis), Some(cap), Some(used), ends, Some(period), Some(start)) = (
-        rows.get::<AnyNumeric>(0, 1),
-        rows.get::<AnyNumeric>(0, 2),
-        rows.get::<AnyNumeric>(0, 3),
-        rows.get::<TimestampWithTimeZone>(0, 4),
-        rows.get::<String>(0, 5),
-        rows.get::<TimestampWithTimeZone>(0, 6),
-    ) else {
-        return Err(corrupt("a stamped window"));
-    };
-    subxact.commit();
-    let used = if cap == basis {
-        used
+    let Some(c) = stamped::count(customer, feature, amount) else { return Ok(None) };
+    let billing = (c.period == "billing_period").then(|| clock::to_timestamptz(c.window_start));
+    let start = clock::to_timestamptz(c.window_start);
+    let period = c.period;
+    statements::run(
+        &RECORD,
+        vec![arg(customer), arg(feature), arg(amount.clone()), arg(vec![period.as_str()]), arg(billing), arg(actor)],
+        false,
+    )?;
+    let used = if c.cap == c.basis {
+        c.used
     } else {
         let rows = statements::run(&WINDOW_TOTAL, vec![arg(customer), arg(feature), arg(period), arg(start)], false)?;
         (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten().ok_or_else(|| corrupt("a window's total"))?
     };
-    let limit = f64::try_from(basis).ok().filter(|l| l.is_finite());
-    Ok(Some(Outcome { limit, used, resets_at: ends.map(clock::from_timestamptz) }))
+    let limit = f64::try_from(c.basis).ok().filter(|l| l.is_finite());
+    Ok(Some(Outcome { limit, used, resets_at: c.window_end }))
 }
 
 /// Count on every window, all or nothing: one subtransaction, so a window without room

@@ -15,6 +15,7 @@ mod error;
 mod identity;
 mod metering;
 mod rules;
+mod stamped;
 mod statements;
 
 ::pgrx::pg_module_magic!();

@@ -144,3 +144,54 @@ async fn a_feature_with_several_periods_counts_in_all_of_them() {
     assert!(ledger.iter().all(|p| p.len() == 2), "{ledger:?}");
     assert_eq!(drift(&db).await, 0);
 }
+
+/// A count through a stamp updates the counter row without the executor (stamped.rs).
+/// When the row's page is full the new version lands elsewhere and the primary key needs
+/// an entry for it: amcheck finds every row version in the index, and the counts still
+/// equal the ledger.
+#[tokio::test]
+async fn counting_on_stamps_keeps_the_primary_key_whole() {
+    let db = fresh_db("stamps_index").await;
+    let mut first = session(&db).await;
+    // One transaction each: a count stamps only what is committed.
+    for step in [
+        "create table stamp_customers as select gen_random_uuid() as id from generate_series(1, 300)",
+        "select count(entitlements.subscribe(id, 'business')) from stamp_customers",
+        "select count(entitlements.consume(id, 'api_requests')) from stamp_customers",
+    ] {
+        first.execute(step).await.unwrap();
+    }
+    // A session that never saw these customers counts each once, through the stamps. The
+    // windows were just inserted, so their pages are full: most updates cannot be HOT.
+    let mut second = fresh_session(&db).await;
+    second.execute("begin").await.unwrap();
+    let (counted, updated, hot): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(entitlements.consume(id, 'api_requests')) from stamp_customers),
+                pg_stat_get_xact_tuples_updated('entitlements.usage_counters'::regclass),
+                pg_stat_get_xact_tuples_hot_updated('entitlements.usage_counters'::regclass)",
+    )
+    .fetch_one(&mut second)
+    .await
+    .unwrap();
+    second.execute("commit").await.unwrap();
+    assert_eq!((counted, updated), (300, 300));
+    assert!(hot < updated, "every update was HOT ({hot}): the test did not reach the index upkeep");
+
+    sqlx::query("create extension amcheck").execute(&db.pool).await.unwrap();
+    sqlx::query("select bt_index_check('entitlements.usage_counters_pkey', heapallindexed => true)")
+        .execute(&db.pool)
+        .await
+        .expect("every counter row version is in the primary key");
+    let mut check = session(&db).await;
+    check.execute("set enable_seqscan = off").await.unwrap();
+    let by_index: i64 = sqlx::query_scalar(
+        "select count(*) from stamp_customers s
+          where (select sum(c.used) from entitlements.usage_counters c
+                  where c.customer_id = s.id and c.feature_key = 'api_requests') = 2",
+    )
+    .fetch_one(&mut check)
+    .await
+    .unwrap_or(-1);
+    assert_eq!(by_index, 300, "each customer counted twice, found through the index");
+    assert_eq!(drift(&db).await, 0);
+}

@@ -1,0 +1,294 @@
+//! Counting on a stamped window (see usage_counters.stamp) without the executor.
+//!
+//! When many customers call, most calls are a backend's first few for that customer,
+//! and they count on a stamped window (counting.rs). As a planned data-modifying
+//! statement that cost more than the whole hand-written baseline: executor start-up,
+//! a CTE, and a subtransaction so that a failed attempt keeps no row lock. Here it is
+//! one index lookup and one `heap_update`, as PostgreSQL's own catalog updates do.
+//!
+//! Nothing is written unless every check passes. A row another transaction is updating
+//! is waited for, as UPDATE waits; if it changed meanwhile, `heap_update` gives up
+//! without keeping a lock and the caller takes the normal path, which rechecks the row
+//! the way UPDATE does. The ledger row is still inserted by the caller, through SPI.
+//!
+//! Used only when nothing else must run on an UPDATE of usage_counters: no trigger, no
+//! rule, and no index but its primary key (an operator may add any of these; then the
+//! normal path, through the executor, takes over).
+
+use crate::clock::{self, Micros};
+use pgrx::{pg_sys, AnyNumeric, FromDatum, IntoDatum, Uuid};
+use std::ffi::CStr;
+
+/// Stripe 0 of the window after counting on it.
+pub struct Counted {
+    pub basis: AnyNumeric,
+    pub cap: AnyNumeric,
+    pub used: AnyNumeric,
+    pub window_end: Option<Micros>,
+    pub period: String,
+    pub window_start: Micros,
+}
+
+/// Count `amount` on stripe 0 of the customer's current window of `feature` if its stamp
+/// is current, it was the feature's sole limited period and it has room. None: nothing
+/// was written, take the normal path.
+pub fn count(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Option<Counted> {
+    // SAFETY: catalog lookups, a snapshot pushed and popped around the work, relations
+    // opened and closed here. An ERROR inside aborts the transaction, whose cleanup
+    // releases what is still held (locks, pins, relation references, the snapshot).
+    unsafe {
+        // A read-only transaction (or a standby) must get the executor's error.
+        if pg_sys::XactReadOnly {
+            return None;
+        }
+        let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        let counters = pg_sys::get_relname_relid(c"usage_counters".as_ptr(), nsp);
+        let version = pg_sys::get_relname_relid(c"cache_version".as_ptr(), nsp);
+        if counters == pg_sys::InvalidOid || version == pg_sys::InvalidOid {
+            return None;
+        }
+        // As SPI does before a statement that writes: see this transaction's own
+        // earlier changes, under a snapshot taken now (READ COMMITTED).
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::UpdateActiveSnapshotCommandId();
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let counted = current_version(version, snapshot).and_then(|v| count_on(counters, snapshot, v, customer, feature, amount));
+        pg_sys::PopActiveSnapshot();
+        counted
+    }
+}
+
+/// Attribute numbers (0-based) of the columns read, by name.
+struct Columns {
+    customer_id: usize,
+    feature_key: usize,
+    period: usize,
+    window_start: usize,
+    window_end: usize,
+    stripe: usize,
+    used: usize,
+    cap: usize,
+    basis: usize,
+    stamp: usize,
+    valid_until: usize,
+    sole: usize,
+}
+
+unsafe fn column(desc: pg_sys::TupleDesc, name: &CStr) -> Option<usize> {
+    let natts = (*desc).natts as usize;
+    (*desc).attrs.as_slice(natts).iter().position(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
+}
+
+unsafe fn columns(desc: pg_sys::TupleDesc) -> Option<Columns> {
+    Some(Columns {
+        customer_id: column(desc, c"customer_id")?,
+        feature_key: column(desc, c"feature_key")?,
+        period: column(desc, c"period")?,
+        window_start: column(desc, c"window_start")?,
+        window_end: column(desc, c"window_end")?,
+        stripe: column(desc, c"stripe")?,
+        used: column(desc, c"used")?,
+        cap: column(desc, c"cap")?,
+        basis: column(desc, c"basis")?,
+        stamp: column(desc, c"stamp")?,
+        valid_until: column(desc, c"valid_until")?,
+        sole: column(desc, c"sole")?,
+    })
+}
+
+/// entitlements.cache_version as `snapshot` sees it.
+unsafe fn current_version(relid: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Option<i64> {
+    let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    let desc = (*rel).rd_att;
+    let scan = pg_sys::table_beginscan(rel, snapshot, 0, std::ptr::null_mut());
+    let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+    let version = match column(desc, c"version") {
+        Some(at) if !tuple.is_null() => {
+            let (values, nulls) = deform(tuple, desc);
+            i64::from_datum(values[at], nulls[at])
+        }
+        _ => None,
+    };
+    pg_sys::table_endscan(scan);
+    pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    version
+}
+
+unsafe fn deform(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> (Vec<pg_sys::Datum>, Vec<bool>) {
+    let natts = (*desc).natts as usize;
+    let mut values = vec![pg_sys::Datum::from(0usize); natts];
+    let mut nulls = vec![true; natts];
+    pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    (values, nulls)
+}
+
+/// May usage_counters be updated without the executor (module comment)? Its primary key
+/// if so.
+unsafe fn bare_primary_key(rel: pg_sys::Relation) -> Option<pg_sys::Oid> {
+    if !(*rel).trigdesc.is_null() || !(*rel).rd_rules.is_null() {
+        return None;
+    }
+    let indexes = pg_sys::RelationGetIndexList(rel);
+    let pk = pg_sys::RelationGetPrimaryKeyIndex(rel);
+    (pg_sys::list_length(indexes) == 1 && pk != pg_sys::InvalidOid).then_some(pk)
+}
+
+unsafe fn count_on(
+    relid: pg_sys::Oid,
+    snapshot: pg_sys::Snapshot,
+    version: i64,
+    customer: Uuid,
+    feature: &str,
+    amount: &AnyNumeric,
+) -> Option<Counted> {
+    let lockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    let rel = pg_sys::table_open(relid, lockmode);
+    let desc = (*rel).rd_att;
+    let Some((cols, pk_oid)) = columns(desc).and_then(|c| bare_primary_key(rel).map(|pk| (c, pk))) else {
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        return None;
+    };
+    let pk = pg_sys::index_open(pk_oid, lockmode);
+    let counted = find_and_count(rel, pk, &cols, snapshot, version, customer, feature, amount);
+    pg_sys::index_close(pk, pg_sys::NoLock as pg_sys::LOCKMODE);
+    pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    counted
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn find_and_count(
+    rel: pg_sys::Relation,
+    pk: pg_sys::Relation,
+    cols: &Columns,
+    snapshot: pg_sys::Snapshot,
+    version: i64,
+    customer: Uuid,
+    feature: &str,
+    amount: &AnyNumeric,
+) -> Option<Counted> {
+    let index = &*(*pk).rd_index;
+    let keys_lead = index.indkey.values.as_slice(2);
+    if index.indnkeyatts < 2 || keys_lead != [cols.customer_id as i16 + 1, cols.feature_key as i16 + 1] {
+        return None;
+    }
+    let (found, values, nulls) = find(rel, pk, cols, snapshot, version, customer, feature)?;
+    let used = AnyNumeric::from_datum(values[cols.used], nulls[cols.used])?;
+    let cap = AnyNumeric::from_datum(values[cols.cap], nulls[cols.cap])?;
+    let basis = AnyNumeric::from_datum(values[cols.basis], nulls[cols.basis])?;
+    let period = String::from_datum(values[cols.period], nulls[cols.period])?;
+    let window_start = i64::from_datum(values[cols.window_start], nulls[cols.window_start])?;
+    let window_end = i64::from_datum(values[cols.window_end], nulls[cols.window_end]);
+    let after = used + amount.clone();
+    if after > cap {
+        return None;
+    }
+
+    // The new version of the row: only `used` changes.
+    let natts = (*(*rel).rd_att).natts as usize;
+    let mut replace = vec![false; natts];
+    let mut new_values = vec![pg_sys::Datum::from(0usize); natts];
+    let mut new_nulls = vec![false; natts];
+    replace[cols.used] = true;
+    new_values[cols.used] = after.clone().into_datum()?;
+    let newtup = pg_sys::heap_modify_tuple(found, (*rel).rd_att, new_values.as_mut_ptr(), new_nulls.as_mut_ptr(), replace.as_mut_ptr());
+    let mut otid = (*found).t_self;
+    let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
+    let mut tuple_lock: pg_sys::LockTupleMode::Type = 0;
+    let result = pg_sys::heap_update(
+        rel,
+        &mut otid,
+        newtup,
+        pg_sys::GetCurrentCommandId(true),
+        std::ptr::null_mut(),
+        true,
+        &mut failure,
+        &mut tuple_lock,
+    );
+    if result != pg_sys::TM_Result::TM_Ok {
+        // Changed or deleted since the snapshot: nothing written, no lock kept.
+        return None;
+    }
+    if (*(*newtup).t_data).t_infomask2 as u32 & pg_sys::HEAP_ONLY_TUPLE == 0 {
+        // Not a HOT update: the primary key needs an entry for the new version.
+        index_new_version(rel, pk, newtup);
+    }
+    Some(Counted {
+        basis,
+        cap,
+        used: after,
+        window_end: window_end.map(clock::from_pg),
+        period,
+        window_start: clock::from_pg(window_start),
+    })
+}
+
+/// The current stamped stripe 0 of (customer, feature), copied, with its columns.
+#[allow(clippy::type_complexity)]
+unsafe fn find(
+    rel: pg_sys::Relation,
+    pk: pg_sys::Relation,
+    cols: &Columns,
+    snapshot: pg_sys::Snapshot,
+    version: i64,
+    customer: Uuid,
+    feature: &str,
+) -> Option<(pg_sys::HeapTuple, Vec<pg_sys::Datum>, Vec<bool>)> {
+    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+    let strategy = pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber;
+    pg_sys::ScanKeyInit(&mut keys[0], 1, strategy, pg_sys::Oid::from(pg_sys::F_UUID_EQ), customer.into_datum()?);
+    pg_sys::ScanKeyInit(&mut keys[1], 2, strategy, pg_sys::Oid::from(pg_sys::F_TEXTEQ), feature.into_datum()?);
+    // Compare as the index sorts (ScanKeyInit assumes the C collation).
+    keys[1].sk_collation = *(*pk).rd_indcollation.add(1);
+    let scan = pg_sys::index_beginscan(rel, pk, snapshot, 2, 0);
+    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let now = pg_sys::GetCurrentStatementStartTimestamp();
+    let mut found = None;
+    while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+        let mut should_free = false;
+        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+        let (values, nulls) = deform(tuple, (*rel).rd_att);
+        let int2 = |c: usize| i16::from_datum(values[c], nulls[c]);
+        let int8 = |c: usize| i64::from_datum(values[c], nulls[c]);
+        let current = int2(cols.stripe) == Some(0)
+            && bool::from_datum(values[cols.sole], nulls[cols.sole]) == Some(true)
+            && int8(cols.stamp) == Some(version)
+            && int8(cols.valid_until).is_some_and(|t| t > now)
+            && int8(cols.window_start).is_some_and(|t| t <= now)
+            && int8(cols.window_end).is_none_or(|t| t > now);
+        if current {
+            // Copied: the slot's tuple lives in a shared buffer only while pinned.
+            let copy = pg_sys::heap_copytuple(tuple);
+            let (values, nulls) = deform(copy, (*rel).rd_att);
+            found = Some((copy, values, nulls));
+            break;
+        }
+    }
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::index_endscan(scan);
+    found
+}
+
+/// Insert the primary-key entry for a new row version (what the executor does after a
+/// non-HOT UPDATE; CatalogIndexInsert does the same for catalogs).
+unsafe fn index_new_version(rel: pg_sys::Relation, pk: pg_sys::Relation, tuple: pg_sys::HeapTuple) {
+    let info = pg_sys::BuildIndexInfo(pk);
+    let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsHeapTuple);
+    pg_sys::ExecStoreHeapTuple(tuple, slot, false);
+    let mut values = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
+    let mut nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
+    // No estate: the key has plain columns only (no expression, no predicate).
+    pg_sys::FormIndexDatum(info, slot, std::ptr::null_mut(), values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::index_insert(
+        pk,
+        values.as_mut_ptr(),
+        nulls.as_mut_ptr(),
+        &mut (*tuple).t_self,
+        rel,
+        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+        true,
+        info,
+    );
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+}
