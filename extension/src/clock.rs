@@ -79,6 +79,11 @@ pub fn from_pg(t: pg_sys::TimestampTz) -> Micros {
     t.saturating_add(PG_EPOCH_OFFSET_US)
 }
 
+/// To PostgreSQL's raw TimestampTz.
+pub fn to_pg(t: Micros) -> pg_sys::TimestampTz {
+    t.saturating_sub(PG_EPOCH_OFFSET_US)
+}
+
 /// From a SQL timestamptz; +/-infinity saturate.
 pub fn from_timestamptz(t: pgrx::datum::TimestampWithTimeZone) -> Micros {
     pg_sys::TimestampTz::from(t).saturating_add(PG_EPOCH_OFFSET_US)

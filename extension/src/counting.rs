@@ -16,6 +16,7 @@ use crate::cache;
 use crate::clock::{self, Micros};
 use crate::error::{OrRaise, Result};
 use crate::metering::{self, Window};
+use crate::ledger;
 use crate::stamped;
 use crate::statements::{self, arg, Statement};
 use pgrx::prelude::*;
@@ -277,17 +278,25 @@ struct Stamp {
 }
 
 /// The shortcut for customers this backend has not resolved: count on the stamped
-/// window directly (stamped.rs), then write the ledger row.
+/// window directly (stamped.rs), then write the ledger row (directly too, ledger.rs,
+/// when nothing but the row itself must happen on an insert).
 fn count_on_stamped(customer: Uuid, feature: &str, amount: &AnyNumeric, actor: Option<Uuid>) -> Result<Option<Outcome>> {
     let Some(c) = stamped::count(customer, feature, amount) else { return Ok(None) };
     let billing = (c.period == "billing_period").then(|| clock::to_timestamptz(c.window_start));
     let start = clock::to_timestamptz(c.window_start);
     let period = c.period;
-    statements::run(
-        &RECORD,
-        vec![arg(customer), arg(feature), arg(amount.clone()), arg(vec![period.as_str()]), arg(billing), arg(actor)],
-        false,
-    )?;
+    let row = ledger::Row {
+        customer,
+        feature,
+        amount,
+        period: &period,
+        billing_window: (period == "billing_period").then(|| clock::to_pg(c.window_start)),
+        actor,
+    };
+    if !ledger::record(&row) {
+        let args = vec![arg(customer), arg(feature), arg(amount.clone()), arg(vec![period.as_str()]), arg(billing), arg(actor)];
+        statements::run(&RECORD, args, false)?;
+    }
     let used = if c.cap == c.basis {
         c.used
     } else {

@@ -13,6 +13,7 @@ mod clock;
 mod counting;
 mod error;
 mod identity;
+mod ledger;
 mod metering;
 mod rules;
 mod stamped;

@@ -75,7 +75,8 @@ struct Columns {
     sole: usize,
 }
 
-unsafe fn column(desc: pg_sys::TupleDesc, name: &CStr) -> Option<usize> {
+/// The 0-based position of a live column, by name.
+pub(crate) unsafe fn column(desc: pg_sys::TupleDesc, name: &CStr) -> Option<usize> {
     let natts = (*desc).natts as usize;
     (*desc).attrs.as_slice(natts).iter().position(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
 }

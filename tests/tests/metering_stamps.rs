@@ -145,12 +145,13 @@ async fn a_feature_with_several_periods_counts_in_all_of_them() {
     assert_eq!(drift(&db).await, 0);
 }
 
-/// A count through a stamp updates the counter row without the executor (stamped.rs).
-/// When the row's page is full the new version lands elsewhere and the primary key needs
-/// an entry for it: amcheck finds every row version in the index, and the counts still
-/// equal the ledger.
+/// A count through a stamp updates the counter row and inserts the ledger row without
+/// the executor (stamped.rs, ledger.rs). When the counter row's page is full the new
+/// version lands elsewhere and the primary key needs an entry for it; the ledger row
+/// must land in the month's partition and in each of its indexes. amcheck finds every
+/// row version in every index, and the counts still equal the ledger.
 #[tokio::test]
-async fn counting_on_stamps_keeps_the_primary_key_whole() {
+async fn counting_on_stamps_keeps_the_indexes_whole() {
     let db = fresh_db("stamps_index").await;
     let mut first = session(&db).await;
     // One transaction each: a count stamps only what is committed.
@@ -161,6 +162,8 @@ async fn counting_on_stamps_keeps_the_primary_key_whole() {
     ] {
         first.execute(step).await.unwrap();
     }
+    // This month's partition (the rows so far move into it): the next rows are routed.
+    sqlx::query("select entitlements.ensure_usage_partitions(0)").execute(&db.pool).await.unwrap();
     // A session that never saw these customers counts each once, through the stamps. The
     // windows were just inserted, so their pages are full: most updates cannot be HOT.
     let mut second = fresh_session(&db).await;
@@ -178,10 +181,26 @@ async fn counting_on_stamps_keeps_the_primary_key_whole() {
     assert!(hot < updated, "every update was HOT ({hot}): the test did not reach the index upkeep");
 
     sqlx::query("create extension amcheck").execute(&db.pool).await.unwrap();
-    sqlx::query("select bt_index_check('entitlements.usage_counters_pkey', heapallindexed => true)")
-        .execute(&db.pool)
-        .await
-        .expect("every counter row version is in the primary key");
+    let checked: i64 = sqlx::query_scalar(
+        "select count(bt_index_check(i.indexrelid, heapallindexed => true))
+           from pg_index i
+          where i.indrelid = 'entitlements.usage_counters'::regclass
+             or i.indrelid in (select inhrelid from pg_inherits where inhparent = 'entitlements.usage_ledger'::regclass)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("every row version is in every index of the counters and the ledger");
+    assert_eq!(checked, 5, "the counters' primary key, two indexes on each ledger partition");
+    let (in_month, in_default): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from entitlements.usage_ledger l
+                  where l.tableoid <> 'entitlements.usage_ledger_default'::regclass
+                    and l.at >= date_trunc('month', now(), 'UTC') and l.at < date_trunc('month', now(), 'UTC') + interval '1 month'),
+                (select count(*) from entitlements.usage_ledger_default)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((in_month, in_default), (600, 0), "every ledger row in this month's partition");
     let mut check = session(&db).await;
     check.execute("set enable_seqscan = off").await.unwrap();
     let by_index: i64 = sqlx::query_scalar(

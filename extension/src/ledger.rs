@@ -1,0 +1,238 @@
+//! The ledger row of a count through a stamp (stamped.rs), written without the executor.
+//!
+//! An INSERT through SPI costs executor start-up and routing into the partitioned ledger
+//! on every call, as much as the count itself. Here the row goes straight into the
+//! partition that holds `at` (found in the partition bounds PostgreSQL keeps, the
+//! default partition otherwise) with `heap_insert`, and into each of its indexes, the
+//! way PostgreSQL's own catalog inserts do. The column defaults are computed as the
+//! table declares them: `id` from usage_ledger_id_seq, `txid` as txid_current().
+//!
+//! Used only when nothing else must run on an INSERT: no trigger or rule on the ledger
+//! or the partition, no CHECK constraint or generated column, no column this code does
+//! not know, and indexes on plain columns only. Otherwise `false`, and the caller
+//! inserts through SPI.
+
+use crate::stamped::column;
+use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
+use std::ffi::CStr;
+
+/// One consumption, as the caller counted it.
+pub struct Row<'a> {
+    pub customer: Uuid,
+    pub feature: &'a str,
+    pub amount: &'a AnyNumeric,
+    pub period: &'a str,
+    /// The billing window's start when the period is billing_period (raw TimestampTz).
+    pub billing_window: Option<pg_sys::TimestampTz>,
+    pub actor: Option<Uuid>,
+}
+
+/// The ledger's columns, each with how this code fills it.
+const COLUMNS: [&CStr; 13] = [
+    c"id",
+    c"at",
+    c"customer_id",
+    c"feature_key",
+    c"amount",
+    c"idempotency_key",
+    c"periods",
+    c"billing_window",
+    c"overage",
+    c"unit_price_cents",
+    c"cost_cents",
+    c"actor",
+    c"txid",
+];
+
+/// Write the row; false when nothing was written and the caller must use SPI.
+pub fn record(row: &Row) -> bool {
+    // SAFETY: catalog lookups and relations opened and closed here. An ERROR inside
+    // aborts the transaction, whose cleanup releases what is still held.
+    unsafe {
+        if pg_sys::XactReadOnly {
+            return false;
+        }
+        let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
+        let ledger = pg_sys::get_relname_relid(c"usage_ledger".as_ptr(), nsp);
+        let sequence = pg_sys::get_relname_relid(c"usage_ledger_id_seq".as_ptr(), nsp);
+        if ledger == pg_sys::InvalidOid || sequence == pg_sys::InvalidOid {
+            return false;
+        }
+        let lockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+        let parent = pg_sys::table_open(ledger, lockmode);
+        let at = pg_sys::GetCurrentStatementStartTimestamp();
+        let written = match partition_for(parent, at) {
+            Some(oid) => {
+                let part = pg_sys::table_open(oid, lockmode);
+                let written = insert_into(part, sequence, at, row);
+                pg_sys::table_close(part, pg_sys::NoLock as pg_sys::LOCKMODE);
+                written
+            }
+            None => false,
+        };
+        pg_sys::table_close(parent, pg_sys::NoLock as pg_sys::LOCKMODE);
+        written
+    }
+}
+
+/// The leaf partition of the ledger that takes a row at `at`, if the ledger is still
+/// partitioned by range on `at` alone and nothing runs on an insert into it.
+unsafe fn partition_for(parent: pg_sys::Relation, at: pg_sys::TimestampTz) -> Option<pg_sys::Oid> {
+    if !(*parent).trigdesc.is_null() || !(*parent).rd_rules.is_null() {
+        return None;
+    }
+    let at_column = column((*parent).rd_att, c"at")? as i16 + 1;
+    if !range_on((*parent).rd_id, at_column) {
+        return None;
+    }
+    let desc = pg_sys::RelationGetPartitionDesc(parent, true);
+    if desc.is_null() {
+        return None;
+    }
+    let bounds = (*desc).boundinfo;
+    if bounds.is_null() || (*bounds).strategy as u8 != pg_sys::PARTITION_STRATEGY_RANGE {
+        return None;
+    }
+    // The greatest bound <= at (-1: none); the partition after it holds `at`.
+    let below = |i: i32| -> bool {
+        let kind = if (*bounds).kind.is_null() { 0 } else { **(*bounds).kind.add(i as usize) };
+        match kind {
+            k if k < 0 => true,  // MINVALUE
+            k if k > 0 => false, // MAXVALUE
+            _ => (**(*bounds).datums.add(i as usize)).value() as i64 <= at,
+        }
+    };
+    let (mut lo, mut hi) = (-1i32, (*bounds).ndatums - 1);
+    while lo < hi {
+        let mid = (lo + hi + 1) / 2;
+        if below(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let index = *(*bounds).indexes.add((lo + 1) as usize);
+    let index = if index >= 0 { index } else { (*bounds).default_index };
+    (index >= 0 && *(*desc).is_leaf.add(index as usize)).then(|| *(*desc).oids.add(index as usize))
+}
+
+/// Is `relid` partitioned by range on exactly the column `attnum`?
+unsafe fn range_on(relid: pg_sys::Oid, attnum: i16) -> bool {
+    let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::PARTRELID as i32, pg_sys::Datum::from(relid));
+    if tuple.is_null() {
+        return false;
+    }
+    // pg_partitioned_table: partrelid, partstrat, partnatts, partdefid, partattrs, ...
+    let mut null = false;
+    let strategy = pg_sys::SysCacheGetAttr(pg_sys::SysCacheIdentifier::PARTRELID as i32, tuple, 2, &mut null);
+    let strategy_ok = !null && strategy.value() as u8 == pg_sys::PARTITION_STRATEGY_RANGE;
+    let attrs = pg_sys::SysCacheGetAttr(pg_sys::SysCacheIdentifier::PARTRELID as i32, tuple, 5, &mut null);
+    let attrs_ok = !null && {
+        let v = attrs.cast_mut_ptr::<pg_sys::int2vector>();
+        (*v).dim1 == 1 && (*v).values.as_slice(1)[0] == attnum
+    };
+    pg_sys::ReleaseSysCache(tuple);
+    strategy_ok && attrs_ok
+}
+
+unsafe fn insert_into(part: pg_sys::Relation, sequence: pg_sys::Oid, at: pg_sys::TimestampTz, row: &Row) -> bool {
+    let desc = (*part).rd_att;
+    let constr = (*desc).constr;
+    if (*(*part).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION
+        || !(*part).trigdesc.is_null()
+        || !(*part).rd_rules.is_null()
+        || (!constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored))
+    {
+        return false;
+    }
+    // Every live column must be one this code fills.
+    let natts = (*desc).natts as usize;
+    let mut slots = [usize::MAX; COLUMNS.len()];
+    let mut live = 0;
+    for (i, a) in (*desc).attrs.as_slice(natts).iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        live += 1;
+        let name = CStr::from_ptr(a.attname.data.as_ptr());
+        match COLUMNS.iter().position(|c| *c == name) {
+            Some(k) => slots[k] = i,
+            None => return false,
+        }
+    }
+    if live != COLUMNS.len() {
+        return false;
+    }
+    let Some(indexes) = plain_indexes(part) else { return false };
+
+    let mut values = vec![pg_sys::Datum::from(0usize); natts];
+    let mut nulls = vec![true; natts];
+    let mut set = |k: usize, d: Option<pg_sys::Datum>| {
+        if let Some(d) = d {
+            values[slots[k]] = d;
+            nulls[slots[k]] = false;
+        }
+    };
+    set(0, Some(pg_sys::OidFunctionCall1Coll(pg_sys::Oid::from(pg_sys::F_NEXTVAL), pg_sys::InvalidOid, pg_sys::Datum::from(sequence))));
+    set(1, Some(pg_sys::Datum::from(at)));
+    set(2, row.customer.into_datum());
+    set(3, row.feature.into_datum());
+    set(4, row.amount.clone().into_datum());
+    set(6, vec![row.period].into_datum());
+    set(7, row.billing_window.map(pg_sys::Datum::from));
+    set(8, AnyNumeric::from(0).into_datum());
+    set(10, AnyNumeric::from(0).into_datum());
+    set(11, row.actor.into_datum());
+    set(12, Some(pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value as i64)));
+
+    let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::heap_insert(part, tuple, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+    let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
+    pg_sys::ExecStoreHeapTuple(tuple, slot, false);
+    for (index, info) in indexes {
+        let mut key = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
+        let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
+        // No estate: plain columns only (plain_indexes).
+        pg_sys::FormIndexDatum(info, slot, std::ptr::null_mut(), key.as_mut_ptr(), key_nulls.as_mut_ptr());
+        let check = if (*(*index).rd_index).indisunique {
+            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+        } else {
+            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+        };
+        pg_sys::index_insert(index, key.as_mut_ptr(), key_nulls.as_mut_ptr(), &mut (*tuple).t_self, part, check, false, info);
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    true
+}
+
+/// The partition's indexes, open, if each is on plain columns, immediate and without an
+/// exclusion constraint; None (all closed again) otherwise.
+unsafe fn plain_indexes(part: pg_sys::Relation) -> Option<Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo)>> {
+    let list = pg_sys::RelationGetIndexList(part);
+    let n = pg_sys::list_length(list);
+    let mut open = Vec::with_capacity(n as usize);
+    let mut plain = true;
+    for i in 0..n {
+        let oid = pg_sys::list_nth_oid(list, i);
+        let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let info = pg_sys::BuildIndexInfo(index);
+        open.push((index, info));
+        if !(*info).ii_Expressions.is_null()
+            || !(*info).ii_Predicate.is_null()
+            || !(*info).ii_ExclusionOps.is_null()
+            || !(*(*index).rd_index).indimmediate
+            || !(*(*index).rd_index).indisvalid
+            || !(*(*index).rd_index).indisready
+        {
+            plain = false;
+        }
+    }
+    if plain {
+        return Some(open);
+    }
+    for (index, _) in open {
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+    None
+}
