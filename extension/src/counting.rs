@@ -2,11 +2,11 @@
 //!
 //! The common case is a call without an idempotency key, for a customer the caller may
 //! meter, where every window of the feature has a stripe with room (see the striped
-//! counters in sql/metering.sql). It runs here on kept generic plans, inside one
-//! subtransaction: for a customer this backend has not resolved, one statement on a
-//! stamped window; otherwise one UPDATE per window with the limits from the per-backend
-//! cache (opening a window on its first use), and the ledger INSERT, in the same statement
-//! when the feature has one limited period. Everything else (bad input and its errors,
+//! counters in sql/metering.sql). For a customer this backend has not resolved, it
+//! counts on a stamped window without the executor (stamped.rs, ledger.rs). Otherwise it
+//! runs here on kept generic plans, inside one subtransaction: one UPDATE per window with
+//! the limits from the per-backend cache (opening a window on its first use), and the
+//! ledger INSERT, in the same statement when the feature has one limited period. Everything else (bad input and its errors,
 //! rebalancing stripes, refusals with their HINT and DETAIL, overage, idempotency keys)
 //! is `entitlements._meter`, the one place those rules are written; this file never
 //! decides a refusal itself.
@@ -22,7 +22,7 @@ use crate::statements::{self, arg, Statement};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 type Usage = pgrx::composite_type!('static, "entitlements.usage");
 
@@ -100,26 +100,26 @@ const COUNT_AND_RECORD: Statement = Statement {
     ],
 };
 
-/// How often this backend has counted each customer through a stamp. From the
-/// `RESOLVE_AFTER`th call on, the customer is resolved and cached and counted on every
-/// stripe: a customer met that often is likely met again, possibly by many sessions at
-/// once, and stripe 0 alone would make them queue.
-const RESOLVE_AFTER: u8 = 4;
-const SEEN_MAX: usize = 100_000;
+/// Customers whose stamped stripe this backend found taken by another transaction
+/// (stamped.rs never waits for it). From then on they are resolved and counted on every
+/// stripe: their sessions run concurrently, and stripe 0 alone would make them queue.
+const BUSY_MAX: usize = 100_000;
 thread_local! {
-    static SEEN: RefCell<HashMap<[u8; 16], u8>> = RefCell::new(HashMap::new());
+    static BUSY: RefCell<HashSet<[u8; 16]>> = RefCell::new(HashSet::new());
 }
 
 /// Should this call try the stamps?
 fn try_stamps(customer: &[u8; 16]) -> bool {
-    SEEN.with_borrow_mut(|seen| {
-        if seen.len() >= SEEN_MAX {
-            seen.clear();
+    BUSY.with_borrow(|busy| !busy.contains(customer))
+}
+
+fn mark_busy(customer: &[u8; 16]) {
+    BUSY.with_borrow_mut(|busy| {
+        if busy.len() >= BUSY_MAX {
+            busy.clear();
         }
-        let n = seen.entry(*customer).or_insert(0);
-        *n = n.saturating_add(1);
-        *n < RESOLVE_AFTER
-    })
+        busy.insert(*customer);
+    });
 }
 
 /// A window's total over its stripes, when it has several.
@@ -161,8 +161,8 @@ const RECORD: Statement = Statement {
 /// The common case of `consume` and `try_consume` (sql/consume.sql): the usage after
 /// counting, or NULL when this is not the common case and `_meter` must decide. `_meter`
 /// is called from SQL, not from here, so its errors (PT429, PT403) reach the caller
-/// with their own SQLSTATE.
-/// When it answers NULL it keeps its arguments for `_take_pending`.
+/// with their own SQLSTATE; when this answers NULL it keeps its arguments for
+/// `_take_pending`.
 #[pg_extern(volatile, parallel_unsafe, name = "_consume_fast", requires = ["metering"])]
 pub fn consume_fast(
     customer: Option<Uuid>,
@@ -237,7 +237,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
     // SAFETY: this backend's PGPROC slot number, a plain read.
     let home = (unsafe { (*pg_sys::MyProc).pgprocno } % 16) as i16;
 
-    // A customer this backend has not resolved: try the stamps first. The statement
+    // A customer this backend has not resolved: try the stamps first. stamped.rs
     // compares them with the version itself, so the cache need not be refreshed.
     if !cache::is_tainted() && !cache::is_cached(id) && try_stamps(id) {
         let stamped = cache::as_owner(owner, || Spi::connect(|_| count_on_stamped(customer, feature, amount, actor)))?;
@@ -281,7 +281,14 @@ struct Stamp {
 /// window directly (stamped.rs), then write the ledger row (directly too, ledger.rs,
 /// when nothing but the row itself must happen on an insert).
 fn count_on_stamped(customer: Uuid, feature: &str, amount: &AnyNumeric, actor: Option<Uuid>) -> Result<Option<Outcome>> {
-    let Some(c) = stamped::count(customer, feature, amount) else { return Ok(None) };
+    let c = match stamped::count(customer, feature, amount) {
+        Ok(c) => c,
+        Err(stamped::Miss::Busy) => {
+            mark_busy(customer.as_bytes());
+            return Ok(None);
+        }
+        Err(stamped::Miss::NotStamped) => return Ok(None),
+    };
     let billing = (c.period == "billing_period").then(|| clock::to_timestamptz(c.window_start));
     let start = clock::to_timestamptz(c.window_start);
     let period = c.period;

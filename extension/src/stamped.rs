@@ -6,10 +6,10 @@
 //! a CTE, and a subtransaction so that a failed attempt keeps no row lock. Here it is
 //! one index lookup and one `heap_update`, as PostgreSQL's own catalog updates do.
 //!
-//! Nothing is written unless every check passes. A row another transaction is updating
-//! is waited for, as UPDATE waits; if it changed meanwhile, `heap_update` gives up
-//! without keeping a lock and the caller takes the normal path, which rechecks the row
-//! the way UPDATE does. The ledger row is still inserted by the caller, through SPI.
+//! Nothing is written unless every check passes. A row that another transaction has
+//! changed or holds is not waited for: `heap_update` gives up at once without keeping a
+//! lock, and the caller takes the normal path (striped, SKIP LOCKED, rechecking rows the
+//! way UPDATE does) for that customer from then on. The caller writes the ledger row.
 //!
 //! Used only when nothing else must run on an UPDATE of usage_counters: no trigger, no
 //! rule, and no index but its primary key (an operator may add any of these; then the
@@ -29,23 +29,30 @@ pub struct Counted {
     pub window_start: Micros,
 }
 
+/// Why nothing was counted; either way nothing was written.
+pub enum Miss {
+    /// No current stamped window with room, or the tables are not bare (module comment).
+    NotStamped,
+    /// Another transaction has changed or holds the row.
+    Busy,
+}
+
 /// Count `amount` on stripe 0 of the customer's current window of `feature` if its stamp
-/// is current, it was the feature's sole limited period and it has room. None: nothing
-/// was written, take the normal path.
-pub fn count(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Option<Counted> {
+/// is current, it was the feature's sole limited period and it has room.
+pub fn count(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Counted, Miss> {
     // SAFETY: catalog lookups, a snapshot pushed and popped around the work, relations
     // opened and closed here. An ERROR inside aborts the transaction, whose cleanup
     // releases what is still held (locks, pins, relation references, the snapshot).
     unsafe {
         // A read-only transaction (or a standby) must get the executor's error.
         if pg_sys::XactReadOnly {
-            return None;
+            return Err(Miss::NotStamped);
         }
         let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
         let counters = pg_sys::get_relname_relid(c"usage_counters".as_ptr(), nsp);
         let version = pg_sys::get_relname_relid(c"cache_version".as_ptr(), nsp);
         if counters == pg_sys::InvalidOid || version == pg_sys::InvalidOid {
-            return None;
+            return Err(Miss::NotStamped);
         }
         // As SPI does before a statement that writes: see this transaction's own
         // earlier changes, under a snapshot taken now (READ COMMITTED).
@@ -53,7 +60,10 @@ pub fn count(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Option<Count
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         pg_sys::UpdateActiveSnapshotCommandId();
         let snapshot = pg_sys::GetActiveSnapshot();
-        let counted = current_version(version, snapshot).and_then(|v| count_on(counters, snapshot, v, customer, feature, amount));
+        let counted = match current_version(version, snapshot) {
+            Some(v) => count_on(counters, snapshot, v, customer, feature, amount),
+            None => Err(Miss::NotStamped),
+        };
         pg_sys::PopActiveSnapshot();
         counted
     }
@@ -142,13 +152,13 @@ unsafe fn count_on(
     customer: Uuid,
     feature: &str,
     amount: &AnyNumeric,
-) -> Option<Counted> {
+) -> Result<Counted, Miss> {
     let lockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     let rel = pg_sys::table_open(relid, lockmode);
     let desc = (*rel).rd_att;
     let Some((cols, pk_oid)) = columns(desc).and_then(|c| bare_primary_key(rel).map(|pk| (c, pk))) else {
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        return None;
+        return Err(Miss::NotStamped);
     };
     let pk = pg_sys::index_open(pk_oid, lockmode);
     let counted = find_and_count(rel, pk, &cols, snapshot, version, customer, feature, amount);
@@ -167,23 +177,24 @@ unsafe fn find_and_count(
     customer: Uuid,
     feature: &str,
     amount: &AnyNumeric,
-) -> Option<Counted> {
+) -> Result<Counted, Miss> {
     let index = &*(*pk).rd_index;
     let keys_lead = index.indkey.values.as_slice(2);
     if index.indnkeyatts < 2 || keys_lead != [cols.customer_id as i16 + 1, cols.feature_key as i16 + 1] {
-        return None;
+        return Err(Miss::NotStamped);
     }
-    let (found, values, nulls) = find(rel, pk, cols, snapshot, version, customer, feature)?;
-    let used = AnyNumeric::from_datum(values[cols.used], nulls[cols.used])?;
-    let cap = AnyNumeric::from_datum(values[cols.cap], nulls[cols.cap])?;
-    let basis = AnyNumeric::from_datum(values[cols.basis], nulls[cols.basis])?;
-    let period = String::from_datum(values[cols.period], nulls[cols.period])?;
-    let window_start = i64::from_datum(values[cols.window_start], nulls[cols.window_start])?;
-    let window_end = i64::from_datum(values[cols.window_end], nulls[cols.window_end]);
-    let after = used + amount.clone();
-    if after > cap {
-        return None;
-    }
+    let read = || -> Option<_> {
+        let (found, values, nulls) = find(rel, pk, cols, snapshot, version, customer, feature)?;
+        let used = AnyNumeric::from_datum(values[cols.used], nulls[cols.used])?;
+        let cap = AnyNumeric::from_datum(values[cols.cap], nulls[cols.cap])?;
+        let basis = AnyNumeric::from_datum(values[cols.basis], nulls[cols.basis])?;
+        let period = String::from_datum(values[cols.period], nulls[cols.period])?;
+        let window_start = i64::from_datum(values[cols.window_start], nulls[cols.window_start])?;
+        let window_end = i64::from_datum(values[cols.window_end], nulls[cols.window_end]);
+        let after = used + amount.clone();
+        (after <= cap).then_some((found, after, cap, basis, period, window_start, window_end))
+    };
+    let Some((found, after, cap, basis, period, window_start, window_end)) = read() else { return Err(Miss::NotStamped) };
 
     // The new version of the row: only `used` changes.
     let natts = (*(*rel).rd_att).natts as usize;
@@ -191,7 +202,7 @@ unsafe fn find_and_count(
     let mut new_values = vec![pg_sys::Datum::from(0usize); natts];
     let mut new_nulls = vec![false; natts];
     replace[cols.used] = true;
-    new_values[cols.used] = after.clone().into_datum()?;
+    new_values[cols.used] = after.clone().into_datum().ok_or(Miss::NotStamped)?;
     let newtup = pg_sys::heap_modify_tuple(found, (*rel).rd_att, new_values.as_mut_ptr(), new_nulls.as_mut_ptr(), replace.as_mut_ptr());
     let mut otid = (*found).t_self;
     let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
@@ -202,19 +213,20 @@ unsafe fn find_and_count(
         newtup,
         pg_sys::GetCurrentCommandId(true),
         std::ptr::null_mut(),
-        true,
+        false,
         &mut failure,
         &mut tuple_lock,
     );
     if result != pg_sys::TM_Result::TM_Ok {
-        // Changed or deleted since the snapshot: nothing written, no lock kept.
-        return None;
+        // Held by another transaction, or changed since the snapshot: nothing written,
+        // no lock kept, no wait.
+        return Err(Miss::Busy);
     }
     if (*(*newtup).t_data).t_infomask2 as u32 & pg_sys::HEAP_ONLY_TUPLE == 0 {
         // Not a HOT update: the primary key needs an entry for the new version.
         index_new_version(rel, pk, newtup);
     }
-    Some(Counted {
+    Ok(Counted {
         basis,
         cap,
         used: after,
