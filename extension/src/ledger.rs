@@ -7,9 +7,9 @@
 //! way PostgreSQL's own catalog inserts do. The column defaults are computed as the
 //! table declares them: `id` from usage_ledger_id_seq, `txid` as txid_current().
 //!
-//! Used only when nothing else must run on an INSERT: no trigger or rule on the ledger
-//! or the partition, no CHECK constraint or generated column, no column this code does
-//! not know, and indexes on plain columns only. Otherwise `false`, and the caller
+//! Used only when nothing else must run on an INSERT: no trigger, rule or forced row
+//! security on the ledger or the partition, no CHECK constraint or generated column, no
+//! column this code does not know, and indexes on plain columns only. Otherwise `false`, and the caller
 //! inserts through SPI.
 
 use crate::stamped::column;
@@ -78,7 +78,7 @@ pub fn record(row: &Row) -> bool {
 /// The leaf partition of the ledger that takes a row at `at`, if the ledger is still
 /// partitioned by range on `at` alone and nothing runs on an insert into it.
 unsafe fn partition_for(parent: pg_sys::Relation, at: pg_sys::TimestampTz) -> Option<pg_sys::Oid> {
-    if !(*parent).trigdesc.is_null() || !(*parent).rd_rules.is_null() {
+    if !(*parent).trigdesc.is_null() || !(*parent).rd_rules.is_null() || (*(*parent).rd_rel).relforcerowsecurity {
         return None;
     }
     let at_column = column((*parent).rd_att, c"at")? as i16 + 1;
@@ -141,6 +141,7 @@ unsafe fn insert_into(part: pg_sys::Relation, sequence: pg_sys::Oid, at: pg_sys:
     if (*(*part).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION
         || !(*part).trigdesc.is_null()
         || !(*part).rd_rules.is_null()
+        || (*(*part).rd_rel).relforcerowsecurity
         || (!constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored))
     {
         return false;

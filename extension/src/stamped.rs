@@ -12,8 +12,8 @@
 //! way UPDATE does) for that customer from then on. The caller writes the ledger row.
 //!
 //! Used only when nothing else must run on an UPDATE of usage_counters: no trigger, no
-//! rule, and no index but its primary key (an operator may add any of these; then the
-//! normal path, through the executor, takes over).
+//! rule, no forced row security, and no index but its primary key (an operator may add
+//! any of these; then the normal path, through the executor, takes over).
 
 use crate::clock::{self, Micros};
 use pgrx::{pg_sys, AnyNumeric, FromDatum, IntoDatum, Uuid};
@@ -137,7 +137,7 @@ unsafe fn deform(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> (Vec<pg_s
 /// May usage_counters be updated without the executor (module comment)? Its primary key
 /// if so.
 unsafe fn bare_primary_key(rel: pg_sys::Relation) -> Option<pg_sys::Oid> {
-    if !(*rel).trigdesc.is_null() || !(*rel).rd_rules.is_null() {
+    if !(*rel).trigdesc.is_null() || !(*rel).rd_rules.is_null() || (*(*rel).rd_rel).relforcerowsecurity {
         return None;
     }
     let indexes = pg_sys::RelationGetIndexList(rel);

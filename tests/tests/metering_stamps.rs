@@ -214,3 +214,40 @@ async fn counting_on_stamps_keeps_the_indexes_whole() {
     assert_eq!(by_index, 300, "each customer counted twice, found through the index");
     assert_eq!(drift(&db).await, 0);
 }
+
+async fn seen(db: &TestDb) -> Vec<String> {
+    sqlx::query_scalar("select tbl from seen order by tbl").fetch_all(&db.pool).await.unwrap()
+}
+
+/// An operator's trigger on the ledger or the counters still fires for a count through a
+/// stamp: the writes without the executor step aside for it.
+#[tokio::test]
+async fn an_operators_triggers_still_fire() {
+    let db = fresh_db("stamps_trigger").await;
+    let customer = Uuid::new_v4();
+    let mut first = session(&db).await;
+    subscribe(&mut first, customer, "business").await;
+    assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
+    db.pool
+        .execute(
+            "create table seen (customer uuid, tbl text);
+             create function seen_row() returns trigger language plpgsql as $$
+             begin insert into public.seen values (new.customer_id, tg_table_name); return new; end $$;
+             create trigger seen_ledger after insert on entitlements.usage_ledger
+                 for each row execute function seen_row();",
+        )
+        .await
+        .unwrap();
+    let mut second = fresh_session(&db).await;
+    assert_eq!(try_consume(&mut second, customer, "api_requests", 1).await, (true, 2.0));
+    assert_eq!(seen(&db).await, ["usage_ledger_default"], "the ledger trigger fired");
+
+    db.pool
+        .execute("create trigger seen_counters after update on entitlements.usage_counters for each row execute function seen_row()")
+        .await
+        .unwrap();
+    let mut third = fresh_session(&db).await;
+    assert_eq!(try_consume(&mut third, customer, "api_requests", 1).await, (true, 3.0));
+    assert_eq!(seen(&db).await, ["usage_counters", "usage_ledger_default", "usage_ledger_default"], "both triggers fired");
+    assert_eq!(drift(&db).await, 0);
+}
