@@ -1,10 +1,11 @@
 //! Counting on a stamped window (see usage_counters.stamp) without the executor.
 //!
-//! When many customers call, most calls are a backend's first few for that customer,
-//! and they count on a stamped window (counting.rs). As a planned data-modifying
-//! statement that cost more than the whole hand-written baseline: executor start-up,
-//! a CTE, and a subtransaction so that a failed attempt keeps no row lock. Here it is
-//! one index lookup and one `heap_update`, as PostgreSQL's own catalog updates do.
+//! When many customers call, most calls count on a stamped window (counting.rs): the
+//! backend has not resolved the customer, and no other transaction holds the row. As a
+//! planned data-modifying statement that cost more than the whole hand-written baseline:
+//! executor start-up, a CTE, and a subtransaction so that a failed attempt keeps no row
+//! lock. Here it is one index lookup and one `heap_update`, as PostgreSQL's own catalog
+//! updates do.
 //!
 //! Nothing is written unless every check passes. A row that another transaction has
 //! changed or holds is not waited for: `heap_update` gives up at once without keeping a
