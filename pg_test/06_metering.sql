@@ -167,8 +167,8 @@ select is((select (t.allowed, t.limit) from entitlements.try_consume(:f, 'gpu') 
 
 -- Bad input: a clear SQLSTATE, never XX000, and nothing written.
 select count(*) as ledger_before from entitlements.usage_ledger \gset
-select throws_ok($$select entitlements.consume('00000000-0000-0000-0000-0000000000f2', 'audio', -1)$$, '22023', 'amount must be a positive number, got -1', 'negative amount');
-select throws_ok($$select entitlements.consume('00000000-0000-0000-0000-0000000000f2', 'audio', 0)$$, '22023', 'amount must be a positive number, got 0', 'zero amount');
+select throws_ok($$select entitlements.consume('00000000-0000-0000-0000-0000000000f2', 'audio', -1)$$, '22023', 'amount must be a positive number, got -1 (at most 1e15)', 'negative amount');
+select throws_ok($$select entitlements.consume('00000000-0000-0000-0000-0000000000f2', 'audio', 0)$$, '22023', 'amount must be a positive number, got 0 (at most 1e15)', 'zero amount');
 select throws_ok($$select entitlements.consume('00000000-0000-0000-0000-0000000000f2', 'audio', 'NaN')$$, '22023', null, 'NaN amount');
 select throws_ok($$select entitlements.consume(null, 'audio')$$, '22004', 'customer must not be NULL', 'NULL customer');
 select throws_ok($$select entitlements.consume('00000000-0000-0000-0000-0000000000f2', 'nope')$$, '22023', 'unknown feature "nope"', 'unknown feature');

@@ -4,7 +4,7 @@ set -euo pipefail
 PGRX_VERSION=0.18.0
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
-          libclang-dev clang sudo pkg-config libssl-dev)
+          libclang-dev clang sudo pkg-config libssl-dev postgresql-15-plpgsql-check)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

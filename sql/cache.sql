@@ -42,6 +42,7 @@ returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._cache_bump');
     update entitlements.cache_version
        set version = version + 1, bumped_by = txid_current()
      where bumped_by is distinct from txid_current();

@@ -24,6 +24,7 @@ begin
     if catalog is null then
         raise exception 'catalog must not be NULL' using errcode = '22004';
     end if;
+    perform entitlements._valid_json(catalog, 'catalog');
     -- One catalog change at a time; readers (checks) are not blocked.
     lock table entitlements.plans in share row exclusive mode;
     v_doc := entitlements._normalize_catalog(

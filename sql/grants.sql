@@ -18,10 +18,12 @@ begin
     if starts_at is null then
         raise exception 'starts_at must not be NULL' using errcode = '22004';
     end if;
+    perform entitlements._finite(expires_at, 'expires_at');
+    perform entitlements._finite(starts_at, 'starts_at');
     if expires_at is not null and expires_at <= greatest(starts_at, now()) then
         raise exception 'expires_at (%) must be in the future and after starts_at', expires_at using errcode = '22023';
     end if;
-    perform entitlements._require_admin(kind || ' grant', entitlements._customer_tenant(customer));
+    perform entitlements._require_admin_of(kind || ' grant', customer);
     if kind <> 'discount' then
         perform entitlements._require_not_null(feature, 'feature');
         select f.kind into v_kind from entitlements.features f where f.key = feature;
@@ -60,6 +62,7 @@ begin
     if v_kind is not null and value is null and v_kind <> 'flag' then
         raise exception 'a % feature needs a value to grant', v_kind using errcode = '22023';
     end if;
+    perform entitlements._valid_json(value, 'value');
     return entitlements._add_grant(customer, 'feature', feature,
         case when v_kind is null then null
              else entitlements._normalize_feature_value(v_kind, coalesce(value, 'true')) end,
@@ -77,6 +80,7 @@ declare
     v_kind text := entitlements._feature_kind(feature);
 begin
     perform entitlements._require_not_null(value, 'value');
+    perform entitlements._valid_json(value, 'value');
     return entitlements._add_grant(customer, 'override', feature,
         case when v_kind is null then null else entitlements._normalize_feature_value(v_kind, value) end,
         expires_at, reason);
@@ -93,8 +97,9 @@ as $$
 declare
     v_kind text := entitlements._feature_kind(feature);
 begin
-    if amount is null or amount <= 0 then
-        raise exception 'a quota boost needs a positive amount' using errcode = '22023';
+    if amount is null or amount <= 0 or amount > 1e15 then
+        raise exception 'a quota boost needs an amount from 0 (exclusive) to 1e15, got %', coalesce(amount::text, 'NULL')
+            using errcode = '22023';
     end if;
     if v_kind is not null and v_kind not in ('limit', 'metered', 'concurrency') then
         raise exception 'feature "%" is a % feature; only limit, metered and concurrency features take a quota boost', feature, v_kind
@@ -145,7 +150,7 @@ begin
     if not found then
         raise exception 'grant % does not exist', grant_id using errcode = 'P0002';
     end if;
-    perform entitlements._require_admin('revoke_grant', entitlements._customer_tenant(v_customer));
+    perform entitlements._require_admin_of('revoke_grant', v_customer);
     perform set_config('entitlements.reason', reason, true);
     update entitlements.grants g set revoked_at = now() where g.id = grant_id and g.revoked_at is null;
     perform set_config('entitlements.reason', '', true);

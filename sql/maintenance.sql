@@ -34,6 +34,7 @@ comment on table entitlements.task_runs is
 create index task_runs_task_started on entitlements.task_runs (task, started_at desc);
 create index task_runs_started on entitlements.task_runs using brin (started_at);
 select pg_catalog.pg_extension_config_dump('entitlements.task_runs', '');
+select pg_catalog.pg_extension_config_dump('entitlements.task_runs_id_seq', '');
 
 -- Admins read and record runs, and prune old ones (prune_task_runs); nobody rewrites one.
 -- The table is a record itself, so it is not audited row by row (like the usage ledger).
@@ -41,7 +42,6 @@ alter table entitlements.task_runs enable row level security;
 create policy task_runs_read on entitlements.task_runs for select using (entitlements.is_admin());
 create policy task_runs_record on entitlements.task_runs for insert with check (entitlements.is_admin());
 create policy task_runs_prune on entitlements.task_runs for delete using (entitlements.is_admin());
-grant insert, delete on entitlements.task_runs to public;
 
 create function entitlements.task_names()
 returns text[] language sql immutable parallel safe

@@ -76,11 +76,15 @@ create table entitlements.usage_ledger (
     unit_price_cents numeric,
     cost_cents       numeric not null default 0,
     actor            uuid,
-    txid             bigint not null default txid_current(),
-    primary key (id, at)
+    txid             bigint not null default txid_current()
 ) partition by range (at);
+-- Keys and indexes are each partition's own, not the parent's: the parent belongs to the
+-- extension and is not in a dump, the monthly partitions are; an index of the parent
+-- would be created again on every restored partition as it is attached, and the dump's
+-- own copy of it would then fail (two primary keys).
 create table entitlements.usage_ledger_default partition of entitlements.usage_ledger default;
-create index usage_ledger_customer on entitlements.usage_ledger (customer_id, feature_key, at);
+alter table entitlements.usage_ledger_default add primary key (id, at);
+create index usage_ledger_default_customer on entitlements.usage_ledger_default (customer_id, feature_key, at);
 comment on table entitlements.usage_ledger is
     'Every accepted consumption, append-only, partitioned by month. Counters always equal it (see usage_drift()).';
 
@@ -220,8 +224,8 @@ begin
     if p_feature is null then
         raise exception 'feature must not be NULL' using errcode = '22004';
     end if;
-    if p_amount is null or not (p_amount > 0) or p_amount in ('Infinity', 'NaN') then
-        raise exception 'amount must be a positive number, got %', coalesce(p_amount::text, 'NULL')
+    if p_amount is null or not (p_amount > 0) or p_amount in ('Infinity', 'NaN') or p_amount > 1e15 then
+        raise exception 'amount must be a positive number, got % (at most 1e15)', coalesce(left(p_amount::text, 40), 'NULL')
             using errcode = '22023';
     end if;
     if not entitlements._may_meter(p_customer) then
@@ -612,6 +616,8 @@ begin
         v_name := 'usage_ledger_' || to_char(v_start at time zone 'UTC', 'YYYY_MM');
         continue when to_regclass('entitlements.' || v_name) is not null;
         execute format('create table entitlements.%I (like entitlements.usage_ledger including defaults including constraints)', v_name);
+        execute format('alter table entitlements.%I add primary key (id, at)', v_name);
+        execute format('create index on entitlements.%I (customer_id, feature_key, at)', v_name);
         execute format('with moved as (delete from entitlements.usage_ledger_default where at >= %L and at < %L returning *)
                         insert into entitlements.%I select * from moved', v_start, v_end, v_name);
         execute format('alter table entitlements.usage_ledger attach partition entitlements.%I for values from (%L) to (%L)',

@@ -1,28 +1,62 @@
--- Privileges, last. Tables are readable and writable by everyone at the SQL level and
--- RLS (security.sql) decides row by row; internals that read around RLS are not executable.
+-- Privileges, last. Nothing is granted to PUBLIC but the checks app policies call for any
+-- role and what an audited app table's writers need; the API and admin roles
+-- (sql/security.sql) get the rest explicitly, and RLS (security.sql) decides row by row.
+-- tests/privileges.allow lists every function with its SECURITY DEFINER flag and
+-- grantees; `make test` holds the database to it, so a new function needs an entry.
 
+revoke all on schema entitlements from public;
 grant usage on schema entitlements to public;
-grant select on all tables in schema entitlements to public;
+revoke all on all tables in schema entitlements from public;
+revoke all on all sequences in schema entitlements from public;
+revoke all on all functions in schema entitlements from public;
+
+-- Any role: the checks (an app's RLS policy calls them as whoever queries its table) and
+-- the version has_feature reads as its caller (a number, nothing else).
+grant execute on function entitlements.current_user_id(), entitlements.has_feature(text),
+    entitlements.has_feature(uuid, text) to public;
+grant select on entitlements.cache_version to public;
+-- Auditing any app table: its owner attaches the trigger, its writers run it.
+grant execute on function entitlements.enable_audit(regclass), entitlements._is_extension_table(oid),
+    entitlements._audit_app_row(), entitlements._audit_append(oid, text, text, jsonb, jsonb) to public;
+
+-- API roles and admins: every table to read (RLS filters rows), the write paths' tables to
+-- write (the functions run as the caller, RLS refuses what they may not do), every function
+-- but the owner-only ones below.
+grant select on all tables in schema entitlements to entitlements_api, entitlements_admin;
 grant insert, update, delete on entitlements.features, entitlements.plans, entitlements.plan_entitlements,
     entitlements.customers, entitlements.subscriptions, entitlements.members, entitlements.grants,
-    entitlements.admins to public;
--- The audit log and the cache version are written only by the extension's own triggers.
-revoke insert, update, delete, truncate on entitlements.audit_log, entitlements.cache_version from public;
+    entitlements.admins, entitlements.task_runs, entitlements.stripe_events, entitlements.stripe_subscriptions
+    to entitlements_api, entitlements_admin;
+grant usage on all sequences in schema entitlements to entitlements_api, entitlements_admin;
+grant execute on all functions in schema entitlements to entitlements_api, entitlements_admin;
 
-revoke execute on function entitlements._catalog_snapshot() from public;
-revoke execute on function entitlements._cache_bump() from public;
-revoke execute on function entitlements._audit_row() from public;
+-- Owner only: SECURITY DEFINER triggers (nobody may attach them elsewhere; a trigger that
+-- fires needs no EXECUTE), and what reads around RLS without asking who calls.
+revoke execute on function entitlements._audit_row(), entitlements._cache_bump(), entitlements._enforce_seats(),
+    entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
+    entitlements._require_own_table(oid, text), entitlements._catalog_snapshot()
+    from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.
-revoke execute on function entitlements.custom_access_token_hook(jsonb) from public;
+revoke execute on function entitlements.custom_access_token_hook(jsonb) from entitlements_api;
+
+-- Supabase's roles, when they exist: the API roles speak for signed-in users, service_role
+-- administers, supabase_auth_admin runs the access-token hook. Other deployments grant
+-- entitlements_api / entitlements_admin to their own roles (README, Security).
 do $$
 declare
     r text;
 begin
-    foreach r in array array['supabase_auth_admin', 'service_role'] loop
+    foreach r in array array['anon', 'authenticated', 'service_role'] loop
         if exists (select 1 from pg_roles where rolname = r) then
-            execute format('grant execute on function entitlements.custom_access_token_hook(jsonb) to %I', r);
+            execute format('grant entitlements_api to %I', r);
         end if;
     end loop;
+    if exists (select 1 from pg_roles where rolname = 'service_role') then
+        execute 'grant entitlements_admin to service_role';
+    end if;
+    if exists (select 1 from pg_roles where rolname = 'supabase_auth_admin') then
+        execute 'grant execute on function entitlements.custom_access_token_hook(jsonb) to supabase_auth_admin';
+    end if;
 end
 $$;

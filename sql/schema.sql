@@ -6,6 +6,67 @@
 --     extension (src/resolve.rs), never stored.
 --   * Every table is audited (sql/audit.sql) and protected by RLS (sql/security.sql).
 
+-- What is written can always be read ------------------------------------------------
+-- Every jsonb and instant the rules read is checked where it is written, by these
+-- functions in CHECK constraints, so a direct INSERT is held to them as much as the
+-- functions are: SQLSTATE 22023 naming the column and the path, and nothing written.
+
+-- A JSON value the readers take: nested at most 32 deep, every number within
+-- +-1e15 (exact as f64; src/catalog.rs MAX_NUMBER), at most 256 kB.
+create function entitlements._valid_json(value jsonb, what text)
+returns boolean language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_problem text;
+begin
+    if value is null then
+        return true;
+    end if;
+    if pg_column_size(value) > 262144 then
+        raise exception '%: the value is larger than 256 kB', what using errcode = '22023';
+    end if;
+    with recursive walk(path, v, depth) as (
+        select '$'::text, value, 1
+        union all
+        select w.path || e.step, e.v, w.depth + 1
+          from walk w
+          cross join lateral (
+              select '.' || k as step, x as v
+                from jsonb_each(case when jsonb_typeof(w.v) = 'object' then w.v end) as o(k, x)
+              union all
+              select '[' || (i - 1) || ']', x
+                from jsonb_array_elements(case when jsonb_typeof(w.v) = 'array' then w.v end)
+                     with ordinality as a(x, i)) e
+         where w.depth <= 32)
+    select case when w.depth > 32 then w.path || ': nested deeper than 32 levels'
+                else w.path || ': number ' || left(w.v::text, 40) || ' is outside -1e15..1e15' end
+      into v_problem
+      from walk w
+     where w.depth > 32
+        or (jsonb_typeof(w.v) = 'number' and abs(w.v::text::numeric) > 1e15)
+     limit 1;
+    if v_problem is not null then
+        raise exception '%: %', what, v_problem using errcode = '22023';
+    end if;
+    return true;
+end
+$$;
+
+-- An instant is finite: "no end" is NULL, never 'infinity'.
+create function entitlements._finite(value timestamptz, what text)
+returns boolean language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not isfinite(value) then
+        raise exception '% must be a finite instant, got %', what, value
+            using errcode = '22023', hint = 'Use NULL for "no end".';
+    end if;
+    return true;
+end
+$$;
+
 -- Catalog ---------------------------------------------------------------------
 
 create table entitlements.features (
@@ -28,11 +89,11 @@ create table entitlements.plans (
     is_default       boolean not null default false,
     public           boolean not null default false,
     active           boolean not null default true,
-    trial_days       integer not null default 0 check (trial_days >= 0),
-    grace_days       integer not null default 7 check (grace_days >= 0),
+    trial_days       integer not null default 0 check (trial_days between 0 and 730),
+    grace_days       integer not null default 7 check (grace_days between 0 and 365),
     position         integer not null default 0,
     stripe_price_ids text[] not null default '{}',
-    metadata         jsonb not null default '{}',
+    metadata         jsonb not null default '{}' check (entitlements._valid_json(metadata, 'plans.metadata')),
     created_at       timestamptz not null default now(),
     updated_at       timestamptz not null default now(),
     check (not is_default or active)
@@ -46,7 +107,7 @@ create table entitlements.plan_entitlements (
     plan_key    text not null references entitlements.plans (key) on update cascade on delete cascade,
     feature_key text not null references entitlements.features (key) on update cascade,
     -- Normalized by entitlements._normalize_catalog (src/catalog.rs); shape depends on the kind.
-    spec        jsonb not null,
+    spec        jsonb not null check (entitlements._valid_json(spec, 'plan_entitlements.spec')),
     primary key (plan_key, feature_key)
 );
 create index plan_entitlements_feature on entitlements.plan_entitlements (feature_key);
@@ -60,7 +121,7 @@ create table entitlements.customers (
     tenant_id          uuid,
     stripe_customer_id text unique,
     email              text,
-    metadata           jsonb not null default '{}',
+    metadata           jsonb not null default '{}' check (entitlements._valid_json(metadata, 'customers.metadata')),
     created_at         timestamptz not null default now(),
     updated_at         timestamptz not null default now()
 );
@@ -72,18 +133,18 @@ create table entitlements.subscriptions (
     plan_key               text not null references entitlements.plans (key) on update cascade,
     status                 text not null check (status in ('trialing', 'active', 'past_due', 'unpaid',
                                'canceled', 'incomplete', 'incomplete_expired', 'paused')),
-    quantity               integer not null default 1 check (quantity > 0),
-    current_period_start   timestamptz,
-    current_period_end     timestamptz,
-    trial_end              timestamptz,
+    quantity               integer not null default 1 check (quantity between 1 and 1000000),
+    current_period_start   timestamptz check (entitlements._finite(current_period_start, 'current_period_start')),
+    current_period_end     timestamptz check (entitlements._finite(current_period_end, 'current_period_end')),
+    trial_end              timestamptz check (entitlements._finite(trial_end, 'trial_end')),
     cancel_at_period_end   boolean not null default false,
-    canceled_at            timestamptz,
-    ended_at               timestamptz,
+    canceled_at            timestamptz check (entitlements._finite(canceled_at, 'canceled_at')),
+    ended_at               timestamptz check (entitlements._finite(ended_at, 'ended_at')),
     -- Start of the past_due grace period; maintained by trigger.
     status_changed_at      timestamptz not null default now(),
     source                 text not null default 'manual' check (source in ('manual', 'stripe')),
     stripe_subscription_id text unique,
-    metadata               jsonb not null default '{}',
+    metadata               jsonb not null default '{}' check (entitlements._valid_json(metadata, 'subscriptions.metadata')),
     created_at             timestamptz not null default now(),
     updated_at             timestamptz not null default now(),
     check (current_period_start is null or current_period_end is null
@@ -111,9 +172,9 @@ create table entitlements.grants (
     -- deny: remove the feature whatever else grants it; discount: billing only.
     kind        text not null check (kind in ('feature', 'quota_boost', 'override', 'deny', 'discount')),
     feature_key text references entitlements.features (key) on update cascade,
-    value       jsonb,
-    starts_at   timestamptz not null default now(),
-    expires_at  timestamptz,
+    value       jsonb check (entitlements._valid_json(value, 'grants.value')),
+    starts_at   timestamptz not null default now() check (entitlements._finite(starts_at, 'starts_at')),
+    expires_at  timestamptz check (entitlements._finite(expires_at, 'expires_at')),
     reason      text not null check (length(btrim(reason)) > 0),
     created_by  uuid,
     created_at  timestamptz not null default now(),
@@ -159,7 +220,11 @@ create table entitlements.cache_version (
     version   bigint not null,
     bumped_by bigint
 );
-insert into entitlements.cache_version (singleton, version) values (true, 1);
+-- Starts at the install's instant in microseconds, not at 1: counters restored from a dump
+-- carry stamps of the old database's versions (sql/metering.sql), and a version that
+-- started over could meet one of them again. It is not dumped; every install starts anew.
+insert into entitlements.cache_version (singleton, version)
+values (true, (extract(epoch from clock_timestamp()) * 1000000)::bigint);
 
 -- User data survives pg_dump of a database that has the extension.
 select pg_catalog.pg_extension_config_dump('entitlements.features', '');
@@ -171,3 +236,4 @@ select pg_catalog.pg_extension_config_dump('entitlements.members', '');
 select pg_catalog.pg_extension_config_dump('entitlements.grants', '');
 select pg_catalog.pg_extension_config_dump('entitlements.admins', '');
 select pg_catalog.pg_extension_config_dump('entitlements.audit_log', '');
+select pg_catalog.pg_extension_config_dump('entitlements.audit_log_id_seq', '');

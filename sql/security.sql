@@ -6,13 +6,34 @@
 --   * tenant admins (entitlements.admins with a tenant_id) manage their tenant's customers;
 --   * global admins, the service role, superusers and the extension owner see and do all.
 
--- Role-level privilege: superuser/BYPASSRLS, Supabase's service_role, or the extension owner.
+-- Two roles carry the model (created here when missing; roles are cluster-wide, so a
+-- second database reuses them):
+--   * entitlements_api: the roles PostgREST/Supabase switch to (anon, authenticated,
+--     service_role by default). Only they, superusers and the extension owner are trusted
+--     to say who the user is (request.jwt.claims, entitlements.user_id); any other login
+--     role is itself and nobody else (src/identity.rs). More API roles:
+--     `grant entitlements_api to my_api_role`.
+--   * entitlements_admin: a database role that has its privileges administers everything
+--     (service_role gets it at install). `grant entitlements_admin to ops_role`.
+do $$
+begin
+    if not exists (select 1 from pg_catalog.pg_roles where rolname = 'entitlements_api') then
+        create role entitlements_api nologin;
+    end if;
+    if not exists (select 1 from pg_catalog.pg_roles where rolname = 'entitlements_admin') then
+        create role entitlements_admin nologin;
+    end if;
+end
+$$;
+
+-- Role-level privilege: superuser/BYPASSRLS, the extension owner, or entitlements_admin.
+-- The same rule in Rust: access::role_is_privileged.
 create function entitlements._role_is_privileged(r oid)
 returns boolean language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
     select exists (select 1 from pg_roles x where x.oid = r and (x.rolsuper or x.rolbypassrls))
-        or exists (select 1 from pg_roles x where x.rolname = 'service_role' and pg_has_role(r, x.oid, 'USAGE'))
+        or exists (select 1 from pg_roles x where x.rolname = 'entitlements_admin' and pg_has_role(r, x.oid, 'USAGE'))
         or exists (select 1 from pg_namespace n where n.nspname = 'entitlements' and pg_has_role(r, n.nspowner, 'USAGE'))
 $$;
 
@@ -35,15 +56,18 @@ as $$
           and (a.tenant_id is null or (tenant is not null and a.tenant_id = tenant)))
 $$;
 
-create function entitlements._customer_tenant(customer uuid)
-returns uuid language sql stable parallel safe security definer
+-- Is the calling user a listed admin of `customer`'s tenant (or a global one)? Answers
+-- about the caller only; the tenant itself stays hidden.
+create function entitlements._is_listed_admin_of(customer uuid)
+returns boolean language sql stable parallel safe security definer
 set search_path = pg_catalog, pg_temp
-as $$ select c.tenant_id from entitlements.customers c where c.id = customer $$;
-
-create function entitlements._customer_kind(customer uuid)
-returns text language sql stable parallel safe security definer
-set search_path = pg_catalog, pg_temp
-as $$ select c.kind from entitlements.customers c where c.id = customer $$;
+as $$
+    select exists (
+        select 1 from entitlements.admins a
+        where a.user_id = entitlements.current_user_id()
+          and (a.tenant_id is null
+               or a.tenant_id = (select c.tenant_id from entitlements.customers c where c.id = customer)))
+$$;
 
 -- The calling user's role in organization `org`, or NULL.
 create function entitlements._my_org_role(org uuid)
@@ -82,7 +106,7 @@ comment on function entitlements.is_admin(uuid) is
 create function entitlements.is_admin_of(customer uuid)
 returns boolean language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
-as $$ select entitlements.is_admin(entitlements._customer_tenant(customer)) $$;
+as $$ select entitlements._is_privileged_role() or entitlements._is_listed_admin_of(customer) $$;
 
 create function entitlements.can_see_customer(customer uuid)
 returns boolean language sql stable parallel safe
@@ -110,7 +134,21 @@ begin
     if not entitlements.is_admin(tenant) then
         raise exception 'permission denied: % requires an entitlements admin', action
             using errcode = '42501',
-                  hint = 'Call it as service_role, or add the user to entitlements.admins.';
+                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
+    end if;
+end
+$$;
+
+-- Raise 42501 unless the caller administers `customer` (globally or through its tenant).
+create function entitlements._require_admin_of(action text, customer uuid)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not entitlements.is_admin_of(customer) then
+        raise exception 'permission denied: % requires an entitlements admin of this customer', action
+            using errcode = '42501',
+                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
     end if;
 end
 $$;

@@ -68,8 +68,7 @@ create policy stripe_events_admin on entitlements.stripe_events for all
 alter table entitlements.stripe_subscriptions enable row level security;
 create policy stripe_subscriptions_admin on entitlements.stripe_subscriptions for all
     using (entitlements.is_admin()) with check (entitlements.is_admin());
--- As for the other tables: privileges at the SQL level, RLS decides row by row.
-grant insert, update, delete on entitlements.stripe_events, entitlements.stripe_subscriptions to public;
+-- Privileges: sql/privileges.sql (admins only); RLS decides row by row.
 
 select pg_catalog.pg_extension_config_dump('entitlements.stripe_events', '');
 select pg_catalog.pg_extension_config_dump('entitlements.stripe_subscriptions', '');

@@ -6,6 +6,9 @@ returns trigger language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    if entitlements._bulk_loading() then
+        return new; -- pg_restore: keep the restored instants
+    end if;
     new.updated_at := now();
     if tg_op = 'INSERT' or new.status is distinct from old.status then
         -- The past_due grace period counts from here.
@@ -58,7 +61,7 @@ begin
     perform entitlements._require_not_null(customer, 'customer');
     perform entitlements._require_not_null(plan, 'plan');
     perform entitlements._require_not_null(status, 'status');
-    perform entitlements._require_admin('subscribe', entitlements._customer_tenant(customer));
+    perform entitlements._require_admin_of('subscribe', customer);
     select * into v_plan from entitlements.plans p where p.key = subscribe.plan;
     if not found then
         perform entitlements._raise_unknown_plan(plan);
@@ -72,9 +75,11 @@ begin
             using errcode = '22023',
                   hint = 'one of: trialing, active, past_due, unpaid, canceled, incomplete, incomplete_expired, paused';
     end if;
-    if quantity is null or quantity < 1 then
-        raise exception 'quantity must be at least 1, got %', coalesce(quantity::text, 'NULL') using errcode = '22023';
+    if quantity is null or quantity < 1 or quantity > 1000000 then
+        raise exception 'quantity must be from 1 to 1000000, got %', coalesce(quantity::text, 'NULL') using errcode = '22023';
     end if;
+    perform entitlements._finite(period_end, 'period_end');
+    perform entitlements._finite(trial_end, 'trial_end');
     if period_end <= now() then
         raise exception 'period_end (%) must be in the future', period_end using errcode = '22023';
     end if;
@@ -110,7 +115,7 @@ begin
     if not found then
         raise exception 'subscription % does not exist', subscription using errcode = 'P0002';
     end if;
-    perform entitlements._require_admin('changing a subscription', entitlements._customer_tenant(v_sub.customer_id));
+    perform entitlements._require_admin_of('changing a subscription', v_sub.customer_id);
     return v_sub;
 end
 $$;
@@ -187,7 +192,7 @@ begin
     if stripe_customer_id is null or stripe_customer_id !~ '^cus_[A-Za-z0-9]+$' then
         raise exception 'not a Stripe customer id: %', coalesce(stripe_customer_id, 'NULL') using errcode = '22023';
     end if;
-    perform entitlements._require_admin('link_stripe_customer', entitlements._customer_tenant(customer));
+    perform entitlements._require_admin_of('link_stripe_customer', customer);
     insert into entitlements.customers as c (id, stripe_customer_id) values (customer, stripe_customer_id)
     on conflict (id) do update set stripe_customer_id = excluded.stripe_customer_id, updated_at = now()
      where c.stripe_customer_id is distinct from excluded.stripe_customer_id;
@@ -196,9 +201,16 @@ $$;
 
 -- Members ---------------------------------------------------------------------------
 
--- Seats are the organization's `seats` limit. Enforced by trigger, so a direct INSERT by an
--- organization admin is held to it too; a per-organization advisory lock serializes the
--- count, so concurrent adds cannot overshoot.
+-- Membership rules, enforced by trigger so a direct INSERT/UPDATE/DELETE by an
+-- organization admin is held to them too:
+--   * a member is a user, never an organization;
+--   * only an owner of the organization (or an entitlements admin) makes, demotes or
+--     removes an owner;
+--   * seats: the organization's `seats` limit. Whoever takes a seat (an insert, or an
+--     update that moves a member to another organization) rewrites the organization's
+--     customer row: under READ COMMITTED the second of two concurrent writers waits for
+--     the first to commit and counts with a fresh snapshot; under REPEATABLE READ and
+--     SERIALIZABLE it gets 40001 and retries, so nobody counts on a stale snapshot.
 create function entitlements._enforce_seats()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -206,17 +218,46 @@ as $$
 declare
     v_limit double precision;
     v_used bigint;
+    v_org uuid;
+    v_admin boolean;
 begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._enforce_seats');
+    if entitlements._bulk_loading() then
+        return coalesce(new, old); -- pg_restore: the restored members were within their seats
+    end if;
+    v_org := coalesce(new.organization_id, old.organization_id);
+    -- Owners: this definer runs as the owner, so ask about the real caller.
+    if (tg_op <> 'INSERT' and old.role = 'owner' and (tg_op = 'DELETE' or new.role <> 'owner'
+                                                      or new.organization_id <> old.organization_id))
+       or (tg_op <> 'DELETE' and new.role = 'owner' and (tg_op = 'INSERT' or old.role <> 'owner')) then
+        v_admin := entitlements._role_is_privileged(entitlements._outer_role())
+                   or entitlements._is_listed_admin_of(v_org);
+        if not v_admin and entitlements._my_org_role(v_org) is distinct from 'owner' then
+            raise exception 'permission denied: only an owner of the organization makes, demotes or removes an owner'
+                using errcode = '42501';
+        end if;
+    end if;
+    if tg_op = 'DELETE' then
+        return old;
+    end if;
+    if exists (select 1 from entitlements.customers c where c.id = new.user_id and c.kind = 'organization') then
+        raise exception 'customer % is an organization and cannot be a member', new.user_id using errcode = '22023';
+    end if;
+    -- Takes no seat: a role change, or a member of this organization already.
+    if tg_op = 'UPDATE' and new.organization_id = old.organization_id then
+        return new;
+    end if;
     if not exists (select 1 from entitlements.features f where f.key = 'seats') then
         return new; -- a catalog without seats does not limit members
     end if;
     perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(new.organization_id::text));
-    -- Already a member: an upsert that only changes the role takes no seat.
+    update entitlements.customers c set updated_at = c.updated_at where c.id = new.organization_id;
     if exists (select 1 from entitlements.members m
                 where m.organization_id = new.organization_id and m.user_id = new.user_id) then
         return new;
     end if;
-    -- A new statement, so a new snapshot: members committed while we waited are counted.
+    -- A new statement, so (under READ COMMITTED) a new snapshot: members committed while
+    -- we waited are counted.
     select count(*) into v_used from entitlements.members m where m.organization_id = new.organization_id;
     v_limit := entitlements._feature_limit(new.organization_id, 'seats');
     if v_limit is not null and v_used + 1 > v_limit then
@@ -228,7 +269,7 @@ begin
     return new;
 end
 $$;
-create trigger members_enforce_seats before insert on entitlements.members
+create trigger members_enforce_seats before insert or update or delete on entitlements.members
     for each row execute function entitlements._enforce_seats();
 
 -- Adds a member, or changes an existing member's role (which takes no seat).
@@ -249,11 +290,9 @@ begin
         raise exception 'permission denied: only organization owners/admins and entitlements admins manage members'
             using errcode = '42501';
     end if;
-    if entitlements._customer_kind(user_id) = 'organization' then
-        raise exception 'customer % is an organization and cannot be a member', user_id using errcode = '22023';
-    end if;
-    -- Creating an organization (or turning a customer into one) is for admins (RLS).
-    if entitlements._customer_kind(organization) is distinct from 'organization' then
+    -- Creating an organization (or turning a customer into one) is for admins (RLS); that a
+    -- user id is not an organization is checked by the trigger above.
+    if not exists (select 1 from entitlements.customers c where c.id = organization and c.kind = 'organization') then
         insert into entitlements.customers as c (id, kind) values (organization, 'organization')
         on conflict (id) do update set kind = 'organization', updated_at = now();
     end if;

@@ -10,16 +10,16 @@ use crate::identity;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, Uuid};
 
-/// Superuser, BYPASSRLS, a member of Supabase's `service_role`, or of the extension owner:
-/// the same rule as `entitlements._role_is_privileged` (sql/security.sql).
-fn role_is_privileged(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+/// Superuser, BYPASSRLS, the extension owner, or a role with the privileges of
+/// `entitlements_admin`: the same rule as `entitlements._role_is_privileged` (sql/security.sql).
+pub fn role_is_privileged(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     // SAFETY: catalog lookups through the syscache; valid inside a transaction.
     unsafe {
         if pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) || pg_sys::has_privs_of_role(role, owner) {
             return true;
         }
-        let service = pg_sys::get_role_oid(c"service_role".as_ptr(), true);
-        service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, service)
+        let admin = pg_sys::get_role_oid(c"entitlements_admin".as_ptr(), true);
+        admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin)
     }
 }
 
@@ -39,11 +39,23 @@ pub fn may_act_for(customer: &[u8; 16], role: pg_sys::Oid, now: Micros) -> Resul
     // Rare: an admin listed for the customer's tenant.
     let uuid = Uuid::from_bytes(*customer);
     let listed = Spi::connect(|c| {
-        c.select("select entitlements._is_listed_admin(entitlements._customer_tenant($1))", Some(1), &[uuid.into()])?
+        c.select("select entitlements._is_listed_admin_of($1)", Some(1), &[uuid.into()])?
             .first()
             .get::<bool>(1)
     })?;
     Ok(listed == Some(true))
+}
+
+/// Raise 42501 unless the real caller may act for `customer`: for the internals that read
+/// a customer's limits around RLS (`_feature_limit`, `_meter_limits`).
+pub fn require_may_act_for(customer: &[u8; 16], now: crate::clock::Micros) -> Result<()> {
+    // SAFETY: plain read of backend state.
+    let outer = unsafe { pg_sys::GetOuterUserId() };
+    if may_act_for(customer, outer, now)? {
+        Ok(())
+    } else {
+        Err(crate::error::Error::InsufficientPrivilege("permission denied: not allowed to read this customer's limits".into()))
+    }
 }
 
 /// For SECURITY DEFINER metering functions: may the real caller (the role outside any

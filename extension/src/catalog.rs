@@ -67,22 +67,36 @@ fn opt_bool(path: &str, obj: &Map<String, Value>, field: &str, default: bool) ->
     }
 }
 
-fn opt_nonneg_int(path: &str, obj: &Map<String, Value>, field: &str, default: i64) -> Result<i64> {
+fn opt_nonneg_int(path: &str, obj: &Map<String, Value>, field: &str, default: i64, max: i64) -> Result<i64> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => match v.as_i64() {
-            Some(n) if n >= 0 && n <= i32::MAX as i64 => Ok(n),
-            _ => Err(bad(&format!("{path}.{field}"), "expected a non-negative integer")),
+            Some(n) if (0..=max).contains(&n) => Ok(n),
+            _ => Err(bad(&format!("{path}.{field}"), format!("expected an integer from 0 to {max}"))),
         },
     }
 }
 
-/// A limit: a non-negative number, or null for unlimited.
+/// The largest number the engine keeps in a limit, price or amount: every integer up to
+/// it is exact as f64, so every reader takes it (the same bound as `entitlements._valid_json`).
+pub const MAX_NUMBER: f64 = 1e15;
+
+/// A limit: a number in 0..=MAX_NUMBER, or null for unlimited.
 fn limit_value(path: &str, v: &Value) -> Result<Value> {
     match v {
         Value::Null => Ok(Value::Null),
-        Value::Number(n) if n.as_f64().is_some_and(|f| f >= 0.0 && f.is_finite()) => Ok(v.clone()),
-        _ => Err(bad(path, "expected a non-negative number, or null for unlimited")),
+        Value::Number(n) if n.as_f64().is_some_and(|f| (0.0..=MAX_NUMBER).contains(&f)) => Ok(v.clone()),
+        _ => Err(bad(path, "expected a number from 0 to 1e15, or null for unlimited")),
+    }
+}
+
+/// A number of concurrency slots: a whole number in 0..=MAX_NUMBER, or null for unlimited.
+fn slot_limit(path: &str, v: &Value) -> Result<Value> {
+    match limit_value(path, v)? {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
+            Err(bad(path, "concurrency slots are a whole number"))
+        }
+        ok => Ok(ok),
     }
 }
 
@@ -112,8 +126,8 @@ fn normalize_meter(path: &str, v: &Value) -> Result<Value> {
         }
         None | Some(Value::Null) => {}
         Some(p) => {
-            if !p.as_f64().is_some_and(|f| f >= 0.0 && f.is_finite()) {
-                return Err(bad(&format!("{path}.unit_price_cents"), "expected a non-negative number"));
+            if !p.as_f64().is_some_and(|f| (0.0..=MAX_NUMBER).contains(&f)) {
+                return Err(bad(&format!("{path}.unit_price_cents"), "expected a number from 0 to 1e15"));
             }
             out["unit_price_cents"] = p.clone();
         }
@@ -143,9 +157,9 @@ pub fn normalize_spec(path: &str, kind: &str, v: &Value) -> Result<Value> {
         "concurrency" => match v {
             Value::Object(o) => {
                 check_fields(path, o, &["limit"])?;
-                Ok(json!({"limit": limit_value(&format!("{path}.limit"), o.get("limit").unwrap_or(&Value::Null))?}))
+                Ok(json!({"limit": slot_limit(&format!("{path}.limit"), o.get("limit").unwrap_or(&Value::Null))?}))
             }
-            _ => Ok(json!({"limit": limit_value(path, v)?})),
+            _ => Ok(json!({"limit": slot_limit(path, v)?})),
         },
         "metered" => {
             let items: Vec<Value> = match v {
@@ -267,7 +281,7 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
             Some(Value::String(s)) => Value::String(s.clone()),
             Some(_) => return Err(bad(&format!("{path}.description"), "expected a string")),
         };
-        let price_cents = opt_nonneg_int(&path, o, "price_cents", 0)?;
+        let price_cents = opt_nonneg_int(&path, o, "price_cents", 0, i32::MAX as i64)?;
         let currency = match o.get("currency") {
             None | Some(Value::Null) => "usd".to_owned(),
             Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => c.to_ascii_lowercase(),
@@ -331,8 +345,8 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
             "key": key, "name": name, "description": description, "price_cents": price_cents,
             "currency": currency, "interval": interval, "is_default": is_default,
             "public": opt_bool(&path, o, "public", false)?,
-            "trial_days": opt_nonneg_int(&path, o, "trial_days", 0)?,
-            "grace_days": opt_nonneg_int(&path, o, "grace_days", 7)?,
+            "trial_days": opt_nonneg_int(&path, o, "trial_days", 0, 730)?,
+            "grace_days": opt_nonneg_int(&path, o, "grace_days", 7, 365)?,
             "position": i, "stripe_price_ids": stripe, "metadata": metadata, "entitlements": ents,
         }));
     }

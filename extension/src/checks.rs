@@ -42,6 +42,7 @@ fn has_feature_current(feature: &str) -> bool {
 #[pg_extern(stable, strict, parallel_safe, name = "_feature_limit")]
 fn feature_limit(customer: Uuid, feature: &str) -> Option<f64> {
     let now = clock::statement_now();
+    access::require_may_act_for(&bytes(&customer), now).or_raise();
     let cat = cache::catalog().or_raise();
     let idx = cache::feature_index(&cat, feature).or_raise();
     cache::with_customer(&bytes(&customer), now, |_, _, r| match &r.values[idx] {

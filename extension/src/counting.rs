@@ -174,11 +174,23 @@ pub fn consume_fast(
         (Some(c), Some(f), Some(a), None) => fast_path(c, f, a).or_raise(),
         _ => None,
     };
-    if counted.is_none() {
-        let pending = Pending { customer, feature: feature.map(str::to_owned), amount, key: idempotency_key.map(str::to_owned) };
-        PENDING.set(Some(pending));
-    }
+    // Owned copies only (AnyNumeric owns its bytes), tagged with this statement: whatever
+    // a cancelled statement left here is refused by the next `_take_pending`, and a call
+    // counted here clears what an earlier one left.
+    PENDING.set(counted.is_none().then(|| Pending {
+        statement: statement_tag(),
+        customer,
+        feature: feature.map(str::to_owned),
+        amount,
+        key: idempotency_key.map(str::to_owned),
+    }));
     counted
+}
+
+/// This backend's transaction and statement: a hand-off is valid only within both.
+fn statement_tag() -> (pg_sys::LocalTransactionId, pg_sys::TimestampTz) {
+    // SAFETY: MyProc is valid in any backend that runs SQL; the timestamp is a plain read.
+    unsafe { ((*pg_sys::MyProc).lxid, pg_sys::GetCurrentStatementStartTimestamp()) }
 }
 
 /// The arguments of the last call `_consume_fast` left to `_meter`. consume's SQL body
@@ -186,6 +198,7 @@ pub fn consume_fast(
 /// passes, `auth.uid()` included) and `_meter_pending` picks them up from here, right
 /// after, in the same COALESCE.
 struct Pending {
+    statement: (pg_sys::LocalTransactionId, pg_sys::TimestampTz),
     customer: Option<Uuid>,
     feature: Option<String>,
     amount: Option<AnyNumeric>,
@@ -207,7 +220,7 @@ fn take_pending() -> TableIterator<
         name!(idempotency_key, Option<String>),
     ),
 > {
-    let Some(p) = PENDING.take() else {
+    let Some(p) = PENDING.take().filter(|p| p.statement == statement_tag()) else {
         crate::error::Error::CorruptState("pg_entitlements: no consume call is waiting to be metered".into()).raise()
     };
     TableIterator::once((p.customer, p.feature, p.amount, p.key))
@@ -222,7 +235,7 @@ struct Outcome {
 
 /// None: not the common case, let `_meter` decide.
 fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Option<Usage>> {
-    if !f64::try_from(amount.clone()).is_ok_and(|a| a > 0.0 && a.is_finite()) {
+    if !f64::try_from(amount.clone()).is_ok_and(|a| a > 0.0 && a <= crate::catalog::MAX_NUMBER) {
         return Ok(None);
     }
     let now = clock::statement_now();

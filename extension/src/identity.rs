@@ -1,5 +1,12 @@
 //! Who is asking: the `sub` claim PostgREST/Supabase put in `request.jwt.claims`, else the
-//! GUC `entitlements.user_id`. Parsed once per distinct setting, not once per row.
+//! GUC `entitlements.user_id`. Parsed once per distinct setting and role, not once per row.
+//!
+//! Any role can set those two settings, so they are believed only for the roles that
+//! speak for signed-in users: members of `entitlements_api` (anon, authenticated,
+//! service_role by default, sql/security.sql), superusers and the extension owner. Any
+//! other login role is itself and nobody else: its user id is NULL. The role asked about
+//! is the one in effect outside SECURITY DEFINER functions (what SET ROLE chose), so a
+//! definer function of ours never lends its owner's trust to its caller's settings.
 
 use crate::error::{Error, OrRaise, Result};
 use pgrx::prelude::*;
@@ -54,8 +61,23 @@ fn compute(claims: Option<&[u8]>, user_id: Option<&[u8]>) -> Result<Option<[u8; 
 struct Memo {
     claims: Option<Vec<u8>>,
     user_id: Option<Vec<u8>>,
+    role: pg_sys::Oid,
     result: Option<[u8; 16]>,
     valid: bool,
+}
+
+/// May `role` say who the user is? Superuser, the extension owner, or a role with the
+/// privileges of `entitlements_api`.
+fn speaks_for_users(role: pg_sys::Oid) -> Result<bool> {
+    let owner = crate::cache::owner()?;
+    // SAFETY: syscache lookups inside a transaction; missing_ok for the role name.
+    unsafe {
+        if pg_sys::superuser_arg(role) || pg_sys::has_privs_of_role(role, owner) {
+            return Ok(true);
+        }
+        let api = pg_sys::get_role_oid(c"entitlements_api".as_ptr(), true);
+        Ok(api != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, api))
+    }
 }
 
 thread_local! {
@@ -66,12 +88,14 @@ thread_local! {
 pub fn current() -> Result<Option<[u8; 16]>> {
     let claims = guc(c"request.jwt.claims");
     let user_id = guc(c"entitlements.user_id");
+    // SAFETY: a plain read of backend state.
+    let role = unsafe { pg_sys::GetOuterUserId() };
     MEMO.with_borrow_mut(|m| {
-        if m.valid && m.claims.as_deref() == claims && m.user_id.as_deref() == user_id {
+        if m.valid && m.role == role && m.claims.as_deref() == claims && m.user_id.as_deref() == user_id {
             return Ok(m.result);
         }
-        let result = compute(claims, user_id)?;
-        *m = Memo { claims: claims.map(<[u8]>::to_vec), user_id: user_id.map(<[u8]>::to_vec), result, valid: true };
+        let result = if speaks_for_users(role)? { compute(claims, user_id)? } else { None };
+        *m = Memo { claims: claims.map(<[u8]>::to_vec), user_id: user_id.map(<[u8]>::to_vec), role, result, valid: true };
         Ok(result)
     })
 }

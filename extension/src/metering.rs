@@ -90,6 +90,7 @@ fn meter_limits(
     let Some(customer) = customer else { Error::NullValue("customer must not be NULL".into()).raise() };
     let Some(feature) = feature else { Error::NullValue("feature must not be NULL".into()).raise() };
     let now = clock::statement_now();
+    crate::access::require_may_act_for(customer.as_bytes(), now).or_raise();
     let cat = cache::catalog().or_raise();
     let idx = metered_index(&cat, feature).or_raise();
     let rows = cache::with_customer(customer.as_bytes(), now, |_, _, r| windows(r.values[idx].as_ref(), now, r))
