@@ -2,17 +2,19 @@
 # Lint, part of `make test`: rustfmt, clippy with warnings as errors, and every PL/pgSQL
 # function of the extension through plpgsql_check (performance, extra and security
 # warnings on). A finding fails unless tests/plpgsql_check.allow lists it with the reason.
-#   scripts/lint.sh [PORT]   (with a port: also plpgsql_check against that running cluster)
+#   scripts/lint.sh                        rustfmt and clippy
+#   scripts/lint.sh --plpgsql-only PORT    plpgsql_check against a running cluster
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== lint: cargo fmt --check"
-cargo fmt --all -- --check
-echo "== lint: cargo clippy -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
-
-[ -n "${1:-}" ] || exit 0
-PORT=$1
+if [ "${1:-}" != "--plpgsql-only" ]; then
+    echo "== lint: cargo fmt --check"
+    cargo fmt --all -- --check
+    echo "== lint: cargo clippy -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
+    exit 0
+fi
+PORT=${2:?port of a running cluster}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 echo "== lint: plpgsql_check (performance, extra and security warnings)"
 "${PSQL[@]}" -d postgres -c "drop database if exists lint" -c "create database lint" >/dev/null

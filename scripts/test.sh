@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test tier; fails on the first failing tier. Called by `make test` after `make install`.
+#  0. lint: rustfmt, clippy -D warnings (plpgsql_check once the cluster runs)
 #  1. #[pg_test] in the extension (cargo pgrx test, its own throwaway cluster)
-#  2. pgTAP SQL tests in pg_test/ (pg_prove) against a private cluster
+#  2. pgTAP SQL tests in pg_test/ (pg_prove) against a private cluster, the README tour,
+#     plpgsql_check, the privileges allow-list, dump/restore and the upgrade from 0.1.0
 #  3. integration tests in tests/ (cargo test) against the same cluster
 #  4. the worker's Kubernetes manifests against the real schemas
 set -euo pipefail
@@ -11,6 +13,9 @@ DATA=${TEST_PGDATA:-/tmp/pg_entitlements-test}
 PGRX_DATA=/tmp/pg_entitlements-pgrx-test
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
+
+echo "== 0/3 lint"
+scripts/lint.sh
 
 echo "== 1/3 extension unit tests (cargo pgrx test)"
 mkdir -p "$PGRX_DATA" && chown postgres:postgres "$PGRX_DATA"
@@ -40,6 +45,14 @@ echo "== README tour, pasted into a fresh database"
     -c "select entitlements.apply_catalog(\$json\$$(cat examples/catalog.json)\$json\$) is not null" >/dev/null
 sed -n '/<!-- tour:begin -->/,/<!-- tour:end -->/p' README.md | grep -v -e '^<!--' -e '^```' |
     "${PSQL[@]}" -d tour -f - >/dev/null
+
+scripts/lint.sh --plpgsql-only "$PORT"
+echo "== privileges allow-list"
+scripts/test_privileges.sh "$PORT"
+echo "== pg_dump / pg_restore round trip"
+scripts/test_dump_restore.sh "$PORT"
+echo "== upgrade from 0.1.0"
+scripts/test_upgrade.sh "$PORT"
 
 echo "== 3/3 integration tests"
 # The worker's own unit tests (configuration, backoff, signatures), then the integration tests.

@@ -63,7 +63,6 @@ declare
     v_new jsonb;
     v_row jsonb;
     v_key text;
-    i int;
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._audit_row');
     if entitlements._bulk_loading() then
@@ -100,7 +99,6 @@ declare
     v_new jsonb;
     v_row jsonb;
     v_key text;
-    i int;
 begin
     if tg_op in ('UPDATE', 'DELETE') then v_old := to_jsonb(old); end if;
     if tg_op in ('INSERT', 'UPDATE') then v_new := to_jsonb(new); end if;

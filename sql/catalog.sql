@@ -14,11 +14,11 @@ declare
     v_n bigint;
     v_plan_changed boolean;
     v_conflict record;
-    f_created text[] := '{}';
-    f_updated text[] := '{}';
-    p_created text[] := '{}';
-    p_updated text[] := '{}';
-    p_deactivated text[] := '{}';
+    f_created text[] := '{}'::text[];
+    f_updated text[] := '{}'::text[];
+    p_created text[] := '{}'::text[];
+    p_updated text[] := '{}'::text[];
+    p_deactivated text[] := '{}'::text[];
 begin
     perform entitlements._require_admin('apply_catalog');
     if catalog is null then

@@ -8,7 +8,6 @@ returns uuid language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_kind text;
     v_id uuid;
 begin
     perform entitlements._require_not_null(customer, 'customer');
@@ -26,8 +25,7 @@ begin
     perform entitlements._require_admin_of(kind || ' grant', customer);
     if kind <> 'discount' then
         perform entitlements._require_not_null(feature, 'feature');
-        select f.kind into v_kind from entitlements.features f where f.key = feature;
-        if not found then
+        if not exists (select 1 from entitlements.features f where f.key = feature) then
             raise exception 'unknown feature "%"', feature
                 using errcode = '22023',
                       hint = 'known features: ' || coalesce((select string_agg(f.key, ', ' order by f.key) from entitlements.features f), 'none');

@@ -135,9 +135,9 @@ as $$
 declare
     v_lapsed bigint;
     v_grants bigint;
-    v_removed jsonb := '[]';
-    v_pending jsonb := '[]';
-    v_owners_over jsonb := '[]';
+    v_removed jsonb := '[]'::jsonb;
+    v_pending jsonb := '[]'::jsonb;
+    v_owners_over jsonb := '[]'::jsonb;
     v_stale_stripe bigint;
     r record;
     v_limit double precision;

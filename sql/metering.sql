@@ -193,27 +193,25 @@ declare
     v_total    numeric;
     v_n        int;
     v_grow     boolean := false;
-    v_attempt  int;
     v_rem      numeric;
     v_share    numeric;
     v_over_p   numeric;
-    v_over     numeric := 0;
+    v_over     numeric := 0::numeric;
     v_price    numeric;
-    v_cost     numeric := 0;
+    v_cost     numeric := 0::numeric;
     v_any      boolean := false;
     v_replay   boolean := false;
     v_keyed    boolean := false;
-    v_periods  text[] := '{}';
+    v_periods  text[] := '{}'::text[];
     v_billing  timestamptz;
-    v_done_p   text[] := '{}';
-    v_done_w   timestamptz[] := '{}';
-    v_done_s   smallint[] := '{}';
+    v_done_p   text[] := '{}'::text[];
+    v_done_w   timestamptz[] := '{}'::timestamptz[];
+    v_done_s   smallint[] := '{}'::smallint[];
     v_out      entitlements.usage;
     v_best     numeric;
     v_plan     text;
-    v_windows  jsonb := '{}';
+    v_windows  jsonb := '{}'::jsonb;
     v_prev     record;
-    i          int;
 begin
     if p_mode not in ('check', 'consume', 'try') then
         raise exception 'unknown metering mode "%"', p_mode using errcode = '22023';
@@ -333,7 +331,7 @@ begin
             if v_stripe is null then
                 -- Slow path, holding stripe 0: take every stripe; a new statement sees every
                 -- stripe the previous rebalancer created.
-                select coalesce(sum(l.used), 0), count(*) into v_total, v_n
+                select coalesce(sum(l.used), 0), count(*)::int into v_total, v_n
                   from (select s.used from entitlements.usage_counters s
                          where s.customer_id = p_customer and s.feature_key = p_feature
                            and s.period = v_lim.period and s.window_start = v_w
@@ -547,7 +545,7 @@ begin
     if v_limit is null then
         return null;
     end if;
-    return (select count(*) from pg_locks l
+    return (select count(*)::int from pg_locks l
              where l.locktype = 'advisory' and l.granted and l.database = (select oid from pg_database where datname = current_database())
                and ((l.classid::bigint << 32) | l.objid::bigint) in
                    (select entitlements._slot_key(customer, feature, n) from generate_series(0, v_limit::int - 1) n));

@@ -15,7 +15,10 @@ use pgrx::{pg_sys, Uuid};
 pub fn role_is_privileged(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     // SAFETY: catalog lookups through the syscache; valid inside a transaction.
     unsafe {
-        if pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) || pg_sys::has_privs_of_role(role, owner) {
+        if pg_sys::superuser_arg(role)
+            || pg_sys::has_bypassrls_privilege(role)
+            || pg_sys::has_privs_of_role(role, owner)
+        {
             return true;
         }
         let admin = pg_sys::get_role_oid(c"entitlements_admin".as_ptr(), true);
@@ -39,9 +42,7 @@ pub fn may_act_for(customer: &[u8; 16], role: pg_sys::Oid, now: Micros) -> Resul
     // Rare: an admin listed for the customer's tenant.
     let uuid = Uuid::from_bytes(*customer);
     let listed = Spi::connect(|c| {
-        c.select("select entitlements._is_listed_admin_of($1)", Some(1), &[uuid.into()])?
-            .first()
-            .get::<bool>(1)
+        c.select("select entitlements._is_listed_admin_of($1)", Some(1), &[uuid.into()])?.first().get::<bool>(1)
     })?;
     Ok(listed == Some(true))
 }
@@ -54,7 +55,9 @@ pub fn require_may_act_for(customer: &[u8; 16], now: crate::clock::Micros) -> Re
     if may_act_for(customer, outer, now)? {
         Ok(())
     } else {
-        Err(crate::error::Error::InsufficientPrivilege("permission denied: not allowed to read this customer's limits".into()))
+        Err(crate::error::Error::InsufficientPrivilege(
+            "permission denied: not allowed to read this customer's limits".into(),
+        ))
     }
 }
 

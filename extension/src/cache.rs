@@ -15,10 +15,10 @@
 
 use crate::clock::Micros;
 use crate::error::{Error, Result};
-use crate::statements::{self, Statement};
 use crate::rules::{Catalog, CustomerData, Feature, Grant, Kind, Party, Plan, Resolved, Subscription};
-use pgrx::prelude::*;
+use crate::statements::{self, Statement};
 use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB, Uuid};
 use serde_json::Value as Json;
 use std::cell::RefCell;
@@ -234,7 +234,11 @@ fn resolved<'a>(entry: &'a mut CustomerEntry, cat: &Catalog, now: Micros) -> &'a
 }
 
 /// Run `f` on a customer's sources and resolution at `now`.
-pub fn with_customer<R>(customer: &[u8; 16], now: Micros, f: impl FnOnce(&Catalog, &CustomerData, &Resolved) -> R) -> Result<R> {
+pub fn with_customer<R>(
+    customer: &[u8; 16],
+    now: Micros,
+    f: impl FnOnce(&Catalog, &CustomerData, &Resolved) -> R,
+) -> Result<R> {
     STATE.with_borrow_mut(|st| {
         refresh(st)?;
         let cat = st.catalog.clone().expect("refresh loads the catalog");
@@ -372,7 +376,7 @@ const LOAD_GRANTS: Statement = Statement {
 };
 
 fn micros(t: Option<TimestampWithTimeZone>) -> Option<Micros> {
-    t.map(|t| crate::clock::from_timestamptz(t))
+    t.map(crate::clock::from_timestamptz)
 }
 
 fn load_party(id: [u8; 16]) -> Result<Party> {

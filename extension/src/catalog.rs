@@ -104,7 +104,9 @@ fn normalize_meter(path: &str, v: &Value) -> Result<Value> {
     let obj = match v {
         Value::Object(o) => o,
         // A bare number is a monthly quota.
-        Value::Number(_) | Value::Null => return Ok(json!({"period": "month", "limit": limit_value(path, v)?, "overage": "block"})),
+        Value::Number(_) | Value::Null => {
+            return Ok(json!({"period": "month", "limit": limit_value(path, v)?, "overage": "block"}))
+        }
         _ => return Err(bad(path, "expected {\"limit\": n, \"period\": ...} or a number")),
     };
     check_fields(path, obj, &["limit", "period", "overage", "unit_price_cents"])?;
@@ -195,12 +197,15 @@ fn normalize_resources(path: &str, v: &Value) -> Result<()> {
     for f in ["cpu", "memory", "storage"] {
         if let Some(x) = o.get(f) {
             if !x.is_string() {
-                return Err(bad(&format!("{path}.{f}"), "expected a Kubernetes quantity string such as \"4\" or \"8Gi\""));
+                return Err(bad(
+                    &format!("{path}.{f}"),
+                    "expected a Kubernetes quantity string such as \"4\" or \"8Gi\"",
+                ));
             }
         }
     }
     if let Some(u) = o.get("users") {
-        if !u.as_i64().is_some_and(|n| n >= 0) {
+        if u.as_i64().is_none_or(|n| n < 0) {
             return Err(bad(&format!("{path}.users"), "expected a non-negative integer"));
         }
     }
@@ -213,10 +218,8 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
     let root = as_object("$", doc)?;
     check_fields("$", root, &["features", "plans"])?;
 
-    let mut kinds: BTreeMap<String, String> = existing
-        .iter()
-        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-        .collect();
+    let mut kinds: BTreeMap<String, String> =
+        existing.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect();
     let mut features = Vec::new();
     let mut declared = HashSet::new();
     let empty = Vec::new();
@@ -263,8 +266,19 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
             &path,
             o,
             &[
-                "key", "name", "description", "price_cents", "currency", "interval", "default", "public",
-                "trial_days", "grace_days", "stripe_price_ids", "metadata", "entitlements",
+                "key",
+                "name",
+                "description",
+                "price_cents",
+                "currency",
+                "interval",
+                "default",
+                "public",
+                "trial_days",
+                "grace_days",
+                "stripe_price_ids",
+                "metadata",
+                "entitlements",
             ],
         )?;
         let key = key_field(&path, o)?;
@@ -284,18 +298,25 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
         let price_cents = opt_nonneg_int(&path, o, "price_cents", 0, i32::MAX as i64)?;
         let currency = match o.get("currency") {
             None | Some(Value::Null) => "usd".to_owned(),
-            Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => c.to_ascii_lowercase(),
+            Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                c.to_ascii_lowercase()
+            }
             Some(_) => return Err(bad(&format!("{path}.currency"), "expected a 3-letter ISO currency code")),
         };
         let interval = match o.get("interval") {
             None | Some(Value::Null) => "month",
             Some(Value::String(s)) if INTERVALS.contains(&s.as_str()) => s.as_str(),
-            Some(_) => return Err(bad(&format!("{path}.interval"), format!("expected one of {}", INTERVALS.join(", ")))),
+            Some(_) => {
+                return Err(bad(&format!("{path}.interval"), format!("expected one of {}", INTERVALS.join(", "))))
+            }
         };
         let is_default = opt_bool(&path, o, "default", false)?;
         if is_default {
             if let Some(other) = &default_plan {
-                return Err(bad(&format!("{path}.default"), format!("plan \"{other}\" is already the default; only one plan can be")));
+                return Err(bad(
+                    &format!("{path}.default"),
+                    format!("plan \"{other}\" is already the default; only one plan can be"),
+                ));
             }
             default_plan = Some(key.clone());
         }
@@ -305,7 +326,10 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
             Some(Value::Array(a)) => {
                 for (j, id) in a.iter().enumerate() {
                     let ipath = format!("{path}.stripe_price_ids[{j}]");
-                    let s = id.as_str().filter(|s| !s.is_empty()).ok_or_else(|| bad(&ipath, "expected a Stripe price id"))?;
+                    let s = id
+                        .as_str()
+                        .filter(|s| !s.is_empty())
+                        .ok_or_else(|| bad(&ipath, "expected a Stripe price id"))?;
                     if let Some(owner) = price_ids.insert(s.to_owned(), key.clone()) {
                         return Err(bad(&ipath, format!("price \"{s}\" already maps to plan \"{owner}\"")));
                     }
@@ -359,9 +383,7 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
 /// Validate and normalize a catalog document; raises 22023 naming the bad entry.
 #[pg_extern(immutable, parallel_safe, name = "_normalize_catalog")]
 fn normalize_catalog(doc: Option<JsonB>, existing_features: Option<JsonB>) -> JsonB {
-    let Some(JsonB(doc)) = doc else {
-        Error::NullValue("catalog must not be NULL".into()).raise()
-    };
+    let Some(JsonB(doc)) = doc else { Error::NullValue("catalog must not be NULL".into()).raise() };
     let existing = match existing_features {
         Some(JsonB(Value::Object(m))) => m,
         _ => Map::new(),
@@ -407,11 +429,15 @@ mod tests {
         let doc = json!({"features": [{"key": "m", "kind": "metered"}, {"key": "s", "kind": "limit"}],
                          "plans": [{"key": "p", "entitlements": {"m": 10, "s": null, "resources": {"cpu": "1"}}}]});
         let n = normalize(&doc, &Map::new()).unwrap();
-        assert_eq!(n["plans"][0]["entitlements"]["m"], json!({"limits": [{"period": "month", "limit": 10, "overage": "block"}]}));
+        assert_eq!(
+            n["plans"][0]["entitlements"]["m"],
+            json!({"limits": [{"period": "month", "limit": 10, "overage": "block"}]})
+        );
         assert_eq!(n["plans"][0]["entitlements"]["s"], json!({"limit": null, "per_unit": false}));
         assert_eq!(n["features"][2]["key"], "resources");
         // Normalizing the normalized spec again gives the same spec: apply_catalog relies on it.
-        let again = normalize_spec("$", "metered", &json!([{"period": "month", "limit": 10, "overage": "block"}])).unwrap();
+        let again =
+            normalize_spec("$", "metered", &json!([{"period": "month", "limit": 10, "overage": "block"}])).unwrap();
         assert_eq!(again, n["plans"][0]["entitlements"]["m"]);
     }
 }

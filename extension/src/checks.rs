@@ -78,7 +78,14 @@ fn limit_json(l: Option<f64>) -> Json {
 /// Units counted for (period, window start) of the feature being rendered.
 type UsedIn<'a> = &'a dyn Fn(&str, Micros) -> f64;
 
-fn feature_json(kind: Kind, unit: Option<&str>, value: Option<&Value>, now: Micros, r: &Resolved, used_in: UsedIn) -> Json {
+fn feature_json(
+    kind: Kind,
+    unit: Option<&str>,
+    value: Option<&Value>,
+    now: Micros,
+    r: &Resolved,
+    used_in: UsedIn,
+) -> Json {
     let enabled = value.is_some_and(Value::enabled);
     let mut out = json!({"kind": kind.as_str(), "enabled": enabled});
     match (kind, value) {
@@ -110,10 +117,9 @@ fn feature_json(kind: Kind, unit: Option<&str>, value: Option<&Value>, now: Micr
             // Headline usage: the shortest period's count (all periods count every unit).
             let used = limits.first().and_then(|l| l["used"].as_f64()).unwrap_or(0.0);
             // The headline numbers are those of the limit that binds first.
-            let binding = limits
-                .iter()
-                .filter(|l| !l["limit"].is_null())
-                .min_by(|a, b| a["remaining"].as_f64().partial_cmp(&b["remaining"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+            let binding = limits.iter().filter(|l| !l["limit"].is_null()).min_by(|a, b| {
+                a["remaining"].as_f64().partial_cmp(&b["remaining"].as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+            });
             match (v, binding) {
                 (None, _) => {
                     out["limit"] = json!(0);
@@ -141,7 +147,14 @@ fn feature_json(kind: Kind, unit: Option<&str>, value: Option<&Value>, now: Micr
     out
 }
 
-fn render(customer: &[u8; 16], cat: &Catalog, data: &CustomerData, r: &Resolved, now: Micros, usage: &[(String, String, Micros, f64)]) -> Json {
+fn render(
+    customer: &[u8; 16],
+    cat: &Catalog,
+    data: &CustomerData,
+    r: &Resolved,
+    now: Micros,
+    usage: &[(String, String, Micros, f64)],
+) -> Json {
     let sub = r.primary.as_ref().and_then(|p| p.subscription.as_ref());
     let mut features = Map::new();
     for (i, f) in cat.features.iter().enumerate() {
@@ -205,9 +218,7 @@ fn entitlements_view(customer: default!(Option<Uuid>, "entitlements.current_user
 /// the enabled features. The claim is for UI; RLS must call has_feature().
 #[pg_extern(stable, parallel_safe)]
 fn custom_access_token_hook(event: Option<JsonB>) -> JsonB {
-    let Some(JsonB(mut event)) = event else {
-        Error::NullValue("event must not be NULL".into()).raise()
-    };
+    let Some(JsonB(mut event)) = event else { Error::NullValue("event must not be NULL".into()).raise() };
     let user = event
         .get("user_id")
         .and_then(Json::as_str)
@@ -216,13 +227,8 @@ fn custom_access_token_hook(event: Option<JsonB>) -> JsonB {
         .or_raise();
     let now = clock::statement_now();
     let claim = cache::with_customer(&user, now, |cat, _, r| {
-        let features: Vec<&str> = cat
-            .features
-            .iter()
-            .zip(&r.enabled)
-            .filter(|(_, on)| **on)
-            .map(|(f, _)| f.key.as_str())
-            .collect();
+        let features: Vec<&str> =
+            cat.features.iter().zip(&r.enabled).filter(|(_, on)| **on).map(|(f, _)| f.key.as_str()).collect();
         json!({"plan": r.primary.as_ref().map(|p| p.plan.clone()), "features": features})
     })
     .or_raise();

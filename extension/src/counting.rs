@@ -15,8 +15,8 @@ use crate::access;
 use crate::cache;
 use crate::clock::{self, Micros};
 use crate::error::{OrRaise, Result};
-use crate::metering::{self, Window};
 use crate::ledger;
+use crate::metering::{self, Window};
 use crate::stamped;
 use crate::statements::{self, arg, Statement};
 use pgrx::prelude::*;
@@ -155,7 +155,14 @@ const OPEN_WINDOW: Statement = Statement {
 const RECORD: Statement = Statement {
     sql: "insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods, billing_window, actor)
           values (pg_catalog.statement_timestamp(), $1, $2, $3, $4, $5, $6)",
-    args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::NUMERICOID, pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZOID, pg_sys::UUIDOID],
+    args: &[
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::NUMERICOID,
+        pg_sys::TEXTARRAYOID,
+        pg_sys::TIMESTAMPTZOID,
+        pg_sys::UUIDOID,
+    ],
 };
 
 /// The common case of `consume` and `try_consume` (sql/consume.sql): the usage after
@@ -211,6 +218,8 @@ thread_local! {
 
 /// Hands the kept arguments over, once.
 #[pg_extern(volatile, parallel_unsafe, name = "_take_pending")]
+// pgrx reads the result columns' names from this signature, so it cannot be a type alias.
+#[allow(clippy::type_complexity)]
 fn take_pending() -> TableIterator<
     'static,
     (
@@ -262,8 +271,9 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
 
     let cat = cache::catalog()?;
     let Some(idx) = cat.feature_index.get(feature).copied() else { return Ok(None) };
-    let Some((windows, valid_until)) =
-        cache::with_customer(id, now, |_, _, r| metering::windows(r.values[idx].as_ref(), now, r).map(|w| (w, r.valid_until)))?
+    let Some((windows, valid_until)) = cache::with_customer(id, now, |_, _, r| {
+        metering::windows(r.values[idx].as_ref(), now, r).map(|w| (w, r.valid_until))
+    })?
     else {
         return Ok(None);
     };
@@ -293,7 +303,12 @@ struct Stamp {
 /// The shortcut for customers this backend has not resolved: count on the stamped
 /// window directly (stamped.rs), then write the ledger row (directly too, ledger.rs,
 /// when nothing but the row itself must happen on an insert).
-fn count_on_stamped(customer: Uuid, feature: &str, amount: &AnyNumeric, actor: Option<Uuid>) -> Result<Option<Outcome>> {
+fn count_on_stamped(
+    customer: Uuid,
+    feature: &str,
+    amount: &AnyNumeric,
+    actor: Option<Uuid>,
+) -> Result<Option<Outcome>> {
     let c = match stamped::count(customer, feature, amount) {
         Ok(c) => c,
         Err(stamped::Miss::Busy) => {
@@ -314,7 +329,14 @@ fn count_on_stamped(customer: Uuid, feature: &str, amount: &AnyNumeric, actor: O
         actor,
     };
     if !ledger::record(&row) {
-        let args = vec![arg(customer), arg(feature), arg(amount.clone()), arg(vec![period.as_str()]), arg(billing), arg(actor)];
+        let args = vec![
+            arg(customer),
+            arg(feature),
+            arg(amount.clone()),
+            arg(vec![period.as_str()]),
+            arg(billing),
+            arg(actor),
+        ];
         statements::run(&RECORD, args, false)?;
     }
     let used = if c.cap == c.basis {
@@ -405,7 +427,11 @@ fn basis(limit: Option<f64>) -> Result<AnyNumeric> {
 fn record(customer: Uuid, feature: &str, amount: AnyNumeric, windows: &[Window], actor: Option<Uuid>) -> Result<()> {
     let periods: Vec<&str> = windows.iter().map(|w| w.meter.period.as_str()).collect();
     let billing = windows.iter().find(|w| w.meter.period == "billing_period").map(|w| clock::to_timestamptz(w.start));
-    statements::run(&RECORD, vec![arg(customer), arg(feature), arg(amount), arg(periods), arg(billing), arg(actor)], false)?;
+    statements::run(
+        &RECORD,
+        vec![arg(customer), arg(feature), arg(amount), arg(periods), arg(billing), arg(actor)],
+        false,
+    )?;
     Ok(())
 }
 
@@ -419,7 +445,8 @@ fn usage(o: Outcome) -> Result<Usage> {
             r
         }
     });
-    let desc = pgrx::PgTupleDesc::for_composite_type_by_oid(usage_type()?).ok_or_else(|| corrupt("entitlements.usage"))?;
+    let desc =
+        pgrx::PgTupleDesc::for_composite_type_by_oid(usage_type()?).ok_or_else(|| corrupt("entitlements.usage"))?;
     let datums = [
         true.into_datum(),
         limit.into_datum(),

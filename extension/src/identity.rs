@@ -95,7 +95,13 @@ pub fn current() -> Result<Option<[u8; 16]>> {
             return Ok(m.result);
         }
         let result = if speaks_for_users(role)? { compute(claims, user_id)? } else { None };
-        *m = Memo { claims: claims.map(<[u8]>::to_vec), user_id: user_id.map(<[u8]>::to_vec), role, result, valid: true };
+        *m = Memo {
+            claims: claims.map(<[u8]>::to_vec),
+            user_id: user_id.map(<[u8]>::to_vec),
+            role,
+            result,
+            valid: true,
+        };
         Ok(result)
     })
 }

@@ -174,7 +174,14 @@ unsafe fn insert_into(part: pg_sys::Relation, sequence: pg_sys::Oid, at: pg_sys:
             nulls[slots[k]] = false;
         }
     };
-    set(0, Some(pg_sys::OidFunctionCall1Coll(pg_sys::Oid::from(pg_sys::F_NEXTVAL), pg_sys::InvalidOid, pg_sys::Datum::from(sequence))));
+    set(
+        0,
+        Some(pg_sys::OidFunctionCall1Coll(
+            pg_sys::Oid::from(pg_sys::F_NEXTVAL),
+            pg_sys::InvalidOid,
+            pg_sys::Datum::from(sequence),
+        )),
+    );
     set(1, Some(pg_sys::Datum::from(at)));
     set(2, row.customer.into_datum());
     set(3, row.feature.into_datum());
@@ -200,7 +207,16 @@ unsafe fn insert_into(part: pg_sys::Relation, sequence: pg_sys::Oid, at: pg_sys:
         } else {
             pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
         };
-        pg_sys::index_insert(index, key.as_mut_ptr(), key_nulls.as_mut_ptr(), &mut (*tuple).t_self, part, check, false, info);
+        pg_sys::index_insert(
+            index,
+            key.as_mut_ptr(),
+            key_nulls.as_mut_ptr(),
+            &mut (*tuple).t_self,
+            part,
+            check,
+            false,
+            info,
+        );
         pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
     pg_sys::ExecDropSingleTupleTableSlot(slot);

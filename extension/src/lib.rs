@@ -22,57 +22,29 @@ mod statements;
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!(
-    "../../sql/security.sql",
-    name = "security",
-    requires = ["schema", identity::current_user_id]
-);
+extension_sql_file!("../../sql/security.sql", name = "security", requires = ["schema", identity::current_user_id]);
 extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security"]);
-extension_sql_file!(
-    "../../sql/cache.sql",
-    name = "cache",
-    requires = ["audit", checks::cache_touch]
-);
-extension_sql_file!(
-    "../../sql/catalog.sql",
-    name = "catalog",
-    requires = ["cache", catalog::normalize_catalog]
-);
+extension_sql_file!("../../sql/cache.sql", name = "cache", requires = ["audit", checks::cache_touch]);
+extension_sql_file!("../../sql/catalog.sql", name = "catalog", requires = ["cache", catalog::normalize_catalog]);
 extension_sql_file!(
     "../../sql/subscriptions.sql",
     name = "subscriptions",
     requires = ["catalog", checks::feature_limit]
 );
-extension_sql_file!(
-    "../../sql/grants.sql",
-    name = "grants",
-    requires = ["subscriptions"]
-);
+extension_sql_file!("../../sql/grants.sql", name = "grants", requires = ["subscriptions"]);
 extension_sql_file!(
     "../../sql/metering.sql",
     name = "metering",
     requires = ["grants", metering::meter_limits, identity::outer_role, access::may_meter]
 );
-extension_sql_file!(
-    "../../sql/stripe.sql",
-    name = "stripe",
-    requires = ["subscriptions"]
-);
-extension_sql_file!(
-    "../../sql/maintenance.sql",
-    name = "maintenance",
-    requires = ["grants", checks::feature_limit]
-);
+extension_sql_file!("../../sql/stripe.sql", name = "stripe", requires = ["subscriptions"]);
+extension_sql_file!("../../sql/maintenance.sql", name = "maintenance", requires = ["grants", checks::feature_limit]);
 extension_sql_file!(
     "../../sql/consume.sql",
     name = "consume",
     requires = ["metering", counting::consume_fast, counting::take_pending]
 );
-extension_sql_file!(
-    "../../sql/privileges.sql",
-    name = "privileges",
-    finalize
-);
+extension_sql_file!("../../sql/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.
 #[cfg(test)]

@@ -6,8 +6,8 @@ use crate::cache;
 use crate::clock::{self, Micros};
 use crate::error::{Error, OrRaise, Result};
 use crate::rules::{Catalog, Kind, Meter, Resolved, Value};
-use pgrx::prelude::*;
 use crate::statements::Statement;
+use pgrx::prelude::*;
 use pgrx::{pg_sys, Uuid};
 
 /// One period's limit and its current window `[start, resets_at)`; `resets_at` is None
@@ -73,6 +73,8 @@ fn metered_index(cat: &Catalog, feature: &str) -> Result<usize> {
 /// (shortest period first). No rows: the feature is not granted. Raises 22004 for a NULL
 /// argument and 22023 for an unknown or non-metered feature.
 #[pg_extern(stable, parallel_safe, name = "_meter_limits")]
+// pgrx reads the result columns' names from this signature, so it cannot be a type alias.
+#[allow(clippy::type_complexity)]
 fn meter_limits(
     customer: Option<Uuid>,
     feature: Option<&str>,

@@ -371,7 +371,12 @@ pub fn resolve(cat: &Catalog, data: &CustomerData, now: Micros) -> Resolved {
     let own = granting(cat, &data.own, &mut h);
     for (sub, plan) in &own {
         if primary.is_none() {
-            primary = Some(Primary { plan: plan.key.clone(), origin: "subscription", organization: None, subscription: Some((*sub).clone()) });
+            primary = Some(Primary {
+                plan: plan.key.clone(),
+                origin: "subscription",
+                organization: None,
+                subscription: Some((*sub).clone()),
+            });
         }
         for (acc, v) in values.iter_mut().zip(cat.plan_values(plan, sub.quantity)) {
             if let Some(v) = v {
@@ -386,7 +391,12 @@ pub fn resolve(cat: &Catalog, data: &CustomerData, now: Micros) -> Resolved {
         let mut org_values: Vec<Option<Value>> = vec![None; n];
         for (sub, plan) in &subs {
             if primary.is_none() {
-                primary = Some(Primary { plan: plan.key.clone(), origin: "organization", organization: Some(org.id), subscription: Some((*sub).clone()) });
+                primary = Some(Primary {
+                    plan: plan.key.clone(),
+                    origin: "organization",
+                    organization: Some(org.id),
+                    subscription: Some((*sub).clone()),
+                });
             }
             for (acc, v) in org_values.iter_mut().zip(cat.plan_values(plan, sub.quantity)) {
                 if let Some(v) = v {
@@ -405,7 +415,8 @@ pub fn resolve(cat: &Catalog, data: &CustomerData, now: Micros) -> Resolved {
 
     if own.is_empty() && !any_org_grants {
         if let Some(plan) = cat.default_plan.as_ref().and_then(|k| cat.plans.get(k)) {
-            primary = Some(Primary { plan: plan.key.clone(), origin: "default", organization: None, subscription: None });
+            primary =
+                Some(Primary { plan: plan.key.clone(), origin: "default", organization: None, subscription: None });
             for (acc, v) in values.iter_mut().zip(cat.plan_values(plan, 1)) {
                 if let Some(v) = v {
                     combine(acc, v);

@@ -89,7 +89,11 @@ struct Columns {
 /// The 0-based position of a live column, by name.
 pub(crate) unsafe fn column(desc: pg_sys::TupleDesc, name: &CStr) -> Option<usize> {
     let natts = (*desc).natts as usize;
-    (*desc).attrs.as_slice(natts).iter().position(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
+    (*desc)
+        .attrs
+        .as_slice(natts)
+        .iter()
+        .position(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
 }
 
 unsafe fn columns(desc: pg_sys::TupleDesc) -> Option<Columns> {
@@ -195,7 +199,9 @@ unsafe fn find_and_count(
         let after = used + amount.clone();
         (after <= cap).then_some((found, after, cap, basis, period, window_start, window_end))
     };
-    let Some((found, after, cap, basis, period, window_start, window_end)) = read() else { return Err(Miss::NotStamped) };
+    let Some((found, after, cap, basis, period, window_start, window_end)) = read() else {
+        return Err(Miss::NotStamped);
+    };
 
     // The new version of the row: only `used` changes.
     let natts = (*(*rel).rd_att).natts as usize;
@@ -204,7 +210,13 @@ unsafe fn find_and_count(
     let mut new_nulls = vec![false; natts];
     replace[cols.used] = true;
     new_values[cols.used] = after.clone().into_datum().ok_or(Miss::NotStamped)?;
-    let newtup = pg_sys::heap_modify_tuple(found, (*rel).rd_att, new_values.as_mut_ptr(), new_nulls.as_mut_ptr(), replace.as_mut_ptr());
+    let newtup = pg_sys::heap_modify_tuple(
+        found,
+        (*rel).rd_att,
+        new_values.as_mut_ptr(),
+        new_nulls.as_mut_ptr(),
+        replace.as_mut_ptr(),
+    );
     let mut otid = (*found).t_self;
     let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
     let mut tuple_lock: pg_sys::LockTupleMode::Type = 0;

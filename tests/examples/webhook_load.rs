@@ -24,7 +24,7 @@ fn now() -> i64 {
 /// Event `i`: an update of one of `subs` subscriptions; later events are newer states.
 fn event(run: &str, i: usize, subs: usize, t0: i64) -> String {
     let s = i % subs;
-    let status = if (i / subs) % 2 == 0 { "active" } else { "past_due" };
+    let status = if (i / subs).is_multiple_of(2) { "active" } else { "past_due" };
     json!({"id": format!("evt_{run}_{i}"), "object": "event", "type": "customer.subscription.updated",
            "created": t0 + (i / subs) as i64, "api_version": "2025-03-31.basil", "livemode": false,
            "data": {"object": {"id": format!("sub_bench{s}"), "object": "subscription", "customer": format!("cus_bench{s}"),
@@ -52,7 +52,8 @@ async fn main() {
     let t0 = now() - 3600;
     let bodies: Arc<Vec<String>> = Arc::new((0..events).map(|i| event(&run, i, subs, t0)).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(connections as u32 + 1).connect(&db_url).await.unwrap();
+    let pool =
+        sqlx::postgres::PgPoolOptions::new().max_connections(connections as u32 + 1).connect(&db_url).await.unwrap();
 
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -96,10 +97,11 @@ async fn main() {
     }
     // Applied: until nothing of this run is pending.
     loop {
-        let pending: i64 = sqlx::query_scalar("select count(*) from entitlements.stripe_events where applied_at is null")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("select count(*) from entitlements.stripe_events where applied_at is null")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         if pending == 0 {
             break;
         }
@@ -110,5 +112,9 @@ async fn main() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    println!("webhook {events} {stored:.3} {:.0} {applied:.3} {:.0} {failed}", events as f64 / stored, events as f64 / applied);
+    println!(
+        "webhook {events} {stored:.3} {:.0} {applied:.3} {:.0} {failed}",
+        events as f64 / stored,
+        events as f64 / applied
+    );
 }

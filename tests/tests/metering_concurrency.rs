@@ -44,7 +44,10 @@ async fn race(db: &TestDb, customer: Uuid, clients: usize, attempts: usize) -> (
             let (mut ok, mut refused) = (0, 0);
             for _ in 0..attempts {
                 conn.execute("begin").await.unwrap();
-                let r = sqlx::query("select entitlements.consume($1, 'api_requests')").bind(customer).execute(&mut conn).await;
+                let r = sqlx::query("select entitlements.consume($1, 'api_requests')")
+                    .bind(customer)
+                    .execute(&mut conn)
+                    .await;
                 match r {
                     Ok(_) => {
                         conn.execute("select pg_sleep(0.002)").await.unwrap();
@@ -93,12 +96,18 @@ async fn every_limit_of_a_feature_binds_under_a_race() {
     let db = fresh_db("meter_two_limits").await;
     // The month binds before the day: exactly 40 go through, whatever the day allows.
     let customer = Uuid::new_v4();
-    override_api(&db, customer, serde_json::json!([{"limit": 1000, "period": "day"}, {"limit": 40, "period": "month"}])).await;
+    override_api(
+        &db,
+        customer,
+        serde_json::json!([{"limit": 1000, "period": "day"}, {"limit": 40, "period": "month"}]),
+    )
+    .await;
     let (ok, _) = race(&db, customer, 32, 4).await;
     assert_eq!(ok, 40, "the month limit bound");
     // And the day binds before the month for another customer.
     let other = Uuid::new_v4();
-    override_api(&db, other, serde_json::json!([{"limit": 25, "period": "day"}, {"limit": 1000, "period": "month"}])).await;
+    override_api(&db, other, serde_json::json!([{"limit": 25, "period": "day"}, {"limit": 1000, "period": "month"}]))
+        .await;
     let (ok, _) = race(&db, other, 32, 4).await;
     assert_eq!(ok, 25, "the day limit bound");
     assert_eq!(drift(&db).await, 0, "counters equal the ledger");
@@ -116,21 +125,23 @@ async fn one_idempotency_key_from_many_sessions_counts_once() {
         tasks.push(tokio::spawn(async move {
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
             barrier.wait().await;
-            let used: f64 = sqlx::query_scalar("select (entitlements.consume($1, 'api_requests', 5, 'req-7')).used::float8")
-                .bind(customer)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
+            let used: f64 =
+                sqlx::query_scalar("select (entitlements.consume($1, 'api_requests', 5, 'req-7')).used::float8")
+                    .bind(customer)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
             used
         }));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 5.0, "every caller sees the one consumption");
     }
-    let rows: i64 = sqlx::query_scalar("select count(*) from entitlements.usage_ledger where idempotency_key = 'req-7'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("select count(*) from entitlements.usage_ledger where idempotency_key = 'req-7'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(rows, 1, "one ledger row");
     assert_eq!(used(&db, customer).await, 5.0, "counted once");
 }
@@ -147,16 +158,25 @@ async fn concurrency_slots_are_shared_and_never_leak() {
         assert!(sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut a).await.unwrap());
     }
     b.execute("begin").await.unwrap();
-    assert!(!sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut b).await.unwrap(), "both slots are held by A");
+    assert!(
+        !sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut b).await.unwrap(),
+        "both slots are held by A"
+    );
     a.execute("commit").await.unwrap();
-    assert!(sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut b).await.unwrap(), "A's commit freed its slots");
+    assert!(
+        sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut b).await.unwrap(),
+        "A's commit freed its slots"
+    );
 
     // A backend that dies holding slots frees them: the server releases its locks.
     let mut c = session(&db).await;
     let pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut c).await.unwrap();
     c.execute("begin").await.unwrap();
     assert!(sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut c).await.unwrap());
-    assert!(!sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut a).await.unwrap(), "B and C hold both");
+    assert!(
+        !sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut a).await.unwrap(),
+        "B and C hold both"
+    );
     sqlx::query("select pg_terminate_backend($1)").bind(pid).execute(&db.pool).await.unwrap();
     let mut freed = false;
     for _ in 0..50 {

@@ -135,11 +135,12 @@ async fn a_feature_with_several_periods_counts_in_all_of_them() {
     .unwrap();
     assert_eq!(per_period, vec![("day".to_owned(), 4.0), ("month".to_owned(), 4.0)]);
     // One ledger row per call, counted in both periods.
-    let ledger: Vec<Vec<String>> = sqlx::query_scalar("select periods from entitlements.usage_ledger where customer_id = $1")
-        .bind(customer)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let ledger: Vec<Vec<String>> =
+        sqlx::query_scalar("select periods from entitlements.usage_ledger where customer_id = $1")
+            .bind(customer)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(ledger.len(), 4, "{ledger:?}");
     assert!(ledger.iter().all(|p| p.len() == 2), "{ledger:?}");
     assert_eq!(drift(&db).await, 0);
@@ -248,6 +249,10 @@ async fn an_operators_triggers_still_fire() {
         .unwrap();
     let mut third = fresh_session(&db).await;
     assert_eq!(try_consume(&mut third, customer, "api_requests", 1).await, (true, 3.0));
-    assert_eq!(seen(&db).await, ["usage_counters", "usage_ledger_default", "usage_ledger_default"], "both triggers fired");
+    assert_eq!(
+        seen(&db).await,
+        ["usage_counters", "usage_ledger_default", "usage_ledger_default"],
+        "both triggers fired"
+    );
     assert_eq!(drift(&db).await, 0);
 }

@@ -136,7 +136,11 @@ async fn two_workers_never_run_one_task_at_once() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(per_worker.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>(), ["worker-a", "worker-b"], "{per_worker:?}");
+    assert_eq!(
+        per_worker.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>(),
+        ["worker-a", "worker-b"],
+        "{per_worker:?}"
+    );
     let errors: i64 = sqlx::query_scalar("select count(*) from entitlements.task_runs where outcome = 'error'")
         .fetch_one(&db.pool)
         .await
@@ -160,7 +164,11 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     .unwrap();
 
     // An hour's interval: every run after the first is a retry.
-    let mut cmd = scheduled_worker(&db, "worker-f", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
+    let mut cmd = scheduled_worker(
+        &db,
+        "worker-f",
+        "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off",
+    );
     cmd.env("ENTITLEMENTS_RETRY_INITIAL", "200ms").env("ENTITLEMENTS_RETRY_MAX", "800ms");
     let mut w = Worker::spawn(cmd, &free_addr());
     w.ready().await;
@@ -191,7 +199,8 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
 
     let (code, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
-    let failed = sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "error")]);
+    let failed =
+        sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "error")]);
     assert!(failed.unwrap_or(0.0) >= 3.0, "failures are counted:\n{metrics}");
     let streak = sample(&metrics, "entitlements_task_consecutive_failures", &[("task", "expire_subscriptions")]);
     assert!(streak.unwrap_or(0.0) >= 3.0, "the failure streak is a gauge:\n{metrics}");
@@ -206,8 +215,14 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     assert_eq!(health["tasks"]["expire_subscriptions"]["last_outcome"], "ok", "{health}");
     assert_eq!(health["tasks"]["expire_subscriptions"]["consecutive_failures"], 0, "{health}");
     let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
-    assert_eq!(sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "ok")]), Some(1.0));
-    assert_eq!(sample(&metrics, "entitlements_task_consecutive_failures", &[("task", "expire_subscriptions")]), Some(0.0));
+    assert_eq!(
+        sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, "entitlements_task_consecutive_failures", &[("task", "expire_subscriptions")]),
+        Some(0.0)
+    );
     assert!(w.log().contains("refused by the test"), "failures are logged");
 
     let (status, _) = w.terminate(Duration::from_secs(10)).await;
@@ -265,7 +280,10 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
             .unwrap()
         }
     };
-    eventually(Duration::from_secs(20), "skipped reconcile runs", || async { (count("skipped").await >= 2).then_some(()) }).await;
+    eventually(Duration::from_secs(20), "skipped reconcile runs", || async {
+        (count("skipped").await >= 2).then_some(())
+    })
+    .await;
     assert_eq!(count("ok").await, 0, "no reconcile ran while the lock was held elsewhere");
     sqlx::raw_sql("commit").execute(&mut holder).await.unwrap();
 
@@ -278,12 +296,20 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
     .unwrap();
     assert_eq!(details["seen"], 0, "the reconcile's report is the run's details: {details}");
     let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
-    assert!(sample(&metrics, "entitlements_task_runs_total", &[("task", "reconcile_stripe"), ("outcome", "ok")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(&metrics, "entitlements_task_runs_total", &[("task", "reconcile_stripe"), ("outcome", "ok")])
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     let (status, _) = w.terminate(Duration::from_secs(10)).await;
     assert!(status.success());
 
     // An unreachable Stripe API: recorded as a failure (without the key) and in /healthz.
-    let mut cmd = scheduled_worker(&db, "worker-s2", "reconcile_stripe=1h,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
+    let mut cmd = scheduled_worker(
+        &db,
+        "worker-s2",
+        "reconcile_stripe=1h,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off,prune_task_runs=off",
+    );
     cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", format!("http://{}/", free_addr()));
     let mut w = Worker::spawn(cmd, &free_addr());
     w.ready().await;

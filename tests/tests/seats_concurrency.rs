@@ -10,7 +10,11 @@ async fn concurrent_adds_never_exceed_seats() {
     let db = fresh_db("seats").await;
     let org = Uuid::new_v4();
     // business: 5 seats per unit, quantity 2 = 10 seats.
-    sqlx::query("select entitlements.subscribe($1, 'business', quantity => 2)").bind(org).execute(&db.pool).await.unwrap();
+    sqlx::query("select entitlements.subscribe($1, 'business', quantity => 2)")
+        .bind(org)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let clients = 48;
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients));

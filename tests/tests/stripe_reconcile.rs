@@ -64,15 +64,27 @@ impl LocalStripe {
 
     async fn plans(&self) {
         for (id, amount) in [("price_pro_monthly", "1900"), ("price_business_monthly", "4900")] {
-            self.post("/v1/plans", &[("id", id), ("amount", amount), ("currency", "usd"), ("interval", "month"),
-                                     ("product[name]", id)]).await;
+            self.post(
+                "/v1/plans",
+                &[("id", id), ("amount", amount), ("currency", "usd"), ("interval", "month"), ("product[name]", id)],
+            )
+            .await;
         }
     }
 
     /// A customer with a card, and metadata.entitlements_customer_id when `owner` is given.
     async fn customer(&self, owner: Option<uuid::Uuid>) -> String {
-        let token = self.post("/v1/tokens", &[("card[number]", "4242424242424242"), ("card[exp_month]", "12"),
-                                              ("card[exp_year]", "2035"), ("card[cvc]", "123")]).await;
+        let token = self
+            .post(
+                "/v1/tokens",
+                &[
+                    ("card[number]", "4242424242424242"),
+                    ("card[exp_month]", "12"),
+                    ("card[exp_year]", "2035"),
+                    ("card[cvc]", "123"),
+                ],
+            )
+            .await;
         let owner = owner.map(|o| o.to_string());
         let mut form = vec![("source", token["id"].as_str().unwrap())];
         if let Some(o) = owner.as_deref() {
@@ -103,12 +115,14 @@ async fn reconcile(db: &TestDb, base: &str) -> (bool, Value, String) {
 }
 
 async fn sub_row(db: &TestDb, stripe_id: &str) -> (String, String, i64) {
-    sqlx::query_as("select plan_key, status, extract(epoch from current_period_end)::int8 from entitlements.subscriptions \
-                    where stripe_subscription_id = $1")
-        .bind(stripe_id)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap()
+    sqlx::query_as(
+        "select plan_key, status, extract(epoch from current_period_end)::int8 from entitlements.subscriptions \
+                    where stripe_subscription_id = $1",
+    )
+    .bind(stripe_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -126,23 +140,28 @@ async fn reconcile_repairs_drift_against_localstripe() {
     let (ok, report, log) = reconcile(&db, &ls.base).await;
     assert!(ok, "{log}");
     assert_eq!((report["seen"].as_i64(), report["created"].as_i64()), (Some(1), Some(1)), "{report}");
-    assert_eq!(sub_row(&db, sub_id).await,
-               ("pro".into(), "active".into(), sub["current_period_end"].as_i64().unwrap()),
-               "plan from the price, status and the period (older API shape: on the subscription)");
-    let linked: Option<String> = sqlx::query_scalar("select stripe_customer_id from entitlements.customers where id = $1")
-        .bind(owner)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    assert_eq!(
+        sub_row(&db, sub_id).await,
+        ("pro".into(), "active".into(), sub["current_period_end"].as_i64().unwrap()),
+        "plan from the price, status and the period (older API shape: on the subscription)"
+    );
+    let linked: Option<String> =
+        sqlx::query_scalar("select stripe_customer_id from entitlements.customers where id = $1")
+            .bind(owner)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(linked.as_deref(), Some(cus.as_str()), "linked through the customer's metadata");
     assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
 
     // Drift in the database (a bad manual edit): repaired.
-    sqlx::query("update entitlements.subscriptions set status = 'canceled', ended_at = now() where stripe_subscription_id = $1")
-        .bind(sub_id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "update entitlements.subscriptions set status = 'canceled', ended_at = now() where stripe_subscription_id = $1",
+    )
+    .bind(sub_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
     let (ok, report, log) = reconcile(&db, &ls.base).await;
     assert!(ok, "{log}");
@@ -153,12 +172,19 @@ async fn reconcile_repairs_drift_against_localstripe() {
     // Nothing changed: nothing written.
     let (ok, report, _) = reconcile(&db, &ls.base).await;
     assert!(ok);
-    assert_eq!((report["created"].as_i64(), report["updated"].as_i64(), report["unchanged"].as_i64()),
-               (Some(0), Some(0), Some(1)), "{report}");
+    assert_eq!(
+        (report["created"].as_i64(), report["updated"].as_i64(), report["unchanged"].as_i64()),
+        (Some(0), Some(0), Some(1)),
+        "{report}"
+    );
 
     // Changes made in Stripe that no webhook told us about: an upgrade, then a cancellation.
     let item = sub["items"]["data"][0]["id"].as_str().unwrap();
-    ls.post(&format!("/v1/subscriptions/{sub_id}"), &[("items[0][id]", item), ("items[0][plan]", "price_business_monthly")]).await;
+    ls.post(
+        &format!("/v1/subscriptions/{sub_id}"),
+        &[("items[0][id]", item), ("items[0][plan]", "price_business_monthly")],
+    )
+    .await;
     let (ok, report, _) = reconcile(&db, &ls.base).await;
     assert!(ok);
     assert_eq!(report["updated"].as_i64(), Some(1));
@@ -187,8 +213,12 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
     let ls = LocalStripe::start().await;
     ls.plans().await;
     let secret = "whsec_from_localstripe";
-    let w = Worker::start("localstripe", &db.url, &[("STRIPE_WEBHOOK_SECRET", secret), ("STRIPE_SECRET_KEY", KEY),
-                                                    ("STRIPE_API_BASE", &ls.base)]).await;
+    let w = Worker::start(
+        "localstripe",
+        &db.url,
+        &[("STRIPE_WEBHOOK_SECRET", secret), ("STRIPE_SECRET_KEY", KEY), ("STRIPE_API_BASE", &ls.base)],
+    )
+    .await;
     // localstripe signs and delivers its events to the worker, like Stripe.
     ls.post("/_config/webhooks/worker", &[("url", &w.url("/webhooks/stripe")), ("secret", secret)]).await;
 
@@ -196,9 +226,16 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
     let cus = ls.customer(Some(owner)).await;
     let sub = ls.subscribe(&cus, "price_pro_monthly").await;
     let sub_id = sub["id"].as_str().unwrap().to_owned();
-    wait_for(&db.pool, &format!("select exists (select 1 from entitlements.subscriptions \
-                                  where stripe_subscription_id = '{sub_id}' and status = 'active')"),
-             30, "localstripe's customer.subscription.created to be applied").await;
+    wait_for(
+        &db.pool,
+        &format!(
+            "select exists (select 1 from entitlements.subscriptions \
+                                  where stripe_subscription_id = '{sub_id}' and status = 'active')"
+        ),
+        30,
+        "localstripe's customer.subscription.created to be applied",
+    )
+    .await;
     assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
 
     // A correctly signed event whose payload says "canceled" while Stripe says "active": with
@@ -207,14 +244,26 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
     lie["status"] = json!("canceled");
     let body = event("evt_payload_is_old", "customer.subscription.deleted", now(), lie);
     assert_eq!(w.deliver(&body, Some(&signature(secret, now(), &body))).await.0, 200);
-    wait_for(&db.pool, "select applied_at is not null from entitlements.stripe_events where id = 'evt_payload_is_old'",
-             20, "the event to be applied").await;
+    wait_for(
+        &db.pool,
+        "select applied_at is not null from entitlements.stripe_events where id = 'evt_payload_is_old'",
+        20,
+        "the event to be applied",
+    )
+    .await;
     assert_eq!(status_of(&db.pool, &sub_id).await.as_deref(), Some("active"), "the fetched object, not the payload");
 
     // The real cancellation, delivered by localstripe.
     ls.delete(&format!("/v1/subscriptions/{sub_id}")).await;
-    wait_for(&db.pool, &format!("select status = 'canceled' from entitlements.subscriptions where stripe_subscription_id = '{sub_id}'"),
-             30, "localstripe's customer.subscription.deleted to be applied").await;
+    wait_for(
+        &db.pool,
+        &format!(
+            "select status = 'canceled' from entitlements.subscriptions where stripe_subscription_id = '{sub_id}'"
+        ),
+        30,
+        "localstripe's customer.subscription.deleted to be applied",
+    )
+    .await;
     assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
 
     // Checkout (localstripe has no Checkout Sessions; the completed event is written here as
@@ -224,17 +273,27 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
     let cus2 = ls.customer(None).await;
     let sub2 = ls.subscribe(&cus2, "price_pro_monthly").await;
     let sub2_id = sub2["id"].as_str().unwrap().to_owned();
-    let checkout = event("evt_checkout_1", "checkout.session.completed", now(),
-                         json!({"id": "cs_test_1", "object": "checkout.session", "mode": "subscription",
+    let checkout = event(
+        "evt_checkout_1",
+        "checkout.session.completed",
+        now(),
+        json!({"id": "cs_test_1", "object": "checkout.session", "mode": "subscription",
                                 "status": "complete", "customer": cus2, "subscription": sub2_id,
-                                "client_reference_id": buyer}));
+                                "client_reference_id": buyer}),
+    );
     assert_eq!(w.deliver(&checkout, Some(&signature(secret, now(), &checkout))).await.0, 200);
-    wait_for(&db.pool, "select applied_at is not null from entitlements.stripe_events where id = 'evt_checkout_1'",
-             20, "the checkout event to be applied").await;
-    let outcome: String = sqlx::query_scalar("select outcome from entitlements.stripe_events where id = 'evt_checkout_1'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    wait_for(
+        &db.pool,
+        "select applied_at is not null from entitlements.stripe_events where id = 'evt_checkout_1'",
+        20,
+        "the checkout event to be applied",
+    )
+    .await;
+    let outcome: String =
+        sqlx::query_scalar("select outcome from entitlements.stripe_events where id = 'evt_checkout_1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(outcome.starts_with("linked"), "{outcome}");
     let (owner2, status2): (uuid::Uuid, String) =
         sqlx::query_as("select customer_id, status from entitlements.subscriptions where stripe_subscription_id = $1")
@@ -299,7 +358,12 @@ async fn reconcile_reads_the_current_api_shape_across_pages() {
     let db = fresh_db("stripe_recorded").await;
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     for (owner, cus) in [(a, "cus_recA"), (b, "cus_recB")] {
-        sqlx::query("select entitlements.link_stripe_customer($1, $2)").bind(owner).bind(cus).execute(&db.pool).await.unwrap();
+        sqlx::query("select entitlements.link_stripe_customer($1, $2)")
+            .bind(owner)
+            .bind(cus)
+            .execute(&db.pool)
+            .await
+            .unwrap();
     }
     let t = now();
     // Recorded from the current API (2025-03-31.basil and later): periods on the items only.
@@ -307,16 +371,17 @@ async fn reconcile_reads_the_current_api_shape_across_pages() {
                        "data": [subscription("sub_rec_a", "cus_recA", "price_pro_yearly", "trialing", t - 60, t + 365 * 86400)]});
     let page2 = json!({"object": "list", "url": "/v1/subscriptions", "has_more": false,
                        "data": [subscription("sub_rec_b", "cus_recB", "price_business_monthly", "past_due", t - 60, t + 30 * 86400)]});
-    let (base, seen) = recorded_stripe(vec![
-        ("starting_after=sub_rec_a", page2),
-        ("/v1/subscriptions?status=all&limit=100", page1),
-    ])
-    .await;
+    let (base, seen) =
+        recorded_stripe(vec![("starting_after=sub_rec_a", page2), ("/v1/subscriptions?status=all&limit=100", page1)])
+            .await;
     let (ok, report, log) = reconcile(&db, &base).await;
     assert!(ok, "{log}");
     assert_eq!((report["seen"].as_i64(), report["created"].as_i64()), (Some(2), Some(2)), "{report}");
-    assert_eq!(sub_row(&db, "sub_rec_a").await, ("pro".into(), "trialing".into(), t + 365 * 86400),
-               "plan and period end read from the item");
+    assert_eq!(
+        sub_row(&db, "sub_rec_a").await,
+        ("pro".into(), "trialing".into(), t + 365 * 86400),
+        "plan and period end read from the item"
+    );
     assert_eq!(sub_row(&db, "sub_rec_b").await, ("business".into(), "past_due".into(), t + 30 * 86400));
 
     let seen = seen.lock().unwrap().clone();

@@ -39,13 +39,21 @@ async fn verified_deliveries_are_stored_once_and_applied() {
     let (status, reply) = w.deliver(&body, Some(&signature(OLD, now(), &body))).await;
     assert_eq!((status, reply["duplicate"].clone()), (200, json!(true)), "{reply}");
     // A header carrying one signature per secret (Stripe during a roll), ours among them.
-    let both = format!("{},v1={}", signature("whsec_someone_else", now(), &body),
-                       signature(OLD, now(), &body).split("v1=").nth(1).unwrap());
+    let both = format!(
+        "{},v1={}",
+        signature("whsec_someone_else", now(), &body),
+        signature(OLD, now(), &body).split("v1=").nth(1).unwrap()
+    );
     let (status, _) = w.deliver(&body, Some(&both)).await;
     assert_eq!(status, 200);
 
-    wait_for(&db.pool, "select exists (select 1 from entitlements.stripe_events where id = 'evt_store1' and applied_at is not null)",
-             20, "the event to be applied").await;
+    wait_for(
+        &db.pool,
+        "select exists (select 1 from entitlements.stripe_events where id = 'evt_store1' and applied_at is not null)",
+        20,
+        "the event to be applied",
+    )
+    .await;
     assert_eq!(events_stored(&db.pool).await, 1);
     let (attempts, outcome): (i32, String) =
         sqlx::query_as("select attempts, outcome from entitlements.stripe_events where id = 'evt_store1'")
@@ -77,8 +85,13 @@ async fn verified_deliveries_are_stored_once_and_applied() {
     // Unknown types are stored and acknowledged.
     let other = event("evt_store2", "charge.refunded", now(), json!({"id": "ch_1", "object": "charge"}));
     assert_eq!(w.deliver(&other, Some(&signature(NEW, now(), &other))).await.0, 200);
-    wait_for(&db.pool, "select exists (select 1 from entitlements.stripe_events where id = 'evt_store2' and outcome = 'ignored')",
-             20, "the unknown event to be acknowledged").await;
+    wait_for(
+        &db.pool,
+        "select exists (select 1 from entitlements.stripe_events where id = 'evt_store2' and outcome = 'ignored')",
+        20,
+        "the unknown event to be acknowledged",
+    )
+    .await;
 
     let metrics = w.metrics().await;
     assert!(metrics.contains("entitlements_webhooks_received_total{duplicate=\"false\"} 2"), "{metrics}");
@@ -94,8 +107,12 @@ async fn refused_deliveries_store_nothing() {
     let db = fresh_db("stripe_refused").await;
     let w = Worker::start("refused", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
     let t = now();
-    let body = event("evt_refused1", "customer.subscription.created", t,
-                     subscription("sub_r1", "cus_r1", "price_pro_monthly", "active", t, t + 86400));
+    let body = event(
+        "evt_refused1",
+        "customer.subscription.created",
+        t,
+        subscription("sub_r1", "cus_r1", "price_pro_monthly", "active", t, t + 86400),
+    );
 
     let forged = signature("whsec_attacker", now(), &body);
     assert_eq!(w.deliver(&body, Some(&forged)).await.0, 400, "forged");
@@ -123,8 +140,14 @@ async fn refused_deliveries_store_nothing() {
     assert_eq!(events_stored(&db.pool).await, 1);
 
     let metrics = w.metrics().await;
-    for (reason, n) in [("bad_signature", 2), ("stale", 2), ("missing_signature", 1), ("malformed_signature", 2),
-                        ("malformed_event", 2), ("oversized", 2)] {
+    for (reason, n) in [
+        ("bad_signature", 2),
+        ("stale", 2),
+        ("missing_signature", 1),
+        ("malformed_signature", 2),
+        ("malformed_event", 2),
+        ("oversized", 2),
+    ] {
         let line = format!("entitlements_webhooks_refused_total{{reason=\"{reason}\"}} {n}");
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
@@ -138,7 +161,8 @@ async fn a_slow_oversized_delivery_reads_its_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = fresh_db("stripe_slow_big").await;
     let w = Worker::start("slow_big", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
-    let body = event("evt_slow_big", "customer.updated", now(), json!({"id": "cus_big", "padding": "x".repeat(600 * 1024)}));
+    let body =
+        event("evt_slow_big", "customer.updated", now(), json!({"id": "cus_big", "padding": "x".repeat(600 * 1024)}));
     let mut conn = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
     let head = format!(
         "POST /webhooks/stripe HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nStripe-Signature: {}\r\nContent-Length: {}\r\n\r\n",
@@ -180,13 +204,19 @@ async fn any_delivery_order_ends_in_the_newest_state() {
     link(&db, customer, "cus_order1").await;
     let t = now() - 100;
     let (p0, p1, p2) = (t - 86400, t + 29 * 86400, t + 59 * 86400);
-    let sub = |status: &str, start: i64, end: i64| subscription("sub_order1", "cus_order1", "price_pro_monthly", status, start, end);
+    let sub = |status: &str, start: i64, end: i64| {
+        subscription("sub_order1", "cus_order1", "price_pro_monthly", status, start, end)
+    };
 
     // The life of one subscription, delivered newest first. Two pairs share a `created` second.
     let created = event("evt_o1", "customer.subscription.created", t, sub("active", p0, p1));
-    let failed = event("evt_o2", "invoice.payment_failed", t + 10,
-                       json!({"id": "in_o2", "object": "invoice", "customer": "cus_order1",
-                              "parent": {"subscription_details": {"subscription": "sub_order1"}}}));
+    let failed = event(
+        "evt_o2",
+        "invoice.payment_failed",
+        t + 10,
+        json!({"id": "in_o2", "object": "invoice", "customer": "cus_order1",
+                              "parent": {"subscription_details": {"subscription": "sub_order1"}}}),
+    );
     let past_due = event("evt_o3", "customer.subscription.updated", t + 10, sub("past_due", p0, p1));
     let renewed = event("evt_o4", "customer.subscription.updated", t + 20, sub("active", p1, p2));
     let canceled = event("evt_o5", "customer.subscription.deleted", t + 20, {
@@ -195,52 +225,90 @@ async fn any_delivery_order_ends_in_the_newest_state() {
         s
     });
     // Each is applied before the next arrives, so the applier really sees them newest first.
-    for (id, body) in [("evt_o5", &canceled), ("evt_o4", &renewed), ("evt_o3", &past_due), ("evt_o2", &failed),
-                       ("evt_o1", &created)] {
+    for (id, body) in
+        [("evt_o5", &canceled), ("evt_o4", &renewed), ("evt_o3", &past_due), ("evt_o2", &failed), ("evt_o1", &created)]
+    {
         let (status, reply) = w.deliver(body, Some(&signature(NEW, now(), body))).await;
         assert_eq!(status, 200, "{reply}");
-        wait_for(&db.pool, &format!("select applied_at is not null from entitlements.stripe_events where id = '{id}'"),
-                 20, id).await;
+        wait_for(
+            &db.pool,
+            &format!("select applied_at is not null from entitlements.stripe_events where id = '{id}'"),
+            20,
+            id,
+        )
+        .await;
     }
     let outcomes: Vec<String> = sqlx::query_scalar("select outcome from entitlements.stripe_events order by id desc")
         .fetch_all(&db.pool)
         .await
         .unwrap();
-    assert_eq!(outcomes, ["created", "stale", "stale", "unchanged", "stale"].map(String::from),
-               "evt_o5 created it; the older ones were stale or changed nothing");
-    wait_for(&db.pool, "select count(*) = 5 from entitlements.stripe_events where applied_at is not null", 30,
-             "all five events to be applied").await;
+    assert_eq!(
+        outcomes,
+        ["created", "stale", "stale", "unchanged", "stale"].map(String::from),
+        "evt_o5 created it; the older ones were stale or changed nothing"
+    );
+    wait_for(
+        &db.pool,
+        "select count(*) = 5 from entitlements.stripe_events where applied_at is not null",
+        30,
+        "all five events to be applied",
+    )
+    .await;
     assert_eq!(status_of(&db.pool, "sub_order1").await.as_deref(), Some("canceled"), "the newest state wins");
     assert!(!has_feature(&mut session(&db).await, customer, "advanced_agents").await);
-    let one: i64 = sqlx::query_scalar("select count(*) from entitlements.subscriptions where stripe_subscription_id = 'sub_order1'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let one: i64 = sqlx::query_scalar(
+        "select count(*) from entitlements.subscriptions where stripe_subscription_id = 'sub_order1'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(one, 1);
 
     // The same events oldest first, for a second subscription: the same end state.
     let customer2 = uuid::Uuid::new_v4();
     link(&db, customer2, "cus_order2").await;
     for body in [&created, &failed, &past_due, &renewed, &canceled] {
-        let body = body.replace("sub_order1", "sub_order2").replace("cus_order1", "cus_order2").replace("evt_o", "evt_p");
+        let body =
+            body.replace("sub_order1", "sub_order2").replace("cus_order1", "cus_order2").replace("evt_o", "evt_p");
         assert_eq!(w.deliver(&body, Some(&signature(NEW, now(), &body))).await.0, 200);
     }
-    wait_for(&db.pool, "select count(*) = 10 from entitlements.stripe_events where applied_at is not null", 30,
-             "all ten events to be applied").await;
+    wait_for(
+        &db.pool,
+        "select count(*) = 10 from entitlements.stripe_events where applied_at is not null",
+        30,
+        "all ten events to be applied",
+    )
+    .await;
     assert_eq!(status_of(&db.pool, "sub_order2").await.as_deref(), Some("canceled"));
 
     // A payment failure delivered before its subscription exists is retried until it applies.
     let customer3 = uuid::Uuid::new_v4();
     link(&db, customer3, "cus_order3").await;
-    let early_fail = event("evt_q2", "invoice.payment_failed", t + 10,
-                           json!({"id": "in_q2", "object": "invoice", "subscription": "sub_order3"}));
+    let early_fail = event(
+        "evt_q2",
+        "invoice.payment_failed",
+        t + 10,
+        json!({"id": "in_q2", "object": "invoice", "subscription": "sub_order3"}),
+    );
     assert_eq!(w.deliver(&early_fail, Some(&signature(NEW, now(), &early_fail))).await.0, 200);
-    wait_for(&db.pool, "select exists (select 1 from entitlements.stripe_events where id = 'evt_q2' and attempts > 0 \
-                        and last_error like '%not known yet%')", 20, "the early failure to fail once").await;
-    let late_created = created.replace("sub_order1", "sub_order3").replace("cus_order1", "cus_order3").replace("evt_o1", "evt_q1");
+    wait_for(
+        &db.pool,
+        "select exists (select 1 from entitlements.stripe_events where id = 'evt_q2' and attempts > 0 \
+                        and last_error like '%not known yet%')",
+        20,
+        "the early failure to fail once",
+    )
+    .await;
+    let late_created =
+        created.replace("sub_order1", "sub_order3").replace("cus_order1", "cus_order3").replace("evt_o1", "evt_q1");
     assert_eq!(w.deliver(&late_created, Some(&signature(NEW, now(), &late_created))).await.0, 200);
-    wait_for(&db.pool, "select applied_at is not null from entitlements.stripe_events where id = 'evt_q2'", 30,
-             "the retry to apply the payment failure").await;
+    wait_for(
+        &db.pool,
+        "select applied_at is not null from entitlements.stripe_events where id = 'evt_q2'",
+        30,
+        "the retry to apply the payment failure",
+    )
+    .await;
     assert_eq!(status_of(&db.pool, "sub_order3").await.as_deref(), Some("past_due"), "past_due, as Stripe has it");
     assert!(has_feature(&mut session(&db).await, customer3, "advanced_agents").await, "within the grace period");
     assert!(w.metrics().await.contains("entitlements_webhooks_failed_total"));
@@ -255,16 +323,29 @@ async fn a_restart_resumes_the_queue() {
     let t = now();
     // Stored by a worker that stopped before applying them (or by an app through SQL).
     for (i, status) in ["active", "past_due"].iter().enumerate() {
-        let body = event(&format!("evt_resume{i}"), "customer.subscription.updated", t + i as i64,
-                         subscription("sub_resume1", "cus_resume1", "price_pro_monthly", status, t - 60, t + 86400));
+        let body = event(
+            &format!("evt_resume{i}"),
+            "customer.subscription.updated",
+            t + i as i64,
+            subscription("sub_resume1", "cus_resume1", "price_pro_monthly", status, t - 60, t + 86400),
+        );
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let new: bool = sqlx::query_scalar("select entitlements.stripe_record_event($1)").bind(body).fetch_one(&db.pool).await.unwrap();
+        let new: bool = sqlx::query_scalar("select entitlements.stripe_record_event($1)")
+            .bind(body)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         assert!(new);
     }
     assert_eq!(status_of(&db.pool, "sub_resume1").await, None);
     let w = Worker::start("resume", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
-    wait_for(&db.pool, "select count(*) = 2 from entitlements.stripe_events where applied_at is not null", 20,
-             "the stored events to be applied after the start").await;
+    wait_for(
+        &db.pool,
+        "select count(*) = 2 from entitlements.stripe_events where applied_at is not null",
+        20,
+        "the stored events to be applied after the start",
+    )
+    .await;
     assert_eq!(status_of(&db.pool, "sub_resume1").await.as_deref(), Some("past_due"));
     w.stop().await;
 }

@@ -52,12 +52,8 @@ async fn applies_a_catalog_and_serves_health() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown feature"));
 
     let addr = "127.0.0.1:18931";
-    let mut child = worker()
-        .env("DATABASE_URL", &db.url)
-        .env("ENTITLEMENTS_LISTEN_ADDR", addr)
-        .arg("serve")
-        .spawn()
-        .unwrap();
+    let mut child =
+        worker().env("DATABASE_URL", &db.url).env("ENTITLEMENTS_LISTEN_ADDR", addr).arg("serve").spawn().unwrap();
     let mut body = String::new();
     for _ in 0..100 {
         if let Ok(b) = http_get(addr, "/healthz").await {

@@ -11,7 +11,8 @@ use std::time::Duration;
 #[tokio::test]
 async fn run_task_prints_the_run_and_fails_on_failure() {
     let db = fresh_db("ops_run_task").await;
-    let out = worker_command().env("DATABASE_URL", &db.url).args(["run-task", "health_snapshot"]).output().await.unwrap();
+    let out =
+        worker_command().env("DATABASE_URL", &db.url).args(["run-task", "health_snapshot"]).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the run record is JSON on stdout");
     assert_eq!(run["task"], "health_snapshot");
@@ -25,12 +26,14 @@ async fn run_task_prints_the_run_and_fails_on_failure() {
     assert_eq!(recorded, 1, "the run is in entitlements.task_runs");
 
     // An unknown task: the extension's 22023 message, a failure exit, nothing recorded.
-    let before: i64 = sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
+    let before: i64 =
+        sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
     let out = worker_command().env("DATABASE_URL", &db.url).args(["run-task", "defragment"]).output().await.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown maintenance task") && err.contains("22023"), "{err}");
-    let after: i64 = sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
+    let after: i64 =
+        sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
     assert_eq!(before, after);
 
     // A task that fails: the record (outcome error) is printed and the exit code says so.
@@ -46,7 +49,12 @@ async fn run_task_prints_the_run_and_fails_on_failure() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let out = worker_command().env("DATABASE_URL", &db.url).args(["run-task", "correct_entitlements"]).output().await.unwrap();
+    let out = worker_command()
+        .env("DATABASE_URL", &db.url)
+        .args(["run-task", "correct_entitlements"])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(1), "a failed task is a failure exit");
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["outcome"], "error");
@@ -121,7 +129,8 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
     assert_eq!(health["worker"], "from-file", "worker_id comes from the file: {health}");
     let tasks: Vec<&String> = health["tasks"].as_object().unwrap().keys().collect();
     assert_eq!(tasks, ["health_snapshot"], "tasks set to off are not scheduled: {health}");
-    let recorded: String = sqlx::query_scalar("select worker from entitlements.task_runs limit 1").fetch_one(&db.pool).await.unwrap();
+    let recorded: String =
+        sqlx::query_scalar("select worker from entitlements.task_runs limit 1").fetch_one(&db.pool).await.unwrap();
     assert_eq!(recorded, "from-file");
     let (status, _) = w.terminate(Duration::from_secs(10)).await;
     assert!(status.success());
@@ -139,7 +148,13 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("databse_url") && !err.contains("pw-SHOULD-NOT-LEAK"), "{err}");
     // An unknown task in the schedule is refused too.
-    let out = worker_command().env("DATABASE_URL", &db.url).env("ENTITLEMENTS_SCHEDULE", "defrag=1s").arg("check").output().await.unwrap();
+    let out = worker_command()
+        .env("DATABASE_URL", &db.url)
+        .env("ENTITLEMENTS_SCHEDULE", "defrag=1s")
+        .arg("check")
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown task \"defrag\""));
     let _ = std::fs::remove_dir_all(&dir);
@@ -171,10 +186,15 @@ async fn metrics_and_health_over_http() {
     assert!(metrics.contains("# TYPE entitlements_task_runs_total counter"), "{metrics}");
     assert!(metrics.contains("# TYPE entitlements_task_duration_seconds histogram"), "{metrics}");
     assert!(
-        sample(&metrics, "entitlements_task_duration_seconds_count", &[("task", "health_snapshot")]).unwrap_or(0.0) >= 1.0,
+        sample(&metrics, "entitlements_task_duration_seconds_count", &[("task", "health_snapshot")]).unwrap_or(0.0)
+            >= 1.0,
         "{metrics}"
     );
-    assert!(sample(&metrics, "entitlements_task_runs_total", &[("task", "health_snapshot"), ("outcome", "ok")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        sample(&metrics, "entitlements_task_runs_total", &[("task", "health_snapshot"), ("outcome", "ok")])
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     assert_eq!(sample(&metrics, "entitlements_database_up", &[]), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "active")]), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "paused")]), Some(0.0), "{metrics}");
@@ -182,7 +202,10 @@ async fn metrics_and_health_over_http() {
     // The database goes away: 503 and says so; the worker keeps serving.
     let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
     db.pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database {} with (force)", db.name))).execute(&mut admin).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database {} with (force)", db.name)))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     let (code, health) = get_json(&w.addr, "/healthz").await;
     assert_eq!(code, 503, "{health}");
     assert_eq!(health["database"], "unreachable");
@@ -208,12 +231,17 @@ async fn sigterm_finishes_the_run_in_flight() {
         .unwrap();
     let mut blocker = session(&db).await;
     sqlx::raw_sql("begin").execute(&mut blocker).await.unwrap();
-    sqlx::query("select 1 from entitlements.subscriptions where id = $1 for update").bind(sub).execute(&mut blocker).await.unwrap();
+    sqlx::query("select 1 from entitlements.subscriptions where id = $1 for update")
+        .bind(sub)
+        .execute(&mut blocker)
+        .await
+        .unwrap();
 
     let mut cmd = worker_command();
-    cmd.arg("serve")
-        .env("DATABASE_URL", &db.url)
-        .env("ENTITLEMENTS_SCHEDULE", "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
+    cmd.arg("serve").env("DATABASE_URL", &db.url).env(
+        "ENTITLEMENTS_SCHEDULE",
+        "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off",
+    );
     let mut w = Worker::spawn(cmd, &free_addr());
     w.ready().await;
     eventually(Duration::from_secs(20), "the run is in flight", || async {

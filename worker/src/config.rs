@@ -288,7 +288,9 @@ impl Config {
             None => FileConfig::default(),
         };
         let database_url = cli.database_url.clone().or(file.database_url).ok_or_else(|| {
-            Error::Config("DATABASE_URL is not set (flag --database-url, environment, or database_url in the file)".into())
+            Error::Config(
+                "DATABASE_URL is not set (flag --database-url, environment, or database_url in the file)".into(),
+            )
         })?;
         let shutdown_timeout = match (&cli.shutdown_timeout, &file.shutdown_timeout) {
             (Some(d), _) => *d,
@@ -302,10 +304,11 @@ impl Config {
         }
         if let Some(spec) = &cli.schedule {
             for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let (name, interval) = item
-                    .split_once('=')
-                    .ok_or_else(|| Error::Config(format!("ENTITLEMENTS_SCHEDULE: expected task=interval, got {item:?}")))?;
-                let interval = parse_interval(interval).map_err(|e| Error::Config(format!("ENTITLEMENTS_SCHEDULE: {e}")))?;
+                let (name, interval) = item.split_once('=').ok_or_else(|| {
+                    Error::Config(format!("ENTITLEMENTS_SCHEDULE: expected task=interval, got {item:?}"))
+                })?;
+                let interval =
+                    parse_interval(interval).map_err(|e| Error::Config(format!("ENTITLEMENTS_SCHEDULE: {e}")))?;
                 set_task(&mut tasks, name.trim(), interval)?;
             }
         }

@@ -8,11 +8,8 @@ use std::time::Duration;
 
 pub async fn connect(url: &str) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)?.application_name("entitlements-worker");
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await?;
+    let pool =
+        PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(10)).connect_with(options).await?;
     extension_version(&pool).await?;
     tracing::info!("connected to the database");
     Ok(pool)

@@ -75,7 +75,10 @@ pub async fn serve(ctx: Context) -> Result<()> {
     ctx.shutdown.cancelled().await;
     ctx.tracker.close();
     if tokio::time::timeout(ctx.config.shutdown_timeout, ctx.tracker.wait()).await.is_err() {
-        tracing::warn!(timeout_seconds = ctx.config.shutdown_timeout.as_secs_f64(), "in-flight work did not finish in time; exiting");
+        tracing::warn!(
+            timeout_seconds = ctx.config.shutdown_timeout.as_secs_f64(),
+            "in-flight work did not finish in time; exiting"
+        );
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ctx.pool.close()).await;
     tracing::info!("stopped");

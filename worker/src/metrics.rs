@@ -25,13 +25,32 @@ pub fn install() -> Result<PrometheusHandle> {
 }
 
 fn describe() {
-    metrics::describe_counter!("entitlements_task_runs_total", "Maintenance task runs by task and outcome (ok, error, skipped).");
-    metrics::describe_histogram!("entitlements_task_duration_seconds", metrics::Unit::Seconds, "Duration of task runs.");
+    metrics::describe_counter!(
+        "entitlements_task_runs_total",
+        "Maintenance task runs by task and outcome (ok, error, skipped)."
+    );
+    metrics::describe_histogram!(
+        "entitlements_task_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of task runs."
+    );
     metrics::describe_counter!("entitlements_task_rows_touched_total", "Rows changed by maintenance tasks.");
-    metrics::describe_gauge!("entitlements_task_consecutive_failures", "Failures in a row per task; 0 after a success.");
-    metrics::describe_gauge!("entitlements_task_last_success_timestamp_seconds", "Unix time of the last successful run per task.");
-    metrics::describe_gauge!("entitlements_subscriptions", "Subscriptions by status, from the latest health_snapshot run.");
-    metrics::describe_gauge!("entitlements_subscriptions_to_tidy", "Subscriptions whose stored status no longer grants by the rules (health_snapshot).");
+    metrics::describe_gauge!(
+        "entitlements_task_consecutive_failures",
+        "Failures in a row per task; 0 after a success."
+    );
+    metrics::describe_gauge!(
+        "entitlements_task_last_success_timestamp_seconds",
+        "Unix time of the last successful run per task."
+    );
+    metrics::describe_gauge!(
+        "entitlements_subscriptions",
+        "Subscriptions by status, from the latest health_snapshot run."
+    );
+    metrics::describe_gauge!(
+        "entitlements_subscriptions_to_tidy",
+        "Subscriptions whose stored status no longer grants by the rules (health_snapshot)."
+    );
     metrics::describe_gauge!("entitlements_database_up", "1 when the last health check reached the database.");
 }
 

@@ -117,10 +117,12 @@ pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
         Err(e) => ("error".to_owned(), Some(e.to_string()), 0, None),
     };
     let task_label = task.to_owned();
-    metrics::counter!("entitlements_task_runs_total", "task" => task_label.clone(), "outcome" => outcome.clone()).increment(1);
+    metrics::counter!("entitlements_task_runs_total", "task" => task_label.clone(), "outcome" => outcome.clone())
+        .increment(1);
     if outcome != "skipped" {
         metrics::histogram!("entitlements_task_duration_seconds", "task" => task_label.clone()).record(elapsed);
-        metrics::counter!("entitlements_task_rows_touched_total", "task" => task_label.clone()).increment(rows.max(0) as u64);
+        metrics::counter!("entitlements_task_rows_touched_total", "task" => task_label.clone())
+            .increment(rows.max(0) as u64);
     }
     if let Ok(run) = &result {
         if task == "health_snapshot" && run.outcome == "ok" {
@@ -178,10 +180,8 @@ fn unix_now() -> f64 {
 /// uses others) and recorded in the same table.
 async fn reconcile_stripe(ctx: &Context) -> Result<TaskRun> {
     let mut tx = ctx.pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("select entitlements.try_lock_task($1)")
-        .bind(RECONCILE_STRIPE)
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked: bool =
+        sqlx::query_scalar("select entitlements.try_lock_task($1)").bind(RECONCILE_STRIPE).fetch_one(&mut *tx).await?;
     let started: String = sqlx::query_scalar("select clock_timestamp()::text").fetch_one(&mut *tx).await?;
     let (outcome, rows, error, details) = if !locked {
         ("skipped", 0, None, serde_json::json!({"reason": "another run of this task is in progress"}))
@@ -190,7 +190,8 @@ async fn reconcile_stripe(ctx: &Context) -> Result<TaskRun> {
             Ok(report) => {
                 let details = serde_json::to_value(&report).unwrap_or_default();
                 if report.failed > 0 {
-                    let message = format!("{} subscription(s) not applied: {}", report.failed, report.errors.join("; "));
+                    let message =
+                        format!("{} subscription(s) not applied: {}", report.failed, report.errors.join("; "));
                     ("error", report.rows_touched(), Some(message), details)
                 } else {
                     ("ok", report.rows_touched(), None, details)

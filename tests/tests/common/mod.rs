@@ -59,12 +59,7 @@ pub async fn has_feature(conn: &mut PgConnection, customer: uuid::Uuid, feature:
 }
 
 pub async fn subscribe(conn: &mut PgConnection, customer: uuid::Uuid, plan: &str) -> uuid::Uuid {
-    sqlx::query_scalar("select entitlements.subscribe($1, $2)")
-        .bind(customer)
-        .bind(plan)
-        .fetch_one(conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar("select entitlements.subscribe($1, $2)").bind(customer).bind(plan).fetch_one(conn).await.unwrap()
 }
 
 pub fn sqlstate(e: &sqlx::Error) -> Option<String> {

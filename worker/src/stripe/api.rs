@@ -64,7 +64,8 @@ impl Client {
                 .await;
             let retryable = match sent {
                 Ok(resp) if resp.status().is_success() => {
-                    let body = resp.json::<Value>().await.map_err(|e| Error::StripeHttp(e.without_url().to_string()))?;
+                    let body =
+                        resp.json::<Value>().await.map_err(|e| Error::StripeHttp(e.without_url().to_string()))?;
                     return Ok(Some(body));
                 }
                 Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => return Ok(None),

@@ -112,8 +112,10 @@ async fn try_apply(pool: &PgPool, client: Option<&Client>, ev: &Pending) -> Resu
         (Some(client), Some(sub)) => {
             // Claim first, so no two workers fetch for one event; then hold the subscription's
             // lock until commit: nothing else applies it between the fetch and the write.
-            let claimed: bool =
-                sqlx::query_scalar("select entitlements.stripe_claim_event($1)").bind(&ev.id).fetch_one(&mut *tx).await?;
+            let claimed: bool = sqlx::query_scalar("select entitlements.stripe_claim_event($1)")
+                .bind(&ev.id)
+                .fetch_one(&mut *tx)
+                .await?;
             if !claimed {
                 return Ok(None);
             }

@@ -46,7 +46,8 @@ pub fn spawn(ctx: &Context) -> Result<()> {
         None => None,
     };
     // Its own connections: however busy applying gets, webhook intake keeps the shared pool.
-    let options = PgConnectOptions::from_str(ctx.config.database_url.expose())?.application_name("entitlements-worker-stripe");
+    let options =
+        PgConnectOptions::from_str(ctx.config.database_url.expose())?.application_name("entitlements-worker-stripe");
     let pool = PgPoolOptions::new()
         .max_connections(applier::PARALLEL as u32 + 1)
         .acquire_timeout(Duration::from_secs(10))
@@ -56,9 +57,22 @@ pub fn spawn(ctx: &Context) -> Result<()> {
 }
 
 fn describe_metrics() {
-    metrics::describe_counter!("entitlements_webhooks_received_total", "Stripe deliveries verified and stored (duplicate=true: already stored).");
-    metrics::describe_counter!("entitlements_webhooks_refused_total", "Stripe deliveries refused, by reason; nothing was stored.");
+    metrics::describe_counter!(
+        "entitlements_webhooks_received_total",
+        "Stripe deliveries verified and stored (duplicate=true: already stored)."
+    );
+    metrics::describe_counter!(
+        "entitlements_webhooks_refused_total",
+        "Stripe deliveries refused, by reason; nothing was stored."
+    );
     metrics::describe_counter!("entitlements_webhooks_applied_total", "Stripe events applied, by outcome.");
-    metrics::describe_counter!("entitlements_webhooks_failed_total", "Attempts to apply a Stripe event that failed (retried with backoff).");
-    metrics::describe_histogram!("entitlements_webhook_apply_lag_seconds", metrics::Unit::Seconds, "From storing a Stripe event to applying it.");
+    metrics::describe_counter!(
+        "entitlements_webhooks_failed_total",
+        "Attempts to apply a Stripe event that failed (retried with backoff)."
+    );
+    metrics::describe_histogram!(
+        "entitlements_webhook_apply_lag_seconds",
+        metrics::Unit::Seconds,
+        "From storing a Stripe event to applying it."
+    );
 }

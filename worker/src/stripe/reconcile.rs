@@ -28,17 +28,16 @@ impl Report {
 }
 
 pub async fn reconcile(pool: &PgPool, stripe: &StripeConfig) -> Result<Report> {
-    let key = stripe
-        .secret_key
-        .as_ref()
-        .ok_or_else(|| Error::Config("reconcile-stripe needs STRIPE_SECRET_KEY".into()))?;
+    let key =
+        stripe.secret_key.as_ref().ok_or_else(|| Error::Config("reconcile-stripe needs STRIPE_SECRET_KEY".into()))?;
     let client = Client::new(key, stripe.api_base.as_deref())?;
     let mut report = Report::default();
     let mut after: Option<String> = None;
     loop {
         // Each page is applied as observed when its request left: a state a webhook applied
         // after that instant is newer and stays (the extension compares).
-        let observed: f64 = sqlx::query_scalar("select extract(epoch from clock_timestamp())::float8").fetch_one(pool).await?;
+        let observed: f64 =
+            sqlx::query_scalar("select extract(epoch from clock_timestamp())::float8").fetch_one(pool).await?;
         let page = client.list_subscriptions(after.as_deref()).await?;
         let items = page["data"].as_array().cloned().unwrap_or_default();
         for sub in &items {
@@ -70,7 +69,12 @@ pub async fn reconcile(pool: &PgPool, stripe: &StripeConfig) -> Result<Report> {
             break;
         }
     }
-    tracing::info!(seen = report.seen, created = report.created, updated = report.updated, failed = report.failed,
-                   "reconciled Stripe subscriptions");
+    tracing::info!(
+        seen = report.seen,
+        created = report.created,
+        updated = report.updated,
+        failed = report.failed,
+        "reconciled Stripe subscriptions"
+    );
     Ok(report)
 }

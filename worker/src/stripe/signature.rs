@@ -114,7 +114,9 @@ mod tests {
         assert_eq!(verify(Some("v1=00"), body, &secrets, NOW), Err(Refusal::Malformed));
         assert_eq!(verify(Some(&format!("t={NOW}")), body, &secrets, NOW), Err(Refusal::Malformed));
         assert_eq!(verify(Some("t=abc,v1=00"), body, &secrets, NOW), Err(Refusal::Malformed));
-        assert_eq!(verify(Some(&format!("t={NOW},t={NOW},{}", &h[h.find("v1").unwrap()..])), body, &secrets, NOW),
-                   Err(Refusal::Malformed));
+        assert_eq!(
+            verify(Some(&format!("t={NOW},t={NOW},{}", &h[h.find("v1").unwrap()..])), body, &secrets, NOW),
+            Err(Refusal::Malformed)
+        );
     }
 }

@@ -1,0 +1,1660 @@
+\echo Use "ALTER EXTENSION pg_entitlements UPDATE TO '0.2.0'" to load this file. \quit
+
+-- pg_entitlements 0.1.0 -> 0.2.0 (security hardening, issue 8).
+--
+-- Ends with what `CREATE EXTENSION pg_entitlements VERSION '0.2.0'` installs: the same
+-- functions, triggers, constraints, indexes, policies, roles, privileges and dump
+-- registrations (scripts/test_upgrade.sh compares an upgraded database with a fresh one).
+-- The data stays; entitlements.cache_version keeps its row (only a fresh install starts
+-- it at the install instant).
+--
+-- The new CHECK constraints are validated against the rows already there. A row that
+-- 0.2.0 would not accept stops the upgrade and nothing changes:
+--   * a jsonb value nested deeper than 32 levels, with a number outside -1e15..1e15 or
+--     larger than 256 kB (plans.metadata, plan_entitlements.spec, customers.metadata,
+--     subscriptions.metadata, grants.value), or an infinite instant (subscriptions'
+--     period, trial, cancel and end instants, grants.starts_at/expires_at): SQLSTATE 22023
+--     from entitlements._valid_json / entitlements._finite, naming the column and the path;
+--   * plans.trial_days over 730, plans.grace_days over 365, subscriptions.quantity over
+--     1000000: SQLSTATE 23514 naming the constraint.
+-- Fix (or delete) the row and run ALTER EXTENSION pg_entitlements UPDATE again.
+
+-- Roles (sql/security.sql) ----------------------------------------------------------
+-- Two roles carry the model (created here when missing; roles are cluster-wide, so a
+-- second database reuses them):
+--   * entitlements_api: the roles PostgREST/Supabase switch to (anon, authenticated,
+--     service_role by default). Only they, superusers and the extension owner are trusted
+--     to say who the user is (request.jwt.claims, entitlements.user_id).
+--   * entitlements_admin: a database role that has its privileges administers everything.
+-- Who gets them is decided with the privileges, at the end.
+do $$
+begin
+    if not exists (select 1 from pg_catalog.pg_roles where rolname = 'entitlements_api') then
+        create role entitlements_api nologin;
+    end if;
+    if not exists (select 1 from pg_catalog.pg_roles where rolname = 'entitlements_admin') then
+        create role entitlements_admin nologin;
+    end if;
+end
+$$;
+
+-- Checked input (sql/schema.sql) -----------------------------------------------------
+-- Every jsonb and instant the rules read is checked where it is written, by these
+-- functions in CHECK constraints (added below, once the functions exist).
+
+-- A JSON value the readers take: nested at most 32 deep, every number within
+-- +-1e15 (exact as f64; src/catalog.rs MAX_NUMBER), at most 256 kB.
+create or replace function entitlements._valid_json(value jsonb, what text)
+returns boolean language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_problem text;
+begin
+    if value is null then
+        return true;
+    end if;
+    if pg_column_size(value) > 262144 then
+        raise exception '%: the value is larger than 256 kB', what using errcode = '22023';
+    end if;
+    with recursive walk(path, v, depth) as (
+        select '$'::text, value, 1
+        union all
+        select w.path || e.step, e.v, w.depth + 1
+          from walk w
+          cross join lateral (
+              select '.' || k as step, x as v
+                from jsonb_each(case when jsonb_typeof(w.v) = 'object' then w.v end) as o(k, x)
+              union all
+              select '[' || (i - 1) || ']', x
+                from jsonb_array_elements(case when jsonb_typeof(w.v) = 'array' then w.v end)
+                     with ordinality as a(x, i)) e
+         where w.depth <= 32)
+    select case when w.depth > 32 then w.path || ': nested deeper than 32 levels'
+                else w.path || ': number ' || left(w.v::text, 40) || ' is outside -1e15..1e15' end
+      into v_problem
+      from walk w
+     where w.depth > 32
+        or (jsonb_typeof(w.v) = 'number' and abs(w.v::text::numeric) > 1e15)
+     limit 1;
+    if v_problem is not null then
+        raise exception '%: %', what, v_problem using errcode = '22023';
+    end if;
+    return true;
+end
+$$;
+
+-- An instant is finite: "no end" is NULL, never 'infinity'.
+create or replace function entitlements._finite(value timestamptz, what text)
+returns boolean language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not isfinite(value) then
+        raise exception '% must be a finite instant, got %', what, value
+            using errcode = '22023', hint = 'Use NULL for "no end".';
+    end if;
+    return true;
+end
+$$;
+
+-- Security (sql/security.sql) --------------------------------------------------------
+-- Admins by role (entitlements_admin) instead of service_role; _customer_tenant and
+-- _customer_kind (definers that told anyone a customer's tenant and kind) are replaced by
+-- questions about the caller only. They are dropped further down, once nothing calls them.
+
+-- Role-level privilege: superuser/BYPASSRLS, the extension owner, or entitlements_admin.
+-- The same rule in Rust: access::role_is_privileged.
+create or replace function entitlements._role_is_privileged(r oid)
+returns boolean language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select exists (select 1 from pg_roles x where x.oid = r and (x.rolsuper or x.rolbypassrls))
+        or exists (select 1 from pg_roles x where x.rolname = 'entitlements_admin' and pg_has_role(r, x.oid, 'USAGE'))
+        or exists (select 1 from pg_namespace n where n.nspname = 'entitlements' and pg_has_role(r, n.nspowner, 'USAGE'))
+$$;
+
+-- Is the calling user a listed admin of `customer`'s tenant (or a global one)? Answers
+-- about the caller only; the tenant itself stays hidden.
+create or replace function entitlements._is_listed_admin_of(customer uuid)
+returns boolean language sql stable parallel safe security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select exists (
+        select 1 from entitlements.admins a
+        where a.user_id = entitlements.current_user_id()
+          and (a.tenant_id is null
+               or a.tenant_id = (select c.tenant_id from entitlements.customers c where c.id = customer)))
+$$;
+
+-- Admin of the tenant a customer belongs to (or global admin).
+create or replace function entitlements.is_admin_of(customer uuid)
+returns boolean language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select entitlements._is_privileged_role() or entitlements._is_listed_admin_of(customer) $$;
+
+-- Raise 42501 unless the caller is an admin (of `tenant`, when given).
+create or replace function entitlements._require_admin(action text, tenant uuid default null)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not entitlements.is_admin(tenant) then
+        raise exception 'permission denied: % requires an entitlements admin', action
+            using errcode = '42501',
+                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
+    end if;
+end
+$$;
+
+-- Raise 42501 unless the caller administers `customer` (globally or through its tenant).
+create or replace function entitlements._require_admin_of(action text, customer uuid)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not entitlements.is_admin_of(customer) then
+        raise exception 'permission denied: % requires an entitlements admin of this customer', action
+            using errcode = '42501',
+                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
+    end if;
+end
+$$;
+
+-- Audit (sql/audit.sql) ---------------------------------------------------------------
+
+-- pg_restore loads the extension's tables with `row_security = off` after CREATE EXTENSION
+-- has attached these triggers; they must not fire then (they would audit the restore,
+-- collide with the restored audit ids, and reset the restored timestamps). Only roles RLS
+-- does not bind (superusers, BYPASSRLS, the tables' owner) can write our tables with
+-- row_security off, and they could disable the triggers anyway.
+create or replace function entitlements._bulk_loading()
+returns boolean language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select current_setting('row_security') = 'off'
+       and exists (select 1 from pg_roles r where r.rolname = current_user
+                      and (r.rolsuper or r.rolbypassrls
+                           or pg_has_role(r.oid, (select n.nspowner from pg_namespace n
+                                                   where n.nspname = 'entitlements'), 'USAGE')))
+$$;
+
+-- Is `relid` one of the extension's own tables (created by its scripts)? Their columns
+-- have only built-in types.
+create or replace function entitlements._is_extension_table(relid oid)
+returns boolean language sql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select exists (select 1 from pg_depend d
+                    where d.classid = 'pg_class'::regclass and d.objid = relid and d.objsubid = 0
+                      and d.refclassid = 'pg_extension'::regclass and d.deptype = 'e'
+                      and d.refobjid = (select e.oid from pg_extension e where e.extname = 'pg_entitlements'))
+$$;
+
+-- A SECURITY DEFINER trigger function runs only on the extension's own tables: the
+-- values of any other table may have types whose casts and output functions someone
+-- else wrote, and they would run as the definer. EXECUTE on trigger functions is also
+-- revoked (privileges.sql), so nobody else can attach them.
+create or replace function entitlements._require_own_table(relid oid, trigger_function text)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not entitlements._is_extension_table(relid) then
+        raise exception 'permission denied: % runs only on tables of the entitlements extension', trigger_function
+            using errcode = '42501';
+    end if;
+end
+$$;
+
+-- Row trigger of the extension's own tables. TG_ARGV holds the primary key columns, so
+-- the row key is readable.
+create or replace function entitlements._audit_row()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_old jsonb;
+    v_new jsonb;
+    v_row jsonb;
+    v_key text;
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._audit_row');
+    if entitlements._bulk_loading() then
+        return null;
+    end if;
+    if tg_op in ('UPDATE', 'DELETE') then v_old := to_jsonb(old); end if;
+    if tg_op in ('INSERT', 'UPDATE') then v_new := to_jsonb(new); end if;
+    if tg_op = 'UPDATE' and v_old = v_new then
+        return null;
+    end if;
+    v_row := coalesce(v_new, v_old);
+    if tg_nargs > 0 then
+        for i in 0 .. tg_nargs - 1 loop
+            v_key := concat_ws(',', v_key, v_row ->> tg_argv[i]);
+        end loop;
+    end if;
+    insert into entitlements.audit_log (actor, actor_role, action, table_name, row_key, old_values, new_values, reason)
+    values (entitlements.current_user_id(), entitlements._actor_role(), lower(tg_op),
+            format('%I.%I', tg_table_schema, tg_table_name), v_key, v_old, v_new,
+            nullif(current_setting('entitlements.reason', true), ''));
+    return null;
+end
+$$;
+
+-- Row trigger of app tables (enable_audit). It runs as whoever writes the row, so the
+-- row's values (of any type the table's owner chose) are turned into jsonb with that
+-- role's rights; only plain jsonb and text reach the definer that appends the row.
+create or replace function entitlements._audit_app_row()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_old jsonb;
+    v_new jsonb;
+    v_row jsonb;
+    v_key text;
+begin
+    if tg_op in ('UPDATE', 'DELETE') then v_old := to_jsonb(old); end if;
+    if tg_op in ('INSERT', 'UPDATE') then v_new := to_jsonb(new); end if;
+    if tg_op = 'UPDATE' and v_old = v_new then
+        return null;
+    end if;
+    v_row := coalesce(v_new, v_old);
+    if tg_nargs > 0 then
+        for i in 0 .. tg_nargs - 1 loop
+            v_key := concat_ws(',', v_key, v_row ->> tg_argv[i]);
+        end loop;
+    end if;
+    perform entitlements._audit_append(tg_relid, lower(tg_op), v_key, v_old, v_new);
+    return null;
+end
+$$;
+
+-- Appends one audit row for an app table. Callable only from a trigger, for a table
+-- that enable_audit attached _audit_app_row to and that is not one of the extension's;
+-- actor, role, time and transaction are its own, never the caller's word. (A role that
+-- writes its own trigger could still add rows naming such a table; they carry its role.)
+create or replace function entitlements._audit_append(target oid, action text, row_key text, old_values jsonb, new_values jsonb)
+returns void language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_name text;
+begin
+    if pg_trigger_depth() < 1 or action is null or action not in ('insert', 'update', 'delete') then
+        raise exception 'permission denied: entitlements._audit_append is called by the audit trigger only'
+            using errcode = '42501';
+    end if;
+    select format('%I.%I', n.nspname, c.relname) into v_name
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+     where c.oid = target
+       and not entitlements._is_extension_table(c.oid)
+       and exists (select 1 from pg_trigger t
+                    where t.tgrelid = c.oid and t.tgname = 'entitlements_audit'
+                      and t.tgfoid = 'entitlements._audit_app_row()'::regprocedure);
+    if v_name is null then
+        raise exception 'permission denied: table % is not audited through entitlements.enable_audit', target
+            using errcode = '42501';
+    end if;
+    insert into entitlements.audit_log (actor, actor_role, action, table_name, row_key, old_values, new_values, reason)
+    values (entitlements.current_user_id(), entitlements._actor_role(), action, v_name, row_key,
+            old_values, new_values, nullif(current_setting('entitlements.reason', true), ''));
+end
+$$;
+
+-- Attach the audit trigger to a table (idempotent). The caller must own the table (or
+-- have TRIGGER on it). App tables get the invoker trigger, the extension's own the definer.
+create or replace function entitlements.enable_audit(target regclass)
+returns void language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_keys text;
+begin
+    if target is null then
+        raise exception 'target must not be NULL' using errcode = '22004';
+    end if;
+    if target = 'entitlements.audit_log'::regclass then
+        raise exception 'the audit log is not audited into itself' using errcode = '22023';
+    end if;
+    select string_agg(quote_literal(a.attname), ', ' order by k.ord)
+      into v_keys
+      from pg_index i
+      cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+      join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+     where i.indrelid = target and i.indisprimary;
+    if exists (select 1 from pg_trigger t where t.tgrelid = target and t.tgname = 'entitlements_audit') then
+        execute format('drop trigger entitlements_audit on %s', target);
+    end if;
+    execute format('create trigger entitlements_audit after insert or update or delete on %s '
+                   'for each row execute function %s(%s)', target,
+                   case when entitlements._is_extension_table(target)
+                        then 'entitlements._audit_row' else 'entitlements._audit_app_row' end,
+                   coalesce(v_keys, ''));
+end
+$$;
+
+-- App tables audited by 0.1.0's enable_audit run the definer _audit_row, which 0.2.0
+-- refuses outside the extension's own tables: re-point each such trigger to the invoker
+-- _audit_app_row with the same arguments (the key columns), events, WHEN clause, enabled
+-- state and comment, as enable_audit in 0.2.0 would attach it. (Under the script's
+-- search_path pg_get_triggerdef deparses names so that they resolve the same here.)
+do $$
+declare
+    t record;
+begin
+    for t in
+        select tg.tgname, tg.tgrelid::regclass as rel, tg.tgenabled, pg_get_triggerdef(tg.oid) as def,
+               obj_description(tg.oid, 'pg_trigger') as comment
+          from pg_trigger tg
+         where tg.tgfoid = 'entitlements._audit_row()'::regprocedure
+           and tg.tgparentid = 0 and not tg.tgisinternal
+           and not entitlements._is_extension_table(tg.tgrelid)
+         order by tg.oid
+    loop
+        execute format('drop trigger %I on %s', t.tgname, t.rel);
+        execute regexp_replace(t.def, ' EXECUTE FUNCTION (entitlements\.)?_audit_row\(',
+                               ' EXECUTE FUNCTION entitlements._audit_app_row(');
+        case t.tgenabled
+            when 'D' then execute format('alter table %s disable trigger %I', t.rel, t.tgname);
+            when 'R' then execute format('alter table %s enable replica trigger %I', t.rel, t.tgname);
+            when 'A' then execute format('alter table %s enable always trigger %I', t.rel, t.tgname);
+            else null;
+        end case;
+        if t.comment is not null then
+            execute format('comment on trigger %I on %s is %L', t.tgname, t.rel, t.comment);
+        end if;
+    end loop;
+end
+$$;
+
+-- Cache (sql/cache.sql) ---------------------------------------------------------------
+
+-- Deferred to commit: the version row is locked only while committing, so writers in
+-- different transactions do not queue behind each other for their whole duration, and
+-- the bump becomes visible atomically with the change.
+create or replace function entitlements._cache_bump()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._cache_bump');
+    update entitlements.cache_version
+       set version = version + 1, bumped_by = txid_current()
+     where bumped_by is distinct from txid_current();
+    return null;
+end
+$$;
+
+-- Catalog (sql/catalog.sql) -----------------------------------------------------------
+
+create or replace function entitlements.apply_catalog(catalog jsonb)
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_doc jsonb;
+    v_item jsonb;
+    v_feature entitlements.features;
+    v_plan entitlements.plans;
+    v_keys text[];
+    v_default text;
+    v_n bigint;
+    v_plan_changed boolean;
+    v_conflict record;
+    f_created text[] := '{}'::text[];
+    f_updated text[] := '{}'::text[];
+    p_created text[] := '{}'::text[];
+    p_updated text[] := '{}'::text[];
+    p_deactivated text[] := '{}'::text[];
+begin
+    perform entitlements._require_admin('apply_catalog');
+    if catalog is null then
+        raise exception 'catalog must not be NULL' using errcode = '22004';
+    end if;
+    perform entitlements._valid_json(catalog, 'catalog');
+    -- One catalog change at a time; readers (checks) are not blocked.
+    lock table entitlements.plans in share row exclusive mode;
+    v_doc := entitlements._normalize_catalog(
+        catalog, (select coalesce(jsonb_object_agg(f.key, f.kind), '{}') from entitlements.features f));
+    perform set_config('entitlements.reason', 'apply_catalog', true);
+
+    select coalesce(array_agg(p ->> 'key'), '{}') into v_keys from jsonb_array_elements(v_doc -> 'plans') p;
+    select p ->> 'key' into v_default from jsonb_array_elements(v_doc -> 'plans') p where (p ->> 'is_default')::boolean;
+
+    -- Features -------------------------------------------------------------------
+    for v_item in select * from jsonb_array_elements(v_doc -> 'features') loop
+        select * into v_feature from entitlements.features f where f.key = v_item ->> 'key';
+        if not found then
+            insert into entitlements.features (key, kind, unit)
+            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit');
+            f_created := f_created || (v_item ->> 'key');
+        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit' then
+            if v_feature.kind <> v_item ->> 'kind' and (
+                   exists (select 1 from entitlements.plan_entitlements e
+                            where e.feature_key = v_feature.key and e.plan_key <> all (v_keys))
+                or exists (select 1 from entitlements.grants g where g.feature_key = v_feature.key)) then
+                raise exception 'invalid catalog: feature "%" cannot change kind from % to %: plans outside this document or grants still use it',
+                    v_feature.key, v_feature.kind, v_item ->> 'kind'
+                    using errcode = '22023', hint = 'Use a new feature key for the new kind.';
+            end if;
+            update entitlements.features f
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', updated_at = now()
+             where f.key = v_feature.key;
+            f_updated := f_updated || v_feature.key;
+        end if;
+    end loop;
+
+    -- The default moves before plans are written, so the single-default index holds.
+    with moved as (
+        update entitlements.plans p set is_default = false, updated_at = now()
+         where p.is_default and p.key is distinct from v_default and p.key = any (v_keys)
+        returning p.key)
+    select coalesce(array_agg(key), '{}') into p_updated from moved;
+
+    -- Plans missing from the document: inactive, never deleted; subscribers keep them.
+    with gone as (
+        update entitlements.plans p set active = false, is_default = false, updated_at = now()
+         where p.active and p.key <> all (v_keys)
+        returning p.key)
+    select coalesce(array_agg(key order by key), '{}') into p_deactivated from gone;
+
+    -- Plans -----------------------------------------------------------------------
+    for v_item in select * from jsonb_array_elements(v_doc -> 'plans') loop
+        v_plan_changed := false;
+        select * into v_plan from entitlements.plans p where p.key = v_item ->> 'key';
+        if not found then
+            insert into entitlements.plans (key, name, description, price_cents, currency, interval, is_default,
+                                            public, active, trial_days, grace_days, position, stripe_price_ids, metadata)
+            select r.key, r.name, r.description, r.price_cents, r.currency, r.interval, r.is_default,
+                   r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata
+              from jsonb_populate_record(null::entitlements.plans, v_item) r;
+            p_created := p_created || (v_item ->> 'key');
+        elsif (to_jsonb(v_plan) - 'key' - 'created_at' - 'updated_at')
+              is distinct from ((v_item - 'key' - 'entitlements') || '{"active": true}') then
+            update entitlements.plans p
+               set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
+                   interval = r.interval, is_default = r.is_default, public = r.public, active = true,
+                   trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
+                   stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = now()
+              from jsonb_populate_record(null::entitlements.plans, v_item) r
+             where p.key = v_plan.key;
+            v_plan_changed := true;
+        end if;
+
+        delete from entitlements.plan_entitlements e
+         where e.plan_key = v_item ->> 'key' and not (v_item -> 'entitlements') ? e.feature_key;
+        get diagnostics v_n = row_count;
+        v_plan_changed := v_plan_changed or v_n > 0;
+
+        insert into entitlements.plan_entitlements as e (plan_key, feature_key, spec)
+        select v_item ->> 'key', x.key, x.value from jsonb_each(v_item -> 'entitlements') x
+        on conflict (plan_key, feature_key) do update set spec = excluded.spec
+         where e.spec is distinct from excluded.spec;
+        get diagnostics v_n = row_count;
+        v_plan_changed := v_plan_changed or (v_n > 0 and v_plan.key is not null);
+
+        if v_plan_changed and v_plan.key is not null and not (v_plan.key = any (p_updated)) then
+            p_updated := p_updated || v_plan.key;
+        end if;
+    end loop;
+
+    -- A Stripe price maps to exactly one plan, including plans kept inactive.
+    select a.key as a, b.key as b, x.price into v_conflict
+      from entitlements.plans a
+      join entitlements.plans b on a.key < b.key
+      cross join lateral unnest(a.stripe_price_ids) as x(price)
+     where x.price = any (b.stripe_price_ids)
+     limit 1;
+    if found then
+        raise exception 'invalid catalog: Stripe price "%" maps to both plan "%" and plan "%"', v_conflict.price, v_conflict.a, v_conflict.b
+            using errcode = '22023';
+    end if;
+
+    perform set_config('entitlements.reason', '', true);
+    return jsonb_build_object(
+        'changed', cardinality(f_created) + cardinality(f_updated) + cardinality(p_created)
+                   + cardinality(p_updated) + cardinality(p_deactivated) > 0,
+        'features', jsonb_build_object('created', to_jsonb(f_created), 'updated', to_jsonb(f_updated)),
+        'plans', jsonb_build_object('created', to_jsonb(p_created), 'updated', to_jsonb(p_updated),
+                                    'deactivated', to_jsonb(p_deactivated)));
+end
+$$;
+
+-- Subscriptions and members (sql/subscriptions.sql) -----------------------------------
+
+create or replace function entitlements._touch_subscription()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if entitlements._bulk_loading() then
+        return new; -- pg_restore: keep the restored instants
+    end if;
+    new.updated_at := now();
+    if tg_op = 'INSERT' or new.status is distinct from old.status then
+        -- The past_due grace period counts from here.
+        new.status_changed_at := now();
+    end if;
+    return new;
+end
+$$;
+
+create or replace function entitlements.subscribe(
+    customer uuid,
+    plan text,
+    status text default 'active',
+    period_end timestamptz default null,
+    trial_end timestamptz default null,
+    quantity integer default 1)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_plan entitlements.plans;
+    v_trial_end timestamptz := trial_end;
+    v_id uuid;
+begin
+    perform entitlements._require_not_null(customer, 'customer');
+    perform entitlements._require_not_null(plan, 'plan');
+    perform entitlements._require_not_null(status, 'status');
+    perform entitlements._require_admin_of('subscribe', customer);
+    select * into v_plan from entitlements.plans p where p.key = subscribe.plan;
+    if not found then
+        perform entitlements._raise_unknown_plan(plan);
+    end if;
+    if not v_plan.active then
+        raise exception 'plan "%" is no longer offered', plan
+            using errcode = '22023', hint = 'Existing subscribers keep it; new subscriptions need an active plan.';
+    end if;
+    if status not in ('trialing', 'active', 'past_due', 'unpaid', 'canceled', 'incomplete', 'incomplete_expired', 'paused') then
+        raise exception 'unknown subscription status "%"', status
+            using errcode = '22023',
+                  hint = 'one of: trialing, active, past_due, unpaid, canceled, incomplete, incomplete_expired, paused';
+    end if;
+    if quantity is null or quantity < 1 or quantity > 1000000 then
+        raise exception 'quantity must be from 1 to 1000000, got %', coalesce(quantity::text, 'NULL') using errcode = '22023';
+    end if;
+    perform entitlements._finite(period_end, 'period_end');
+    perform entitlements._finite(trial_end, 'trial_end');
+    if period_end <= now() then
+        raise exception 'period_end (%) must be in the future', period_end using errcode = '22023';
+    end if;
+    if trial_end <= now() then
+        raise exception 'trial_end (%) must be in the future', trial_end using errcode = '22023';
+    end if;
+    if status = 'trialing' and v_trial_end is null and v_plan.trial_days > 0 then
+        v_trial_end := now() + make_interval(days => v_plan.trial_days);
+    end if;
+
+    insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
+    insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
+                                            current_period_end, trial_end, canceled_at, ended_at)
+    values (customer, plan, status, quantity, now(), period_end, v_trial_end,
+            case when status = 'canceled' then now() end,
+            case when status in ('canceled', 'incomplete_expired') then now() end)
+    returning id into v_id;
+    return v_id;
+end
+$$;
+
+create or replace function entitlements._subscription_for_update(subscription uuid)
+returns entitlements.subscriptions language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+begin
+    perform entitlements._require_not_null(subscription, 'subscription');
+    select * into v_sub from entitlements.subscriptions s where s.id = subscription for update;
+    if not found then
+        raise exception 'subscription % does not exist', subscription using errcode = 'P0002';
+    end if;
+    perform entitlements._require_admin_of('changing a subscription', v_sub.customer_id);
+    return v_sub;
+end
+$$;
+
+create or replace function entitlements.link_stripe_customer(customer uuid, stripe_customer_id text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_not_null(customer, 'customer');
+    if stripe_customer_id is null or stripe_customer_id !~ '^cus_[A-Za-z0-9]+$' then
+        raise exception 'not a Stripe customer id: %', coalesce(stripe_customer_id, 'NULL') using errcode = '22023';
+    end if;
+    perform entitlements._require_admin_of('link_stripe_customer', customer);
+    insert into entitlements.customers as c (id, stripe_customer_id) values (customer, stripe_customer_id)
+    on conflict (id) do update set stripe_customer_id = excluded.stripe_customer_id, updated_at = now()
+     where c.stripe_customer_id is distinct from excluded.stripe_customer_id;
+end
+$$;
+
+-- Membership rules, enforced by trigger so a direct INSERT/UPDATE/DELETE by an
+-- organization admin is held to them too:
+--   * a member is a user, never an organization;
+--   * only an owner of the organization (or an entitlements admin) makes, demotes or
+--     removes an owner;
+--   * seats: the organization's `seats` limit. Whoever takes a seat (an insert, or an
+--     update that moves a member to another organization) rewrites the organization's
+--     customer row: under READ COMMITTED the second of two concurrent writers waits for
+--     the first to commit and counts with a fresh snapshot; under REPEATABLE READ and
+--     SERIALIZABLE it gets 40001 and retries, so nobody counts on a stale snapshot.
+create or replace function entitlements._enforce_seats()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_limit double precision;
+    v_used bigint;
+    v_org uuid;
+    v_admin boolean;
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._enforce_seats');
+    if entitlements._bulk_loading() then
+        return coalesce(new, old); -- pg_restore: the restored members were within their seats
+    end if;
+    v_org := coalesce(new.organization_id, old.organization_id);
+    -- Owners: this definer runs as the owner, so ask about the real caller.
+    if (tg_op <> 'INSERT' and old.role = 'owner' and (tg_op = 'DELETE' or new.role <> 'owner'
+                                                      or new.organization_id <> old.organization_id))
+       or (tg_op <> 'DELETE' and new.role = 'owner' and (tg_op = 'INSERT' or old.role <> 'owner')) then
+        v_admin := entitlements._role_is_privileged(entitlements._outer_role())
+                   or entitlements._is_listed_admin_of(v_org);
+        if not v_admin and entitlements._my_org_role(v_org) is distinct from 'owner' then
+            raise exception 'permission denied: only an owner of the organization makes, demotes or removes an owner'
+                using errcode = '42501';
+        end if;
+    end if;
+    if tg_op = 'DELETE' then
+        return old;
+    end if;
+    if exists (select 1 from entitlements.customers c where c.id = new.user_id and c.kind = 'organization') then
+        raise exception 'customer % is an organization and cannot be a member', new.user_id using errcode = '22023';
+    end if;
+    -- Takes no seat: a role change, or a member of this organization already.
+    if tg_op = 'UPDATE' and new.organization_id = old.organization_id then
+        return new;
+    end if;
+    if not exists (select 1 from entitlements.features f where f.key = 'seats') then
+        return new; -- a catalog without seats does not limit members
+    end if;
+    perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(new.organization_id::text));
+    update entitlements.customers c set updated_at = c.updated_at where c.id = new.organization_id;
+    if exists (select 1 from entitlements.members m
+                where m.organization_id = new.organization_id and m.user_id = new.user_id) then
+        return new;
+    end if;
+    -- A new statement, so (under READ COMMITTED) a new snapshot: members committed while
+    -- we waited are counted.
+    select count(*) into v_used from entitlements.members m where m.organization_id = new.organization_id;
+    v_limit := entitlements._feature_limit(new.organization_id, 'seats');
+    if v_limit is not null and v_used + 1 > v_limit then
+        raise exception 'no free seat: organization % uses % of % seats', new.organization_id, v_used, v_limit
+            using errcode = 'PT403',
+                  detail = 'feature: seats',
+                  hint = 'Upgrade the plan or buy more seats, or remove a member first.';
+    end if;
+    return new;
+end
+$$;
+
+-- The membership rules now hold for UPDATE and DELETE too.
+drop trigger members_enforce_seats on entitlements.members;
+create trigger members_enforce_seats before insert or update or delete on entitlements.members
+    for each row execute function entitlements._enforce_seats();
+
+-- Adds a member, or changes an existing member's role (which takes no seat).
+create or replace function entitlements.add_member(organization uuid, user_id uuid, role text default 'member')
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_not_null(organization, 'organization');
+    perform entitlements._require_not_null(user_id, 'user_id');
+    if role is null or role not in ('owner', 'admin', 'member') then
+        raise exception 'unknown member role "%"', role using errcode = '22023', hint = 'one of: owner, admin, member';
+    end if;
+    if organization = user_id then
+        raise exception 'an organization cannot be its own member' using errcode = '22023';
+    end if;
+    if not entitlements.can_manage_organization(organization) then
+        raise exception 'permission denied: only organization owners/admins and entitlements admins manage members'
+            using errcode = '42501';
+    end if;
+    -- Creating an organization (or turning a customer into one) is for admins (RLS); that a
+    -- user id is not an organization is checked by the trigger above.
+    if not exists (select 1 from entitlements.customers c where c.id = organization and c.kind = 'organization') then
+        insert into entitlements.customers as c (id, kind) values (organization, 'organization')
+        on conflict (id) do update set kind = 'organization', updated_at = now();
+    end if;
+    insert into entitlements.members as m (organization_id, user_id, role) values (organization, user_id, role)
+    on conflict on constraint members_pkey do update set role = excluded.role where m.role <> excluded.role;
+end
+$$;
+
+-- Stripe (sql/stripe.sql) ------------------------------------------------------------
+
+-- Apply a Stripe subscription object, as the current API shapes it (billing periods on the
+-- items) or as older versions do (on the subscription). `observed_at`: when this state was
+-- true (the event's `created`); NULL means "just fetched from the Stripe API", which wins.
+-- Returns created, updated, unchanged or stale (an older state than the one applied).
+-- The checked entry point is stripe_apply_subscription below.
+create or replace function entitlements._stripe_apply_subscription(subscription jsonb, observed_at timestamptz, reason text)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id text := subscription ->> 'id';
+    v_stripe_customer text := entitlements._stripe_id(subscription -> 'customer');
+    v_status text := subscription ->> 'status';
+    v_items jsonb;
+    v_item jsonb;
+    v_plan text;
+    v_customer uuid;
+    v_start timestamptz;
+    v_end timestamptz;
+    v_ended timestamptz;
+    v_cancel_at_end boolean := coalesce((subscription ->> 'cancel_at_period_end')::boolean, false);
+    v_quantity integer;
+    v_rank smallint := entitlements._stripe_status_rank(v_status)::smallint;
+    v_prev entitlements.stripe_subscriptions;
+    v_observed timestamptz := observed_at;
+    v_sub uuid;
+    v_outcome text;
+begin
+    if jsonb_typeof(subscription) is distinct from 'object' or v_id is null or v_id !~ '^sub_[A-Za-z0-9_]+$'
+       or coalesce(subscription ->> 'object', 'subscription') <> 'subscription' then
+        raise exception 'not a Stripe subscription object (id %)', coalesce(v_id, 'missing') using errcode = '22023';
+    end if;
+    if v_rank is null then
+        raise exception 'Stripe subscription %: unknown status "%"', v_id, v_status using errcode = '22023';
+    end if;
+    if v_stripe_customer is null then
+        raise exception 'Stripe subscription % has no customer', v_id using errcode = '22023';
+    end if;
+
+    -- Items: the current API lists them; very old versions carry one `plan` on the subscription.
+    v_items := case when jsonb_typeof(subscription #> '{items,data}') = 'array' then subscription #> '{items,data}'
+                    when subscription ? 'plan' then jsonb_build_array(jsonb_build_object(
+                        'plan', subscription -> 'plan', 'quantity', subscription -> 'quantity'))
+                    else '[]' end;
+    -- The plan: the most expensive one any item's price maps to through stripe_price_ids.
+    select p.key, i.item into v_plan, v_item
+      from jsonb_array_elements(v_items) i(item)
+      join entitlements.plans p
+        on coalesce(entitlements._stripe_id(i.item -> 'price'), entitlements._stripe_id(i.item -> 'plan')) = any (p.stripe_price_ids)
+     order by p.price_cents desc, p.position, p.key
+     limit 1;
+    if v_plan is null then
+        raise exception 'Stripe subscription %: no plan has any of its prices (%)', v_id,
+            coalesce((select string_agg(coalesce(entitlements._stripe_id(i -> 'price'), entitlements._stripe_id(i -> 'plan')), ', ')
+                        from jsonb_array_elements(v_items) i), 'none')
+            using errcode = '22023', hint = 'Add the price id to a plan''s stripe_price_ids in the catalog.';
+    end if;
+    v_start := coalesce(entitlements._stripe_ts(v_item -> 'current_period_start'), entitlements._stripe_ts(subscription -> 'current_period_start'));
+    v_end := coalesce(entitlements._stripe_ts(v_item -> 'current_period_end'), entitlements._stripe_ts(subscription -> 'current_period_end'));
+    if v_start >= v_end then
+        v_start := null;
+    end if;
+    v_quantity := greatest(1, coalesce((v_item ->> 'quantity')::integer, (subscription ->> 'quantity')::integer, 1));
+
+    v_customer := entitlements._stripe_customer(v_stripe_customer,
+        coalesce(subscription -> 'metadata', '{}') || coalesce(case when jsonb_typeof(subscription -> 'customer') = 'object'
+                                                                    then subscription #> '{customer,metadata}' end, '{}'));
+    if v_customer is null then
+        raise exception 'Stripe customer % is not linked to an entitlements customer', v_stripe_customer
+            using errcode = 'P0002',
+                  hint = 'Call entitlements.link_stripe_customer(customer, stripe_customer_id), or set '
+                         'metadata.entitlements_customer_id on the Stripe subscription, customer or Checkout Session.';
+    end if;
+
+    perform entitlements.stripe_lock_subscription(v_id);
+    select * into v_prev from entitlements.stripe_subscriptions s where s.stripe_subscription_id = v_id;
+    if v_observed is null then
+        v_observed := greatest(clock_timestamp(), v_prev.observed_at + interval '1 microsecond');
+    elsif not entitlements._stripe_is_newer(v_prev, v_observed, v_start, v_rank) then
+        return 'stale';
+    end if;
+
+    -- Stripe's `canceled` is final whatever cancel_at_period_end says: nothing runs to the period end.
+    if v_status in ('canceled', 'incomplete_expired') then
+        v_cancel_at_end := false;
+        v_ended := coalesce(entitlements._stripe_ts(subscription -> 'ended_at'),
+                            entitlements._stripe_ts(subscription -> 'canceled_at'), v_observed);
+    end if;
+
+    perform set_config('entitlements.reason', coalesce(reason, 'stripe ' || v_id), true);
+    v_sub := coalesce(v_prev.subscription_id,
+                      (select s.id from entitlements.subscriptions s where s.stripe_subscription_id = v_id));
+    if v_sub is null then
+        insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
+            current_period_end, trial_end, cancel_at_period_end, canceled_at, ended_at, source, stripe_subscription_id)
+        values (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
+                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
+                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe', v_id)
+        returning id into v_sub;
+        v_outcome := 'created';
+    else
+        -- Only a real change is written (and audited).
+        update entitlements.subscriptions s
+           set customer_id = v_customer, plan_key = v_plan, status = v_status, quantity = v_quantity,
+               current_period_start = v_start, current_period_end = v_end,
+               trial_end = entitlements._stripe_ts(subscription -> 'trial_end'),
+               cancel_at_period_end = v_cancel_at_end,
+               canceled_at = entitlements._stripe_ts(subscription -> 'canceled_at'), ended_at = v_ended,
+               source = 'stripe'
+         where s.id = v_sub
+           and (s.customer_id, s.plan_key, s.status, s.quantity, s.current_period_start, s.current_period_end,
+                s.trial_end, s.cancel_at_period_end, s.canceled_at, s.ended_at, s.source)
+               is distinct from
+               (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
+                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
+                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe');
+        v_outcome := case when found then 'updated' else 'unchanged' end;
+    end if;
+    perform entitlements._stripe_remember(v_id, v_sub, v_observed, v_start, v_rank,
+                                          coalesce(reason, case when observed_at is null then 'api' else 'payload' end));
+    perform set_config('entitlements.reason', '', true);
+    return v_outcome;
+end
+$$;
+
+-- Grants (sql/grants.sql) -------------------------------------------------------------
+
+create or replace function entitlements._add_grant(
+    customer uuid, kind text, feature text, value jsonb, expires_at timestamptz, reason text,
+    starts_at timestamptz default now())
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id uuid;
+begin
+    perform entitlements._require_not_null(customer, 'customer');
+    if reason is null or btrim(reason) = '' then
+        raise exception 'a reason is required' using errcode = '22023';
+    end if;
+    if starts_at is null then
+        raise exception 'starts_at must not be NULL' using errcode = '22004';
+    end if;
+    perform entitlements._finite(expires_at, 'expires_at');
+    perform entitlements._finite(starts_at, 'starts_at');
+    if expires_at is not null and expires_at <= greatest(starts_at, now()) then
+        raise exception 'expires_at (%) must be in the future and after starts_at', expires_at using errcode = '22023';
+    end if;
+    perform entitlements._require_admin_of(kind || ' grant', customer);
+    if kind <> 'discount' then
+        perform entitlements._require_not_null(feature, 'feature');
+        if not exists (select 1 from entitlements.features f where f.key = feature) then
+            raise exception 'unknown feature "%"', feature
+                using errcode = '22023',
+                      hint = 'known features: ' || coalesce((select string_agg(f.key, ', ' order by f.key) from entitlements.features f), 'none');
+        end if;
+    end if;
+    perform set_config('entitlements.reason', reason, true);
+    insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
+    insert into entitlements.grants (customer_id, kind, feature_key, value, starts_at, expires_at, reason, created_by)
+    values (customer, kind, feature, value, starts_at, expires_at, reason, entitlements.current_user_id())
+    returning id into v_id;
+    perform set_config('entitlements.reason', '', true);
+    return v_id;
+end
+$$;
+
+-- Grant a feature: a flag (value omitted = on), or a limit/quota/config value that
+-- combines with the plan's (most generous wins).
+create or replace function entitlements.grant_feature(
+    customer uuid, feature text, value jsonb default null,
+    expires_at timestamptz default null, reason text default null)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_kind text := entitlements._feature_kind(feature);
+begin
+    if v_kind is not null and value is null and v_kind <> 'flag' then
+        raise exception 'a % feature needs a value to grant', v_kind using errcode = '22023';
+    end if;
+    perform entitlements._valid_json(value, 'value');
+    return entitlements._add_grant(customer, 'feature', feature,
+        case when v_kind is null then null
+             else entitlements._normalize_feature_value(v_kind, coalesce(value, 'true')) end,
+        expires_at, reason);
+end
+$$;
+
+-- Replace the feature's value whatever plans say (e.g. lower a limit after abuse).
+create or replace function entitlements.override_feature(
+    customer uuid, feature text, value jsonb, expires_at timestamptz default null, reason text default null)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_kind text := entitlements._feature_kind(feature);
+begin
+    perform entitlements._require_not_null(value, 'value');
+    perform entitlements._valid_json(value, 'value');
+    return entitlements._add_grant(customer, 'override', feature,
+        case when v_kind is null then null else entitlements._normalize_feature_value(v_kind, value) end,
+        expires_at, reason);
+end
+$$;
+
+-- Add `amount` to a limit, a concurrency limit or a metered quota (one period or all).
+create or replace function entitlements.boost_quota(
+    customer uuid, feature text, amount numeric, period text default null,
+    expires_at timestamptz default null, reason text default null)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_kind text := entitlements._feature_kind(feature);
+begin
+    if amount is null or amount <= 0 or amount > 1e15 then
+        raise exception 'a quota boost needs an amount from 0 (exclusive) to 1e15, got %', coalesce(amount::text, 'NULL')
+            using errcode = '22023';
+    end if;
+    if v_kind is not null and v_kind not in ('limit', 'metered', 'concurrency') then
+        raise exception 'feature "%" is a % feature; only limit, metered and concurrency features take a quota boost', feature, v_kind
+            using errcode = '22023';
+    end if;
+    if period is not null and period not in ('day', 'month', 'billing_period', 'lifetime') then
+        raise exception 'unknown period "%"', period using errcode = '22023', hint = 'one of: day, month, billing_period, lifetime';
+    end if;
+    return entitlements._add_grant(customer, 'quota_boost', feature,
+        jsonb_build_object('amount', amount, 'period', period), expires_at, reason);
+end
+$$;
+
+create or replace function entitlements.revoke_grant(grant_id uuid, reason text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_customer uuid;
+begin
+    perform entitlements._require_not_null(grant_id, 'grant_id');
+    if reason is null or btrim(reason) = '' then
+        raise exception 'a reason is required' using errcode = '22023';
+    end if;
+    select g.customer_id into v_customer from entitlements.grants g where g.id = grant_id for update;
+    if not found then
+        raise exception 'grant % does not exist', grant_id using errcode = 'P0002';
+    end if;
+    perform entitlements._require_admin_of('revoke_grant', v_customer);
+    perform set_config('entitlements.reason', reason, true);
+    update entitlements.grants g set revoked_at = now() where g.id = grant_id and g.revoked_at is null;
+    perform set_config('entitlements.reason', '', true);
+end
+$$;
+
+-- Maintenance (sql/maintenance.sql) ---------------------------------------------------
+
+-- Rows that disagree with the rules:
+--   * manual `active` subscriptions past their period end (nothing renewed them): canceled
+--     as of the period end;
+--   * organizations with more members than their seats allow (after a downgrade or a lapse):
+--     the newest members beyond the limit are removed, plain members before admins, owners
+--     never (an organization keeps someone who can manage it); the removed members are
+--     listed in details (and the audit log keeps their rows). Organizations whose
+--     subscription is in a recoverable state (past_due, unpaid, paused, incomplete) are
+--     left alone and listed, so a late payment does not cost them their members;
+--   * grants past their expiry that are still open: closed (revoked_at = expires_at).
+create or replace function entitlements._task_correct_entitlements()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_lapsed bigint;
+    v_grants bigint;
+    v_removed jsonb := '[]'::jsonb;
+    v_pending jsonb := '[]'::jsonb;
+    v_owners_over jsonb := '[]'::jsonb;
+    v_stale_stripe bigint;
+    r record;
+    v_limit double precision;
+    v_excess bigint;
+    v_gone jsonb;
+begin
+    perform set_config('entitlements.reason', 'correct_entitlements: active past its period end', true);
+    update entitlements.subscriptions s
+       set status = 'canceled', cancel_at_period_end = false,
+           canceled_at = coalesce(s.canceled_at, s.current_period_end), ended_at = s.current_period_end
+     where s.source = 'manual' and s.status = 'active' and s.current_period_end <= now();
+    get diagnostics v_lapsed = row_count;
+
+    select count(*) into v_stale_stripe from entitlements.subscriptions s
+     where s.source = 'stripe' and s.status = 'active' and s.current_period_end <= now();
+
+    perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
+    update entitlements.grants g set revoked_at = g.expires_at
+     where g.revoked_at is null and g.expires_at <= now();
+    get diagnostics v_grants = row_count;
+
+    if exists (select 1 from entitlements.features f where f.key = 'seats') then
+        for r in
+            select m.organization_id as org, count(*) as used
+              from entitlements.members m group by m.organization_id order by m.organization_id
+        loop
+            -- The same serialization as entitlements._enforce_seats: no add_member races us.
+            perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(r.org::text));
+            v_limit := entitlements._feature_limit(r.org, 'seats');
+            continue when v_limit is null or r.used <= v_limit;
+            if exists (select 1 from entitlements.subscriptions s
+                        where s.customer_id = r.org and s.status in ('past_due', 'unpaid', 'paused', 'incomplete')) then
+                v_pending := v_pending || jsonb_build_object('organization', r.org, 'members', r.used, 'seats', v_limit);
+                continue;
+            end if;
+            v_excess := r.used - floor(v_limit)::bigint;
+            perform set_config('entitlements.reason',
+                format('correct_entitlements: organization over seats (%s members, %s seats)', r.used, v_limit), true);
+            with gone as (
+                delete from entitlements.members m
+                 where m.organization_id = r.org
+                   and m.user_id in (select x.user_id from entitlements.members x
+                                      where x.organization_id = r.org and x.role <> 'owner'
+                                      order by x.role = 'admin', x.created_at desc, x.user_id
+                                      limit v_excess)
+                returning m.user_id, m.role)
+            select coalesce(jsonb_agg(jsonb_build_object('organization', r.org, 'user_id', g.user_id, 'role', g.role)), '[]')
+              into v_gone from gone g;
+            v_removed := v_removed || v_gone;
+            if jsonb_array_length(v_gone) < v_excess then
+                v_owners_over := v_owners_over || jsonb_build_object(
+                    'organization', r.org, 'members', r.used - jsonb_array_length(v_gone), 'seats', v_limit);
+            end if;
+        end loop;
+    end if;
+    perform set_config('entitlements.reason', '', true);
+
+    return jsonb_build_object(
+        'rows_touched', v_lapsed + v_grants + jsonb_array_length(v_removed),
+        'lapsed_subscriptions', v_lapsed,
+        'expired_grants', v_grants,
+        'members_removed', v_removed,
+        'over_seats_pending', v_pending,
+        'over_seats_owners', v_owners_over,
+        'stripe_stale', v_stale_stripe);
+end
+$$;
+
+-- Metering (sql/metering.sql) ---------------------------------------------------------
+
+-- The metering engine behind check, consume and try_consume.
+--   mode 'check':   report, change nothing;
+--   mode 'consume': count, or raise PT429 / PT403;
+--   mode 'try':     count, or return allowed = false having changed nothing.
+create or replace function entitlements._meter(p_customer uuid, p_feature text, p_amount numeric, p_key text, p_mode text)
+returns entitlements.usage
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    max_stripes constant int := 16;
+    v_now      timestamptz := statement_timestamp();
+    v_lim      record;
+    v_limit    numeric;
+    v_w        timestamptz;
+    v_stripe   smallint;
+    v_total    numeric;
+    v_n        int;
+    v_grow     boolean := false;
+    v_rem      numeric;
+    v_share    numeric;
+    v_over_p   numeric;
+    v_over     numeric := 0::numeric;
+    v_price    numeric;
+    v_cost     numeric := 0::numeric;
+    v_any      boolean := false;
+    v_replay   boolean := false;
+    v_keyed    boolean := false;
+    v_periods  text[] := '{}'::text[];
+    v_billing  timestamptz;
+    v_done_p   text[] := '{}'::text[];
+    v_done_w   timestamptz[] := '{}'::timestamptz[];
+    v_done_s   smallint[] := '{}'::smallint[];
+    v_out      entitlements.usage;
+    v_best     numeric;
+    v_plan     text;
+    v_windows  jsonb := '{}'::jsonb;
+    v_prev     record;
+begin
+    if p_mode not in ('check', 'consume', 'try') then
+        raise exception 'unknown metering mode "%"', p_mode using errcode = '22023';
+    end if;
+    if p_customer is null then
+        raise exception 'customer must not be NULL' using errcode = '22004';
+    end if;
+    if p_feature is null then
+        raise exception 'feature must not be NULL' using errcode = '22004';
+    end if;
+    if p_amount is null or not (p_amount > 0) or p_amount in ('Infinity', 'NaN') or p_amount > 1e15 then
+        raise exception 'amount must be a positive number, got % (at most 1e15)', coalesce(left(p_amount::text, 40), 'NULL')
+            using errcode = '22023';
+    end if;
+    if not entitlements._may_meter(p_customer) then
+        raise exception 'permission denied: you may meter only your own usage and that of your organizations'
+            using errcode = '42501';
+    end if;
+
+    -- The same idempotency key twice counts once: the second caller waits for the first
+    -- transaction on the unique key, then sees its row (or takes over if it rolled back).
+    if p_key is not null and p_mode <> 'check' then
+        insert into entitlements.usage_idempotency (customer_id, idempotency_key, feature_key, amount)
+        values (p_customer, p_key, p_feature, p_amount)
+        on conflict do nothing;
+        if found then
+            v_keyed := true;
+        else
+            select k.feature_key, k.amount into v_prev
+              from entitlements.usage_idempotency k
+             where k.customer_id = p_customer and k.idempotency_key = p_key;
+            if v_prev.feature_key <> p_feature or v_prev.amount <> p_amount then
+                raise exception 'idempotency key "%" was already used with different parameters (% × %)',
+                    p_key, v_prev.feature_key, v_prev.amount
+                    using errcode = '22023';
+            end if;
+            v_replay := true;
+        end if;
+    end if;
+
+    for v_lim in select * from entitlements._meter_limits(p_customer, p_feature) loop
+        v_any := true;
+        v_limit := coalesce(v_lim.lim::numeric, 'Infinity');
+        v_w := entitlements._ts(v_lim.window_start_us);
+        v_windows := v_windows || jsonb_build_object(v_lim.period, v_w);
+
+        if p_mode = 'check' or v_replay then
+            select coalesce(sum(c.used), 0) into v_total
+              from entitlements.usage_counters c
+             where c.customer_id = p_customer and c.feature_key = p_feature
+               and c.period = v_lim.period and c.window_start = v_w;
+            if v_lim.overage = 'block' and v_total + p_amount > v_limit and not v_replay then
+                v_out.allowed := false;
+            end if;
+        else
+            v_stripe := null;
+            v_grow := false;
+            if p_amount <= v_limit then
+                -- First use of this window: stripe 0 takes the whole quota in one statement.
+                insert into entitlements.usage_counters
+                       (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+                values (p_customer, p_feature, v_lim.period, v_w, entitlements._ts(v_lim.resets_at_us), 0,
+                        p_amount, v_limit, v_limit)
+                on conflict do nothing
+                returning stripe, used into v_stripe, v_total;
+            end if;
+
+            -- Fast path: a stripe with room that nobody holds. In a subtransaction: a
+            -- stripe that FOR UPDATE locked but then skipped (it ran out of room after
+            -- our snapshot) stays locked until the subtransaction ends, and no stray lock
+            -- may be held while the slow path waits below, or two consumers could deadlock.
+            -- A second attempt comes after queueing for stripe 0 (one rebalancer at a
+            -- time): the rebalancer ahead holds every stripe until it commits, so without
+            -- looking again each consumer queued behind it would rebalance in turn and keep
+            -- the next ones off the fast path, a convoy that lasts as long as the load.
+            for v_attempt in 1 .. 2 loop
+                exit when v_stripe is not null;
+                if v_attempt = 2 then
+                    -- Others held every stripe that had room: contention, so add stripes.
+                    v_grow := exists (select 1 from entitlements.usage_counters s
+                                       where s.customer_id = p_customer and s.feature_key = p_feature
+                                         and s.period = v_lim.period and s.window_start = v_w
+                                         and s.basis = v_limit and s.used + p_amount <= s.cap);
+                    insert into entitlements.usage_counters
+                           (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+                    values (p_customer, p_feature, v_lim.period, v_w, entitlements._ts(v_lim.resets_at_us), 0, 0, 0, v_limit)
+                    on conflict do nothing;
+                    perform 1 from entitlements.usage_counters s
+                      where s.customer_id = p_customer and s.feature_key = p_feature
+                        and s.period = v_lim.period and s.window_start = v_w and s.stripe = 0
+                        for update;
+                    -- Adding stripes takes the slow path; at the most stripes, look again.
+                    exit when v_grow and (select count(*) from entitlements.usage_counters s
+                                           where s.customer_id = p_customer and s.feature_key = p_feature
+                                             and s.period = v_lim.period and s.window_start = v_w) < max_stripes;
+                end if;
+                begin
+                    update entitlements.usage_counters c set used = c.used + p_amount
+                     where c.customer_id = p_customer and c.feature_key = p_feature
+                       and c.period = v_lim.period and c.window_start = v_w
+                       and c.stripe = (select s.stripe from entitlements.usage_counters s
+                                        where s.customer_id = p_customer and s.feature_key = p_feature
+                                          and s.period = v_lim.period and s.window_start = v_w
+                                          and s.basis = v_limit and s.used + p_amount <= s.cap
+                                        order by s.stripe
+                                        for update skip locked
+                                        limit 1)
+                    returning c.stripe into v_stripe;
+                    if v_stripe is null then
+                        raise exception using errcode = 'PE000';  -- undo the attempt's row locks
+                    end if;
+                exception when sqlstate 'PE000' then
+                    v_stripe := null;
+                end;
+            end loop;
+
+            if v_stripe is null then
+                -- Slow path, holding stripe 0: take every stripe; a new statement sees every
+                -- stripe the previous rebalancer created.
+                select coalesce(sum(l.used), 0), count(*)::int into v_total, v_n
+                  from (select s.used from entitlements.usage_counters s
+                         where s.customer_id = p_customer and s.feature_key = p_feature
+                           and s.period = v_lim.period and s.window_start = v_w
+                         order by s.stripe
+                           for update) l;
+
+                if v_total + p_amount > v_limit and v_lim.overage = 'block' then
+                    -- Refused by this period.
+                    if p_mode = 'consume' then
+                        v_plan := entitlements._upgrade_plan(p_customer, p_feature, p_amount, v_windows);
+                        raise exception 'quota exceeded for feature "%": limit % per %', p_feature, v_limit, replace(v_lim.period, '_', ' ')
+                            using errcode = 'PT429',
+                                  detail = case when v_lim.resets_at_us is null
+                                                then format('%s of %s used; a lifetime quota does not reset.', v_total, v_limit)
+                                                else format('%s of %s used; the count resets at %s.', v_total, v_limit,
+                                                            to_char(entitlements._ts(v_lim.resets_at_us) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')) end,
+                                  hint = case when v_plan is null
+                                              then 'No public plan allows more; ask for a quota boost.'
+                                              else format('Upgrade to the "%s" plan to allow it.', v_plan) end;
+                    end if;
+                    -- try: undo what earlier periods counted (we still hold their stripes).
+                    for i in 1 .. coalesce(array_length(v_done_p, 1), 0) loop
+                        update entitlements.usage_counters c set used = c.used - p_amount
+                         where c.customer_id = p_customer and c.feature_key = p_feature
+                           and c.period = v_done_p[i] and c.window_start = v_done_w[i] and c.stripe = v_done_s[i];
+                    end loop;
+                    if v_keyed then
+                        delete from entitlements.usage_idempotency k
+                         where k.customer_id = p_customer and k.idempotency_key = p_key;
+                    end if;
+                    v_out.allowed := false;
+                    v_out."limit" := v_limit;
+                    v_out.used := v_total;
+                    v_out.remaining := greatest(v_limit - v_total, 0);
+                    v_out.resets_at := entitlements._ts(v_lim.resets_at_us);
+                    return v_out;
+                end if;
+
+                -- Units of this request beyond the limit (overage allow/bill).
+                v_over_p := greatest(0, v_total + p_amount - greatest(v_total, v_limit));
+                v_over := greatest(v_over, v_over_p);
+                if v_lim.overage = 'bill' and v_over_p * coalesce(v_lim.unit_price_cents::numeric, 0) >= v_cost then
+                    v_cost := v_over_p * coalesce(v_lim.unit_price_cents::numeric, 0);
+                    v_price := v_lim.unit_price_cents::numeric;
+                end if;
+
+                -- Contended: double the stripes (up to max_stripes) so fewer wait next time.
+                if v_grow and v_n < max_stripes then
+                    insert into entitlements.usage_counters
+                           (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+                    select p_customer, p_feature, v_lim.period, v_w, entitlements._ts(v_lim.resets_at_us), g, 0, 0, v_limit
+                      from generate_series(v_n, least(v_n * 2, max_stripes) - 1) g
+                    on conflict do nothing;
+                    v_n := least(v_n * 2, max_stripes);
+                end if;
+
+                -- Count on stripe 0 and split what remains evenly; the caps add up to the limit
+                -- (or to the usage, once over it, so every later request comes here).
+                v_rem := greatest(v_limit - v_total - p_amount, 0);
+                v_share := case when v_limit = 'Infinity' then 'Infinity' else floor(v_rem / v_n) end;
+                update entitlements.usage_counters c
+                   set used = c.used + case when c.stripe = 0 then p_amount else 0 end,
+                       cap = case when v_limit = 'Infinity' then 'Infinity'
+                                  when c.stripe = 0 then c.used + p_amount + v_rem - v_share * (v_n - 1)
+                                  else c.used + v_share end,
+                       basis = v_limit
+                 where c.customer_id = p_customer and c.feature_key = p_feature
+                   and c.period = v_lim.period and c.window_start = v_w;
+                v_stripe := 0;
+                v_total := v_total + p_amount;
+            else
+                select coalesce(sum(c.used), 0) into v_total
+                  from entitlements.usage_counters c
+                 where c.customer_id = p_customer and c.feature_key = p_feature
+                   and c.period = v_lim.period and c.window_start = v_w;
+            end if;
+
+            v_done_p := v_done_p || v_lim.period::text;
+            v_done_w := v_done_w || v_w;
+            v_done_s := v_done_s || v_stripe;
+            v_periods := v_periods || v_lim.period::text;
+            if v_lim.period = 'billing_period' then
+                v_billing := v_w;
+            end if;
+        end if;
+
+        -- Report the limit that binds first: the least remaining.
+        if v_best is null or v_limit - v_total < v_best then
+            v_best := v_limit - v_total;
+            v_out."limit" := nullif(v_limit, 'Infinity');
+            v_out.used := v_total;
+            v_out.remaining := case when v_limit = 'Infinity' then null else greatest(v_limit - v_total, 0) end;
+            v_out.resets_at := entitlements._ts(v_lim.resets_at_us);
+        end if;
+    end loop;
+
+    if not v_any then
+        -- The feature is not part of the customer's plan at all.
+        if p_mode = 'consume' then
+            v_plan := entitlements._upgrade_plan(p_customer, p_feature, p_amount, v_windows);
+            raise exception 'feature "%" is not included in your plan', p_feature
+                using errcode = 'PT403',
+                      hint = case when v_plan is null then 'No public plan includes it.'
+                                  else format('Upgrade to the "%s" plan to use it.', v_plan) end;
+        end if;
+        if v_keyed then
+            delete from entitlements.usage_idempotency k
+             where k.customer_id = p_customer and k.idempotency_key = p_key;
+        end if;
+        return row(false, 0, 0, 0, null)::entitlements.usage;
+    end if;
+
+    v_out.allowed := coalesce(v_out.allowed, true);
+    if p_mode <> 'check' and not v_replay then
+        insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, idempotency_key, periods,
+                                               billing_window, overage, unit_price_cents, cost_cents, actor)
+        values (v_now, p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price, v_cost,
+                entitlements.current_user_id());
+    end if;
+    return v_out;
+end
+$$;
+
+create or replace function entitlements.slots_in_use(customer uuid, feature text)
+returns integer language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_limit float8;
+begin
+    v_limit := entitlements._concurrency_limit(customer, feature);
+    if not entitlements._may_meter(customer) then
+        raise exception 'permission denied' using errcode = '42501';
+    end if;
+    if v_limit is null then
+        return null;
+    end if;
+    return (select count(*)::int from pg_locks l
+             where l.locktype = 'advisory' and l.granted and l.database = (select oid from pg_database where datname = current_database())
+               and ((l.classid::bigint << 32) | l.objid::bigint) in
+                   (select entitlements._slot_key(customer, feature, n) from generate_series(0, v_limit::int - 1) n));
+end
+$$;
+
+-- Create the monthly ledger partitions from this month to `months_ahead` months ahead,
+-- moving any rows that landed in the default partition. Returns how many it created.
+create or replace function entitlements.ensure_usage_partitions(months_ahead integer default 3)
+returns integer language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_start timestamptz;
+    v_end   timestamptz;
+    v_name  text;
+    v_made  integer := 0;
+begin
+    perform entitlements._require_admin('ensure_usage_partitions');
+    if months_ahead is null or months_ahead < 0 or months_ahead > 120 then
+        raise exception 'months_ahead must be between 0 and 120' using errcode = '22023';
+    end if;
+    for m in 0 .. months_ahead loop
+        v_start := date_trunc('month', now(), 'UTC') + make_interval(months => m);
+        v_end := v_start + interval '1 month';
+        v_name := 'usage_ledger_' || to_char(v_start at time zone 'UTC', 'YYYY_MM');
+        continue when to_regclass('entitlements.' || v_name) is not null;
+        execute format('create table entitlements.%I (like entitlements.usage_ledger including defaults including constraints)', v_name);
+        execute format('alter table entitlements.%I add primary key (id, at)', v_name);
+        execute format('create index on entitlements.%I (customer_id, feature_key, at)', v_name);
+        execute format('with moved as (delete from entitlements.usage_ledger_default where at >= %L and at < %L returning *)
+                        insert into entitlements.%I select * from moved', v_start, v_end, v_name);
+        execute format('alter table entitlements.usage_ledger attach partition entitlements.%I for values from (%L) to (%L)',
+                       v_name, v_start, v_end);
+        execute format('alter table entitlements.%I enable row level security', v_name);
+        execute format('create policy usage_ledger_read on entitlements.%I for select using (entitlements.can_see_customer(customer_id))', v_name);
+        v_made := v_made + 1;
+    end loop;
+    return v_made;
+end
+$$;
+
+-- Keys and indexes are each partition's own, not the parent's (a dump restores the
+-- monthly partitions, not the parent, and the parent's index would be created twice).
+-- Dropping the parent's key and index drops their copies on the partitions; every
+-- partition then gets its own, named as 0.2.0 names them: the default partition as
+-- sql/metering.sql does, the monthly ones as ensure_usage_partitions does.
+alter table entitlements.usage_ledger drop constraint usage_ledger_pkey;
+drop index entitlements.usage_ledger_customer;
+do $$
+declare
+    p record;
+begin
+    for p in
+        select c.oid::regclass as rel, c.relname
+          from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'entitlements.usage_ledger'::regclass
+         order by c.relname
+    loop
+        execute format('alter table %s add primary key (id, at)', p.rel);
+        if p.rel = 'entitlements.usage_ledger_default'::regclass then
+            execute format('create index usage_ledger_default_customer on %s (customer_id, feature_key, at)', p.rel);
+        else
+            execute format('create index on %s (customer_id, feature_key, at)', p.rel);
+        end if;
+    end loop;
+end
+$$;
+
+-- Gone in 0.2.0 -----------------------------------------------------------------------
+
+drop function entitlements._customer_tenant(uuid);
+drop function entitlements._customer_kind(uuid);
+
+-- Checked input: the new CHECK constraints (sql/schema.sql), named as CREATE TABLE names
+-- them in a fresh install. Existing rows are validated (see the top of this file).
+
+alter table entitlements.plans
+    drop constraint plans_trial_days_check,
+    drop constraint plans_grace_days_check,
+    add constraint plans_trial_days_check check (trial_days between 0 and 730),
+    add constraint plans_grace_days_check check (grace_days between 0 and 365),
+    add constraint plans_metadata_check check (entitlements._valid_json(metadata, 'plans.metadata'));
+
+alter table entitlements.plan_entitlements
+    add constraint plan_entitlements_spec_check check (entitlements._valid_json(spec, 'plan_entitlements.spec'));
+
+alter table entitlements.customers
+    add constraint customers_metadata_check check (entitlements._valid_json(metadata, 'customers.metadata'));
+
+alter table entitlements.subscriptions
+    drop constraint subscriptions_quantity_check,
+    add constraint subscriptions_quantity_check check (quantity between 1 and 1000000),
+    add constraint subscriptions_current_period_start_check
+        check (entitlements._finite(current_period_start, 'current_period_start')),
+    add constraint subscriptions_current_period_end_check
+        check (entitlements._finite(current_period_end, 'current_period_end')),
+    add constraint subscriptions_trial_end_check check (entitlements._finite(trial_end, 'trial_end')),
+    add constraint subscriptions_canceled_at_check check (entitlements._finite(canceled_at, 'canceled_at')),
+    add constraint subscriptions_ended_at_check check (entitlements._finite(ended_at, 'ended_at')),
+    add constraint subscriptions_metadata_check
+        check (entitlements._valid_json(metadata, 'subscriptions.metadata'));
+
+alter table entitlements.grants
+    add constraint grants_value_check check (entitlements._valid_json(value, 'grants.value')),
+    add constraint grants_starts_at_check check (entitlements._finite(starts_at, 'starts_at')),
+    add constraint grants_expires_at_check check (entitlements._finite(expires_at, 'expires_at'));
+
+-- Restorable dumps: the identity sequences are dumped, so restored ids continue.
+select pg_catalog.pg_extension_config_dump('entitlements.audit_log_id_seq', '');
+select pg_catalog.pg_extension_config_dump('entitlements.task_runs_id_seq', '');
+
+-- Privileges (sql/privileges.sql) -----------------------------------------------------
+-- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
+-- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
+-- admin roles. The statements of sql/privileges.sql follow in their order, after every
+-- object of the extension went back to its owner's rights alone, so each ACL comes out as
+-- in a fresh install item for item (and so does pg_init_privs, which pg_dump compares
+-- with). "All tables/sequences/functions in schema entitlements" is the extension's own
+-- here: the monthly ledger partitions (created by ensure_usage_partitions, not by the
+-- extension) keep their privileges, as they do in a 0.2.0 install.
+
+-- Privileges, last. Nothing is granted to PUBLIC but the checks app policies call for any
+-- role and what an audited app table's writers need; the API and admin roles
+-- (sql/security.sql) get the rest explicitly, and RLS (security.sql) decides row by row.
+-- tests/privileges.allow lists every function with its SECURITY DEFINER flag and
+-- grantees; `make test` holds the database to it, so a new function needs an entry.
+
+revoke all on schema entitlements from public;
+grant usage on schema entitlements to public;
+-- What 0.1.0 granted goes: PUBLIC's rights on every table, sequence and function of the
+-- extension (what a fresh install's `revoke all on all ... in schema entitlements from
+-- public` takes), and the access-token hook's grants to supabase_auth_admin and
+-- service_role (supabase_auth_admin gets it again below). Grants an operator made to
+-- other roles stay.
+do $$
+declare
+    o text;
+begin
+    for o in
+        select format('%s %I.%I', case when c.relkind = 'S' then 'sequence' else 'table' end, n.nspname, c.relname)
+          from pg_depend d
+          join pg_class c on c.oid = d.objid
+          join pg_namespace n on n.oid = c.relnamespace
+         where d.classid = 'pg_class'::regclass and d.objsubid = 0 and d.deptype = 'e'
+           and d.refclassid = 'pg_extension'::regclass
+           and d.refobjid = (select e.oid from pg_extension e where e.extname = 'pg_entitlements')
+           and n.nspname = 'entitlements' and c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
+        union all
+        select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+          from pg_depend d
+          join pg_proc p on p.oid = d.objid
+          join pg_namespace n on n.oid = p.pronamespace
+         where d.classid = 'pg_proc'::regclass and d.deptype = 'e'
+           and d.refclassid = 'pg_extension'::regclass
+           and d.refobjid = (select e.oid from pg_extension e where e.extname = 'pg_entitlements')
+           and n.nspname = 'entitlements' and p.prokind <> 'p'
+         order by 1
+    loop
+        execute format('revoke all on %s from public', o);
+    end loop;
+    if exists (select 1 from pg_roles where rolname = 'supabase_auth_admin') then
+        revoke all on function entitlements.custom_access_token_hook(jsonb) from supabase_auth_admin;
+    end if;
+    if exists (select 1 from pg_roles where rolname = 'service_role') then
+        revoke all on function entitlements.custom_access_token_hook(jsonb) from service_role;
+    end if;
+end
+$$;
+
+-- Any role: the checks (an app's RLS policy calls them as whoever queries its table) and
+-- the version has_feature reads as its caller (a number, nothing else).
+grant execute on function entitlements.current_user_id(), entitlements.has_feature(text),
+    entitlements.has_feature(uuid, text) to public;
+grant select on entitlements.cache_version to public;
+-- Auditing any app table: its owner attaches the trigger, its writers run it.
+grant execute on function entitlements.enable_audit(regclass), entitlements._is_extension_table(oid),
+    entitlements._audit_app_row(), entitlements._audit_append(oid, text, text, jsonb, jsonb) to public;
+
+-- API roles and admins: every table to read (RLS filters rows), the write paths' tables to
+-- write (the functions run as the caller, RLS refuses what they may not do), every function
+-- but the owner-only ones below.
+do $$
+declare
+    o text;
+begin
+    -- grant select on all tables in schema entitlements to entitlements_api, entitlements_admin;
+    for o in
+        select format('table %I.%I', n.nspname, c.relname)
+          from pg_depend d
+          join pg_class c on c.oid = d.objid
+          join pg_namespace n on n.oid = c.relnamespace
+         where d.classid = 'pg_class'::regclass and d.objsubid = 0 and d.deptype = 'e'
+           and d.refclassid = 'pg_extension'::regclass
+           and d.refobjid = (select e.oid from pg_extension e where e.extname = 'pg_entitlements')
+           and n.nspname = 'entitlements' and c.relkind in ('r', 'p', 'v', 'm', 'f')
+         order by 1
+    loop
+        execute format('grant select on %s to entitlements_api, entitlements_admin', o);
+    end loop;
+end
+$$;
+grant insert, update, delete on entitlements.features, entitlements.plans, entitlements.plan_entitlements,
+    entitlements.customers, entitlements.subscriptions, entitlements.members, entitlements.grants,
+    entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions
+    to entitlements_api, entitlements_admin;
+-- A task run is recorded and pruned, never rewritten.
+grant insert, delete on entitlements.task_runs to entitlements_api, entitlements_admin;
+do $$
+declare
+    o text;
+begin
+    -- grant usage on all sequences in schema entitlements to entitlements_api, entitlements_admin;
+    for o in
+        select format('sequence %I.%I', n.nspname, c.relname)
+          from pg_depend d
+          join pg_class c on c.oid = d.objid
+          join pg_namespace n on n.oid = c.relnamespace
+         where d.classid = 'pg_class'::regclass and d.objsubid = 0 and d.deptype = 'e'
+           and d.refclassid = 'pg_extension'::regclass
+           and d.refobjid = (select e.oid from pg_extension e where e.extname = 'pg_entitlements')
+           and n.nspname = 'entitlements' and c.relkind = 'S'
+         order by 1
+    loop
+        execute format('grant usage on %s to entitlements_api, entitlements_admin', o);
+    end loop;
+end
+$$;
+do $$
+declare
+    o text;
+begin
+    -- grant execute on all functions in schema entitlements to entitlements_api, entitlements_admin;
+    for o in
+        select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
+          from pg_depend d
+          join pg_proc p on p.oid = d.objid
+          join pg_namespace n on n.oid = p.pronamespace
+         where d.classid = 'pg_proc'::regclass and d.deptype = 'e'
+           and d.refclassid = 'pg_extension'::regclass
+           and d.refobjid = (select e.oid from pg_extension e where e.extname = 'pg_entitlements')
+           and n.nspname = 'entitlements' and p.prokind <> 'p'
+         order by 1
+    loop
+        execute format('grant execute on %s to entitlements_api, entitlements_admin', o);
+    end loop;
+end
+$$;
+
+-- Owner only: SECURITY DEFINER triggers (nobody may attach them elsewhere; a trigger that
+-- fires needs no EXECUTE), and what reads around RLS without asking who calls.
+revoke execute on function entitlements._audit_row(), entitlements._cache_bump(), entitlements._enforce_seats(),
+    entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
+    entitlements._require_own_table(oid, text), entitlements._catalog_snapshot()
+    from entitlements_api, entitlements_admin;
+
+-- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.
+revoke execute on function entitlements.custom_access_token_hook(jsonb) from entitlements_api;
+
+-- Supabase's roles, when they exist: the API roles speak for signed-in users, service_role
+-- administers, supabase_auth_admin runs the access-token hook. Other deployments grant
+-- entitlements_api / entitlements_admin to their own roles (README, Security).
+do $$
+declare
+    r text;
+begin
+    foreach r in array array['anon', 'authenticated', 'service_role'] loop
+        if exists (select 1 from pg_roles where rolname = r) then
+            execute format('grant entitlements_api to %I', r);
+        end if;
+    end loop;
+    if exists (select 1 from pg_roles where rolname = 'service_role') then
+        execute 'grant entitlements_admin to service_role';
+    end if;
+    if exists (select 1 from pg_roles where rolname = 'supabase_auth_admin') then
+        execute 'grant execute on function entitlements.custom_access_token_hook(jsonb) to supabase_auth_admin';
+    end if;
+end
+$$;
