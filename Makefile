@@ -16,6 +16,7 @@ setup:
 # Build and install the extension into the system PostgreSQL 15 and the worker on the PATH.
 install: setup
 	cd extension && cargo pgrx install --release --pg-config $(PG_CONFIG)
+	install -m 0644 sql/pg_entitlements--*--*.sql $$($(PG_CONFIG) --sharedir)/extension/
 	cargo build --release -p entitlements-worker
 	install -m 0755 target/release/entitlements-worker $(PREFIX)/bin/entitlements-worker
 

@@ -208,8 +208,8 @@ select pg_temp.ok(not exists (select 1 from pg_proc p where p.pronamespace = 'en
 select pg_temp.ok(entitlements.has_feature('d0000000-0000-0000-0000-000000000001', 'agents'), 'pro has agents');
 select pg_temp.ok(not entitlements.has_feature('d0000000-0000-0000-0000-000000000009', 'agents'), 'free has no agents');
 select pg_temp.ok(entitlements.has_feature('d0000000-0000-0000-0000-000000000002', 'agents'), 'the organization''s owner has agents');
-select pg_temp.ok((entitlements.entitlements('d0000000-0000-0000-0000-000000000001') -> 'agents') is not null,
-                  'entitlements() lists agents');
+select pg_temp.ok(e ->> 'plan' = 'pro' and (e #>> '{features,agents,enabled}')::boolean, 'entitlements(): pro, agents')
+  from entitlements.entitlements('d0000000-0000-0000-0000-000000000001') e;
 select pg_temp.ok((entitlements.check('d0000000-0000-0000-0000-000000000001', 'minutes')).used = 8, 'usage counted by 0.1.0');
 select pg_temp.ok(count(*) = 0, 'counters equal the ledger') from entitlements.usage_drift();
 -- metering continues: a new consumption, and a replay of 0.1.0's idempotency key counts nothing

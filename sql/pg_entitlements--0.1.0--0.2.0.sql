@@ -626,9 +626,13 @@ begin
         raise exception 'not a Stripe customer id: %', coalesce(stripe_customer_id, 'NULL') using errcode = '22023';
     end if;
     perform entitlements._require_admin_of('link_stripe_customer', customer);
-    insert into entitlements.customers as c (id, stripe_customer_id) values (customer, stripe_customer_id)
-    on conflict (id) do update set stripe_customer_id = excluded.stripe_customer_id, updated_at = now()
-     where c.stripe_customer_id is distinct from excluded.stripe_customer_id;
+    -- UPDATE first: an INSERT ... ON CONFLICT is held to the INSERT policy even when it
+    -- updates, and a tenant admin may not insert a customer without a tenant.
+    update entitlements.customers c set stripe_customer_id = link_stripe_customer.stripe_customer_id, updated_at = now()
+     where c.id = customer and c.stripe_customer_id is distinct from link_stripe_customer.stripe_customer_id;
+    if not found and not exists (select 1 from entitlements.customers c where c.id = customer) then
+        insert into entitlements.customers (id, stripe_customer_id) values (customer, stripe_customer_id);
+    end if;
 end
 $$;
 
@@ -681,8 +685,11 @@ begin
     if not exists (select 1 from entitlements.features f where f.key = 'seats') then
         return new; -- a catalog without seats does not limit members
     end if;
-    perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(new.organization_id::text));
+    -- The row first, then the advisory lock (which correct_entitlements takes too): add_member
+    -- may have locked the row already when it made the customer an organization, and taking
+    -- them the other way round would deadlock with it.
     update entitlements.customers c set updated_at = c.updated_at where c.id = new.organization_id;
+    perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(new.organization_id::text));
     if exists (select 1 from entitlements.members m
                 where m.organization_id = new.organization_id and m.user_id = new.user_id) then
         return new;
@@ -737,128 +744,36 @@ $$;
 
 -- Stripe (sql/stripe.sql) ------------------------------------------------------------
 
--- Apply a Stripe subscription object, as the current API shapes it (billing periods on the
--- items) or as older versions do (on the subscription). `observed_at`: when this state was
--- true (the event's `created`); NULL means "just fetched from the Stripe API", which wins.
--- Returns created, updated, unchanged or stale (an older state than the one applied).
--- The checked entry point is stripe_apply_subscription below.
-create or replace function entitlements._stripe_apply_subscription(subscription jsonb, observed_at timestamptz, reason text)
+-- checkout.session.completed (and customer.created/updated): link the Stripe customer to the
+-- entitlements customer named by metadata.entitlements_customer_id or client_reference_id.
+create or replace function entitlements._stripe_apply_link(object jsonb)
 returns text language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_id text := subscription ->> 'id';
-    v_stripe_customer text := entitlements._stripe_id(subscription -> 'customer');
-    v_status text := subscription ->> 'status';
-    v_items jsonb;
-    v_item jsonb;
-    v_plan text;
-    v_customer uuid;
-    v_start timestamptz;
-    v_end timestamptz;
-    v_ended timestamptz;
-    v_cancel_at_end boolean := coalesce((subscription ->> 'cancel_at_period_end')::boolean, false);
-    v_quantity integer;
-    v_rank smallint := entitlements._stripe_status_rank(v_status)::smallint;
-    v_prev entitlements.stripe_subscriptions;
-    v_observed timestamptz := observed_at;
-    v_sub uuid;
-    v_outcome text;
+    v_stripe_customer text := case when object ->> 'object' = 'customer' then object ->> 'id'
+                                   else entitlements._stripe_id(object -> 'customer') end;
+    v_ref text := coalesce(object #>> '{metadata,entitlements_customer_id}', object ->> 'client_reference_id');
+    v_customer uuid := entitlements._stripe_uuid(v_ref);
 begin
-    if jsonb_typeof(subscription) is distinct from 'object' or v_id is null or v_id !~ '^sub_[A-Za-z0-9_]+$'
-       or coalesce(subscription ->> 'object', 'subscription') <> 'subscription' then
-        raise exception 'not a Stripe subscription object (id %)', coalesce(v_id, 'missing') using errcode = '22023';
+    if v_stripe_customer is null or v_customer is null then
+        return 'ignored'; -- a guest checkout, or a Stripe customer this app does not know
     end if;
-    if v_rank is null then
-        raise exception 'Stripe subscription %: unknown status "%"', v_id, v_status using errcode = '22023';
+    if exists (select 1 from entitlements.customers c
+                where c.id = v_customer and c.stripe_customer_id = v_stripe_customer) then
+        return 'unchanged';
     end if;
-    if v_stripe_customer is null then
-        raise exception 'Stripe subscription % has no customer', v_id using errcode = '22023';
+    -- An event never moves a link: whoever opens a Checkout (a Payment Link takes
+    -- client_reference_id from its URL) could otherwise tie someone else's customer to their
+    -- Stripe customer, or take over another's. Relinking is link_stripe_customer's, an admin's.
+    if exists (select 1 from entitlements.customers c
+                where (c.id = v_customer and c.stripe_customer_id is not null)
+                   or (c.stripe_customer_id = v_stripe_customer and c.id <> v_customer)) then
+        raise warning 'Stripe customer % not linked to %: one of them is linked already', v_stripe_customer, v_customer;
+        return 'conflict';
     end if;
-
-    -- Items: the current API lists them; very old versions carry one `plan` on the subscription.
-    v_items := case when jsonb_typeof(subscription #> '{items,data}') = 'array' then subscription #> '{items,data}'
-                    when subscription ? 'plan' then jsonb_build_array(jsonb_build_object(
-                        'plan', subscription -> 'plan', 'quantity', subscription -> 'quantity'))
-                    else '[]' end;
-    -- The plan: the most expensive one any item's price maps to through stripe_price_ids.
-    select p.key, i.item into v_plan, v_item
-      from jsonb_array_elements(v_items) i(item)
-      join entitlements.plans p
-        on coalesce(entitlements._stripe_id(i.item -> 'price'), entitlements._stripe_id(i.item -> 'plan')) = any (p.stripe_price_ids)
-     order by p.price_cents desc, p.position, p.key
-     limit 1;
-    if v_plan is null then
-        raise exception 'Stripe subscription %: no plan has any of its prices (%)', v_id,
-            coalesce((select string_agg(coalesce(entitlements._stripe_id(i -> 'price'), entitlements._stripe_id(i -> 'plan')), ', ')
-                        from jsonb_array_elements(v_items) i), 'none')
-            using errcode = '22023', hint = 'Add the price id to a plan''s stripe_price_ids in the catalog.';
-    end if;
-    v_start := coalesce(entitlements._stripe_ts(v_item -> 'current_period_start'), entitlements._stripe_ts(subscription -> 'current_period_start'));
-    v_end := coalesce(entitlements._stripe_ts(v_item -> 'current_period_end'), entitlements._stripe_ts(subscription -> 'current_period_end'));
-    if v_start >= v_end then
-        v_start := null;
-    end if;
-    v_quantity := greatest(1, coalesce((v_item ->> 'quantity')::integer, (subscription ->> 'quantity')::integer, 1));
-
-    v_customer := entitlements._stripe_customer(v_stripe_customer,
-        coalesce(subscription -> 'metadata', '{}') || coalesce(case when jsonb_typeof(subscription -> 'customer') = 'object'
-                                                                    then subscription #> '{customer,metadata}' end, '{}'));
-    if v_customer is null then
-        raise exception 'Stripe customer % is not linked to an entitlements customer', v_stripe_customer
-            using errcode = 'P0002',
-                  hint = 'Call entitlements.link_stripe_customer(customer, stripe_customer_id), or set '
-                         'metadata.entitlements_customer_id on the Stripe subscription, customer or Checkout Session.';
-    end if;
-
-    perform entitlements.stripe_lock_subscription(v_id);
-    select * into v_prev from entitlements.stripe_subscriptions s where s.stripe_subscription_id = v_id;
-    if v_observed is null then
-        v_observed := greatest(clock_timestamp(), v_prev.observed_at + interval '1 microsecond');
-    elsif not entitlements._stripe_is_newer(v_prev, v_observed, v_start, v_rank) then
-        return 'stale';
-    end if;
-
-    -- Stripe's `canceled` is final whatever cancel_at_period_end says: nothing runs to the period end.
-    if v_status in ('canceled', 'incomplete_expired') then
-        v_cancel_at_end := false;
-        v_ended := coalesce(entitlements._stripe_ts(subscription -> 'ended_at'),
-                            entitlements._stripe_ts(subscription -> 'canceled_at'), v_observed);
-    end if;
-
-    perform set_config('entitlements.reason', coalesce(reason, 'stripe ' || v_id), true);
-    v_sub := coalesce(v_prev.subscription_id,
-                      (select s.id from entitlements.subscriptions s where s.stripe_subscription_id = v_id));
-    if v_sub is null then
-        insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
-            current_period_end, trial_end, cancel_at_period_end, canceled_at, ended_at, source, stripe_subscription_id)
-        values (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
-                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
-                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe', v_id)
-        returning id into v_sub;
-        v_outcome := 'created';
-    else
-        -- Only a real change is written (and audited).
-        update entitlements.subscriptions s
-           set customer_id = v_customer, plan_key = v_plan, status = v_status, quantity = v_quantity,
-               current_period_start = v_start, current_period_end = v_end,
-               trial_end = entitlements._stripe_ts(subscription -> 'trial_end'),
-               cancel_at_period_end = v_cancel_at_end,
-               canceled_at = entitlements._stripe_ts(subscription -> 'canceled_at'), ended_at = v_ended,
-               source = 'stripe'
-         where s.id = v_sub
-           and (s.customer_id, s.plan_key, s.status, s.quantity, s.current_period_start, s.current_period_end,
-                s.trial_end, s.cancel_at_period_end, s.canceled_at, s.ended_at, s.source)
-               is distinct from
-               (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
-                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
-                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe');
-        v_outcome := case when found then 'updated' else 'unchanged' end;
-    end if;
-    perform entitlements._stripe_remember(v_id, v_sub, v_observed, v_start, v_rank,
-                                          coalesce(reason, case when observed_at is null then 'api' else 'payload' end));
-    perform set_config('entitlements.reason', '', true);
-    return v_outcome;
+    perform entitlements._stripe_link(v_customer, v_stripe_customer);
+    return 'linked';
 end
 $$;
 

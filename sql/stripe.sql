@@ -451,6 +451,15 @@ begin
                 where c.id = v_customer and c.stripe_customer_id = v_stripe_customer) then
         return 'unchanged';
     end if;
+    -- An event never moves a link: whoever opens a Checkout (a Payment Link takes
+    -- client_reference_id from its URL) could otherwise tie someone else's customer to their
+    -- Stripe customer, or take over another's. Relinking is link_stripe_customer's, an admin's.
+    if exists (select 1 from entitlements.customers c
+                where (c.id = v_customer and c.stripe_customer_id is not null)
+                   or (c.stripe_customer_id = v_stripe_customer and c.id <> v_customer)) then
+        raise warning 'Stripe customer % not linked to %: one of them is linked already', v_stripe_customer, v_customer;
+        return 'conflict';
+    end if;
     perform entitlements._stripe_link(v_customer, v_stripe_customer);
     return 'linked';
 end

@@ -193,9 +193,13 @@ begin
         raise exception 'not a Stripe customer id: %', coalesce(stripe_customer_id, 'NULL') using errcode = '22023';
     end if;
     perform entitlements._require_admin_of('link_stripe_customer', customer);
-    insert into entitlements.customers as c (id, stripe_customer_id) values (customer, stripe_customer_id)
-    on conflict (id) do update set stripe_customer_id = excluded.stripe_customer_id, updated_at = now()
-     where c.stripe_customer_id is distinct from excluded.stripe_customer_id;
+    -- UPDATE first: an INSERT ... ON CONFLICT is held to the INSERT policy even when it
+    -- updates, and a tenant admin may not insert a customer without a tenant.
+    update entitlements.customers c set stripe_customer_id = link_stripe_customer.stripe_customer_id, updated_at = now()
+     where c.id = customer and c.stripe_customer_id is distinct from link_stripe_customer.stripe_customer_id;
+    if not found and not exists (select 1 from entitlements.customers c where c.id = customer) then
+        insert into entitlements.customers (id, stripe_customer_id) values (customer, stripe_customer_id);
+    end if;
 end
 $$;
 
@@ -250,8 +254,11 @@ begin
     if not exists (select 1 from entitlements.features f where f.key = 'seats') then
         return new; -- a catalog without seats does not limit members
     end if;
-    perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(new.organization_id::text));
+    -- The row first, then the advisory lock (which correct_entitlements takes too): add_member
+    -- may have locked the row already when it made the customer an organization, and taking
+    -- them the other way round would deadlock with it.
     update entitlements.customers c set updated_at = c.updated_at where c.id = new.organization_id;
+    perform pg_advisory_xact_lock('entitlements.members'::regclass::oid::integer, hashtext(new.organization_id::text));
     if exists (select 1 from entitlements.members m
                 where m.organization_id = new.organization_id and m.user_id = new.user_id) then
         return new;
