@@ -493,7 +493,9 @@ begin
         raise exception 'feature "%" is a % feature, not concurrency', feature, v_kind
             using errcode = '22023', hint = 'acquire() takes slots of concurrency features.';
     end if;
-    return entitlements._feature_limit(customer, feature);
+    -- Slots are advisory locks looked up one by one: more than 100,000 (a plan's limit plus
+    -- quota boosts) is as good as unlimited, and is treated so.
+    return nullif(least(entitlements._feature_limit(customer, feature), 100001), 100001);
 end
 $$;
 

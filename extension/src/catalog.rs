@@ -90,11 +90,14 @@ fn limit_value(path: &str, v: &Value) -> Result<Value> {
     }
 }
 
-/// A number of concurrency slots: a whole number in 0..=MAX_NUMBER, or null for unlimited.
+/// The most concurrency slots a plan names (slots are advisory locks, looked up one by one).
+pub const MAX_SLOTS: f64 = 100_000.0;
+
+/// A number of concurrency slots: a whole number in 0..=MAX_SLOTS, or null for unlimited.
 fn slot_limit(path: &str, v: &Value) -> Result<Value> {
     match limit_value(path, v)? {
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0) => {
-            Err(bad(path, "concurrency slots are a whole number"))
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() != 0.0 || f > MAX_SLOTS) => {
+            Err(bad(path, "concurrency slots are a whole number up to 100000 (null for unlimited)"))
         }
         ok => Ok(ok),
     }
