@@ -1402,6 +1402,30 @@ alter table entitlements.grants
     add constraint grants_starts_at_check check (entitlements._finite(starts_at, 'starts_at')),
     add constraint grants_expires_at_check check (entitlements._finite(expires_at, 'expires_at'));
 
+-- More than 100,000 concurrency slots counts as unlimited.
+create or replace function entitlements._concurrency_limit(customer uuid, feature text)
+returns float8 language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_kind text;
+begin
+    if customer is null or feature is null then
+        raise exception 'customer and feature must not be NULL' using errcode = '22004';
+    end if;
+    select f.kind into v_kind from entitlements.features f where f.key = feature;
+    if v_kind is null then
+        perform entitlements.has_feature(customer, feature);  -- raises "unknown feature" with the known list
+    elsif v_kind <> 'concurrency' then
+        raise exception 'feature "%" is a % feature, not concurrency', feature, v_kind
+            using errcode = '22023', hint = 'acquire() takes slots of concurrency features.';
+    end if;
+    -- Slots are advisory locks looked up one by one: more than 100,000 (a plan's limit plus
+    -- quota boosts) is as good as unlimited, and is treated so.
+    return nullif(least(entitlements._feature_limit(customer, feature), 100001), 100001);
+end
+$$;
+
 -- Restorable dumps: the identity sequences are dumped, so restored ids continue.
 select pg_catalog.pg_extension_config_dump('entitlements.audit_log_id_seq', '');
 select pg_catalog.pg_extension_config_dump('entitlements.task_runs_id_seq', '');
