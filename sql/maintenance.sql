@@ -46,7 +46,8 @@ create policy task_runs_prune on entitlements.task_runs for delete using (entitl
 create function entitlements.task_names()
 returns text[] language sql immutable parallel safe
 set search_path = pg_catalog, pg_temp
-as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs'] $$;
+as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs',
+                     'usage_partitions', 'retention'] $$;
 comment on function entitlements.task_names() is 'The maintenance tasks entitlements.run_task knows.';
 
 -- The advisory lock key of a task (two int4 halves). Also used by the worker for tasks it
@@ -316,6 +317,8 @@ begin
                 when 'correct_entitlements' then entitlements._task_correct_entitlements()
                 when 'health_snapshot' then entitlements._task_health_snapshot()
                 when 'prune_task_runs' then entitlements._task_prune_task_runs()
+                when 'usage_partitions' then entitlements._task_usage_partitions()
+                when 'retention' then entitlements._task_retention()
             end;
             v_run.outcome := 'ok';
             v_run.rows_touched := coalesce((v_result ->> 'rows_touched')::bigint, 0);

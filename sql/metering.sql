@@ -596,8 +596,9 @@ $$;
 
 -- Create the monthly ledger partitions from this month to `months_ahead` months ahead,
 -- moving any rows that landed in the default partition. Returns how many it created.
+-- SECURITY DEFINER: the partitions are the extension's (made by its owner), whoever asks.
 create function entitlements.ensure_usage_partitions(months_ahead integer default 3)
-returns integer language plpgsql volatile
+returns integer language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -606,7 +607,7 @@ declare
     v_name  text;
     v_made  integer := 0;
 begin
-    perform entitlements._require_admin('ensure_usage_partitions');
+    perform entitlements._require_caller_admin('ensure_usage_partitions');
     if months_ahead is null or months_ahead < 0 or months_ahead > 120 then
         raise exception 'months_ahead must be between 0 and 120' using errcode = '22023';
     end if;
@@ -636,7 +637,7 @@ $$;
 -- of windows closed by then and idempotency keys older than that go too. Returns how
 -- many partitions it dropped.
 create function entitlements.drop_usage_partitions(keep interval default interval '13 months')
-returns integer language plpgsql volatile
+returns integer language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -644,7 +645,7 @@ declare
     v_through timestamptz;
     v_dropped integer := 0;
 begin
-    perform entitlements._require_admin('drop_usage_partitions');
+    perform entitlements._require_caller_admin('drop_usage_partitions');
     if keep is null or keep < interval '1 day' then
         raise exception 'keep must be at least one day' using errcode = '22023';
     end if;

@@ -139,6 +139,22 @@ begin
 end
 $$;
 
+-- Raise 42501 unless the real caller is an admin: for SECURITY DEFINER functions, where
+-- current_user is the owner and _require_admin would always pass. The role asked about is
+-- the one outside definer functions (SET ROLE's), its user id as identity.rs trusts it.
+create function entitlements._require_caller_admin(action text)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null)) then
+        raise exception 'permission denied: % requires an entitlements admin', action
+            using errcode = '42501',
+                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
+    end if;
+end
+$$;
+
 -- Raise 42501 unless the caller administers `customer` (globally or through its tenant).
 create function entitlements._require_admin_of(action text, customer uuid)
 returns void language plpgsql stable

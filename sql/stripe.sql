@@ -45,11 +45,15 @@ create table entitlements.stripe_events (
     outcome         text,
     attempts        integer not null default 0,
     last_error      text,
-    next_attempt_at timestamptz not null default now()
+    next_attempt_at timestamptz not null default now(),
+    -- Set when it failed settings.stripe_max_attempts times: no more retries until an admin
+    -- calls stripe_retry_event (dead letters show in the worker's /healthz and /metrics).
+    dead_at         timestamptz check (entitlements._finite(dead_at, 'dead_at'))
 );
 comment on table entitlements.stripe_events is
     'Stripe webhook events, stored once by id, applied asynchronously (entitlements.stripe_apply_event).';
-create index stripe_events_pending on entitlements.stripe_events (next_attempt_at, created) where applied_at is null;
+create index stripe_events_pending on entitlements.stripe_events (next_attempt_at, created)
+    where applied_at is null and dead_at is null;
 
 -- One row per Stripe subscription: the key of the state applied last (see Ordering above).
 create table entitlements.stripe_subscriptions (
@@ -502,7 +506,7 @@ set search_path = pg_catalog, pg_temp
 begin atomic
     select e.id, e.type, e.received_at, entitlements._stripe_event_subscription(e.payload)
       from entitlements.stripe_events e
-     where e.applied_at is null and e.next_attempt_at <= now()
+     where e.applied_at is null and e.dead_at is null and e.next_attempt_at <= now()
      order by e.created, e.received_at, e.id
      limit max_events;
 end;
@@ -575,20 +579,48 @@ comment on function entitlements.stripe_apply_event(text, jsonb) is
     'Apply a stored Stripe event once (subscription, invoice, checkout and customer events; others are '
     'acknowledged as ignored). fetched: the subscription as just fetched from the API. Admins only.';
 
--- Record a failed attempt; the next one waits 2^attempts seconds, at most an hour.
+-- Record a failed attempt; the next one waits 2^attempts seconds, at most an hour. After
+-- settings.stripe_max_attempts failures the event is a dead letter (dead_at set, NULL
+-- returned): it is not retried until an admin calls stripe_retry_event.
 create function entitlements.stripe_event_failed(event_id text, error text)
 returns timestamptz language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_next timestamptz;
+    v_max integer := (entitlements._settings()).stripe_max_attempts;
 begin
     perform entitlements._stripe_require_admin('stripe_event_failed');
     update entitlements.stripe_events e
        set attempts = e.attempts + 1, last_error = left(error, 2000),
-           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12)))
+           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12))),
+           dead_at = case when e.attempts + 1 >= v_max then now() end
      where e.id = event_id and e.applied_at is null
-    returning e.next_attempt_at into v_next;
+    returning case when e.dead_at is null then e.next_attempt_at end into v_next;
     return v_next;
 end
 $$;
+
+-- Give a dead letter (or any unapplied event) a fresh start: retried at once, with its
+-- attempts counted from zero.
+create function entitlements.stripe_retry_event(event_id text)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._stripe_require_admin('stripe_retry_event');
+    perform entitlements._require_not_null(event_id, 'event_id');
+    update entitlements.stripe_events e
+       set dead_at = null, attempts = 0, next_attempt_at = now()
+     where e.id = event_id and e.applied_at is null;
+    if not found then
+        if not exists (select 1 from entitlements.stripe_events e where e.id = event_id) then
+            raise exception 'Stripe event % is not stored', event_id using errcode = 'P0002';
+        end if;
+        return false; -- applied already
+    end if;
+    return true; -- the applier polls and takes it within a second
+end
+$$;
+comment on function entitlements.stripe_retry_event(text) is
+    'Retry a dead-lettered Stripe event now, attempts counted from zero. Admins only.';

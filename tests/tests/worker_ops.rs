@@ -5,8 +5,10 @@ mod ops;
 
 use common::*;
 use ops::*;
+use serde_json::json;
 use sqlx::Connection;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn run_task_prints_the_run_and_fails_on_failure() {
@@ -78,10 +80,14 @@ async fn help_documents_every_setting() {
         "ENTITLEMENTS_RETRY_INITIAL",
         "ENTITLEMENTS_RETRY_MAX",
         "ENTITLEMENTS_SHUTDOWN_TIMEOUT",
+        "ENTITLEMENTS_MAX_CONNECTIONS",
+        "ENTITLEMENTS_READ_TIMEOUT",
         "STRIPE_WEBHOOK_SECRET",
         "STRIPE_SECRET_KEY",
         "STRIPE_API_BASE",
         "run-task",
+        "usage_partitions",
+        "retention",
         "[scheduler.tasks]",
         "correct_entitlements",
     ] {
@@ -105,6 +111,7 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
         format!(
             "database_url = \"{secret_url}\"\nlisten_addr = \"{file_addr}\"\nworker_id = \"from-file\"\n\
              [scheduler.tasks]\nhealth_snapshot = \"150ms\"\nexpire_subscriptions = \"off\"\ncorrect_entitlements = \"off\"\nprune_task_runs = \"off\"\n\
+             usage_partitions = \"off\"\nretention = \"off\"\n\
              [stripe]\nwebhook_secret = \"whsec_FILE-SECRET\"\n"
         ),
     )
@@ -198,6 +205,31 @@ async fn metrics_and_health_over_http() {
     assert_eq!(sample(&metrics, "entitlements_database_up", &[]), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "active")]), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "paused")]), Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, "entitlements_webhooks_dead_letters", &[]), Some(0.0), "{metrics}");
+    assert_eq!(get_json(&w.addr, "/livez").await.0, 200);
+    assert_eq!(get_json(&w.addr, "/readyz").await.0, 200);
+
+    // A Stripe event that failed its last attempt: degraded, and counted, until retried.
+    let mut conn = session(&db).await;
+    sqlx::query("insert into entitlements.settings (stripe_max_attempts) values (1)").execute(&mut conn).await.unwrap();
+    sqlx::query(
+        "select entitlements.stripe_record_event('{\"id\": \"evt_dead\", \"type\": \"customer.updated\",
+                  \"created\": 1700000000, \"data\": {\"object\": {\"id\": \"cus_x\"}}}'),
+                entitlements.stripe_event_failed('evt_dead', 'boom')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (code, health) = get_json(&w.addr, "/healthz").await;
+    assert_eq!(
+        (code, &health["status"], &health["stripe_dead_letters"]),
+        (200, &json!("degraded"), &json!(1)),
+        "{health}"
+    );
+    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    assert_eq!(sample(&metrics, "entitlements_webhooks_dead_letters", &[]), Some(1.0), "{metrics}");
+    sqlx::query("select entitlements.stripe_retry_event('evt_dead')").execute(&mut conn).await.unwrap();
+    drop(conn);
 
     // The database goes away: 503 and says so; the worker keeps serving.
     let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
@@ -209,6 +241,9 @@ async fn metrics_and_health_over_http() {
     let (code, health) = get_json(&w.addr, "/healthz").await;
     assert_eq!(code, 503, "{health}");
     assert_eq!(health["database"], "unreachable");
+    // Readiness follows the database; liveness does not (no restart loop during an outage).
+    assert_eq!(get_json(&w.addr, "/readyz").await.0, 503);
+    assert_eq!(get_json(&w.addr, "/livez").await.0, 200);
     let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
     assert_eq!(sample(&metrics, "entitlements_database_up", &[]), Some(0.0));
 
@@ -276,4 +311,54 @@ async fn sigterm_finishes_the_run_in_flight() {
             .unwrap();
     assert_eq!((outcome.as_str(), rows), ("ok", 1), "the in-flight run finished and was recorded");
     assert!(http_get(&addr, "/healthz").await.is_err(), "nothing listens after exit");
+}
+
+/// Slow clients cannot tie the listener up: a connection that stops sending mid-request
+/// is closed after ENTITLEMENTS_READ_TIMEOUT, and with every connection slot
+/// (ENTITLEMENTS_MAX_CONNECTIONS) taken by such clients, a normal request is still answered
+/// once they are cut off.
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let db = fresh_db("ops_slow").await;
+    let mut cmd = worker_command();
+    cmd.arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env("ENTITLEMENTS_SCHEDULER", "false")
+        .env("ENTITLEMENTS_MAX_CONNECTIONS", "2")
+        .env("ENTITLEMENTS_READ_TIMEOUT", "1s");
+    let mut w = Worker::spawn(cmd, &free_addr());
+    w.ready().await;
+
+    // Two clients send half a request line and then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
+        s.write_all(b"GET /livez HT").await.unwrap();
+        slow.push(s);
+    }
+    // A normal request waits for a free slot and is answered.
+    let addr = w.addr.clone();
+    let normal = tokio::spawn(async move { get_json(&addr, "/livez").await.0 });
+    // Each slow client is disconnected by the worker (read gives EOF or a reset); the bound
+    // is generous, the expected wait is the 1 s timeout.
+    for mut s in slow {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a silent client is cut off: {read:?}");
+    }
+    let code = tokio::time::timeout(Duration::from_secs(20), normal).await.expect("answered").unwrap();
+    assert_eq!(code, 200);
+
+    // A slow but steady request (a byte at a time, each well within the timeout) is served.
+    let mut s = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
+    for b in format!("GET /livez HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", w.addr).bytes() {
+        s.write_all(&[b]).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let (status, _) = w.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", w.log());
 }

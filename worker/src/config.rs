@@ -39,6 +39,15 @@ pub struct Cli {
     #[arg(long, env = "ENTITLEMENTS_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
 
+    /// Most HTTP connections served at once; more wait to be accepted [default: 256].
+    #[arg(long, env = "ENTITLEMENTS_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<usize>,
+
+    /// An HTTP connection that sends nothing for this long is closed, mid-request or idle
+    /// between requests [default: 10s].
+    #[arg(long, env = "ENTITLEMENTS_READ_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub read_timeout: Option<Duration>,
+
     /// Name recorded in entitlements.task_runs for this worker [default: HOSTNAME:PID].
     #[arg(long, env = "ENTITLEMENTS_WORKER_ID", global = true)]
     pub worker_id: Option<String>,
@@ -86,6 +95,8 @@ Configuration file (TOML), every key optional:
   database_url = \"postgres://user:pass@host/db\"
   listen_addr = \"127.0.0.1:8080\"
   log_format = \"text\"            # or \"json\"
+  max_connections = 256
+  read_timeout = \"10s\"
   worker_id = \"worker-a\"
   shutdown_timeout = \"8s\"
   [scheduler]
@@ -97,6 +108,8 @@ Configuration file (TOML), every key optional:
   correct_entitlements = \"5m\"
   health_snapshot = \"1m\"
   prune_task_runs = \"1h\"
+  usage_partitions = \"6h\"
+  retention = \"1h\"
   reconcile_stripe = \"1h\"        # only runs when a Stripe secret key is set
   [stripe]
   webhook_secret = \"whsec_...\"
@@ -116,7 +129,8 @@ pub enum Command {
     /// Run one maintenance task now (entitlements.run_task), print its run record as JSON;
     /// exits non-zero when the task failed.
     RunTask {
-        /// expire_subscriptions, correct_entitlements, health_snapshot or prune_task_runs.
+        /// expire_subscriptions, correct_entitlements, health_snapshot, prune_task_runs,
+        /// usage_partitions or retention.
         name: String,
     },
     /// List every subscription through the Stripe API (STRIPE_SECRET_KEY, STRIPE_API_BASE) and
@@ -166,8 +180,16 @@ pub struct Config {
     pub log_format: LogFormat,
     pub worker_id: String,
     pub shutdown_timeout: Duration,
+    pub http: HttpLimits,
     pub scheduler: SchedulerConfig,
     pub stripe: StripeConfig,
+}
+
+/// What one client may hold of the HTTP listener (listener.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -187,7 +209,14 @@ pub struct StripeConfig {
 }
 
 /// Tasks the extension runs (`entitlements.run_task`).
-pub const SQL_TASKS: [&str; 4] = ["expire_subscriptions", "correct_entitlements", "health_snapshot", "prune_task_runs"];
+pub const SQL_TASKS: [&str; 6] = [
+    "expire_subscriptions",
+    "correct_entitlements",
+    "health_snapshot",
+    "prune_task_runs",
+    "usage_partitions",
+    "retention",
+];
 /// The Stripe reconcile, run by the worker itself; scheduled only with a Stripe secret key.
 pub const RECONCILE_STRIPE: &str = "reconcile_stripe";
 
@@ -197,6 +226,8 @@ fn default_tasks() -> BTreeMap<String, Duration> {
         ("correct_entitlements".to_owned(), Duration::from_secs(300)),
         ("health_snapshot".to_owned(), Duration::from_secs(60)),
         ("prune_task_runs".to_owned(), Duration::from_secs(3600)),
+        ("usage_partitions".to_owned(), Duration::from_secs(6 * 3600)),
+        ("retention".to_owned(), Duration::from_secs(3600)),
         (RECONCILE_STRIPE.to_owned(), Duration::from_secs(3600)),
     ])
 }
@@ -210,6 +241,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     worker_id: Option<String>,
     shutdown_timeout: Option<FileDuration>,
+    max_connections: Option<usize>,
+    read_timeout: Option<FileDuration>,
     #[serde(default)]
     scheduler: FileScheduler,
     #[serde(default)]
@@ -330,12 +363,25 @@ impl Config {
             (None, Some(f)) => f.resolve("scheduler.retry_max")?.unwrap_or(Duration::from_secs(300)),
             (None, None) => Duration::from_secs(300),
         };
+        let max_connections = cli.max_connections.or(file.max_connections).unwrap_or(256);
+        if max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        let read_timeout = match (cli.read_timeout, &file.read_timeout) {
+            (Some(d), _) => d,
+            (None, Some(f)) => f.resolve("read_timeout")?.unwrap_or(Duration::from_secs(10)),
+            (None, None) => Duration::from_secs(10),
+        };
+        if read_timeout.is_zero() {
+            return Err(Error::Config("read_timeout must be more than 0".into()));
+        }
         Ok(Config {
             database_url: Secret::new(database_url),
             listen_addr: cli.listen_addr.clone().or(file.listen_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
             log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             worker_id: cli.worker_id.clone().or(file.worker_id).unwrap_or_else(default_worker_id),
             shutdown_timeout,
+            http: HttpLimits { max_connections, read_timeout },
             scheduler: SchedulerConfig {
                 enabled: cli.scheduler.or(file.scheduler.enabled).unwrap_or(true),
                 tasks,

@@ -51,3 +51,12 @@ pub async fn latest_task_runs(pool: &PgPool) -> Result<serde_json::Value> {
     .await?;
     Ok(v)
 }
+
+/// Stripe events that failed `settings.stripe_max_attempts` times and wait for an admin
+/// (`entitlements.stripe_retry_event`).
+pub async fn stripe_dead_letters(pool: &PgPool) -> Result<i64> {
+    let n = sqlx::query_scalar::<_, i64>("select count(*) from entitlements.stripe_events where dead_at is not null")
+        .fetch_one(pool)
+        .await?;
+    Ok(n)
+}

@@ -1,4 +1,6 @@
-//! HTTP surface: `GET /healthz`, `GET /metrics`. Other modules add their routes in `router`.
+//! HTTP surface: `GET /livez` (the process serves), `GET /readyz` (and reaches the
+//! database), `GET /healthz` (the details), `GET /metrics`. Other modules add their routes
+//! in `router`.
 use crate::{db, Context, Error, Result};
 use axum::{extract::State, http::header, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
@@ -6,10 +8,30 @@ use std::time::Duration;
 
 pub fn router(ctx: Context) -> Router {
     Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
         .merge(crate::stripe::router())
         .with_state(ctx)
+}
+
+/// Liveness: the process accepts and answers HTTP. It never asks the database, so a
+/// database outage does not get every replica restarted (readiness takes them out of
+/// the Service instead).
+async fn livez() -> Json<serde_json::Value> {
+    Json(json!({"status": "live"}))
+}
+
+/// Readiness: 200 when the database answers, 503 when not.
+async fn readyz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Value>) {
+    let reachable = tokio::time::timeout(Duration::from_secs(2), db::ping(&ctx.pool)).await.unwrap_or(false);
+    metrics::gauge!("entitlements_database_up").set(if reachable { 1.0 } else { 0.0 });
+    if reachable {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "database": "unreachable"})))
+    }
 }
 
 /// 200 when the database answers (status `degraded` and the failing tasks listed when a
@@ -26,6 +48,7 @@ async fn healthz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Va
     } else {
         None
     };
+    let dead_letters = if reachable { dead_letters(&ctx).await } else { None };
     if let Some(serde_json::Value::Object(runs)) = &recent {
         for (task, run) in runs {
             if run["outcome"] == "error" && !failing.contains(task) {
@@ -33,7 +56,7 @@ async fn healthz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Va
             }
         }
     }
-    let status = match (reachable, failing.is_empty()) {
+    let status = match (reachable, failing.is_empty() && dead_letters.unwrap_or(0) == 0) {
         (false, _) => "unavailable",
         (true, true) => "ok",
         (true, false) => "degraded",
@@ -43,6 +66,7 @@ async fn healthz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Va
         "database": if reachable { "reachable" } else { "unreachable" },
         "worker": ctx.config.worker_id,
         "failing_tasks": failing,
+        "stripe_dead_letters": dead_letters,
         "tasks": tasks,
         "recent_runs": recent,
     });
@@ -50,7 +74,16 @@ async fn healthz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Va
     (code, Json(body))
 }
 
+/// Dead-lettered Stripe events (also the `entitlements_webhooks_dead_letters` gauge), or None
+/// when the count cannot be read in time.
+async fn dead_letters(ctx: &Context) -> Option<i64> {
+    let n = tokio::time::timeout(Duration::from_secs(2), db::stripe_dead_letters(&ctx.pool)).await.ok()?.ok()?;
+    metrics::gauge!("entitlements_webhooks_dead_letters").set(n as f64);
+    Some(n)
+}
+
 async fn prometheus(State(ctx): State<Context>) -> impl IntoResponse {
+    dead_letters(&ctx).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.metrics.render())
 }
 
@@ -63,6 +96,7 @@ pub async fn serve(ctx: Context, listener: tokio::net::TcpListener) -> Result<()
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(%addr, "listening");
     let shutdown = ctx.shutdown.clone();
+    let listener = crate::listener::LimitedListener::new(listener, ctx.config.http);
     axum::serve(listener, router(ctx))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -6,6 +6,7 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod scheduler;
 pub mod stripe;
