@@ -4,8 +4,9 @@
 # end like a fresh install of the current version: functions (bodies, flags, settings,
 # ACLs), columns, constraints, indexes, triggers, policies, table and sequence ACLs, the
 # initial privileges pg_dump compares with, comments, config-dump registrations, extension
-# membership, and `pg_dump --schema-only` as a whole. Its data must stay as it was and
-# work with 0.2.0; a row 0.2.0 does not accept must stop the upgrade (SQLSTATE 22023).
+# membership, and `pg_dump --schema-only` as a whole. Its data must stay as it was (0.2.0's
+# new table empty, its new column NULL) and work with 0.2.0, its new tasks too; a row 0.2.0
+# does not accept must stop the upgrade (SQLSTATE 22023).
 # Fails on any difference.
 #   scripts/test_upgrade.sh PORT     (a running test cluster, see scripts/test.sh)
 # Installs the two SQL files into the PostgreSQL share directory, next to the current
@@ -49,15 +50,26 @@ select entitlements.enable_audit('public.upgrade_notes');
 insert into public.upgrade_notes values (1, 1, 'audited by 0.1.0');
 SQL
 
+# What 0.2.0 adds to the data: a table that starts empty and a column that starts NULL
+# (checked after the upgrade); the rows are compared without them.
+NEW_TABLES=(entitlements.settings)
+NEW_COLUMNS=(entitlements.stripe_events.dead_at)
 # Every table's rows of the extension's schema (partitions too) and of the app table, in a
 # stable order, as one line per table.
 fingerprint() {
+    local t c cols
     for t in $(psql_in "$1" -At -c "select format('%I.%I', n.nspname, c.relname) from pg_class c
                  join pg_namespace n on n.oid = c.relnamespace
                 where (n.nspname = 'entitlements' or c.oid = 'public.upgrade_notes'::regclass)
                   and c.relkind in ('r', 'p') order by 1"); do
+        if [[ " ${NEW_TABLES[*]} " == *" $t "* ]]; then continue; fi
+        cols=""
+        for c in "${NEW_COLUMNS[@]}"; do
+            if [ "${c%.*}" = "$t" ]; then cols+="${cols:+, }'${c##*.}'"; fi
+        done
         printf '%s %s\n' "$t" "$(psql_in "$1" -At -c \
-            "select count(*) || ' ' || coalesce(md5(string_agg(x::text, '|' order by x::text)), '-') from $t x")"
+            "select count(*) || ' ' || coalesce(md5(string_agg(r, '|' order by r)), '-')
+               from (select (to_jsonb(x) - array[$cols]::text[])::text as r from $t x) s")"
     done
 }
 fingerprint "$OLD" > "$WORK/rows.before"
@@ -187,6 +199,13 @@ fi
 fingerprint "$OLD" > "$WORK/rows.after"
 diff -u --label "rows before the upgrade" --label "rows after" "$WORK/rows.before" "$WORK/rows.after" \
     || fail "the upgrade changed rows"
+for t in "${NEW_TABLES[@]}"; do
+    [ "$(psql_in "$OLD" -At -c "select count(*) from $t")" = 0 ] || fail "$t is not empty after the upgrade"
+done
+for c in "${NEW_COLUMNS[@]}"; do
+    [ "$(psql_in "$OLD" -At -c "select count(*) from ${c%.*} where ${c##*.} is not null")" = 0 ] \
+        || fail "$c is not NULL after the upgrade"
+done
 psql_in "$OLD" -At -e > "$WORK/check.log" 2>&1 <<'SQL' || { cat "$WORK/check.log" >&2; fail "0.2.0 on the upgraded data"; }
 \set ON_ERROR_STOP 1
 create function pg_temp.ok(cond boolean, what text) returns void language plpgsql as $$
@@ -245,8 +264,28 @@ select pg_temp.ok(count(*) = 1, 'app table audited after the upgrade') from enti
 select pg_temp.ok(count(*) = (select count(*) from pg_inherits where inhparent = 'entitlements.usage_ledger'::regclass),
                   'every ledger partition has its primary key')
   from pg_constraint where contype = 'p' and conrelid in (select inhrelid from pg_inherits where inhparent = 'entitlements.usage_ledger'::regclass);
+-- the settings (empty: defaults) are written and audited like the extension's other tables
+select pg_temp.ok((entitlements._settings()).stripe_max_attempts = 20, 'settings start at their defaults');
+insert into entitlements.settings (stripe_max_attempts) values (1);
+select pg_temp.ok(count(*) = 1, 'settings audited') from entitlements.audit_log
+ where table_name = 'entitlements.settings' and row_key = 'true' and action = 'insert';
+-- 0.1.0's Stripe event: pending, a dead letter after stripe_max_attempts failures, retried
+select pg_temp.ok(count(*) = 1, '0.1.0''s event is pending') from entitlements.stripe_pending_events() where id = 'evt_upgrade_1';
+select pg_temp.ok(entitlements.stripe_event_failed('evt_upgrade_1', 'upgrade test') is null, 'the event is a dead letter');
+select pg_temp.ok(count(*) = 0, 'a dead letter is not pending') from entitlements.stripe_pending_events() where id = 'evt_upgrade_1';
+select pg_temp.ok(entitlements.stripe_retry_event('evt_upgrade_1'), 'stripe_retry_event');
+select pg_temp.ok(count(*) = 1, 'a retried event is pending') from entitlements.stripe_pending_events() where id = 'evt_upgrade_1';
+-- the two new maintenance tasks run (their errors would be recorded, not raised)
+select pg_temp.ok(r.outcome = 'ok', 'run_task(''usage_partitions''): ' || coalesce(r.error, r.outcome))
+  from entitlements.run_task('usage_partitions') r;
+select pg_temp.ok(count(*) = 4, 'usage_partitions made the ledger''s partitions 3 months ahead')
+  from pg_inherits where inhparent = 'entitlements.usage_ledger'::regclass
+   and inhrelid <> 'entitlements.usage_ledger_default'::regclass;
+update entitlements.settings set audit_log_keep = interval '30 days';
+select pg_temp.ok(r.outcome = 'ok', 'run_task(''retention''): ' || coalesce(r.error, r.outcome))
+  from entitlements.run_task('retention') r;
 SQL
-echo "upgrade: rows unchanged; checks, entitlements(), consume, add_member and app-table audit work on 0.1.0's data"
+echo "upgrade: rows unchanged; checks, entitlements(), consume, add_member, app-table audit, settings, Stripe dead letters and the usage_partitions and retention tasks work on 0.1.0's data"
 
 # 6. A row 0.2.0 refuses stops the upgrade with the check function's error; nothing changes.
 psql_in "$BAD" -c "create extension pg_entitlements version '0.1.0'" -f pg_test/fixtures/catalog.sql >/dev/null

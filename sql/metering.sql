@@ -675,3 +675,52 @@ begin
     return v_dropped;
 end
 $$;
+
+-- The shape of a table as the writes without the executor see it (src/shape.rs): access
+-- method, and per column in order its name, type with typmod, NOT NULL, generation,
+-- identity and default. Names are qualified (search_path is pinned), so the text is the
+-- same whoever asks.
+create function entitlements._table_shape(rel regclass)
+returns text language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce((select am.amname from pg_class c join pg_am am on am.oid = c.relam where c.oid = rel), 'partitioned')
+           || ': ' || string_agg(format('%s %s%s%s%s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+                        case when a.attnotnull then ' not null' else '' end,
+                        case when a.attgenerated <> '' then ' generated' else '' end,
+                        case when a.attidentity <> '' then ' identity' else '' end,
+                        coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')), ', ' order by a.attnum)
+      from pg_attribute a
+      left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     where a.attrelid = rel and a.attnum > 0 and not a.attisdropped
+$$;
+
+-- May the counters or the ledger (or one of its partitions) be written without the
+-- executor? Only in the shapes that code was written for.
+create function entitlements._direct_writes_fit(rel oid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._table_shape(rel) = any (array[
+        -- usage_counters
+        'heap: customer_id uuid not null, feature_key text not null, period text not null, '
+        || 'window_start timestamp with time zone not null, window_end timestamp with time zone, '
+        || 'stripe smallint not null, used numeric not null default 0, cap numeric not null, '
+        || 'basis numeric not null, stamp bigint, valid_until timestamp with time zone, '
+        || 'sole boolean not null default false',
+        -- usage_ledger, and each of its partitions (made alike, on the heap)
+        'partitioned: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
+        || 'at timestamp with time zone not null, customer_id uuid not null, '
+        || 'feature_key text not null, amount numeric not null, idempotency_key text, '
+        || 'periods text[] not null, billing_window timestamp with time zone, '
+        || 'overage numeric not null default 0, unit_price_cents numeric, '
+        || 'cost_cents numeric not null default 0, actor uuid, '
+        || 'txid bigint not null default txid_current()',
+        'heap: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
+        || 'at timestamp with time zone not null, customer_id uuid not null, '
+        || 'feature_key text not null, amount numeric not null, idempotency_key text, '
+        || 'periods text[] not null, billing_window timestamp with time zone, '
+        || 'overage numeric not null default 0, unit_price_cents numeric, '
+        || 'cost_cents numeric not null default 0, actor uuid, '
+        || 'txid bigint not null default txid_current()'])
+$$;

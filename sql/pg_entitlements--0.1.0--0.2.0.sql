@@ -1,12 +1,13 @@
 \echo Use "ALTER EXTENSION pg_entitlements UPDATE TO '0.2.0'" to load this file. \quit
 
--- pg_entitlements 0.1.0 -> 0.2.0 (security hardening, issue 8).
+-- pg_entitlements 0.1.0 -> 0.2.0 (security hardening and bounded growth, issue 8).
 --
 -- Ends with what `CREATE EXTENSION pg_entitlements VERSION '0.2.0'` installs: the same
 -- functions, triggers, constraints, indexes, policies, roles, privileges and dump
 -- registrations (scripts/test_upgrade.sh compares an upgraded database with a fresh one).
 -- The data stays; entitlements.cache_version keeps its row (only a fresh install starts
--- it at the install instant).
+-- it at the install instant). The new entitlements.settings starts empty (defaults), as
+-- in a fresh install; the Stripe events already stored are not dead letters.
 --
 -- The new CHECK constraints are validated against the rows already there. A row that
 -- 0.2.0 would not accept stops the upgrade and nothing changes:
@@ -140,6 +141,22 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     if not entitlements.is_admin(tenant) then
+        raise exception 'permission denied: % requires an entitlements admin', action
+            using errcode = '42501',
+                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
+    end if;
+end
+$$;
+
+-- Raise 42501 unless the real caller is an admin: for SECURITY DEFINER functions, where
+-- current_user is the owner and _require_admin would always pass. The role asked about is
+-- the one outside definer functions (SET ROLE's), its user id as identity.rs trusts it.
+create or replace function entitlements._require_caller_admin(action text)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null)) then
         raise exception 'permission denied: % requires an entitlements admin', action
             using errcode = '42501',
                   hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
@@ -300,6 +317,26 @@ begin
     insert into entitlements.audit_log (actor, actor_role, action, table_name, row_key, old_values, new_values, reason)
     values (entitlements.current_user_id(), entitlements._actor_role(), action, v_name, row_key,
             old_values, new_values, nullif(current_setting('entitlements.reason', true), ''));
+end
+$$;
+
+-- The audit log stays append-only, but for the retention task (sql/retention.sql), which
+-- deletes rows older than the configured retention as the owner. (The triggers that run it
+-- are 0.1.0's and stay.)
+create or replace function entitlements._audit_log_is_append_only()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    -- The retention task (retention.sql, SECURITY DEFINER, so running as the owner) deletes
+    -- rows older than the configured retention; nothing else may.
+    if tg_op = 'DELETE' and current_setting('entitlements.audit_retention', true) = 'on'
+       and exists (select 1 from pg_roles r where r.rolname = current_user
+                      and r.oid = (select n.nspowner from pg_namespace n where n.nspname = 'entitlements')) then
+        return old;
+    end if;
+    raise exception 'entitlements.audit_log is append-only: % is not allowed', lower(tg_op)
+        using errcode = '42501';
 end
 $$;
 
@@ -777,6 +814,75 @@ begin
 end
 $$;
 
+-- Dead letters: an event that failed settings.stripe_max_attempts times gets dead_at and
+-- is not retried until an admin calls stripe_retry_event. The events already stored are
+-- not dead (NULL); the pending index leaves dead ones out. The column comes last, as in
+-- CREATE TABLE, and its CHECK gets the name CREATE TABLE gives it.
+alter table entitlements.stripe_events
+    add column dead_at timestamptz check (entitlements._finite(dead_at, 'dead_at'));
+drop index entitlements.stripe_events_pending;
+create index stripe_events_pending on entitlements.stripe_events (next_attempt_at, created)
+    where applied_at is null and dead_at is null;
+
+-- Events due to be applied, oldest first, with the Stripe subscription each is about.
+create or replace function entitlements.stripe_pending_events(max_events integer default 100)
+returns table (id text, type text, received_at timestamptz, stripe_subscription_id text)
+language sql stable
+set search_path = pg_catalog, pg_temp
+begin atomic
+    select e.id, e.type, e.received_at, entitlements._stripe_event_subscription(e.payload)
+      from entitlements.stripe_events e
+     where e.applied_at is null and e.dead_at is null and e.next_attempt_at <= now()
+     order by e.created, e.received_at, e.id
+     limit max_events;
+end;
+
+-- Record a failed attempt; the next one waits 2^attempts seconds, at most an hour. After
+-- settings.stripe_max_attempts failures the event is a dead letter (dead_at set, NULL
+-- returned): it is not retried until an admin calls stripe_retry_event.
+create or replace function entitlements.stripe_event_failed(event_id text, error text)
+returns timestamptz language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_next timestamptz;
+    v_max integer := (entitlements._settings()).stripe_max_attempts;
+begin
+    perform entitlements._stripe_require_admin('stripe_event_failed');
+    update entitlements.stripe_events e
+       set attempts = e.attempts + 1, last_error = left(error, 2000),
+           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12))),
+           dead_at = case when e.attempts + 1 >= v_max then now() end
+     where e.id = event_id and e.applied_at is null
+    returning case when e.dead_at is null then e.next_attempt_at end into v_next;
+    return v_next;
+end
+$$;
+
+-- Give a dead letter (or any unapplied event) a fresh start: retried at once, with its
+-- attempts counted from zero.
+create or replace function entitlements.stripe_retry_event(event_id text)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._stripe_require_admin('stripe_retry_event');
+    perform entitlements._require_not_null(event_id, 'event_id');
+    update entitlements.stripe_events e
+       set dead_at = null, attempts = 0, next_attempt_at = now()
+     where e.id = event_id and e.applied_at is null;
+    if not found then
+        if not exists (select 1 from entitlements.stripe_events e where e.id = event_id) then
+            raise exception 'Stripe event % is not stored', event_id using errcode = 'P0002';
+        end if;
+        return false; -- applied already
+    end if;
+    return true; -- the applier polls and takes it within a second
+end
+$$;
+comment on function entitlements.stripe_retry_event(text) is
+    'Retry a dead-lettered Stripe event now, attempts counted from zero. Admins only.';
+
 -- Grants (sql/grants.sql) -------------------------------------------------------------
 
 create or replace function entitlements._add_grant(
@@ -993,6 +1099,79 @@ begin
         'over_seats_pending', v_pending,
         'over_seats_owners', v_owners_over,
         'stripe_stale', v_stale_stripe);
+end
+$$;
+
+-- Two more tasks: usage_partitions and retention (sql/retention.sql).
+create or replace function entitlements.task_names()
+returns text[] language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs',
+                     'usage_partitions', 'retention'] $$;
+
+-- run_task runs the two new ones.
+create or replace function entitlements.run_task(task text, worker text default null)
+returns entitlements.task_runs language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_run entitlements.task_runs;
+    v_result jsonb;
+    v_state text;
+    v_message text;
+    v_detail text;
+begin
+    if task is null then
+        raise exception 'task must not be NULL' using errcode = '22004';
+    end if;
+    if not task = any (entitlements.task_names()) then
+        raise exception 'unknown maintenance task "%"', task
+            using errcode = '22023', hint = 'known tasks: ' || array_to_string(entitlements.task_names(), ', ');
+    end if;
+    perform entitlements._require_admin('run_task');
+
+    v_run.task := task;
+    v_run.worker := coalesce(nullif(btrim(worker), ''),
+                             nullif(current_setting('application_name', true), '') || ':' || pg_backend_pid(),
+                             'backend:' || pg_backend_pid());
+    if not entitlements.try_lock_task(task) then
+        v_run.started_at := clock_timestamp();
+        v_run.finished_at := v_run.started_at;
+        v_run.outcome := 'skipped';
+        v_run.details := jsonb_build_object('reason', 'another run of this task is in progress');
+    else
+        -- After the lock: a run's start never precedes the end of the previous one.
+        v_run.started_at := clock_timestamp();
+        begin
+            v_result := case task
+                when 'expire_subscriptions' then entitlements._task_expire_subscriptions()
+                when 'correct_entitlements' then entitlements._task_correct_entitlements()
+                when 'health_snapshot' then entitlements._task_health_snapshot()
+                when 'prune_task_runs' then entitlements._task_prune_task_runs()
+                when 'usage_partitions' then entitlements._task_usage_partitions()
+                when 'retention' then entitlements._task_retention()
+            end;
+            v_run.outcome := 'ok';
+            v_run.rows_touched := coalesce((v_result ->> 'rows_touched')::bigint, 0);
+            v_run.details := v_result - 'rows_touched';
+        exception when others then
+            -- The task's changes are rolled back with the subtransaction; the record is not.
+            get stacked diagnostics v_state = returned_sqlstate, v_message = message_text, v_detail = pg_exception_detail;
+            perform set_config('entitlements.reason', '', true);
+            v_run.outcome := 'error';
+            v_run.rows_touched := 0;
+            v_run.error := v_message;
+            v_run.details := jsonb_strip_nulls(jsonb_build_object('sqlstate', v_state, 'detail', nullif(v_detail, '')));
+            raise warning 'maintenance task % failed: % (SQLSTATE %)', task, v_message, v_state;
+        end;
+        v_run.finished_at := clock_timestamp();
+    end if;
+
+    insert into entitlements.task_runs (task, started_at, finished_at, rows_touched, outcome, error, worker, details)
+    values (v_run.task, v_run.started_at, v_run.finished_at, coalesce(v_run.rows_touched, 0), v_run.outcome,
+            v_run.error, v_run.worker, coalesce(v_run.details, '{}'))
+    returning * into v_run;
+    return v_run;
 end
 $$;
 
@@ -1302,8 +1481,9 @@ $$;
 
 -- Create the monthly ledger partitions from this month to `months_ahead` months ahead,
 -- moving any rows that landed in the default partition. Returns how many it created.
+-- SECURITY DEFINER: the partitions are the extension's (made by its owner), whoever asks.
 create or replace function entitlements.ensure_usage_partitions(months_ahead integer default 3)
-returns integer language plpgsql volatile
+returns integer language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -1312,7 +1492,7 @@ declare
     v_name  text;
     v_made  integer := 0;
 begin
-    perform entitlements._require_admin('ensure_usage_partitions');
+    perform entitlements._require_caller_admin('ensure_usage_partitions');
     if months_ahead is null or months_ahead < 0 or months_ahead > 120 then
         raise exception 'months_ahead must be between 0 and 120' using errcode = '22023';
     end if;
@@ -1333,6 +1513,51 @@ begin
         v_made := v_made + 1;
     end loop;
     return v_made;
+end
+$$;
+
+-- Retention: everything of the ledger before the month boundary at or before now() - keep
+-- goes: whole partitions are dropped, rows that fell into the default partition deleted;
+-- their lifetime usage moves to usage_rollup so lifetime counts still reconcile. Counters
+-- of windows closed by then and idempotency keys older than that go too. Returns how
+-- many partitions it dropped.
+create or replace function entitlements.drop_usage_partitions(keep interval default interval '13 months')
+returns integer language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_part    record;
+    v_through timestamptz;
+    v_dropped integer := 0;
+begin
+    perform entitlements._require_caller_admin('drop_usage_partitions');
+    if keep is null or keep < interval '1 day' then
+        raise exception 'keep must be at least one day' using errcode = '22023';
+    end if;
+    v_through := date_trunc('month', now() - keep, 'UTC');
+    for v_part in
+        select c.oid::regclass as rel,
+               (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz as upper_bound
+          from pg_inherits i join pg_class c on c.oid = i.inhrelid
+         where i.inhparent = 'entitlements.usage_ledger'::regclass
+    loop
+        continue when v_part.upper_bound is null or v_part.upper_bound > v_through;
+        execute format('insert into entitlements.usage_rollup (customer_id, feature_key, amount, through)
+                        select customer_id, feature_key, sum(amount), %L from %s
+                         where ''lifetime'' = any(periods) group by 1, 2
+                        on conflict (customer_id, feature_key, through)
+                        do update set amount = usage_rollup.amount + excluded.amount', v_through, v_part.rel);
+        execute format('drop table %s', v_part.rel);
+        v_dropped := v_dropped + 1;
+    end loop;
+    with old as (delete from entitlements.usage_ledger_default d where d.at < v_through returning d.*)
+    insert into entitlements.usage_rollup (customer_id, feature_key, amount, through)
+    select o.customer_id, o.feature_key, sum(o.amount), v_through from old o
+     where 'lifetime' = any(o.periods) group by 1, 2
+    on conflict (customer_id, feature_key, through) do update set amount = usage_rollup.amount + excluded.amount;
+    delete from entitlements.usage_counters where window_end is not null and window_end <= v_through;
+    delete from entitlements.usage_idempotency where created_at < v_through;
+    return v_dropped;
 end
 $$;
 
@@ -1360,6 +1585,140 @@ begin
             execute format('create index on %s (customer_id, feature_key, at)', p.rel);
         end if;
     end loop;
+end
+$$;
+
+-- The shape of a table as the writes without the executor see it (src/shape.rs): access
+-- method, and per column in order its name, type with typmod, NOT NULL, generation,
+-- identity and default. Names are qualified (search_path is pinned), so the text is the
+-- same whoever asks.
+create function entitlements._table_shape(rel regclass)
+returns text language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce((select am.amname from pg_class c join pg_am am on am.oid = c.relam where c.oid = rel), 'partitioned')
+           || ': ' || string_agg(format('%s %s%s%s%s%s', a.attname, format_type(a.atttypid, a.atttypmod),
+                        case when a.attnotnull then ' not null' else '' end,
+                        case when a.attgenerated <> '' then ' generated' else '' end,
+                        case when a.attidentity <> '' then ' identity' else '' end,
+                        coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')), ', ' order by a.attnum)
+      from pg_attribute a
+      left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     where a.attrelid = rel and a.attnum > 0 and not a.attisdropped
+$$;
+
+-- May the counters or the ledger (or one of its partitions) be written without the
+-- executor? Only in the shapes that code was written for.
+create function entitlements._direct_writes_fit(rel oid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._table_shape(rel) = any (array[
+        -- usage_counters
+        'heap: customer_id uuid not null, feature_key text not null, period text not null, '
+        || 'window_start timestamp with time zone not null, window_end timestamp with time zone, '
+        || 'stripe smallint not null, used numeric not null default 0, cap numeric not null, '
+        || 'basis numeric not null, stamp bigint, valid_until timestamp with time zone, '
+        || 'sole boolean not null default false',
+        -- usage_ledger, and each of its partitions (made alike, on the heap)
+        'partitioned: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
+        || 'at timestamp with time zone not null, customer_id uuid not null, '
+        || 'feature_key text not null, amount numeric not null, idempotency_key text, '
+        || 'periods text[] not null, billing_window timestamp with time zone, '
+        || 'overage numeric not null default 0, unit_price_cents numeric, '
+        || 'cost_cents numeric not null default 0, actor uuid, '
+        || 'txid bigint not null default txid_current()',
+        'heap: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
+        || 'at timestamp with time zone not null, customer_id uuid not null, '
+        || 'feature_key text not null, amount numeric not null, idempotency_key text, '
+        || 'periods text[] not null, billing_window timestamp with time zone, '
+        || 'overage numeric not null default 0, unit_price_cents numeric, '
+        || 'cost_cents numeric not null default 0, actor uuid, '
+        || 'txid bigint not null default txid_current()'])
+$$;
+
+-- Retention (sql/retention.sql) ------------------------------------------------------
+-- Bounded growth: entitlements.settings (retention periods, how far ahead the ledger's
+-- partitions are made, how often a Stripe event is retried) and the two tasks run_task
+-- now knows, usage_partitions and retention. The table starts empty, as in a fresh install
+-- (no row: every setting at its default), and like the extension's other tables it is
+-- registered for dumps, under RLS and audited (enable_audit attaches _audit_row to it).
+
+-- One row, written by admins (RLS) and audited. Without the row every setting has its
+-- default (_settings()), so a fresh install and a restored dump agree.
+create table entitlements.settings (
+    singleton           boolean primary key default true check (singleton),
+    -- NULL: keep the audit log forever (the default).
+    audit_log_keep      interval check (audit_log_keep >= interval '30 days'),
+    stripe_events_keep  interval not null default interval '90 days' check (stripe_events_keep >= interval '1 day'),
+    usage_keep          interval not null default interval '13 months' check (usage_keep >= interval '1 month'),
+    usage_months_ahead  integer not null default 3 check (usage_months_ahead between 1 and 24),
+    stripe_max_attempts integer not null default 20 check (stripe_max_attempts between 1 and 1000),
+    updated_at          timestamptz not null default now()
+);
+comment on table entitlements.settings is
+    'Retention periods and queue limits (one row; absent = defaults). Admins only; every change is audited.';
+select pg_catalog.pg_extension_config_dump('entitlements.settings', '');
+alter table entitlements.settings enable row level security;
+create policy settings_admin on entitlements.settings for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+select entitlements.enable_audit('entitlements.settings');
+
+create or replace function entitlements._settings()
+returns entitlements.settings language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce((select s from entitlements.settings s),
+                    row(true, null, interval '90 days', interval '13 months', 3, 20, now())::entitlements.settings)
+$$;
+
+create or replace function entitlements._task_usage_partitions()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_settings entitlements.settings := entitlements._settings();
+    v_made integer;
+    v_dropped integer;
+begin
+    v_made := entitlements.ensure_usage_partitions(v_settings.usage_months_ahead);
+    v_dropped := entitlements.drop_usage_partitions(v_settings.usage_keep);
+    return jsonb_build_object('rows_touched', v_made + v_dropped, 'created', v_made, 'dropped', v_dropped,
+                              'months_ahead', v_settings.usage_months_ahead, 'keep', v_settings.usage_keep::text);
+end
+$$;
+
+-- Definer: admins may not delete audit rows themselves (nobody may, but this task), and the
+-- append-only trigger lets this function's deletes through (audit.sql).
+create or replace function entitlements._task_retention()
+returns jsonb language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_settings entitlements.settings := entitlements._settings();
+    v_events bigint;
+    v_audit bigint := 0::bigint;
+    v_cutoff timestamptz;
+begin
+    perform entitlements._require_caller_admin('retention');
+    delete from entitlements.stripe_events e
+     where coalesce(e.applied_at, e.dead_at) < now() - v_settings.stripe_events_keep;
+    get diagnostics v_events = row_count;
+    if v_settings.audit_log_keep is not null then
+        v_cutoff := now() - v_settings.audit_log_keep;
+        perform set_config('entitlements.audit_retention', 'on', true);
+        delete from entitlements.audit_log a where a.at < v_cutoff;
+        get diagnostics v_audit = row_count;
+        perform set_config('entitlements.audit_retention', '', true);
+        if v_audit > 0 then
+            insert into entitlements.audit_log (actor, actor_role, action, table_name, new_values, reason)
+            values (entitlements.current_user_id(), entitlements._actor_role(), 'retention', 'entitlements.audit_log',
+                    jsonb_build_object('deleted', v_audit, 'before', v_cutoff), 'retention');
+        end if;
+    end if;
+    return jsonb_build_object('rows_touched', v_events + v_audit, 'stripe_events_deleted', v_events,
+                              'audit_rows_deleted', v_audit, 'stripe_events_keep', v_settings.stripe_events_keep::text,
+                              'audit_log_keep', coalesce(v_settings.audit_log_keep::text, 'forever'));
 end
 $$;
 
@@ -1522,7 +1881,7 @@ end
 $$;
 grant insert, update, delete on entitlements.features, entitlements.plans, entitlements.plan_entitlements,
     entitlements.customers, entitlements.subscriptions, entitlements.members, entitlements.grants,
-    entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions
+    entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings
     to entitlements_api, entitlements_admin;
 -- A task run is recorded and pruned, never rewritten.
 grant insert, delete on entitlements.task_runs to entitlements_api, entitlements_admin;

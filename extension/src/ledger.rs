@@ -9,7 +9,9 @@
 //!
 //! Used only when nothing else must run on an INSERT: no trigger, rule or forced row
 //! security on the ledger or the partition, no CHECK constraint or generated column, no
-//! column this code does not know, and indexes on plain columns only. Otherwise `false`, and the caller
+//! column this code does not know, every column of the type, typmod, NOT NULL and default
+//! it was written for and the partition on the heap access method (shape.rs), and indexes
+//! on plain columns only. Otherwise `false`, and the caller
 //! inserts through SPI.
 
 use crate::stamped::column;
@@ -61,10 +63,16 @@ pub fn record(row: &Row) -> bool {
         let lockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
         let parent = pg_sys::table_open(ledger, lockmode);
         let at = pg_sys::GetCurrentStatementStartTimestamp();
-        let written = match partition_for(parent, at) {
+        let target = if crate::shape::fits(ledger) { partition_for(parent, at) } else { None };
+        let written = match target {
             Some(oid) => {
                 let part = pg_sys::table_open(oid, lockmode);
-                let written = insert_into(part, sequence, at, row);
+                // Locking the partition processed what changed meanwhile: a partition
+                // attached concurrently (its ATTACH held the default partition until it
+                // committed) now takes `at`, and the row must not land in the default.
+                let written = crate::shape::fits(oid)
+                    && partition_for(parent, at) == Some(oid)
+                    && insert_into(part, sequence, at, row);
                 pg_sys::table_close(part, pg_sys::NoLock as pg_sys::LOCKMODE);
                 written
             }

@@ -16,6 +16,7 @@ mod identity;
 mod ledger;
 mod metering;
 mod rules;
+mod shape;
 mod stamped;
 mod statements;
 

@@ -13,7 +13,8 @@
 //! way UPDATE does) for that customer from then on. The caller writes the ledger row.
 //!
 //! Used only when nothing else must run on an UPDATE of usage_counters: no trigger, no
-//! rule, no forced row security, and no index but its primary key (an operator may add
+//! rule, no forced row security, every column as this code reads it (shape.rs), and no
+//! index but its primary key (an operator may add
 //! any of these; then the normal path, through the executor, takes over).
 
 use crate::clock::{self, Micros};
@@ -161,7 +162,9 @@ unsafe fn count_on(
     let lockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
     let rel = pg_sys::table_open(relid, lockmode);
     let desc = (*rel).rd_att;
-    let Some((cols, pk_oid)) = columns(desc).and_then(|c| bare_primary_key(rel).map(|pk| (c, pk))) else {
+    let fit = crate::shape::fits(relid);
+    let Some((cols, pk_oid)) = columns(desc).filter(|_| fit).and_then(|c| bare_primary_key(rel).map(|pk| (c, pk)))
+    else {
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         return Err(Miss::NotStamped);
     };

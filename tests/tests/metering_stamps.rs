@@ -256,3 +256,118 @@ async fn an_operators_triggers_still_fire() {
     );
     assert_eq!(drift(&db).await, 0);
 }
+
+/// Counting through a stamp writes rows datum by datum (stamped.rs, ledger.rs). When an
+/// operator changes what a column is (its type or typmod, NOT NULL, its default) those
+/// writes step aside and the executor counts, applying the change.
+#[tokio::test]
+async fn altered_columns_send_counts_through_the_executor() {
+    // (what the operator changes, the count that follows, what only the executor gives)
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "alter table entitlements.usage_ledger alter column overage set default 7",
+            "select (entitlements.try_consume($1, 'api_requests', 1)).allowed::text",
+            "select string_agg(overage::text, ',' order by id) from entitlements.usage_ledger where customer_id = $1",
+        ),
+        (
+            "delete from entitlements.usage_ledger; alter table entitlements.usage_ledger alter column idempotency_key set not null",
+            "select (entitlements.try_consume($1, 'api_requests', 1)).allowed::text",
+            "",
+        ),
+        (
+            "alter table entitlements.usage_ledger alter column amount type numeric(10, 0)",
+            "select (entitlements.try_consume($1, 'api_requests', 1.4)).allowed::text",
+            "select string_agg(amount::text, ',' order by id) from entitlements.usage_ledger where customer_id = $1",
+        ),
+        (
+            "alter table entitlements.usage_counters alter column used type numeric(20, 0)",
+            "select (entitlements.try_consume($1, 'api_requests', 1.4)).allowed::text",
+            "select sum(used)::text from entitlements.usage_counters where customer_id = $1 and feature_key = 'api_requests'",
+        ),
+    ];
+    let expected = ["0,7", "23502", "1,1", "2"];
+    for (i, ((alter, count, observe), want)) in cases.iter().zip(expected).enumerate() {
+        let db = fresh_db(&format!("stamps_shape_{i}")).await;
+        let customer = Uuid::new_v4();
+        let mut first = session(&db).await;
+        subscribe(&mut first, customer, "business").await;
+        assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
+        assert!(stamped_windows(&db, customer).await > 0, "case {i}: the window is stamped");
+        db.pool.execute(*alter).await.unwrap();
+        let mut second = fresh_session(&db).await;
+        let counted: Result<String, _> = sqlx::query_scalar(*count).bind(customer).fetch_one(&mut second).await;
+        let seen = match counted {
+            Err(e) => sqlstate(&e).unwrap_or_default(),
+            Ok(allowed) => {
+                assert_eq!(allowed, "true", "case {i}");
+                sqlx::query_scalar::<_, String>(*observe).bind(customer).fetch_one(&db.pool).await.unwrap()
+            }
+        };
+        assert_eq!(seen, want, "case {i}: after `{alter}`");
+    }
+}
+
+/// A partition attached while a count waits for the default partition: the count's row
+/// lands in the new partition, never in the default (whose constraint now excludes it).
+#[tokio::test]
+async fn a_partition_attached_concurrently_takes_the_row() {
+    let db = fresh_db("stamps_attach").await;
+    let customer = Uuid::new_v4();
+    let mut first = session(&db).await;
+    subscribe(&mut first, customer, "business").await;
+    assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
+    // Every row so far is in the default partition: no monthly partition exists yet.
+    let mut attacher = fresh_session(&db).await;
+    attacher.execute("begin").await.unwrap();
+    attacher
+        .execute(
+            "create table entitlements.usage_ledger_now (like entitlements.usage_ledger including defaults including constraints);
+             alter table entitlements.usage_ledger_now add primary key (id, at);
+             with moved as (delete from entitlements.usage_ledger_default returning *)
+             insert into entitlements.usage_ledger_now select * from moved;",
+        )
+        .await
+        .unwrap();
+    let attach = format!(
+        "alter table entitlements.usage_ledger attach partition entitlements.usage_ledger_now
+             for values from ('{0}') to ('{1}')",
+        "2000-01-01", "2100-01-01"
+    );
+    attacher.execute(sqlx::AssertSqlSafe(attach)).await.unwrap();
+    // The count starts while the ATTACH is not committed and waits for its locks.
+    let mut second = fresh_session(&db).await;
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut second).await.unwrap();
+    let counting = tokio::spawn(async move {
+        let r: (bool,) = sqlx::query_as("select (entitlements.try_consume($1, 'api_requests', 1)).allowed")
+            .bind(customer)
+            .fetch_one(&mut second)
+            .await
+            .unwrap();
+        r.0
+    });
+    // Wait (bounded) until the count is blocked on a lock, then commit the ATTACH.
+    let mut waited = 0;
+    loop {
+        let blocked: bool = sqlx::query_scalar("select exists (select 1 from pg_locks where pid = $1 and not granted)")
+            .bind(pid)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if blocked {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 2000, "the count never waited for the ATTACH");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    attacher.execute("commit").await.unwrap();
+    assert!(counting.await.unwrap(), "the count went through");
+    let (in_new, in_default): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from entitlements.usage_ledger_now), (select count(*) from entitlements.usage_ledger_default)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((in_new, in_default), (2, 0), "both rows in the attached partition, none in the default");
+    assert_eq!(drift(&db).await, 0);
+}
