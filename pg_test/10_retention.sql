@@ -2,7 +2,7 @@
 \set QUIET 1
 -- Bounded growth: settings, the usage_partitions and retention tasks, Stripe dead letters.
 begin;
-select plan(23);
+select plan(30);
 \ir fixtures/catalog.sql
 create role ops login;
 grant entitlements_admin to ops;
@@ -71,6 +71,18 @@ select is(((entitlements.run_task('retention')).details ->> 'audit_rows_deleted'
           'with audit_log_keep it deletes older audit rows');
 select is((select count(*)::int from entitlements.audit_log where action = 'retention'), 1,
           'and records the purge in the audit log');
+
+-- Leases: outside work one worker does at a time, without an open transaction.
+select is(entitlements.take_lease('job', 'w1', '1 minute'), true, 'a free lease is taken');
+select is(entitlements.take_lease('job', 'w2', '1 minute'), false, 'not by another holder while it runs');
+select is(entitlements.take_lease('job', 'w1', '1 minute'), true, 'its holder renews it');
+update entitlements.leases set until = clock_timestamp() - interval '1 second' where name = 'job';
+select is(entitlements.take_lease('job', 'w2', '1 minute'), true, 'an expired lease is anyone''s');
+select is(entitlements.release_lease('job', 'w1'), false, 'only the holder gives it back');
+select throws_ok($$select entitlements.take_lease('job', 'w3', '2 hours')$$, '22023', NULL, 'a lease lasts at most an hour');
+set local role authenticated;
+select throws_ok($$select entitlements.take_lease('other', 'me', '1 minute')$$, '42501', NULL, 'users take no leases');
+reset role;
 
 select * from finish();
 rollback;

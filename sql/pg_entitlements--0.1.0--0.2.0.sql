@@ -1722,6 +1722,61 @@ begin
 end
 $$;
 
+-- Leases (sql/leases.sql) -----------------------------------------------------------
+-- Leases: which worker does a piece of outside work (a fetch from the Stripe API, the
+-- Stripe reconcile) for a while. A row with an expiry, taken and given back in short
+-- transactions of their own, instead of a lock held by a transaction left open across
+-- the HTTP call: no connection sits idle in a transaction while Stripe answers, and a
+-- worker that dies loses its lease when it expires. A holder renews by taking it again.
+
+create table entitlements.leases (
+    name   text primary key check (length(name) between 1 and 200),
+    holder text not null check (length(holder) between 1 and 200),
+    until  timestamptz not null check (entitlements._finite(until, 'until'))
+);
+comment on table entitlements.leases is
+    'Who does a piece of outside work until when (take_lease / release_lease). Admins only.';
+select pg_catalog.pg_extension_config_dump('entitlements.leases', '');
+alter table entitlements.leases enable row level security;
+create policy leases_admin on entitlements.leases for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+
+-- True when `holder` has the lease `name` for `ttl` from now: it was free, expired, or
+-- already theirs (renewed). False when someone else holds it.
+create function entitlements.take_lease(name text, holder text, ttl interval)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('take_lease');
+    perform entitlements._require_not_null(name, 'name');
+    perform entitlements._require_not_null(holder, 'holder');
+    if ttl is null or ttl < interval '1 second' or ttl > interval '1 hour' then
+        raise exception 'ttl must be from 1 second to 1 hour, got %', coalesce(ttl::text, 'NULL') using errcode = '22023';
+    end if;
+    insert into entitlements.leases as l (name, holder, until)
+    values (take_lease.name, take_lease.holder, clock_timestamp() + ttl)
+    on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
+     where l.until < clock_timestamp() or l.holder = excluded.holder;
+    return found;
+end
+$$;
+comment on function entitlements.take_lease(text, text, interval) is
+    'Take (or renew) a lease for ttl; false when another holder has it. Admins only.';
+
+create function entitlements.release_lease(name text, holder text)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('release_lease');
+    delete from entitlements.leases l where l.name = release_lease.name and l.holder = release_lease.holder;
+    return found;
+end
+$$;
+comment on function entitlements.release_lease(text, text) is
+    'Give a lease back (only its holder can); false when it was not theirs any more.';
+
 -- Gone in 0.2.0 -----------------------------------------------------------------------
 
 drop function entitlements._customer_tenant(uuid);
@@ -1881,7 +1936,8 @@ end
 $$;
 grant insert, update, delete on entitlements.features, entitlements.plans, entitlements.plan_entitlements,
     entitlements.customers, entitlements.subscriptions, entitlements.members, entitlements.grants,
-    entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings
+    entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings,
+    entitlements.leases
     to entitlements_api, entitlements_admin;
 -- A task run is recorded and pruned, never rewritten.
 grant insert, delete on entitlements.task_runs to entitlements_api, entitlements_admin;

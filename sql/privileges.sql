@@ -25,7 +25,8 @@ grant execute on function entitlements.enable_audit(regclass), entitlements._is_
 grant select on all tables in schema entitlements to entitlements_api, entitlements_admin;
 grant insert, update, delete on entitlements.features, entitlements.plans, entitlements.plan_entitlements,
     entitlements.customers, entitlements.subscriptions, entitlements.members, entitlements.grants,
-    entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings
+    entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings,
+    entitlements.leases
     to entitlements_api, entitlements_admin;
 -- A task run is recorded and pruned, never rewritten.
 grant insert, delete on entitlements.task_runs to entitlements_api, entitlements_admin;

@@ -41,6 +41,7 @@ extension_sql_file!(
 extension_sql_file!("../../sql/stripe.sql", name = "stripe", requires = ["subscriptions"]);
 extension_sql_file!("../../sql/maintenance.sql", name = "maintenance", requires = ["grants", checks::feature_limit]);
 extension_sql_file!("../../sql/retention.sql", name = "retention", requires = ["maintenance", "stripe", "metering"]);
+extension_sql_file!("../../sql/leases.sql", name = "leases", requires = ["retention"]);
 extension_sql_file!(
     "../../sql/consume.sql",
     name = "consume",

@@ -255,14 +255,14 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
     let (_stripe, base) = localstripe().await;
     let key = "sk_test_sched_KEY-NOT-IN-RECORDS";
 
-    // While this session holds the task's lock, the worker's scheduled runs are skipped.
+    // While another worker holds the reconcile's lease, the scheduled runs are skipped.
     let mut holder = session(&db).await;
-    sqlx::raw_sql("begin").execute(&mut holder).await.unwrap();
-    let locked: bool = sqlx::query_scalar("select entitlements.try_lock_task('reconcile_stripe')")
-        .fetch_one(&mut holder)
-        .await
-        .unwrap();
-    assert!(locked);
+    let leased: bool =
+        sqlx::query_scalar("select entitlements.take_lease('task:reconcile_stripe', 'another-worker', '1 hour')")
+            .fetch_one(&mut holder)
+            .await
+            .unwrap();
+    assert!(leased);
 
     let mut cmd = scheduled_worker(&db, "worker-s", "reconcile_stripe=200ms,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
     cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", &base);
@@ -284,8 +284,13 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
         (count("skipped").await >= 2).then_some(())
     })
     .await;
-    assert_eq!(count("ok").await, 0, "no reconcile ran while the lock was held elsewhere");
-    sqlx::raw_sql("commit").execute(&mut holder).await.unwrap();
+    assert_eq!(count("ok").await, 0, "no reconcile ran while the lease was held elsewhere");
+    let released: bool =
+        sqlx::query_scalar("select entitlements.release_lease('task:reconcile_stripe', 'another-worker')")
+            .fetch_one(&mut holder)
+            .await
+            .unwrap();
+    assert!(released);
 
     eventually(Duration::from_secs(20), "a reconcile run", || async { (count("ok").await >= 1).then_some(()) }).await;
     let details: serde_json::Value = sqlx::query_scalar(

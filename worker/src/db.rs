@@ -60,3 +60,38 @@ pub async fn stripe_dead_letters(pool: &PgPool) -> Result<i64> {
         .await?;
     Ok(n)
 }
+
+/// A lease of the extension (`entitlements.take_lease`): outside work one worker does at a
+/// time, held as a row with an expiry rather than by a transaction left open.
+pub struct Lease {
+    pub name: String,
+    /// Unique per attempt, so two tasks of one worker never share a lease.
+    pub holder: String,
+    pub ttl_seconds: u32,
+}
+
+impl Lease {
+    pub fn new(name: impl Into<String>, worker: &str, ttl_seconds: u32) -> Lease {
+        Lease { name: name.into(), holder: format!("{worker}:{}", uuid::Uuid::new_v4()), ttl_seconds }
+    }
+
+    /// Take it, or renew it when held already; false when another holder has it.
+    pub async fn take(&self, pool: &PgPool) -> Result<bool> {
+        let taken = sqlx::query_scalar("select entitlements.take_lease($1, $2, make_interval(secs => $3))")
+            .bind(&self.name)
+            .bind(&self.holder)
+            .bind(f64::from(self.ttl_seconds))
+            .fetch_one(pool)
+            .await?;
+        Ok(taken)
+    }
+
+    /// Give it back; if this fails, it expires.
+    pub async fn release(&self, pool: &PgPool) {
+        let _ = sqlx::query("select entitlements.release_lease($1, $2)")
+            .bind(&self.name)
+            .bind(&self.holder)
+            .execute(pool)
+            .await;
+    }
+}

@@ -36,7 +36,7 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
         }
         Command::ReconcileStripe => {
             let pool = db::connect(config.database_url.expose()).await?;
-            let report = stripe::reconcile(&pool, &config.stripe).await?;
+            let report = stripe::reconcile(&pool, &config.stripe, None).await?;
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             if report.failed > 0 {
                 let message = format!("{} subscription(s) not applied: {}", report.failed, report.errors.join("; "));

@@ -5,6 +5,7 @@
 //! /healthz (the `TaskBoard`) and /metrics. `reconcile_stripe` (scheduled only with a Stripe
 //! secret key) runs in the worker under the same lock and is recorded in the same table.
 use crate::config::RECONCILE_STRIPE;
+use crate::db::Lease;
 use crate::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -175,18 +176,18 @@ fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default()
 }
 
-/// The Stripe reconcile runs in the worker, under the same per-task lock as the SQL tasks
-/// (`entitlements.try_lock_task`, held by a transaction on one connection while the reconcile
-/// uses others) and recorded in the same table.
+/// The Stripe reconcile runs in the worker, one at a time across replicas under a lease
+/// (`entitlements.take_lease`, renewed page by page; no transaction stays open while the
+/// Stripe API answers), and is recorded in the same table as the SQL tasks.
 async fn reconcile_stripe(ctx: &Context) -> Result<TaskRun> {
-    let mut tx = ctx.pool.begin().await?;
-    let locked: bool =
-        sqlx::query_scalar("select entitlements.try_lock_task($1)").bind(RECONCILE_STRIPE).fetch_one(&mut *tx).await?;
-    let started: String = sqlx::query_scalar("select clock_timestamp()::text").fetch_one(&mut *tx).await?;
-    let (outcome, rows, error, details) = if !locked {
+    let lease = Lease::new(format!("task:{RECONCILE_STRIPE}"), &ctx.config.worker_id, 120);
+    let started: String = sqlx::query_scalar("select clock_timestamp()::text").fetch_one(&ctx.pool).await?;
+    let (outcome, rows, error, details) = if !lease.take(&ctx.pool).await? {
         ("skipped", 0, None, serde_json::json!({"reason": "another run of this task is in progress"}))
     } else {
-        match crate::stripe::reconcile(&ctx.pool, &ctx.config.stripe).await {
+        let result = crate::stripe::reconcile(&ctx.pool, &ctx.config.stripe, Some(&lease)).await;
+        lease.release(&ctx.pool).await;
+        match result {
             Ok(report) => {
                 let details = serde_json::to_value(&report).unwrap_or_default();
                 if report.failed > 0 {
@@ -212,9 +213,8 @@ async fn reconcile_stripe(ctx: &Context) -> Result<TaskRun> {
     .bind(error)
     .bind(&ctx.config.worker_id)
     .bind(details)
-    .fetch_one(&mut *tx)
+    .fetch_one(&ctx.pool)
     .await?;
-    tx.commit().await?;
     serde_json::from_value(run).map_err(|e| Error::Config(format!("unexpected run record: {e}")))
 }
 

@@ -2,8 +2,10 @@
 //! resumes where it stopped), applies each in its own transaction through
 //! `entitlements.stripe_apply_event`, and records failures for a later retry with backoff
 //! (`entitlements.stripe_event_failed`). With a secret key it applies the subscription as
-//! Stripe has it now instead of the payload, fetched under the subscription's lock.
+//! Stripe has it now instead of the payload, fetched while holding the subscription's
+//! lease (`entitlements.take_lease`): no transaction is open during the HTTP call.
 use super::api::Client;
+use crate::db::Lease;
 use crate::{Context, Result};
 use sqlx::PgPool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -106,30 +108,37 @@ async fn apply_one(pool: &PgPool, client: Option<&Client>, ev: Pending) {
     }
 }
 
+/// How long a worker may fetch and apply one subscription before another may take over;
+/// well above the API client's 20 s timeout.
+const LEASE_SECONDS: u32 = 60;
+
 async fn try_apply(pool: &PgPool, client: Option<&Client>, ev: &Pending) -> Result<Option<String>> {
-    let mut tx = pool.begin().await?;
-    let fetched = match (client, &ev.stripe_subscription_id) {
-        (Some(client), Some(sub)) => {
-            // Claim first, so no two workers fetch for one event; then hold the subscription's
-            // lock until commit: nothing else applies it between the fetch and the write.
-            let claimed: bool = sqlx::query_scalar("select entitlements.stripe_claim_event($1)")
-                .bind(&ev.id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if !claimed {
-                return Ok(None);
-            }
-            sqlx::query("select entitlements.stripe_lock_subscription($1)").bind(sub).execute(&mut *tx).await?;
-            client.subscription(sub).await?
-        }
-        _ => None,
+    let (Some(client), Some(sub)) = (client, &ev.stripe_subscription_id) else {
+        return apply(pool, ev, None).await;
     };
-    // NULL: another worker is applying it (the function skips locked events).
+    // One fetch-and-apply of a subscription at a time across workers, so a state fetched
+    // earlier is never written after one fetched later; held as a lease (a row with an
+    // expiry), not as a lock of a transaction left open while Stripe answers.
+    let lease = Lease::new(format!("stripe_subscription:{sub}"), "applier", LEASE_SECONDS);
+    if !lease.take(pool).await? {
+        // Another worker has this subscription now; the event stays due for the next poll.
+        return Ok(None);
+    }
+    let outcome = match client.subscription(sub).await {
+        Ok(fetched) => apply(pool, ev, fetched).await,
+        Err(e) => Err(e),
+    };
+    lease.release(pool).await;
+    outcome
+}
+
+/// Apply the event (with the subscription as just fetched, if any) in its own transaction.
+/// NULL: another worker is applying it (the function skips locked events).
+async fn apply(pool: &PgPool, ev: &Pending, fetched: Option<serde_json::Value>) -> Result<Option<String>> {
     let outcome: Option<String> = sqlx::query_scalar("select entitlements.stripe_apply_event($1, $2)")
         .bind(&ev.id)
         .bind(fetched)
-        .fetch_one(&mut *tx)
+        .fetch_one(pool)
         .await?;
-    tx.commit().await?;
     Ok(outcome)
 }

@@ -3,6 +3,7 @@
 //! while no worker was listening or a webhook that never arrived.
 use super::api::Client;
 use crate::config::StripeConfig;
+use crate::db::Lease;
 use crate::{Error, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -27,13 +28,23 @@ impl Report {
     }
 }
 
-pub async fn reconcile(pool: &PgPool, stripe: &StripeConfig) -> Result<Report> {
+/// `lease`: held by the scheduled task, renewed before each page (a page's request takes at
+/// most the client's 20 s timeout); losing it stops the run.
+pub async fn reconcile(pool: &PgPool, stripe: &StripeConfig, lease: Option<&Lease>) -> Result<Report> {
     let key =
         stripe.secret_key.as_ref().ok_or_else(|| Error::Config("reconcile-stripe needs STRIPE_SECRET_KEY".into()))?;
     let client = Client::new(key, stripe.api_base.as_deref())?;
     let mut report = Report::default();
     let mut after: Option<String> = None;
     loop {
+        if let Some(lease) = lease {
+            if !lease.take(pool).await? {
+                return Err(Error::TaskFailed {
+                    task: crate::config::RECONCILE_STRIPE.into(),
+                    message: "another worker took over the reconcile (its lease expired)".into(),
+                });
+            }
+        }
         // Each page is applied as observed when its request left: a state a webhook applied
         // after that instant is newer and stays (the extension compares).
         let observed: f64 =
