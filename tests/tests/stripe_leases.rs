@@ -6,9 +6,9 @@ mod common;
 mod stripe;
 
 use common::*;
-use stripe::*;
 use serde_json::json;
 use std::time::Duration;
+use stripe::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
