@@ -95,5 +95,9 @@ read -r counted ledger drift < <("${PSQL[@]}" -d bench -At -F ' ' -c "
 echo "counted $counted, ledger rows $ledger, windows where counters differ from the ledger: $drift"
 [ "$counted" = 1000 ] && [ "$ledger" = 1000 ] && [ "$drift" = 0 ] || { echo "FAIL: overshoot or drift" >&2; exit 1; }
 
+# --- The per-backend cache's memory: its estimate against the measured (issue #8) -----------
+echo "== cache memory: estimate (cache_stats) against the backend's RssAnon"
+bench/cache/memory.sh "$PORT" bench
+
 # --- Webhook intake (issue #4): signed deliveries through a real worker ----------------------
 BENCH_PGPORT=$PORT bench/webhooks/run.sh

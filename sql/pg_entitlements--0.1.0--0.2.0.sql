@@ -1777,6 +1777,12 @@ $$;
 comment on function entitlements.release_lease(text, text) is
     'Give a lease back (only its holder can); false when it was not theirs any more.';
 
+-- The cache's size against its budget (extension/src/checks.rs, cache_size.rs) ---------
+CREATE  FUNCTION "cache_stats"() RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'cache_stats_wrapper';
+
 -- Gone in 0.2.0 -----------------------------------------------------------------------
 
 drop function entitlements._customer_tenant(uuid);

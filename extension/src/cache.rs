@@ -25,8 +25,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// Above this many cached customers the map is cleared rather than grown.
-const MAX_CUSTOMERS: usize = 200_000;
+/// The cache's budget in bytes when `entitlements.cache_max_kb` is not set: 64 MiB.
+const DEFAULT_BUDGET_KB: usize = 65_536;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct SnapshotKey {
@@ -53,6 +53,32 @@ struct State {
     tainted_by: Option<pg_sys::TransactionId>,
     /// Last feature name looked up and its index: RLS asks for the same one every row.
     last_feature: Option<(String, usize)>,
+    /// Approximate bytes of `customers` (cache_size.rs), and customers evicted to stay
+    /// within the budget since the backend started.
+    bytes: usize,
+    evictions: u64,
+}
+
+impl State {
+    fn forget_customers(&mut self) {
+        self.customers.clear();
+        self.bytes = 0;
+    }
+}
+
+/// The budget: `entitlements.cache_max_kb` (any session may set its own; it is this
+/// backend's memory), else DEFAULT_BUDGET_KB. At least 64 kB.
+fn budget_bytes() -> usize {
+    // SAFETY: missing_ok = true gives NULL for an unset placeholder; the string is copied.
+    let kb = unsafe {
+        let p = pg_sys::GetConfigOption(c"entitlements.cache_max_kb".as_ptr(), true, false);
+        if p.is_null() {
+            None
+        } else {
+            std::ffi::CStr::from_ptr(p).to_str().ok().and_then(|s| s.trim().parse::<usize>().ok())
+        }
+    };
+    kb.unwrap_or(DEFAULT_BUDGET_KB).max(64) * 1024
 }
 
 thread_local! {
@@ -147,7 +173,7 @@ fn refresh(st: &mut State) -> Result<()> {
     }
     if let Some(xid) = st.tainted_by {
         // Our own transaction wrote (or did and ended): nothing cached may outlive a snapshot.
-        st.customers.clear();
+        st.forget_customers();
         st.catalog = None;
         if top_xid() != Some(xid) {
             st.tainted_by = None;
@@ -156,7 +182,7 @@ fn refresh(st: &mut State) -> Result<()> {
     let (version, owner) = read_version()?;
     if st.catalog.as_ref().is_none_or(|c| c.version != version) || st.owner != owner {
         st.catalog = None;
-        st.customers.clear();
+        st.forget_customers();
         st.last_feature = None;
     }
     st.owner = owner;
@@ -170,7 +196,7 @@ fn refresh(st: &mut State) -> Result<()> {
 /// Drop everything this backend cached (our own write happened).
 pub fn touch() {
     STATE.with_borrow_mut(|st| {
-        st.customers.clear();
+        st.forget_customers();
         st.catalog = None;
         st.snapshot = None;
         st.last_feature = None;
@@ -217,10 +243,30 @@ pub fn has_feature(customer: &[u8; 16], feature: &str, now: Micros) -> Result<bo
 
 fn entry<'a>(st: &'a mut State, customer: &[u8; 16]) -> Result<&'a mut CustomerEntry> {
     if !st.customers.contains_key(customer) {
-        if st.customers.len() >= MAX_CUSTOMERS {
-            st.customers.clear();
-        }
         let data = load_customer(st.owner, customer)?;
+        let features = st.catalog.as_ref().map_or(0, |c| c.features.len());
+        let size = crate::cache_size::customer(&data, features);
+        let budget = budget_bytes();
+        if st.bytes + size > budget {
+            // Make room for a tenth of the budget at once, so a scan over many customers
+            // does not evict on every row; which ones go is the map's (random) order.
+            let target = (budget - budget / 10).saturating_sub(size);
+            let mut victims = Vec::new();
+            let mut freed = 0;
+            for (id, e) in &st.customers {
+                if st.bytes - freed <= target {
+                    break;
+                }
+                freed += crate::cache_size::customer(&e.data, features);
+                victims.push(*id);
+            }
+            for id in &victims {
+                st.customers.remove(id);
+            }
+            st.bytes -= freed.min(st.bytes);
+            st.evictions += victims.len() as u64;
+        }
+        st.bytes += size;
         st.customers.insert(*customer, CustomerEntry { data, resolved: None });
     }
     Ok(st.customers.get_mut(customer).expect("inserted above"))
@@ -265,6 +311,12 @@ pub fn clean_version() -> Result<Option<i64>> {
 /// Has this transaction written to the tables the rules read? Needs no refresh.
 pub fn is_tainted() -> bool {
     STATE.with_borrow(|st| st.tainted_by.is_some_and(|x| top_xid() == Some(x)))
+}
+
+/// What this backend's cache holds: customers, their approximate bytes, the budget, and
+/// how many were evicted to stay within it.
+pub fn stats() -> (usize, usize, usize, u64) {
+    STATE.with_borrow(|st| (st.customers.len(), st.bytes, budget_bytes(), st.evictions))
 }
 
 /// Does this backend hold `customer` in its cache? Without a refresh, so possibly from

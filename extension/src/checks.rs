@@ -53,6 +53,14 @@ fn feature_limit(customer: Uuid, feature: &str) -> Option<f64> {
     .or_raise()
 }
 
+/// This backend's cache: customers held, their approximate bytes (cache_size.rs), the
+/// budget (`entitlements.cache_max_kb`) and evictions so far.
+#[pg_extern(volatile, parallel_unsafe)]
+fn cache_stats() -> JsonB {
+    let (customers, bytes, budget, evictions) = cache::stats();
+    JsonB(json!({"customers": customers, "approx_bytes": bytes, "budget_bytes": budget, "evictions": evictions}))
+}
+
 /// Called by triggers when this backend writes to a table the checks read.
 #[pg_extern(volatile, parallel_unsafe, name = "_cache_touch")]
 fn cache_touch() {

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 mod access;
 mod cache;
+mod cache_size;
 mod catalog;
 mod checks;
 mod clock;
