@@ -17,8 +17,10 @@ create function entitlements._bulk_loading()
 returns boolean language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
+    -- The role outside any SECURITY DEFINER function: inside the definer triggers
+    -- current_user is always the owner and would pass.
     select current_setting('row_security') = 'off'
-       and exists (select 1 from pg_roles r where r.rolname = current_user
+       and exists (select 1 from pg_roles r where r.oid = entitlements._outer_role()
                       and (r.rolsuper or r.rolbypassrls
                            or pg_has_role(r.oid, (select n.nspowner from pg_namespace n
                                                    where n.nspname = 'entitlements'), 'USAGE')))
@@ -118,8 +120,9 @@ $$;
 
 -- Appends one audit row for an app table. Callable only from a trigger, for a table
 -- that enable_audit attached _audit_app_row to and that is not one of the extension's;
--- actor, role, time and transaction are its own, never the caller's word. (A role that
--- writes its own trigger could still add rows naming such a table; they carry its role.)
+-- actor, role, time and transaction are its own, never the caller's word. (Any role that
+-- runs a trigger of its own can still add rows naming such a table, even without rights on
+-- it: the rows carry its role and user id, so they are told apart from the table's own.)
 create function entitlements._audit_append(target oid, action text, row_key text, old_values jsonb, new_values jsonb)
 returns void language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp

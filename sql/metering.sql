@@ -619,6 +619,8 @@ begin
         execute format('create table entitlements.%I (like entitlements.usage_ledger including defaults including constraints)', v_name);
         execute format('alter table entitlements.%I add primary key (id, at)', v_name);
         execute format('create index on entitlements.%I (customer_id, feature_key, at)', v_name);
+        -- No row may reach the default partition between the move and the ATTACH.
+        lock table entitlements.usage_ledger_default in share row exclusive mode;
         execute format('with moved as (delete from entitlements.usage_ledger_default where at >= %L and at < %L returning *)
                         insert into entitlements.%I select * from moved', v_start, v_end, v_name);
         execute format('alter table entitlements.usage_ledger attach partition entitlements.%I for values from (%L) to (%L)',
@@ -646,8 +648,9 @@ declare
     v_dropped integer := 0;
 begin
     perform entitlements._require_caller_admin('drop_usage_partitions');
-    if keep is null or keep < interval '1 day' then
-        raise exception 'keep must be at least one day' using errcode = '22023';
+    -- A month at least, as settings.usage_keep: idempotency keys younger than that must stay.
+    if keep is null or keep < interval '1 month' then
+        raise exception 'keep must be at least one month' using errcode = '22023';
     end if;
     v_through := date_trunc('month', now() - keep, 'UTC');
     for v_part in

@@ -17,9 +17,11 @@
 --     (observed_at, period_start, state_rank)
 --
 --   * observed_at: when the state was true: the event's `created`, or, for an object just
---     fetched from the API (observed_at => NULL), now. The worker fetches under
---     stripe_lock_subscription(), so fetches of one subscription are serialized and a fetched
---     object is the current state: its key is bumped past the stored one, so it always wins.
+--     fetched from the API (observed_at => NULL), now. The worker fetches holding the
+--     subscription's lease (take_lease('stripe_subscription:<id>'), taken again before it
+--     applies), so fetch-and-apply of one subscription is serialized across workers and a
+--     fetched object is the current state: its key is bumped past the stored one, so it
+--     always wins. (The reconcile's pages are applied as observed when requested.)
 --   * period_start: billing periods only move forward (renewals, anchor resets).
 --   * state_rank: within one period a subscription moves forward through incomplete, trialing,
 --     active, past_due, unpaid, paused, and ends in canceled or incomplete_expired. The moves
@@ -178,6 +180,11 @@ begin
         if v_id is null then
             raise exception 'metadata.entitlements_customer_id of Stripe customer % is not a uuid: %', stripe_customer_id, v_meta
                 using errcode = '22023';
+        end if;
+        -- As for a Checkout (_stripe_apply_link): metadata never moves an existing link.
+        if exists (select 1 from entitlements.customers c where c.id = v_id and c.stripe_customer_id is not null) then
+            raise exception 'customer % is linked to another Stripe customer; not linking %', v_id, stripe_customer_id
+                using errcode = '55000', hint = 'An admin relinks with entitlements.link_stripe_customer.';
         end if;
         perform entitlements._stripe_link(v_id, stripe_customer_id);
     end if;

@@ -215,6 +215,17 @@ $$;
 --     customer row: under READ COMMITTED the second of two concurrent writers waits for
 --     the first to commit and counts with a fresh snapshot; under REPEATABLE READ and
 --     SERIALIZABLE it gets 40001 and retries, so nobody counts on a stale snapshot.
+-- Is the real caller (this runs inside the definer trigger below, so not current_user) an
+-- owner of `org`, or an entitlements admin of it?
+create function entitlements._caller_owns_organization(org uuid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._role_is_privileged(entitlements._outer_role())
+        or entitlements._is_listed_admin_of(org)
+        or coalesce(entitlements._my_org_role(org) = 'owner', false)
+$$;
+
 create function entitlements._enforce_seats()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -222,24 +233,30 @@ as $$
 declare
     v_limit double precision;
     v_used bigint;
-    v_org uuid;
-    v_admin boolean;
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._enforce_seats');
     if entitlements._bulk_loading() then
         return coalesce(new, old); -- pg_restore: the restored members were within their seats
     end if;
-    v_org := coalesce(new.organization_id, old.organization_id);
-    -- Owners: this definer runs as the owner, so ask about the real caller.
-    if (tg_op <> 'INSERT' and old.role = 'owner' and (tg_op = 'DELETE' or new.role <> 'owner'
-                                                      or new.organization_id <> old.organization_id))
-       or (tg_op <> 'DELETE' and new.role = 'owner' and (tg_op = 'INSERT' or old.role <> 'owner')) then
-        v_admin := entitlements._role_is_privileged(entitlements._outer_role())
-                   or entitlements._is_listed_admin_of(v_org);
-        if not v_admin and entitlements._my_org_role(v_org) is distinct from 'owner' then
-            raise exception 'permission denied: only an owner of the organization makes, demotes or removes an owner'
-                using errcode = '42501';
-        end if;
+    -- A membership's user never changes (that would hand someone else's seat, or an
+    -- owner's, to the writer): remove the member and add the other instead.
+    if tg_op = 'UPDATE' and new.user_id <> old.user_id then
+        raise exception 'a membership''s user cannot change; remove the member and add the other'
+            using errcode = '22023';
+    end if;
+    -- Taking an owner out of an organization (delete, demote, move away) and making one
+    -- (insert, promote, move in) are each for an owner of that organization.
+    if tg_op <> 'INSERT' and old.role = 'owner'
+       and (tg_op = 'DELETE' or new.role <> 'owner' or new.organization_id <> old.organization_id)
+       and not entitlements._caller_owns_organization(old.organization_id) then
+        raise exception 'permission denied: only an owner of the organization demotes or removes an owner'
+            using errcode = '42501';
+    end if;
+    if tg_op <> 'DELETE' and new.role = 'owner'
+       and (tg_op = 'INSERT' or old.role <> 'owner' or new.organization_id <> old.organization_id)
+       and not entitlements._caller_owns_organization(new.organization_id) then
+        raise exception 'permission denied: only an owner of the organization makes an owner'
+            using errcode = '42501';
     end if;
     if tg_op = 'DELETE' then
         return old;

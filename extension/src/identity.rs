@@ -62,13 +62,19 @@ struct Memo {
     claims: Option<Vec<u8>>,
     user_id: Option<Vec<u8>>,
     role: pg_sys::Oid,
+    restricted: bool,
     result: Option<[u8; 16]>,
     valid: bool,
 }
 
 /// May `role` say who the user is? Superuser, the extension owner, or a role with the
-/// privileges of `entitlements_api`.
-fn speaks_for_users(role: pg_sys::Oid) -> Result<bool> {
+/// privileges of `entitlements_api`; never inside a security-restricted operation (an index
+/// expression or materialized view that VACUUM, ANALYZE or REFRESH evaluates for someone
+/// else's table, where the role in effect is not the one whose code runs).
+fn speaks_for_users(role: pg_sys::Oid, restricted: bool) -> Result<bool> {
+    if restricted {
+        return Ok(false);
+    }
     let owner = crate::cache::owner()?;
     // SAFETY: syscache lookups inside a transaction; missing_ok for the role name.
     unsafe {
@@ -88,17 +94,23 @@ thread_local! {
 pub fn current() -> Result<Option<[u8; 16]>> {
     let claims = guc(c"request.jwt.claims");
     let user_id = guc(c"entitlements.user_id");
-    // SAFETY: a plain read of backend state.
-    let role = unsafe { pg_sys::GetOuterUserId() };
+    // SAFETY: plain reads of backend state.
+    let (role, restricted) = unsafe { (pg_sys::GetOuterUserId(), pg_sys::InSecurityRestrictedOperation()) };
     MEMO.with_borrow_mut(|m| {
-        if m.valid && m.role == role && m.claims.as_deref() == claims && m.user_id.as_deref() == user_id {
+        if m.valid
+            && m.role == role
+            && m.restricted == restricted
+            && m.claims.as_deref() == claims
+            && m.user_id.as_deref() == user_id
+        {
             return Ok(m.result);
         }
-        let result = if speaks_for_users(role)? { compute(claims, user_id)? } else { None };
+        let result = if speaks_for_users(role, restricted)? { compute(claims, user_id)? } else { None };
         *m = Memo {
             claims: claims.map(<[u8]>::to_vec),
             user_id: user_id.map(<[u8]>::to_vec),
             role,
+            restricted,
             result,
             valid: true,
         };

@@ -25,7 +25,7 @@ mod statements;
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../../sql/security.sql", name = "security", requires = ["schema", identity::current_user_id]);
-extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security"]);
+extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security", identity::outer_role]);
 extension_sql_file!("../../sql/cache.sql", name = "cache", requires = ["audit", checks::cache_touch]);
 extension_sql_file!("../../sql/catalog.sql", name = "catalog", requires = ["cache", catalog::normalize_catalog]);
 extension_sql_file!(

@@ -6,7 +6,7 @@ mod ops;
 use common::*;
 use ops::*;
 use serde_json::json;
-use sqlx::Connection;
+use sqlx::{Connection, Executor};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -348,6 +348,15 @@ async fn slow_clients_are_cut_off() {
     }
     let code = tokio::time::timeout(Duration::from_secs(20), normal).await.expect("answered").unwrap();
     assert_eq!(code, 200);
+
+    // A handler slower than the read timeout (/healthz waits up to 2 s for task_runs, which
+    // another session holds locked) still answers: the silence is the worker's, not the client's.
+    let mut locker = session(&db).await;
+    locker.execute("begin; lock table entitlements.task_runs in access exclusive mode").await.unwrap();
+    let (code, health) = get_json(&w.addr, "/healthz").await;
+    assert_eq!(code, 200, "{health}");
+    assert!(health["recent_runs"].is_null(), "the task runs could not be read in time: {health}");
+    locker.execute("rollback").await.unwrap();
 
     // A slow but steady request (a byte at a time, each well within the timeout) is served.
     let mut s = tokio::net::TcpStream::connect(&w.addr).await.unwrap();

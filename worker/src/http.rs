@@ -97,7 +97,8 @@ pub async fn serve(ctx: Context, listener: tokio::net::TcpListener) -> Result<()
     tracing::info!(%addr, "listening");
     let shutdown = ctx.shutdown.clone();
     let listener = crate::listener::LimitedListener::new(listener, ctx.config.http);
-    axum::serve(listener, router(ctx))
+    let app = router(ctx).layer(axum::middleware::from_fn(crate::listener::mark_busy));
+    axum::serve(listener, app.into_make_service_with_connect_info::<crate::listener::InFlight>())
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .map_err(|source| Error::Listen { addr, source })?;

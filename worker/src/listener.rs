@@ -2,11 +2,13 @@
 //! `max_connections` are served at once (the rest wait in the kernel's accept queue), a
 //! connection that sends nothing for `read_timeout` is closed (slow headers, a stalled
 //! body, an idle keep-alive), and none lives longer than `MAX_LIFETIME` (a client that
-//! trickles a byte now and then).
+//! trickles a byte now and then). While a request is being handled (`mark_busy`, a
+//! middleware) the connection's silence is the handler's, and does not count.
 use crate::config::HttpLimits;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,6 +19,35 @@ use tokio::time::{Instant, Sleep};
 
 /// The longest any one connection is served.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Requests of one connection being handled now, shared by the connection and its requests.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>> for InFlight {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
+        stream.io().in_flight.clone()
+    }
+}
+
+struct Busy(InFlight);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Middleware: the request's connection is busy until its handler has answered.
+pub async fn mark_busy(
+    axum::extract::ConnectInfo(in_flight): axum::extract::ConnectInfo<InFlight>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    in_flight.0.fetch_add(1, Ordering::Relaxed);
+    let _busy = Busy(in_flight);
+    next.run(request).await
+}
 
 pub struct LimitedListener {
     inner: TcpListener,
@@ -65,6 +96,7 @@ impl axum::serve::Listener for LimitedListener {
 pub struct LimitedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    in_flight: InFlight,
     read_timeout: Duration,
     idle: Pin<Box<Sleep>>,
     end_of_life: Instant,
@@ -80,6 +112,7 @@ impl LimitedStream {
         LimitedStream {
             stream,
             _permit: permit,
+            in_flight: InFlight::default(),
             read_timeout,
             idle: Box::pin(tokio::time::sleep(read_timeout)),
             end_of_life: Instant::now() + MAX_LIFETIME,
@@ -99,6 +132,14 @@ impl AsyncRead for LimitedStream {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => match self.idle.as_mut().poll(cx) {
+                // A handler at work: the client waits for it, not the other way round.
+                Poll::Ready(())
+                    if self.in_flight.0.load(Ordering::Relaxed) > 0 && Instant::now() < self.end_of_life =>
+                {
+                    self.active();
+                    let _ = self.idle.as_mut().poll(cx);
+                    Poll::Pending
+                }
                 Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out"))),
                 Poll::Pending => Poll::Pending,
             },

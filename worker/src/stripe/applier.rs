@@ -108,9 +108,10 @@ async fn apply_one(pool: &PgPool, client: Option<&Client>, ev: Pending) {
     }
 }
 
-/// How long a worker may fetch and apply one subscription before another may take over;
-/// well above the API client's 20 s timeout.
-const LEASE_SECONDS: u32 = 60;
+/// How long a worker may fetch and apply one subscription before another may take over:
+/// above the API client's worst case (three attempts of 20 s and their backoff), and the
+/// lease is taken again before applying, so a fetch that outlived it is dropped.
+const LEASE_SECONDS: u32 = 120;
 
 async fn try_apply(pool: &PgPool, client: Option<&Client>, ev: &Pending) -> Result<Option<String>> {
     let (Some(client), Some(sub)) = (client, &ev.stripe_subscription_id) else {
@@ -125,7 +126,14 @@ async fn try_apply(pool: &PgPool, client: Option<&Client>, ev: &Pending) -> Resu
         return Ok(None);
     }
     let outcome = match client.subscription(sub).await {
-        Ok(fetched) => apply(pool, ev, fetched).await,
+        // Still ours (renewed): nobody else fetched since, so this state is the newest.
+        Ok(fetched) => match lease.take(pool).await {
+            Ok(true) => apply(pool, ev, fetched).await,
+            // Expired and taken over: what was fetched may be older than what the other
+            // worker applies; the event stays due and is fetched again.
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     lease.release(pool).await;
