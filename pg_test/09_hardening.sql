@@ -2,7 +2,7 @@
 \set QUIET 1
 -- Issue 8 beyond the exploits: membership rules, Stripe links, the consume hand-off, bounds.
 begin;
-select plan(20);
+select plan(24);
 \ir fixtures/catalog.sql
 
 \set org   '''00000000-0000-0000-0000-0000000009a0'''
@@ -29,6 +29,19 @@ select throws_ok($$select entitlements.add_member('00000000-0000-0000-0000-00000
                  '42501', NULL, 'nor make an owner');
 select lives_ok($$select entitlements.add_member('00000000-0000-0000-0000-0000000009a0', '00000000-0000-0000-0000-0000000009a3', 'admin')$$,
                 'but promotes a member to admin');
+select throws_ok($$update entitlements.members set user_id = '00000000-0000-0000-0000-0000000009a2'
+                    where user_id = '00000000-0000-0000-0000-0000000009a1'$$,
+                 '22023', NULL, 'nor take the owner''s row by changing its user');
+reset role;
+insert into entitlements.members (organization_id, user_id, role) values (:org2, :adm, 'owner');
+set local role authenticated;
+select set_config('request.jwt.claims', '{"sub": "00000000-0000-0000-0000-0000000009a2", "role": "authenticated"}', true) is not null as c \gset
+select throws_ok($$update entitlements.members set organization_id = '00000000-0000-0000-0000-0000000009b0'
+                    where user_id = '00000000-0000-0000-0000-0000000009a1'$$,
+                 '42501', NULL, 'nor move the owner away to an organization they own themselves');
+reset role;
+delete from entitlements.members where organization_id = :org2 and user_id = :adm;
+set local role authenticated;
 -- The owner may hand ownership on.
 select set_config('request.jwt.claims', '{"sub": "00000000-0000-0000-0000-0000000009a1", "role": "authenticated"}', true) is not null as c \gset
 select lives_ok($$select entitlements.add_member('00000000-0000-0000-0000-0000000009a0', '00000000-0000-0000-0000-0000000009a3', 'owner')$$,
@@ -73,6 +86,12 @@ select entitlements.stripe_record_event(jsonb_build_object('id', 'evt_h_co2', 't
     'data', jsonb_build_object('object', jsonb_build_object('object', 'checkout.session', 'id', 'cs_h2', 'customer', 'cus_tenant1',
         'client_reference_id', '00000000-0000-0000-0000-0000000009e9')))) as r \gset
 select is(entitlements.stripe_apply_event('evt_h_co2'), 'conflict', 'nor takes a Stripe customer linked to someone else');
+
+-- Nor does a Stripe subscription's or customer's metadata (what _stripe_apply_subscription reads).
+select throws_ok($$select entitlements._stripe_customer('cus_other', '{"entitlements_customer_id": "00000000-0000-0000-0000-0000000009d1"}')$$, '55000', NULL,
+                 'subscription metadata naming a customer linked elsewhere is refused');
+select is((select stripe_customer_id from entitlements.customers where id = '00000000-0000-0000-0000-0000000009d1'), 'cus_tenant1',
+          'and the link stays');
 
 -- The consume hand-off: a statement cancelled between _consume_fast and _meter leaves
 -- nothing a later statement could pick up.

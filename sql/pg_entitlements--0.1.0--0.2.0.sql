@@ -189,8 +189,10 @@ create or replace function entitlements._bulk_loading()
 returns boolean language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
+    -- The role outside any SECURITY DEFINER function: inside the definer triggers
+    -- current_user is always the owner and would pass.
     select current_setting('row_security') = 'off'
-       and exists (select 1 from pg_roles r where r.rolname = current_user
+       and exists (select 1 from pg_roles r where r.oid = entitlements._outer_role()
                       and (r.rolsuper or r.rolbypassrls
                            or pg_has_role(r.oid, (select n.nspowner from pg_namespace n
                                                    where n.nspname = 'entitlements'), 'USAGE')))
@@ -683,6 +685,17 @@ $$;
 --     customer row: under READ COMMITTED the second of two concurrent writers waits for
 --     the first to commit and counts with a fresh snapshot; under REPEATABLE READ and
 --     SERIALIZABLE it gets 40001 and retries, so nobody counts on a stale snapshot.
+-- Is the real caller (this runs inside the definer trigger below, so not current_user) an
+-- owner of `org`, or an entitlements admin of it?
+create function entitlements._caller_owns_organization(org uuid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._role_is_privileged(entitlements._outer_role())
+        or entitlements._is_listed_admin_of(org)
+        or coalesce(entitlements._my_org_role(org) = 'owner', false)
+$$;
+
 create or replace function entitlements._enforce_seats()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -690,24 +703,30 @@ as $$
 declare
     v_limit double precision;
     v_used bigint;
-    v_org uuid;
-    v_admin boolean;
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._enforce_seats');
     if entitlements._bulk_loading() then
         return coalesce(new, old); -- pg_restore: the restored members were within their seats
     end if;
-    v_org := coalesce(new.organization_id, old.organization_id);
-    -- Owners: this definer runs as the owner, so ask about the real caller.
-    if (tg_op <> 'INSERT' and old.role = 'owner' and (tg_op = 'DELETE' or new.role <> 'owner'
-                                                      or new.organization_id <> old.organization_id))
-       or (tg_op <> 'DELETE' and new.role = 'owner' and (tg_op = 'INSERT' or old.role <> 'owner')) then
-        v_admin := entitlements._role_is_privileged(entitlements._outer_role())
-                   or entitlements._is_listed_admin_of(v_org);
-        if not v_admin and entitlements._my_org_role(v_org) is distinct from 'owner' then
-            raise exception 'permission denied: only an owner of the organization makes, demotes or removes an owner'
-                using errcode = '42501';
-        end if;
+    -- A membership's user never changes (that would hand someone else's seat, or an
+    -- owner's, to the writer): remove the member and add the other instead.
+    if tg_op = 'UPDATE' and new.user_id <> old.user_id then
+        raise exception 'a membership''s user cannot change; remove the member and add the other'
+            using errcode = '22023';
+    end if;
+    -- Taking an owner out of an organization (delete, demote, move away) and making one
+    -- (insert, promote, move in) are each for an owner of that organization.
+    if tg_op <> 'INSERT' and old.role = 'owner'
+       and (tg_op = 'DELETE' or new.role <> 'owner' or new.organization_id <> old.organization_id)
+       and not entitlements._caller_owns_organization(old.organization_id) then
+        raise exception 'permission denied: only an owner of the organization demotes or removes an owner'
+            using errcode = '42501';
+    end if;
+    if tg_op <> 'DELETE' and new.role = 'owner'
+       and (tg_op = 'INSERT' or old.role <> 'owner' or new.organization_id <> old.organization_id)
+       and not entitlements._caller_owns_organization(new.organization_id) then
+        raise exception 'permission denied: only an owner of the organization makes an owner'
+            using errcode = '42501';
     end if;
     if tg_op = 'DELETE' then
         return old;
@@ -882,6 +901,39 @@ end
 $$;
 comment on function entitlements.stripe_retry_event(text) is
     'Retry a dead-lettered Stripe event now, attempts counted from zero. Admins only.';
+
+-- Metadata never moves a Stripe link.
+create or replace function entitlements._stripe_customer(stripe_customer_id text, metadata jsonb)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id uuid;
+    v_meta text := metadata ->> 'entitlements_customer_id';
+begin
+    if stripe_customer_id is null then
+        return null;
+    end if;
+    select c.id into v_id from entitlements.customers c where c.stripe_customer_id = _stripe_customer.stripe_customer_id;
+    if found then
+        return v_id;
+    end if;
+    if v_meta is not null then
+        v_id := entitlements._stripe_uuid(v_meta);
+        if v_id is null then
+            raise exception 'metadata.entitlements_customer_id of Stripe customer % is not a uuid: %', stripe_customer_id, v_meta
+                using errcode = '22023';
+        end if;
+        -- As for a Checkout (_stripe_apply_link): metadata never moves an existing link.
+        if exists (select 1 from entitlements.customers c where c.id = v_id and c.stripe_customer_id is not null) then
+            raise exception 'customer % is linked to another Stripe customer; not linking %', v_id, stripe_customer_id
+                using errcode = '55000', hint = 'An admin relinks with entitlements.link_stripe_customer.';
+        end if;
+        perform entitlements._stripe_link(v_id, stripe_customer_id);
+    end if;
+    return v_id;
+end
+$$;
 
 -- Grants (sql/grants.sql) -------------------------------------------------------------
 
@@ -1504,6 +1556,8 @@ begin
         execute format('create table entitlements.%I (like entitlements.usage_ledger including defaults including constraints)', v_name);
         execute format('alter table entitlements.%I add primary key (id, at)', v_name);
         execute format('create index on entitlements.%I (customer_id, feature_key, at)', v_name);
+        -- No row may reach the default partition between the move and the ATTACH.
+        lock table entitlements.usage_ledger_default in share row exclusive mode;
         execute format('with moved as (delete from entitlements.usage_ledger_default where at >= %L and at < %L returning *)
                         insert into entitlements.%I select * from moved', v_start, v_end, v_name);
         execute format('alter table entitlements.usage_ledger attach partition entitlements.%I for values from (%L) to (%L)',
@@ -1531,8 +1585,9 @@ declare
     v_dropped integer := 0;
 begin
     perform entitlements._require_caller_admin('drop_usage_partitions');
-    if keep is null or keep < interval '1 day' then
-        raise exception 'keep must be at least one day' using errcode = '22023';
+    -- A month at least, as settings.usage_keep: idempotency keys younger than that must stay.
+    if keep is null or keep < interval '1 month' then
+        raise exception 'keep must be at least one month' using errcode = '22023';
     end if;
     v_through := date_trunc('month', now() - keep, 'UTC');
     for v_part in
