@@ -1838,6 +1838,10 @@ STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'cache_stats_wrapper';
 
+-- Admins by role, no longer service_role by name.
+comment on function entitlements.is_admin(uuid) is
+    'True for superusers, the extension owner, roles granted entitlements_admin, and users listed in entitlements.admins (for that tenant).';
+
 -- Gone in 0.2.0 -----------------------------------------------------------------------
 
 drop function entitlements._customer_tenant(uuid);

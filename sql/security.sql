@@ -4,7 +4,8 @@
 --   * a user sees their own customer rows and those of organizations they belong to;
 --   * organization owners/admins manage their organization's members;
 --   * tenant admins (entitlements.admins with a tenant_id) manage their tenant's customers;
---   * global admins, the service role, superusers and the extension owner see and do all.
+--   * global admins, roles granted entitlements_admin (service_role is), superusers and the
+--     extension owner see and do all.
 
 -- Two roles carry the model (created here when missing; roles are cluster-wide, so a
 -- second database reuses them):
@@ -100,7 +101,7 @@ as $$
         or entitlements._is_listed_admin(tenant)
 $$;
 comment on function entitlements.is_admin(uuid) is
-    'True for superusers, service_role, the extension owner, and users listed in entitlements.admins (for that tenant).';
+    'True for superusers, the extension owner, roles granted entitlements_admin, and users listed in entitlements.admins (for that tenant).';
 
 -- Admin of the tenant a customer belongs to (or global admin).
 create function entitlements.is_admin_of(customer uuid)

@@ -519,7 +519,8 @@ begin atomic
 end;
 
 -- Lock a pending event for this transaction; false when it is applied or another session
--- holds it. The worker claims before it fetches from the Stripe API.
+-- holds it. For apps that apply Stripe events themselves; the worker uses leases instead
+-- (leases.sql), so no transaction stays open while it fetches.
 create function entitlements.stripe_claim_event(event_id text)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
