@@ -2,7 +2,7 @@
 \set QUIET 1
 -- Issue 8 beyond the exploits: membership rules, Stripe links, the consume hand-off, bounds.
 begin;
-select plan(24);
+select plan(28);
 \ir fixtures/catalog.sql
 
 \set org   '''00000000-0000-0000-0000-0000000009a0'''
@@ -100,6 +100,21 @@ select throws_ok($$select * from entitlements._take_pending()$$, '55000', NULL,
                  'what that statement left is refused by the next one');
 select throws_ok($$select entitlements.consume('00000000-0000-0000-0000-0000000009a1', 'minutes', 1e16)$$, '22023', NULL,
                  'amounts over 1e15 are refused');
+
+-- Every jsonb the Rust functions take is checked before they decode it: 22023, not XX000.
+set local role authenticated;
+select throws_ok($$select entitlements._normalize_catalog((repeat('[', 300) || '1' || repeat(']', 300))::jsonb, '{}')$$,
+                 '22023', NULL, 'a catalog nested 300 deep is refused with 22023, even called directly');
+select throws_ok($$select entitlements._normalize_feature_value('limit', '1e400')$$, '22023', NULL,
+                 'so is a number beyond f64');
+select throws_ok($$select entitlements._normalize_catalog_json('{}', '{}')$$, '42501', NULL,
+                 'and the Rust function behind it is the owner''s');
+reset role;
+set local role supabase_auth_admin;
+select throws_ok($$select entitlements.custom_access_token_hook(jsonb_build_object('user_id', '00000000-0000-0000-0000-0000000009a1',
+                    'claims', (repeat('[', 300) || '1' || repeat(']', 300))::jsonb))$$, '22023', NULL,
+                 'the access-token hook refuses an event nested 300 deep with 22023');
+reset role;
 
 -- Bounds of the catalog.
 select throws_ok($$select entitlements.apply_catalog('{"features": [{"key": "slots", "kind": "concurrency"}],

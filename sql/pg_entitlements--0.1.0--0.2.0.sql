@@ -1842,6 +1842,64 @@ AS 'MODULE_PATHNAME', 'cache_stats_wrapper';
 comment on function entitlements.is_admin(uuid) is
     'True for superusers, the extension owner, roles granted entitlements_admin, and users listed in entitlements.admins (for that tenant).';
 
+-- Checked jsonb (sql/checked_json.sql) -----------------------------------------------
+-- The Rust functions that take jsonb move to new names; the old names become checked SQL
+-- faces (SECURITY DEFINER) that refuse what pgrx could not decode, with 22023.
+CREATE  FUNCTION "_access_token_claims"(
+	"event" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* JsonB */
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'custom_access_token_hook_wrapper';
+CREATE  FUNCTION "_normalize_catalog_json"(
+	"doc" jsonb, /* Option < JsonB > */
+	"existing_features" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'normalize_catalog_wrapper';
+CREATE  FUNCTION "_normalize_feature_value_json"(
+	"kind" TEXT, /* & str */
+	"value" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'normalize_feature_value_wrapper';
+
+create or replace function entitlements._normalize_catalog(doc jsonb, existing_features jsonb)
+returns jsonb language plpgsql immutable parallel safe security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._valid_json(doc, 'catalog');
+    perform entitlements._valid_json(existing_features, 'existing_features');
+    return entitlements._normalize_catalog_json(doc, existing_features);
+end
+$$;
+
+create or replace function entitlements._normalize_feature_value(kind text, value jsonb)
+returns jsonb language plpgsql immutable parallel safe security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._valid_json(value, 'value');
+    return entitlements._normalize_feature_value_json(kind, value);
+end
+$$;
+
+-- Supabase's Custom Access Token hook (README, Deploy): supabase_auth_admin calls it.
+create or replace function entitlements.custom_access_token_hook(event jsonb)
+returns jsonb language plpgsql stable parallel safe security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._valid_json(event, 'event');
+    return entitlements._access_token_claims(event);
+end
+$$;
+comment on function entitlements.custom_access_token_hook(jsonb) is
+    'Supabase Auth hook: adds an entitlements claim (plan, enabled features) to the access token.';
+
 -- Gone in 0.2.0 -----------------------------------------------------------------------
 
 drop function entitlements._customer_tenant(uuid);
@@ -2051,7 +2109,9 @@ $$;
 -- fires needs no EXECUTE), and what reads around RLS without asking who calls.
 revoke execute on function entitlements._audit_row(), entitlements._cache_bump(), entitlements._enforce_seats(),
     entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
-    entitlements._require_own_table(oid, text), entitlements._catalog_snapshot()
+    entitlements._require_own_table(oid, text), entitlements._catalog_snapshot(),
+    entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
+    entitlements._access_token_claims(jsonb)
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

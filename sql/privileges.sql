@@ -37,7 +37,9 @@ grant execute on all functions in schema entitlements to entitlements_api, entit
 -- fires needs no EXECUTE), and what reads around RLS without asking who calls.
 revoke execute on function entitlements._audit_row(), entitlements._cache_bump(), entitlements._enforce_seats(),
     entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
-    entitlements._require_own_table(oid, text), entitlements._catalog_snapshot()
+    entitlements._require_own_table(oid, text), entitlements._catalog_snapshot(),
+    entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
+    entitlements._access_token_claims(jsonb)
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

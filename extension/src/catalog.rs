@@ -383,8 +383,10 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
     Ok(json!({"features": features, "plans": plans}))
 }
 
-/// Validate and normalize a catalog document; raises 22023 naming the bad entry.
-#[pg_extern(immutable, parallel_safe, name = "_normalize_catalog")]
+/// Validate and normalize a catalog document; raises 22023 naming the bad entry. Called
+/// through `entitlements._normalize_catalog` (sql/checked_json.sql), which first refuses a
+/// value this function could not even decode (too deep, a number out of range).
+#[pg_extern(immutable, parallel_safe, name = "_normalize_catalog_json")]
 fn normalize_catalog(doc: Option<JsonB>, existing_features: Option<JsonB>) -> JsonB {
     let Some(JsonB(doc)) = doc else { Error::NullValue("catalog must not be NULL".into()).raise() };
     let existing = match existing_features {
@@ -395,7 +397,8 @@ fn normalize_catalog(doc: Option<JsonB>, existing_features: Option<JsonB>) -> Js
 }
 
 /// Normalize a grant's value for a feature of `kind`, as plan values are normalized.
-#[pg_extern(immutable, parallel_safe, name = "_normalize_feature_value")]
+/// Called through `entitlements._normalize_feature_value` (sql/checked_json.sql).
+#[pg_extern(immutable, parallel_safe, name = "_normalize_feature_value_json")]
 fn normalize_feature_value(kind: &str, value: Option<JsonB>) -> JsonB {
     let v = value.map(|j| j.0).unwrap_or(Value::Null);
     JsonB(normalize_spec("value", kind, &v).or_raise())

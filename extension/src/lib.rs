@@ -27,7 +27,13 @@ extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../../sql/security.sql", name = "security", requires = ["schema", identity::current_user_id]);
 extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security", identity::outer_role]);
 extension_sql_file!("../../sql/cache.sql", name = "cache", requires = ["audit", checks::cache_touch]);
-extension_sql_file!("../../sql/catalog.sql", name = "catalog", requires = ["cache", catalog::normalize_catalog]);
+extension_sql_file!(
+    "../../sql/checked_json.sql",
+    name = "checked_json",
+    requires =
+        ["cache", catalog::normalize_catalog, catalog::normalize_feature_value, checks::custom_access_token_hook]
+);
+extension_sql_file!("../../sql/catalog.sql", name = "catalog", requires = ["checked_json"]);
 extension_sql_file!(
     "../../sql/subscriptions.sql",
     name = "subscriptions",

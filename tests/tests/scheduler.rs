@@ -24,6 +24,13 @@ async fn ended_trial(db: &TestDb) -> uuid::Uuid {
 }
 
 fn scheduled_worker(db: &TestDb, id: &str, schedule: &str) -> tokio::process::Command {
+    // The housekeeping tasks (partitions, retention) stay out of these tests' way unless named.
+    let mut schedule = schedule.to_owned();
+    for quiet in ["usage_partitions", "retention"] {
+        if !schedule.contains(quiet) {
+            schedule.push_str(&format!(",{quiet}=off"));
+        }
+    }
     let mut c = worker_command();
     c.arg("serve")
         .env("DATABASE_URL", &db.url)
