@@ -14,15 +14,18 @@ use pgrx::{pg_sys, Uuid};
 /// `entitlements_admin`: the same rule as `entitlements._role_is_privileged` (sql/security.sql).
 pub fn role_is_privileged(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     // SAFETY: catalog lookups through the syscache; valid inside a transaction.
+    let by_attribute = unsafe {
+        pg_sys::superuser_arg(role) || pg_sys::has_bypassrls_privilege(role) || pg_sys::has_privs_of_role(role, owner)
+    };
+    by_attribute || has_privs_of_named_role(role, c"entitlements_admin")
+}
+
+/// Does `role` have the privileges of the role called `name` (false when there is none)?
+pub fn has_privs_of_named_role(role: pg_sys::Oid, name: &std::ffi::CStr) -> bool {
+    // SAFETY: syscache lookups inside a transaction; missing_ok for the role name.
     unsafe {
-        if pg_sys::superuser_arg(role)
-            || pg_sys::has_bypassrls_privilege(role)
-            || pg_sys::has_privs_of_role(role, owner)
-        {
-            return true;
-        }
-        let admin = pg_sys::get_role_oid(c"entitlements_admin".as_ptr(), true);
-        admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin)
+        let named = pg_sys::get_role_oid(name.as_ptr(), true);
+        named != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, named)
     }
 }
 

@@ -41,6 +41,8 @@ struct SnapshotKey {
 pub struct CustomerEntry {
     pub data: CustomerData,
     pub resolved: Option<Resolved>,
+    /// Its weight when cached (cache_size.rs), given back when it is evicted.
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -257,17 +259,17 @@ fn entry<'a>(st: &'a mut State, customer: &[u8; 16]) -> Result<&'a mut CustomerE
                 if st.bytes - freed <= target {
                     break;
                 }
-                freed += crate::cache_size::customer(&e.data, features);
+                freed += e.bytes;
                 victims.push(*id);
             }
             for id in &victims {
                 st.customers.remove(id);
             }
-            st.bytes -= freed.min(st.bytes);
+            st.bytes -= freed;
             st.evictions += victims.len() as u64;
         }
         st.bytes += size;
-        st.customers.insert(*customer, CustomerEntry { data, resolved: None });
+        st.customers.insert(*customer, CustomerEntry { data, resolved: None, bytes: size });
     }
     Ok(st.customers.get_mut(customer).expect("inserted above"))
 }

@@ -76,14 +76,9 @@ fn speaks_for_users(role: pg_sys::Oid, restricted: bool) -> Result<bool> {
         return Ok(false);
     }
     let owner = crate::cache::owner()?;
-    // SAFETY: syscache lookups inside a transaction; missing_ok for the role name.
-    unsafe {
-        if pg_sys::superuser_arg(role) || pg_sys::has_privs_of_role(role, owner) {
-            return Ok(true);
-        }
-        let api = pg_sys::get_role_oid(c"entitlements_api".as_ptr(), true);
-        Ok(api != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, api))
-    }
+    // SAFETY: syscache lookups inside a transaction.
+    let superuser_or_owner = unsafe { pg_sys::superuser_arg(role) || pg_sys::has_privs_of_role(role, owner) };
+    Ok(superuser_or_owner || crate::access::has_privs_of_named_role(role, c"entitlements_api"))
 }
 
 thread_local! {
