@@ -1,90 +1,100 @@
-//! A thin Stripe API client: only what the worker reads (one subscription, the list of
-//! subscriptions). Every call carries an `Idempotency-Key`, reused by its retries; the key
-//! travels in the `Authorization` header only and is never logged or put in an error.
+//! The Stripe API through async-stripe: only what the worker reads (one subscription, the list
+//! of subscriptions). async-stripe-billing's typed requests name the endpoint and its
+//! parameters; the client retries with backoff and sends every call with an
+//! `Idempotency-Key` that its retries reuse. The key travels in the `Authorization` header
+//! only (marked sensitive) and is never logged or put in an error.
+//!
+//! Answers are kept as raw JSON, not as async-stripe's typed `Subscription`: that struct is the
+//! newest API version's shape, so it has no subscription-level `current_period_*`, `plan` or
+//! `quantity` (older versions and localstripe put them there, and the extension reads them as
+//! a fallback), and it requires fields (`billing_mode`, items' periods, ...) that those
+//! answers lack, so decoding them would fail. The extension's
+//! `entitlements.stripe_apply_subscription` takes the object as Stripe sent it and reads both
+//! shapes; the worker only carries it there. miniserde's `Value` is async-stripe's way to
+//! receive an answer undecoded.
 use crate::config::Secret;
 use crate::{Error, Result};
 use serde_json::Value;
 use std::time::Duration;
+use stripe::{ClientBuilder, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus, RetrieveSubscription};
 
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com/";
+/// Attempts per call (on 409, 424, 429, 5xx, timeouts and connection errors, or when Stripe
+/// says `Stripe-Should-Retry`), 1 s then 2 s apart.
 const ATTEMPTS: u32 = 3;
+/// Per attempt. The applier's lease (applier.rs) outlasts all attempts of one call.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    base: String,
-    key: Secret,
+    inner: stripe::Client,
 }
 
 impl Client {
     pub fn new(key: &Secret, base: Option<&str>) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("entitlements-worker/", env!("CARGO_PKG_VERSION")))
+        // async-stripe appends `v1/...` to the base as given, so it must end with one slash.
+        let base = format!("{}/", base.unwrap_or(DEFAULT_API_BASE).trim_end_matches('/'));
+        let inner = ClientBuilder::new(key.expose())
+            .url(base)
+            .timeout(TIMEOUT)
+            .request_strategy(RequestStrategy::ExponentialBackoff(ATTEMPTS))
+            .app_info("entitlements-worker", Some(env!("CARGO_PKG_VERSION").to_owned()), None)
             .build()
-            .map_err(|e| Error::StripeHttp(e.without_url().to_string()))?;
-        let base = base.unwrap_or(DEFAULT_API_BASE).trim_end_matches('/').to_owned();
-        Ok(Client { http, base, key: key.clone() })
+            // Its messages name the setting at fault, never the key's value.
+            .map_err(|e| Error::Config(format!("Stripe client: {e}")))?;
+        Ok(Client { inner })
     }
 
     /// The subscription as Stripe has it now, its customer expanded (so the customer's
     /// metadata.entitlements_customer_id can link it); None when Stripe does not know it.
     pub async fn subscription(&self, id: &str) -> Result<Option<Value>> {
+        // The id goes into the path: refuse anything that could change which URL is asked.
         if !id.starts_with("sub_") || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(Error::Stripe { status: 0, message: format!("not a subscription id: {id:?}") });
         }
-        self.get(&format!("/v1/subscriptions/{id}"), &[("expand[]", "customer")]).await
+        let request = RetrieveSubscription::new(id).expand(vec!["customer".to_owned()]);
+        match self.get(&request).await {
+            Ok(subscription) => Ok(Some(subscription)),
+            Err(Error::Stripe { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
-    /// One page of all subscriptions (every status), oldest id after `starting_after`.
+    /// One page of all subscriptions (every status), the page after `starting_after`. Pages
+    /// are asked one by one (not async-stripe's paginator) so the caller can renew its lease
+    /// and apply each page as observed when it was asked.
     pub async fn list_subscriptions(&self, starting_after: Option<&str>) -> Result<Value> {
-        let mut query = vec![("status", "all"), ("limit", "100"), ("expand[]", "data.customer")];
+        let mut request = ListSubscription::new()
+            .status(ListSubscriptionStatus::All)
+            .limit(100)
+            .expand(vec!["data.customer".to_owned()]);
         if let Some(after) = starting_after {
-            query.push(("starting_after", after));
+            request = request.starting_after(after);
         }
-        self.get("/v1/subscriptions", &query)
-            .await?
-            .ok_or_else(|| Error::Stripe { status: 404, message: "GET /v1/subscriptions: not found".into() })
+        self.get(&request).await
     }
 
-    /// GET with retries on 429, 5xx and connection errors; None on 404.
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Option<Value>> {
-        let idempotency_key = uuid::Uuid::new_v4().to_string();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let sent = self
-                .http
-                .get(format!("{}{path}", self.base))
-                .query(query)
-                .bearer_auth(self.key.expose())
-                .header("Idempotency-Key", &idempotency_key)
-                .send()
-                .await;
-            let retryable = match sent {
-                Ok(resp) if resp.status().is_success() => {
-                    let body =
-                        resp.json::<Value>().await.map_err(|e| Error::StripeHttp(e.without_url().to_string()))?;
-                    return Ok(Some(body));
-                }
-                Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => return Ok(None),
-                Ok(resp) => {
-                    let status = resp.status();
-                    let body: Value = resp.json().await.unwrap_or(Value::Null);
-                    let message = body["error"]["message"].as_str().unwrap_or("no message").to_owned();
-                    let err = Error::Stripe { status: status.as_u16(), message: format!("GET {path}: {message}") };
-                    if !(status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()) {
-                        return Err(err);
-                    }
-                    err
-                }
-                Err(e) => Error::StripeHttp(format!("GET {path}: {}", e.without_url())),
-            };
-            if attempt >= ATTEMPTS {
-                return Err(retryable);
-            }
-            tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+    async fn get(&self, request: &impl StripeRequest) -> Result<Value> {
+        let request = request.build();
+        let path = format!("GET /v1{}", request.path);
+        let raw: miniserde::json::Value =
+            request.customize().send(&self.inner).await.map_err(|e| describe(&path, e))?;
+        // Numbers and strings come through unchanged; only key order may differ (jsonb sorts anyway).
+        serde_json::from_str(&miniserde::json::to_string(&raw))
+            .map_err(|e| Error::StripeHttp(format!("{path}: unreadable answer: {e}")))
+    }
+}
+
+/// Our error for async-stripe's: the status and Stripe's own message, on one line (its
+/// `Display` prints the whole error object).
+fn describe(path: &str, e: StripeError) -> Error {
+    match e {
+        StripeError::Stripe(api, status) => {
+            Error::Stripe { status, message: format!("{path}: {}", api.message.as_deref().unwrap_or("no message")) }
         }
+        StripeError::Timeout => Error::StripeHttp(format!("{path}: no answer within {} s", TIMEOUT.as_secs())),
+        StripeError::ClientError(m) | StripeError::JSONDeserialize(m) => Error::StripeHttp(format!("{path}: {m}")),
+        StripeError::ConfigError(m) => Error::Config(format!("Stripe client: {m}")),
     }
 }
