@@ -5,27 +5,24 @@
 
 use pgrx::prelude::*;
 
-mod access;
-mod cache;
-mod cache_size;
 mod catalog;
 mod checks;
 mod clock;
-mod counting;
 mod error;
-mod identity;
-mod ledger;
 mod metering;
+mod postgres;
 mod rules;
-mod shape;
-mod stamped;
-mod statements;
+mod security;
 
 ::pgrx::pg_module_magic!();
 
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../../sql/security.sql", name = "security", requires = ["schema", identity::current_user_id]);
-extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security", identity::outer_role]);
+extension_sql_file!(
+    "../../sql/security.sql",
+    name = "security",
+    requires = ["schema", security::identity::current_user_id]
+);
+extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security", security::identity::outer_role]);
 extension_sql_file!("../../sql/cache.sql", name = "cache", requires = ["audit", checks::cache_touch]);
 extension_sql_file!(
     "../../sql/checked_json.sql",
@@ -43,7 +40,7 @@ extension_sql_file!("../../sql/grants.sql", name = "grants", requires = ["subscr
 extension_sql_file!(
     "../../sql/metering.sql",
     name = "metering",
-    requires = ["grants", metering::meter_limits, identity::outer_role, access::may_meter]
+    requires = ["grants", metering::limits::meter_limits, security::identity::outer_role, security::access::may_meter]
 );
 extension_sql_file!("../../sql/stripe.sql", name = "stripe", requires = ["subscriptions"]);
 extension_sql_file!("../../sql/maintenance.sql", name = "maintenance", requires = ["grants", checks::feature_limit]);
@@ -52,7 +49,7 @@ extension_sql_file!("../../sql/leases.sql", name = "leases", requires = ["retent
 extension_sql_file!(
     "../../sql/consume.sql",
     name = "consume",
-    requires = ["metering", counting::consume_fast, counting::take_pending]
+    requires = ["metering", metering::counting::consume_fast, metering::counting::take_pending]
 );
 extension_sql_file!("../../sql/privileges.sql", name = "privileges", finalize);
 

@@ -3,10 +3,10 @@
 //! admins of the customer's tenant. Shared by checks.rs and the metering functions, and
 //! written in Rust because metering asks on every call: the SQL version cost ~120 µs.
 
-use crate::cache;
+use crate::checks::cache;
 use crate::clock::Micros;
 use crate::error::Result;
-use crate::identity;
+use crate::security::identity;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, Uuid};
 

@@ -11,14 +11,14 @@
 //! is `entitlements._meter`, the one place those rules are written; this file never
 //! decides a refusal itself.
 
-use crate::access;
-use crate::cache;
+use crate::checks::cache;
 use crate::clock::{self, Micros};
 use crate::error::{OrRaise, Result};
-use crate::ledger;
-use crate::metering::{self, Window};
-use crate::stamped;
-use crate::statements::{self, arg, Statement};
+use crate::metering::ledger;
+use crate::metering::limits::{self, Window};
+use crate::metering::stamps;
+use crate::postgres::spi::{self, arg, Statement};
+use crate::security::access;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
 use std::cell::RefCell;
@@ -255,7 +255,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
         return Ok(None);
     }
     let owner = cache::owner()?;
-    let actor = crate::identity::current()?.map(Uuid::from_bytes);
+    let actor = crate::security::identity::current()?.map(Uuid::from_bytes);
     // SAFETY: this backend's PGPROC slot number, a plain read.
     let home = (unsafe { (*pg_sys::MyProc).pgprocno } % 16) as i16;
 
@@ -272,7 +272,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
     let cat = cache::catalog()?;
     let Some(idx) = cat.feature_index.get(feature).copied() else { return Ok(None) };
     let Some((windows, valid_until)) = cache::with_customer(id, now, |_, _, r| {
-        metering::windows(r.values[idx].as_ref(), now, r).map(|w| (w, r.valid_until))
+        limits::windows(r.values[idx].as_ref(), now, r).map(|w| (w, r.valid_until))
     })?
     else {
         return Ok(None);
@@ -309,13 +309,13 @@ fn count_on_stamped(
     amount: &AnyNumeric,
     actor: Option<Uuid>,
 ) -> Result<Option<Outcome>> {
-    let c = match stamped::count(customer, feature, amount) {
+    let c = match stamps::count(customer, feature, amount) {
         Ok(c) => c,
-        Err(stamped::Miss::Busy) => {
+        Err(stamps::Miss::Busy) => {
             mark_busy(customer.as_bytes());
             return Ok(None);
         }
-        Err(stamped::Miss::NotStamped) => return Ok(None),
+        Err(stamps::Miss::NotStamped) => return Ok(None),
     };
     let billing = (c.period == "billing_period").then(|| clock::to_timestamptz(c.window_start));
     let start = clock::to_timestamptz(c.window_start);
@@ -337,12 +337,12 @@ fn count_on_stamped(
             arg(billing),
             arg(actor),
         ];
-        statements::run(&RECORD, args, false)?;
+        spi::run(&RECORD, args, false)?;
     }
     let used = if c.cap == c.basis {
         c.used
     } else {
-        let rows = statements::run(&WINDOW_TOTAL, vec![arg(customer), arg(feature), arg(period), arg(start)], false)?;
+        let rows = spi::run(&WINDOW_TOTAL, vec![arg(customer), arg(feature), arg(period), arg(start)], false)?;
         (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten().ok_or_else(|| corrupt("a window's total"))?
     };
     let limit = f64::try_from(c.basis).ok().filter(|l| l.is_finite());
@@ -381,9 +381,9 @@ fn count_all(
         ];
         let rows = if windows.len() == 1 {
             args.push(arg(actor));
-            statements::run(&COUNT_AND_RECORD, args, false)?
+            spi::run(&COUNT_AND_RECORD, args, false)?
         } else {
-            statements::run(&COUNT_ON_STRIPE, args, false)?
+            spi::run(&COUNT_ON_STRIPE, args, false)?
         };
         let mut total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
         recorded = windows.len() == 1 && total.is_some();
@@ -400,7 +400,7 @@ fn count_all(
                 arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
                 arg(stamp.sole),
             ];
-            let rows = statements::run(&OPEN_WINDOW, args, false)?;
+            let rows = spi::run(&OPEN_WINDOW, args, false)?;
             total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
         }
         let Some(total) = total else {
@@ -427,11 +427,7 @@ fn basis(limit: Option<f64>) -> Result<AnyNumeric> {
 fn record(customer: Uuid, feature: &str, amount: AnyNumeric, windows: &[Window], actor: Option<Uuid>) -> Result<()> {
     let periods: Vec<&str> = windows.iter().map(|w| w.meter.period.as_str()).collect();
     let billing = windows.iter().find(|w| w.meter.period == "billing_period").map(|w| clock::to_timestamptz(w.start));
-    statements::run(
-        &RECORD,
-        vec![arg(customer), arg(feature), arg(amount), arg(periods), arg(billing), arg(actor)],
-        false,
-    )?;
+    spi::run(&RECORD, vec![arg(customer), arg(feature), arg(amount), arg(periods), arg(billing), arg(actor)], false)?;
     Ok(())
 }
 

@@ -2,13 +2,15 @@
 //! resolved view for a profile page), the Supabase access-token hook, and the limit
 //! lookup the seat check uses. All read through the per-backend cache (cache.rs).
 
-use crate::access;
-use crate::cache;
+pub mod cache;
+pub mod cache_size;
+
 use crate::clock::{self, Micros};
 use crate::error::{Error, OrRaise, Result};
-use crate::identity;
-use crate::metering;
+use crate::metering::limits;
 use crate::rules::{Catalog, CustomerData, Kind, Resolved, Value};
+use crate::security::access;
+use crate::security::identity;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{json, Map, Value as Json};
@@ -107,7 +109,7 @@ fn feature_json(
             out["unlimited"] = json!(false);
         }
         (Kind::Metered, v) => {
-            let windows = metering::windows(v, now, r).unwrap_or_default();
+            let windows = limits::windows(v, now, r).unwrap_or_default();
             let limits: Vec<Json> = windows
                 .iter()
                 .map(|w| {
@@ -218,7 +220,7 @@ fn entitlements_view(customer: default!(Option<Uuid>, "entitlements.current_user
     let id = bytes(&customer);
     let now = clock::statement_now();
     ensure_can_read(&id, now).or_raise();
-    let usage = metering::usage(&id).or_raise();
+    let usage = limits::usage(&id).or_raise();
     JsonB(cache::with_customer(&id, now, |cat, data, r| render(&id, cat, data, r, now, &usage)).or_raise())
 }
 

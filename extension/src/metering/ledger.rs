@@ -14,7 +14,7 @@
 //! on plain columns only. Otherwise `false`, and the caller
 //! inserts through SPI.
 
-use crate::stamped::column;
+use crate::postgres::relation::{column, lookup, Index, Slot, Table};
 use pgrx::{pg_sys, AnyNumeric, IntoDatum, Uuid};
 use std::ffi::CStr;
 
@@ -48,52 +48,41 @@ const COLUMNS: [&CStr; 13] = [
 
 /// Write the row; false when nothing was written and the caller must use SPI.
 pub fn record(row: &Row) -> bool {
-    // SAFETY: catalog lookups and relations opened and closed here. An ERROR inside
+    // SAFETY: catalog lookups and relations opened behind guards. An ERROR inside
     // aborts the transaction, whose cleanup releases what is still held.
     unsafe {
         if pg_sys::XactReadOnly {
             return false;
         }
-        let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
-        let ledger = pg_sys::get_relname_relid(c"usage_ledger".as_ptr(), nsp);
-        let sequence = pg_sys::get_relname_relid(c"usage_ledger_id_seq".as_ptr(), nsp);
-        if ledger == pg_sys::InvalidOid || sequence == pg_sys::InvalidOid {
+        let (Some(ledger), Some(sequence)) = (lookup(c"usage_ledger"), lookup(c"usage_ledger_id_seq")) else {
             return false;
-        }
-        let lockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-        let parent = pg_sys::table_open(ledger, lockmode);
-        let at = pg_sys::GetCurrentStatementStartTimestamp();
-        let target = if crate::shape::fits(ledger) { partition_for(parent, at) } else { None };
-        let written = match target {
-            Some(oid) => {
-                let part = pg_sys::table_open(oid, lockmode);
-                // Locking the partition processed what changed meanwhile: a partition
-                // attached concurrently (its ATTACH held the default partition until it
-                // committed) now takes `at`, and the row must not land in the default.
-                let written = crate::shape::fits(oid)
-                    && partition_for(parent, at) == Some(oid)
-                    && insert_into(part, sequence, at, row);
-                pg_sys::table_close(part, pg_sys::NoLock as pg_sys::LOCKMODE);
-                written
-            }
-            None => false,
         };
-        pg_sys::table_close(parent, pg_sys::NoLock as pg_sys::LOCKMODE);
-        written
+        let parent = Table::open(ledger, pg_sys::RowExclusiveLock);
+        let at = pg_sys::GetCurrentStatementStartTimestamp();
+        let Some(oid) = (if crate::postgres::shape::fits(ledger) { partition_for(&parent, at) } else { None }) else {
+            return false;
+        };
+        let part = Table::open(oid, pg_sys::RowExclusiveLock);
+        // Locking the partition processed what changed meanwhile: a partition attached
+        // concurrently (its ATTACH held the default partition until it committed) now
+        // takes `at`, and the row must not land in the default.
+        crate::postgres::shape::fits(oid)
+            && partition_for(&parent, at) == Some(oid)
+            && insert_into(&part, sequence, at, row)
     }
 }
 
 /// The leaf partition of the ledger that takes a row at `at`, if the ledger is still
 /// partitioned by range on `at` alone and nothing runs on an insert into it.
-unsafe fn partition_for(parent: pg_sys::Relation, at: pg_sys::TimestampTz) -> Option<pg_sys::Oid> {
-    if !(*parent).trigdesc.is_null() || !(*parent).rd_rules.is_null() || (*(*parent).rd_rel).relforcerowsecurity {
+unsafe fn partition_for(parent: &Table, at: pg_sys::TimestampTz) -> Option<pg_sys::Oid> {
+    if !parent.is_bare() {
         return None;
     }
-    let at_column = column((*parent).rd_att, c"at")? as i16 + 1;
-    if !range_on((*parent).rd_id, at_column) {
+    let at_column = column(parent.desc(), c"at")? as i16 + 1;
+    if !range_on((*parent.rel()).rd_id, at_column) {
         return None;
     }
-    let desc = pg_sys::RelationGetPartitionDesc(parent, true);
+    let desc = pg_sys::RelationGetPartitionDesc(parent.rel(), true);
     if desc.is_null() {
         return None;
     }
@@ -143,13 +132,11 @@ unsafe fn range_on(relid: pg_sys::Oid, attnum: i16) -> bool {
     strategy_ok && attrs_ok
 }
 
-unsafe fn insert_into(part: pg_sys::Relation, sequence: pg_sys::Oid, at: pg_sys::TimestampTz, row: &Row) -> bool {
-    let desc = (*part).rd_att;
+unsafe fn insert_into(part: &Table, sequence: pg_sys::Oid, at: pg_sys::TimestampTz, row: &Row) -> bool {
+    let desc = part.desc();
     let constr = (*desc).constr;
-    if (*(*part).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION
-        || !(*part).trigdesc.is_null()
-        || !(*part).rd_rules.is_null()
-        || (*(*part).rd_rel).relforcerowsecurity
+    if (*(*part.rel()).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION
+        || !part.is_bare()
         || (!constr.is_null() && ((*constr).num_check > 0 || (*constr).has_generated_stored))
     {
         return false;
@@ -202,62 +189,25 @@ unsafe fn insert_into(part: pg_sys::Relation, sequence: pg_sys::Oid, at: pg_sys:
     set(12, Some(pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value as i64)));
 
     let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-    pg_sys::heap_insert(part, tuple, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
-    let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
-    pg_sys::ExecStoreHeapTuple(tuple, slot, false);
-    for (index, info) in indexes {
-        let mut key = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
-        let mut key_nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
-        // No estate: plain columns only (plain_indexes).
-        pg_sys::FormIndexDatum(info, slot, std::ptr::null_mut(), key.as_mut_ptr(), key_nulls.as_mut_ptr());
-        let check = if (*(*index).rd_index).indisunique {
-            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
-        } else {
-            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
-        };
-        pg_sys::index_insert(
-            index,
-            key.as_mut_ptr(),
-            key_nulls.as_mut_ptr(),
-            &mut (*tuple).t_self,
-            part,
-            check,
-            false,
-            info,
-        );
-        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    pg_sys::heap_insert(part.rel(), tuple, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+    let slot = Slot::holding(part, tuple);
+    for index in &indexes {
+        index.insert(part, slot.ptr(), tuple, false);
     }
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
     true
 }
 
-/// The partition's indexes, open, if each is on plain columns, immediate and without an
-/// exclusion constraint; None (all closed again) otherwise.
-unsafe fn plain_indexes(part: pg_sys::Relation) -> Option<Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo)>> {
-    let list = pg_sys::RelationGetIndexList(part);
+/// The partition's indexes, open, if each is plain (Index::is_plain); None otherwise.
+unsafe fn plain_indexes(part: &Table) -> Option<Vec<Index>> {
+    let list = pg_sys::RelationGetIndexList(part.rel());
     let n = pg_sys::list_length(list);
     let mut open = Vec::with_capacity(n as usize);
-    let mut plain = true;
     for i in 0..n {
-        let oid = pg_sys::list_nth_oid(list, i);
-        let index = pg_sys::index_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        let info = pg_sys::BuildIndexInfo(index);
-        open.push((index, info));
-        if !(*info).ii_Expressions.is_null()
-            || !(*info).ii_Predicate.is_null()
-            || !(*info).ii_ExclusionOps.is_null()
-            || !(*(*index).rd_index).indimmediate
-            || !(*(*index).rd_index).indisvalid
-            || !(*(*index).rd_index).indisready
-        {
-            plain = false;
+        let index = Index::open(pg_sys::list_nth_oid(list, i), pg_sys::RowExclusiveLock);
+        if !index.is_plain() {
+            return None;
         }
+        open.push(index);
     }
-    if plain {
-        return Some(open);
-    }
-    for (index, _) in open {
-        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-    }
-    None
+    Some(open)
 }

@@ -18,8 +18,8 @@
 //! any of these; then the normal path, through the executor, takes over).
 
 use crate::clock::{self, Micros};
+use crate::postgres::relation::{column, deform, lookup, Index, Slot, Table};
 use pgrx::{pg_sys, AnyNumeric, FromDatum, IntoDatum, Uuid};
-use std::ffi::CStr;
 
 /// Stripe 0 of the window after counting on it.
 pub struct Counted {
@@ -43,19 +43,16 @@ pub enum Miss {
 /// is current, it was the feature's sole limited period and it has room.
 pub fn count(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Counted, Miss> {
     // SAFETY: catalog lookups, a snapshot pushed and popped around the work, relations
-    // opened and closed here. An ERROR inside aborts the transaction, whose cleanup
-    // releases what is still held (locks, pins, relation references, the snapshot).
+    // opened behind guards. An ERROR inside aborts the transaction, whose cleanup
+    // releases what is still held (locks, pins, the snapshot).
     unsafe {
         // A read-only transaction (or a standby) must get the executor's error.
         if pg_sys::XactReadOnly {
             return Err(Miss::NotStamped);
         }
-        let nsp = pg_sys::get_namespace_oid(c"entitlements".as_ptr(), true);
-        let counters = pg_sys::get_relname_relid(c"usage_counters".as_ptr(), nsp);
-        let version = pg_sys::get_relname_relid(c"cache_version".as_ptr(), nsp);
-        if counters == pg_sys::InvalidOid || version == pg_sys::InvalidOid {
+        let (Some(counters), Some(version)) = (lookup(c"usage_counters"), lookup(c"cache_version")) else {
             return Err(Miss::NotStamped);
-        }
+        };
         // As SPI does before a statement that writes: see this transaction's own
         // earlier changes, under a snapshot taken now (READ COMMITTED).
         pg_sys::CommandCounterIncrement();
@@ -87,16 +84,6 @@ struct Columns {
     sole: usize,
 }
 
-/// The 0-based position of a live column, by name.
-pub(crate) unsafe fn column(desc: pg_sys::TupleDesc, name: &CStr) -> Option<usize> {
-    let natts = (*desc).natts as usize;
-    (*desc)
-        .attrs
-        .as_slice(natts)
-        .iter()
-        .position(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)
-}
-
 unsafe fn columns(desc: pg_sys::TupleDesc) -> Option<Columns> {
     Some(Columns {
         customer_id: column(desc, c"customer_id")?,
@@ -116,9 +103,9 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Option<Columns> {
 
 /// entitlements.cache_version as `snapshot` sees it.
 unsafe fn current_version(relid: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Option<i64> {
-    let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-    let desc = (*rel).rd_att;
-    let scan = pg_sys::table_beginscan(rel, snapshot, 0, std::ptr::null_mut());
+    let table = Table::open(relid, pg_sys::AccessShareLock);
+    let desc = table.desc();
+    let scan = pg_sys::table_beginscan(table.rel(), snapshot, 0, std::ptr::null_mut());
     let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
     let version = match column(desc, c"version") {
         Some(at) if !tuple.is_null() => {
@@ -128,26 +115,17 @@ unsafe fn current_version(relid: pg_sys::Oid, snapshot: pg_sys::Snapshot) -> Opt
         _ => None,
     };
     pg_sys::table_endscan(scan);
-    pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
     version
-}
-
-unsafe fn deform(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> (Vec<pg_sys::Datum>, Vec<bool>) {
-    let natts = (*desc).natts as usize;
-    let mut values = vec![pg_sys::Datum::from(0usize); natts];
-    let mut nulls = vec![true; natts];
-    pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-    (values, nulls)
 }
 
 /// May usage_counters be updated without the executor (module comment)? Its primary key
 /// if so.
-unsafe fn bare_primary_key(rel: pg_sys::Relation) -> Option<pg_sys::Oid> {
-    if !(*rel).trigdesc.is_null() || !(*rel).rd_rules.is_null() || (*(*rel).rd_rel).relforcerowsecurity {
+unsafe fn bare_primary_key(table: &Table) -> Option<pg_sys::Oid> {
+    if !table.is_bare() {
         return None;
     }
-    let indexes = pg_sys::RelationGetIndexList(rel);
-    let pk = pg_sys::RelationGetPrimaryKeyIndex(rel);
+    let indexes = pg_sys::RelationGetIndexList(table.rel());
+    let pk = pg_sys::RelationGetPrimaryKeyIndex(table.rel());
     (pg_sys::list_length(indexes) == 1 && pk != pg_sys::InvalidOid).then_some(pk)
 }
 
@@ -159,26 +137,21 @@ unsafe fn count_on(
     feature: &str,
     amount: &AnyNumeric,
 ) -> Result<Counted, Miss> {
-    let lockmode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-    let rel = pg_sys::table_open(relid, lockmode);
-    let desc = (*rel).rd_att;
-    let fit = crate::shape::fits(relid);
-    let Some((cols, pk_oid)) = columns(desc).filter(|_| fit).and_then(|c| bare_primary_key(rel).map(|pk| (c, pk)))
+    let table = Table::open(relid, pg_sys::RowExclusiveLock);
+    let fit = crate::postgres::shape::fits(relid);
+    let Some((cols, pk_oid)) =
+        columns(table.desc()).filter(|_| fit).and_then(|c| bare_primary_key(&table).map(|pk| (c, pk)))
     else {
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         return Err(Miss::NotStamped);
     };
-    let pk = pg_sys::index_open(pk_oid, lockmode);
-    let counted = find_and_count(rel, pk, &cols, snapshot, version, customer, feature, amount);
-    pg_sys::index_close(pk, pg_sys::NoLock as pg_sys::LOCKMODE);
-    pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-    counted
+    let pk = Index::open(pk_oid, pg_sys::RowExclusiveLock);
+    find_and_count(&table, &pk, &cols, snapshot, version, customer, feature, amount)
 }
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn find_and_count(
-    rel: pg_sys::Relation,
-    pk: pg_sys::Relation,
+    table: &Table,
+    pk: &Index,
     cols: &Columns,
     snapshot: pg_sys::Snapshot,
     version: i64,
@@ -186,13 +159,13 @@ unsafe fn find_and_count(
     feature: &str,
     amount: &AnyNumeric,
 ) -> Result<Counted, Miss> {
-    let index = &*(*pk).rd_index;
+    let index = &*(*pk.rel()).rd_index;
     let keys_lead = index.indkey.values.as_slice(2);
     if index.indnkeyatts < 2 || keys_lead != [cols.customer_id as i16 + 1, cols.feature_key as i16 + 1] {
         return Err(Miss::NotStamped);
     }
     let read = || -> Option<_> {
-        let (found, values, nulls) = find(rel, pk, cols, snapshot, version, customer, feature)?;
+        let (found, values, nulls) = find(table, pk, cols, snapshot, version, customer, feature)?;
         let used = AnyNumeric::from_datum(values[cols.used], nulls[cols.used])?;
         let cap = AnyNumeric::from_datum(values[cols.cap], nulls[cols.cap])?;
         let basis = AnyNumeric::from_datum(values[cols.basis], nulls[cols.basis])?;
@@ -207,7 +180,7 @@ unsafe fn find_and_count(
     };
 
     // The new version of the row: only `used` changes.
-    let natts = (*(*rel).rd_att).natts as usize;
+    let natts = (*table.desc()).natts as usize;
     let mut replace = vec![false; natts];
     let mut new_values = vec![pg_sys::Datum::from(0usize); natts];
     let mut new_nulls = vec![false; natts];
@@ -215,7 +188,7 @@ unsafe fn find_and_count(
     new_values[cols.used] = after.clone().into_datum().ok_or(Miss::NotStamped)?;
     let newtup = pg_sys::heap_modify_tuple(
         found,
-        (*rel).rd_att,
+        table.desc(),
         new_values.as_mut_ptr(),
         new_nulls.as_mut_ptr(),
         replace.as_mut_ptr(),
@@ -224,7 +197,7 @@ unsafe fn find_and_count(
     let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
     let mut tuple_lock: pg_sys::LockTupleMode::Type = 0;
     let result = pg_sys::heap_update(
-        rel,
+        table.rel(),
         &mut otid,
         newtup,
         pg_sys::GetCurrentCommandId(true),
@@ -239,8 +212,10 @@ unsafe fn find_and_count(
         return Err(Miss::Busy);
     }
     if (*(*newtup).t_data).t_infomask2 as u32 & pg_sys::HEAP_ONLY_TUPLE == 0 {
-        // Not a HOT update: the primary key needs an entry for the new version.
-        index_new_version(rel, pk, newtup);
+        // Not a HOT update: the primary key needs an entry for the new version (its key
+        // columns did not change).
+        let slot = Slot::holding(table, newtup);
+        pk.insert(table, slot.ptr(), newtup, true);
     }
     Ok(Counted {
         basis,
@@ -255,8 +230,8 @@ unsafe fn find_and_count(
 /// The current stamped stripe 0 of (customer, feature), copied, with its columns.
 #[allow(clippy::type_complexity)]
 unsafe fn find(
-    rel: pg_sys::Relation,
-    pk: pg_sys::Relation,
+    table: &Table,
+    pk: &Index,
     cols: &Columns,
     snapshot: pg_sys::Snapshot,
     version: i64,
@@ -268,16 +243,16 @@ unsafe fn find(
     pg_sys::ScanKeyInit(&mut keys[0], 1, strategy, pg_sys::Oid::from(pg_sys::F_UUID_EQ), customer.into_datum()?);
     pg_sys::ScanKeyInit(&mut keys[1], 2, strategy, pg_sys::Oid::from(pg_sys::F_TEXTEQ), feature.into_datum()?);
     // Compare as the index sorts (ScanKeyInit assumes the C collation).
-    keys[1].sk_collation = *(*pk).rd_indcollation.add(1);
-    let scan = pg_sys::index_beginscan(rel, pk, snapshot, 2, 0);
+    keys[1].sk_collation = *(*pk.rel()).rd_indcollation.add(1);
+    let scan = pg_sys::index_beginscan(table.rel(), pk.rel(), snapshot, 2, 0);
     pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let slot = pg_sys::table_slot_create(table.rel(), std::ptr::null_mut());
     let now = pg_sys::GetCurrentStatementStartTimestamp();
     let mut found = None;
     while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
         let mut should_free = false;
         let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-        let (values, nulls) = deform(tuple, (*rel).rd_att);
+        let (values, nulls) = deform(tuple, table.desc());
         let int2 = |c: usize| i16::from_datum(values[c], nulls[c]);
         let int8 = |c: usize| i64::from_datum(values[c], nulls[c]);
         let current = int2(cols.stripe) == Some(0)
@@ -289,7 +264,7 @@ unsafe fn find(
         if current {
             // Copied: the slot's tuple lives in a shared buffer only while pinned.
             let copy = pg_sys::heap_copytuple(tuple);
-            let (values, nulls) = deform(copy, (*rel).rd_att);
+            let (values, nulls) = deform(copy, table.desc());
             found = Some((copy, values, nulls));
             break;
         }
@@ -297,27 +272,4 @@ unsafe fn find(
     pg_sys::ExecDropSingleTupleTableSlot(slot);
     pg_sys::index_endscan(scan);
     found
-}
-
-/// Insert the primary-key entry for a new row version (what the executor does after a
-/// non-HOT UPDATE; CatalogIndexInsert does the same for catalogs).
-unsafe fn index_new_version(rel: pg_sys::Relation, pk: pg_sys::Relation, tuple: pg_sys::HeapTuple) {
-    let info = pg_sys::BuildIndexInfo(pk);
-    let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsHeapTuple);
-    pg_sys::ExecStoreHeapTuple(tuple, slot, false);
-    let mut values = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
-    let mut nulls = [false; pg_sys::INDEX_MAX_KEYS as usize];
-    // No estate: the key has plain columns only (no expression, no predicate).
-    pg_sys::FormIndexDatum(info, slot, std::ptr::null_mut(), values.as_mut_ptr(), nulls.as_mut_ptr());
-    pg_sys::index_insert(
-        pk,
-        values.as_mut_ptr(),
-        nulls.as_mut_ptr(),
-        &mut (*tuple).t_self,
-        rel,
-        pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
-        true,
-        info,
-    );
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
 }

@@ -22,7 +22,7 @@ const PER_ALLOCATION: usize = 16;
 /// The bytes a cached customer takes once resolved, for a catalog of `features`.
 pub fn customer(data: &CustomerData, features: usize) -> usize {
     // Map slot (key + entry), at the map's load factor of 7/8.
-    let slot = (16 + size_of::<crate::cache::CustomerEntry>()) * 8 / 7;
+    let slot = (16 + size_of::<crate::checks::cache::CustomerEntry>()) * 8 / 7;
     let resolved = size_of::<crate::rules::Resolved>()
         + features * (size_of::<Option<crate::rules::Value>>() + size_of::<bool>() + PER_FEATURE_HEAP);
     slot + party(&data.own)

@@ -75,10 +75,10 @@ fn speaks_for_users(role: pg_sys::Oid, restricted: bool) -> Result<bool> {
     if restricted {
         return Ok(false);
     }
-    let owner = crate::cache::owner()?;
+    let owner = crate::checks::cache::owner()?;
     // SAFETY: syscache lookups inside a transaction.
     let superuser_or_owner = unsafe { pg_sys::superuser_arg(role) || pg_sys::has_privs_of_role(role, owner) };
-    Ok(superuser_or_owner || crate::access::has_privs_of_named_role(role, c"entitlements_api"))
+    Ok(superuser_or_owner || crate::security::access::has_privs_of_named_role(role, c"entitlements_api"))
 }
 
 thread_local! {

@@ -15,8 +15,8 @@
 
 use crate::clock::Micros;
 use crate::error::{Error, Result};
+use crate::postgres::spi::{self, Statement};
 use crate::rules::{Catalog, CustomerData, Feature, Grant, Kind, Party, Plan, Resolved, Subscription};
-use crate::statements::{self, Statement};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB, Uuid};
@@ -141,7 +141,7 @@ const READ_VERSION: Statement = Statement { sql: "select c.version from entitlem
 /// Version and owner of the extension's schema (from the syscache).
 fn read_version() -> Result<(i64, pg_sys::Oid)> {
     let version = Spi::connect(|_| {
-        let rows = statements::run(&READ_VERSION, vec![], true)?;
+        let rows = spi::run(&READ_VERSION, vec![], true)?;
         (!rows.is_empty())
             .then(|| rows.get::<i64>(0, 1))
             .flatten()
@@ -247,7 +247,7 @@ fn entry<'a>(st: &'a mut State, customer: &[u8; 16]) -> Result<&'a mut CustomerE
     if !st.customers.contains_key(customer) {
         let data = load_customer(st.owner, customer)?;
         let features = st.catalog.as_ref().map_or(0, |c| c.features.len());
-        let size = crate::cache_size::customer(&data, features);
+        let size = crate::checks::cache_size::customer(&data, features);
         let budget = budget_bytes();
         if st.bytes + size > budget {
             // Make room for a tenth of the budget at once, so a scan over many customers
@@ -343,8 +343,8 @@ pub fn load_as_owner(st: &Statement, arg: Option<Uuid>) -> Result<Json> {
 fn load_json(owner: pg_sys::Oid, st: &Statement, arg: Option<Uuid>) -> Result<Json> {
     as_owner(owner, || {
         Spi::connect(|_| {
-            let args = if st.args.is_empty() { vec![] } else { vec![statements::arg(arg)] };
-            let rows = statements::run(st, args, true)?;
+            let args = if st.args.is_empty() { vec![] } else { vec![spi::arg(arg)] };
+            let rows = spi::run(st, args, true)?;
             Ok(if rows.is_empty() { Json::Null } else { rows.get::<JsonB>(0, 1).map_or(Json::Null, |j| j.0) })
         })
     })
@@ -435,7 +435,7 @@ fn micros(t: Option<TimestampWithTimeZone>) -> Option<Micros> {
 
 fn load_party(id: [u8; 16]) -> Result<Party> {
     let uuid = Uuid::from_bytes(id);
-    let rows = statements::run(&LOAD_SUBSCRIPTIONS, vec![statements::arg(uuid)], true)?;
+    let rows = spi::run(&LOAD_SUBSCRIPTIONS, vec![spi::arg(uuid)], true)?;
     let mut subscriptions = Vec::with_capacity(rows.len());
     for i in 0..rows.len() {
         let (Some(id), Some(plan), Some(status)) = (rows.get(i, 1), rows.get(i, 2), rows.get(i, 3)) else {
@@ -453,7 +453,7 @@ fn load_party(id: [u8; 16]) -> Result<Party> {
             status_changed_at: micros(rows.get(i, 9)).unwrap_or(0),
         });
     }
-    let rows = statements::run(&LOAD_GRANTS, vec![statements::arg(uuid)], true)?;
+    let rows = spi::run(&LOAD_GRANTS, vec![spi::arg(uuid)], true)?;
     let mut grants = Vec::with_capacity(rows.len());
     for i in 0..rows.len() {
         let Some(kind) = rows.get::<String>(i, 1) else { return Err(corrupt("a grant")) };
@@ -472,7 +472,7 @@ fn load_customer(owner: pg_sys::Oid, customer: &[u8; 16]) -> Result<CustomerData
     let uuid = Uuid::from_bytes(*customer);
     as_owner(owner, || {
         Spi::connect(|_| {
-            let rows = statements::run(&LOAD_MEMBERSHIPS, vec![statements::arg(uuid)], true)?;
+            let rows = spi::run(&LOAD_MEMBERSHIPS, vec![spi::arg(uuid)], true)?;
             let mut memberships = Vec::with_capacity(rows.len());
             for i in 0..rows.len() {
                 let (Some(org), Some(role)) = (rows.get::<Uuid>(i, 1), rows.get::<String>(i, 2)) else {
@@ -485,7 +485,7 @@ fn load_customer(owner: pg_sys::Oid, customer: &[u8; 16]) -> Result<CustomerData
                 memberships.into_iter().map(|(org, role)| Ok((load_party(org)?, role))).collect::<Result<Vec<_>>>()?;
             // A customer with a subscription or a grant exists; ask only otherwise.
             let exists = !own.subscriptions.is_empty() || !own.grants.is_empty() || {
-                let rows = statements::run(&LOAD_EXISTS, vec![statements::arg(uuid)], true)?;
+                let rows = spi::run(&LOAD_EXISTS, vec![spi::arg(uuid)], true)?;
                 !rows.is_empty() && rows.get::<bool>(0, 1) == Some(true)
             };
             Ok(CustomerData { exists, own, organizations })

@@ -2,11 +2,11 @@
 //! right now, each with the counting window it applies to. Counting itself (atomic striped counters, the ledger,
 //! idempotency, concurrency slots) is SQL in sql/metering.sql; this file never writes.
 
-use crate::cache;
+use crate::checks::cache;
 use crate::clock::{self, Micros};
 use crate::error::{Error, OrRaise, Result};
+use crate::postgres::spi::Statement;
 use crate::rules::{Catalog, Kind, Meter, Resolved, Value};
-use crate::statements::Statement;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, Uuid};
 
@@ -92,7 +92,7 @@ fn meter_limits(
     let Some(customer) = customer else { Error::NullValue("customer must not be NULL".into()).raise() };
     let Some(feature) = feature else { Error::NullValue("feature must not be NULL".into()).raise() };
     let now = clock::statement_now();
-    crate::access::require_may_act_for(customer.as_bytes(), now).or_raise();
+    crate::security::access::require_may_act_for(customer.as_bytes(), now).or_raise();
     let cat = cache::catalog().or_raise();
     let idx = metered_index(&cat, feature).or_raise();
     let rows = cache::with_customer(customer.as_bytes(), now, |_, _, r| windows(r.values[idx].as_ref(), now, r))
