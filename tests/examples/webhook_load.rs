@@ -5,40 +5,34 @@
 //!
 //!   webhook_load --url http://127.0.0.1:PORT/webhooks/stripe --secret whsec_... \
 //!                --database-url postgres://... [--events 20000] [--connections 16] [--raw]
-use hmac::{Hmac, KeyInit, Mac};
-use serde_json::json;
-use sha2::Sha256;
+use integration_tests::stripe::{now, signature, subscription};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 /// Event `i`: an update of one of `subs` subscriptions; later events are newer states.
 fn event(run: &str, i: usize, subs: usize, t0: i64) -> String {
     let s = i % subs;
     let status = if (i / subs).is_multiple_of(2) { "active" } else { "past_due" };
-    json!({"id": format!("evt_{run}_{i}"), "object": "event", "type": "customer.subscription.updated",
-           "created": t0 + (i / subs) as i64, "api_version": "2025-03-31.basil", "livemode": false,
-           "data": {"object": {"id": format!("sub_bench{s}"), "object": "subscription", "customer": format!("cus_bench{s}"),
-               "status": status, "cancel_at_period_end": false, "metadata": {},
-               "items": {"object": "list", "data": [{"id": format!("si_bench{s}"), "object": "subscription_item",
-                   "price": {"id": "price_pro_monthly", "object": "price"}, "quantity": 1,
-                   "current_period_start": t0 - 86400, "current_period_end": t0 + 29 * 86400}]}}}})
-    .to_string()
-}
-
-fn sign(secret: &str, t: i64, body: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.{body}").as_bytes());
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    let sub = subscription(
+        &format!("sub_bench{s}"),
+        &format!("cus_bench{s}"),
+        "price_pro_monthly",
+        status,
+        t0 - 86400,
+        t0 + 29 * 86400,
+    );
+    integration_tests::stripe::event(
+        &format!("evt_{run}_{i}"),
+        "customer.subscription.updated",
+        t0 + (i / subs) as i64,
+        sub,
+    )
 }
 
 #[tokio::main]
@@ -77,7 +71,7 @@ async fn main() {
                     let r = http
                         .post(url.as_deref().expect("--url"))
                         .header("content-type", "application/json")
-                        .header("Stripe-Signature", sign(secret.as_deref().expect("--secret"), now(), body))
+                        .header("Stripe-Signature", signature(secret.as_deref().expect("--secret"), now(), body))
                         .body(body.clone())
                         .send()
                         .await

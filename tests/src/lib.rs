@@ -1,1 +1,26 @@
-//! Integration tests live in tests/tests; see tests/README.
+//! The fixtures every integration test in tests/tests uses (and the webhook load generator in
+//! tests/examples): one place for the cluster, the worker process, localstripe and Stripe
+//! payloads, so a test file says only what it tests.
+//!
+//! - [`TestDb`]: a fresh database per test in the cluster at ENTITLEMENTS_TEST_ADMIN_URL, with
+//!   the extension created and the demo catalog (examples/catalog.json) applied.
+//! - [`Worker`]: `entitlements-worker` as a child process with a clean environment: spawned on a
+//!   free port, ready once /healthz answers, its stderr captured, stopped with SIGTERM.
+//! - [`LocalStripe`]: PyPI localstripe on a free port, ready once it answers.
+//! - [`stripe`]: events and subscriptions as Stripe shapes them, and `Stripe-Signature`
+//!   computed here (hmac/sha2), independently of the worker's code.
+//! - [`FakeHttp`]: a scripted HTTP/1.1 server that records what it was asked.
+//! - [`eventually`], [`TestDb::wait_until`], [`race`]: waiting for a condition with a bound,
+//!   never a fixed sleep; sessions that start racing together.
+mod db;
+mod http;
+mod localstripe;
+pub mod stripe;
+mod wait;
+mod worker;
+
+pub use db::{admin_url, demo_catalog, has_feature, sqlstate, subscribe, TestDb, DEMO_CATALOG};
+pub use http::{free_addr, free_port, get_json, http_get, FakeHttp, Request};
+pub use localstripe::LocalStripe;
+pub use wait::{eventually, race, WAIT};
+pub use worker::{sample, worker_bin, worker_command, Worker, WORKER_SETTINGS};

@@ -2,26 +2,9 @@
 //! never overshoot, every limit of a feature binds together, an idempotency key sent by
 //! many sessions at once counts once, counters equal the ledger, and concurrency slots
 //! are shared across sessions and freed by commit and by a crashed backend.
-mod common;
-
-use common::*;
+use integration_tests::*;
 use sqlx::{Connection, Executor};
-use std::sync::Arc;
-use tokio::sync::Barrier;
 use uuid::Uuid;
-
-async fn override_api(db: &TestDb, customer: Uuid, limits: serde_json::Value) {
-    sqlx::query("select entitlements.override_feature($1, 'api_requests', $2, reason => 'race test')")
-        .bind(customer)
-        .bind(limits)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-}
-
-async fn drift(db: &TestDb) -> i64 {
-    sqlx::query_scalar("select count(*) from entitlements.usage_drift()").fetch_one(&db.pool).await.unwrap()
-}
 
 async fn used(db: &TestDb, customer: Uuid) -> f64 {
     sqlx::query_scalar("select (entitlements.check($1, 'api_requests')).used::float8")
@@ -33,14 +16,12 @@ async fn used(db: &TestDb, customer: Uuid) -> f64 {
 
 /// `clients` sessions each make `attempts` consumes of one unit, each in its own
 /// transaction that stays open briefly (so commits overlap). Returns (allowed, refused).
-async fn race(db: &TestDb, customer: Uuid, clients: usize, attempts: usize) -> (usize, usize) {
-    let barrier = Arc::new(Barrier::new(clients));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (url, barrier) = (db.url.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
+async fn race_to_consume(db: &TestDb, customer: Uuid, clients: usize, attempts: usize) -> (usize, usize) {
+    let outcomes = race(clients, |_, start| {
+        let url = db.url.clone();
+        async move {
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            barrier.wait().await;
+            start.wait().await;
             let (mut ok, mut refused) = (0, 0);
             for _ in 0..attempts {
                 conn.execute("begin").await.unwrap();
@@ -62,27 +43,22 @@ async fn race(db: &TestDb, customer: Uuid, clients: usize, attempts: usize) -> (
                 }
             }
             (ok, refused)
-        }));
-    }
-    let mut total = (0, 0);
-    for t in tasks {
-        let (ok, refused) = t.await.unwrap();
-        total.0 += ok;
-        total.1 += refused;
-    }
-    total
+        }
+    })
+    .await;
+    outcomes.into_iter().fold((0, 0), |(ok, refused), (o, r)| (ok + o, refused + r))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_sessions_never_overshoot() {
-    let db = fresh_db("meter_race").await;
+    let db = TestDb::create("meter_race").await;
     let customer = Uuid::new_v4();
-    override_api(&db, customer, serde_json::json!([{"limit": 300, "period": "day"}])).await;
-    let (ok, refused) = race(&db, customer, 32, 20).await;
+    db.override_feature(customer, "api_requests", serde_json::json!([{"limit": 300, "period": "day"}])).await;
+    let (ok, refused) = race_to_consume(&db, customer, 32, 20).await;
     assert_eq!(ok, 300, "exactly the limit went through");
     assert_eq!(refused, 32 * 20 - 300);
     assert_eq!(used(&db, customer).await, 300.0);
-    assert_eq!(drift(&db).await, 0, "counters equal the ledger");
+    assert_eq!(db.usage_drift().await, 0, "counters equal the ledger");
     let stripes: i64 = sqlx::query_scalar("select count(*) from entitlements.usage_counters where customer_id = $1")
         .bind(customer)
         .fetch_one(&db.pool)
@@ -93,50 +69,48 @@ async fn racing_sessions_never_overshoot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_limit_of_a_feature_binds_under_a_race() {
-    let db = fresh_db("meter_two_limits").await;
+    let db = TestDb::create("meter_two_limits").await;
     // The month binds before the day: exactly 40 go through, whatever the day allows.
     let customer = Uuid::new_v4();
-    override_api(
-        &db,
+    db.override_feature(
         customer,
+        "api_requests",
         serde_json::json!([{"limit": 1000, "period": "day"}, {"limit": 40, "period": "month"}]),
     )
     .await;
-    let (ok, _) = race(&db, customer, 32, 4).await;
+    let (ok, _) = race_to_consume(&db, customer, 32, 4).await;
     assert_eq!(ok, 40, "the month limit bound");
     // And the day binds before the month for another customer.
     let other = Uuid::new_v4();
-    override_api(&db, other, serde_json::json!([{"limit": 25, "period": "day"}, {"limit": 1000, "period": "month"}]))
-        .await;
-    let (ok, _) = race(&db, other, 32, 4).await;
+    db.override_feature(
+        other,
+        "api_requests",
+        serde_json::json!([{"limit": 25, "period": "day"}, {"limit": 1000, "period": "month"}]),
+    )
+    .await;
+    let (ok, _) = race_to_consume(&db, other, 32, 4).await;
     assert_eq!(ok, 25, "the day limit bound");
-    assert_eq!(drift(&db).await, 0, "counters equal the ledger");
+    assert_eq!(db.usage_drift().await, 0, "counters equal the ledger");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_idempotency_key_from_many_sessions_counts_once() {
-    let db = fresh_db("meter_idempotency").await;
+    let db = TestDb::create("meter_idempotency").await;
     let customer = Uuid::new_v4();
-    let clients = 32;
-    let barrier = Arc::new(Barrier::new(clients));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (url, barrier) = (db.url.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
+    let used_seen = race(32, |_, start| {
+        let url = db.url.clone();
+        async move {
             let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            barrier.wait().await;
-            let used: f64 =
-                sqlx::query_scalar("select (entitlements.consume($1, 'api_requests', 5, 'req-7')).used::float8")
-                    .bind(customer)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-            used
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 5.0, "every caller sees the one consumption");
-    }
+            start.wait().await;
+            sqlx::query_scalar::<_, f64>("select (entitlements.consume($1, 'api_requests', 5, 'req-7')).used::float8")
+                .bind(customer)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert!(used_seen.iter().all(|&u| u == 5.0), "every caller sees the one consumption: {used_seen:?}");
     let rows: i64 =
         sqlx::query_scalar("select count(*) from entitlements.usage_ledger where idempotency_key = 'req-7'")
             .fetch_one(&db.pool)
@@ -148,11 +122,11 @@ async fn one_idempotency_key_from_many_sessions_counts_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrency_slots_are_shared_and_never_leak() {
-    let db = fresh_db("meter_slots").await;
+    let db = TestDb::create("meter_slots").await;
     let customer = Uuid::new_v4(); // free plan: api_concurrency = 2
     let acquire = "select entitlements.acquire($1, 'api_concurrency')";
-    let mut a = session(&db).await;
-    let mut b = session(&db).await;
+    let mut a = db.session().await;
+    let mut b = db.session().await;
     a.execute("begin").await.unwrap();
     for _ in 0..2 {
         assert!(sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut a).await.unwrap());
@@ -169,7 +143,7 @@ async fn concurrency_slots_are_shared_and_never_leak() {
     );
 
     // A backend that dies holding slots frees them: the server releases its locks.
-    let mut c = session(&db).await;
+    let mut c = db.session().await;
     let pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut c).await.unwrap();
     c.execute("begin").await.unwrap();
     assert!(sqlx::query_scalar::<_, bool>(acquire).bind(customer).fetch_one(&mut c).await.unwrap());

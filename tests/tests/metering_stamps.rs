@@ -3,15 +3,9 @@
 //! stamp is trusted only while it is true: another session's committed change, the
 //! passing of time, this transaction's own uncommitted change, and a feature with
 //! several limited periods all send the count back to the rules.
-mod common;
-
-use common::*;
-use sqlx::{Connection, Executor, PgConnection};
+use integration_tests::*;
+use sqlx::{Executor, PgConnection};
 use uuid::Uuid;
-
-async fn fresh_session(db: &TestDb) -> PgConnection {
-    PgConnection::connect(&db.url).await.expect("open a session")
-}
 
 async fn try_consume(conn: &mut PgConnection, customer: Uuid, feature: &str, amount: i32) -> (bool, f64) {
     sqlx::query_as("select allowed, used::float8 from entitlements.try_consume($1, $2, $3)")
@@ -31,44 +25,31 @@ async fn stamped_windows(db: &TestDb, customer: Uuid) -> i64 {
         .unwrap()
 }
 
-async fn drift(db: &TestDb) -> i64 {
-    sqlx::query_scalar("select count(*) from entitlements.usage_drift()").fetch_one(&db.pool).await.unwrap()
-}
-
-async fn override_api(db: &TestDb, customer: Uuid, limits: serde_json::Value) {
-    sqlx::query("select entitlements.override_feature($1, 'api_requests', $2, reason => 'stamp test')")
-        .bind(customer)
-        .bind(limits)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_committed_limit_change_voids_the_stamps() {
-    let db = fresh_db("stamps_version").await;
+    let db = TestDb::create("stamps_version").await;
     let customer = Uuid::new_v4();
-    let mut first = session(&db).await;
+    let mut first = db.session().await;
     subscribe(&mut first, customer, "business").await;
-    override_api(&db, customer, serde_json::json!({"limit": 5, "period": "month"})).await;
+    db.override_feature(customer, "api_requests", serde_json::json!({"limit": 5, "period": "month"})).await;
 
     assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
     assert_eq!(stamped_windows(&db, customer).await, 1, "the first count stamps its window");
     // A session that never saw the customer counts through the stamp.
-    let mut second = fresh_session(&db).await;
+    let mut second = db.session().await;
     assert_eq!(try_consume(&mut second, customer, "api_requests", 1).await, (true, 2.0));
 
     // Another session lowers the limit to 2: the stamps (limit 5) no longer hold.
-    override_api(&db, customer, serde_json::json!({"limit": 2, "period": "month"})).await;
-    let mut third = fresh_session(&db).await;
+    db.override_feature(customer, "api_requests", serde_json::json!({"limit": 2, "period": "month"})).await;
+    let mut third = db.session().await;
     let (allowed, used) = try_consume(&mut third, customer, "api_requests", 1).await;
     assert!(!allowed, "counted against a limit that changed (used {used})");
-    assert_eq!(drift(&db).await, 0);
+    assert_eq!(db.usage_drift().await, 0);
 }
 
 #[tokio::test]
 async fn a_stamp_expires_when_the_rules_change_by_time() {
-    let db = fresh_db("stamps_time").await;
+    let db = TestDb::create("stamps_time").await;
     // No subscription: the Free plan's audio_minutes is 60 a month. A boost of 10 for two
     // seconds makes it 70, then 60 again with no change to any row.
     let customer = Uuid::new_v4();
@@ -77,32 +58,35 @@ async fn a_stamp_expires_when_the_rules_change_by_time() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let mut first = session(&db).await;
+    let expired = format!(
+        "select clock_timestamp() > (select max(expires_at) from entitlements.grants where customer_id = '{customer}')"
+    );
+    let mut first = db.session().await;
     assert_eq!(try_consume(&mut first, customer, "audio_minutes", 1).await, (true, 1.0));
     assert_eq!(stamped_windows(&db, customer).await, 1);
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    db.wait_until(&expired, "the boost to expire").await;
 
     // 1 used + 60 more fits the boosted 70 the stamp was made under, not the 60 of now.
-    let mut later = fresh_session(&db).await;
+    let mut later = db.session().await;
     let (allowed, used) = try_consume(&mut later, customer, "audio_minutes", 60).await;
     assert!(!allowed, "counted against a boost that had expired (used {used})");
     assert_eq!(try_consume(&mut later, customer, "audio_minutes", 59).await, (true, 60.0));
-    assert_eq!(drift(&db).await, 0);
+    assert_eq!(db.usage_drift().await, 0);
 }
 
 #[tokio::test]
 async fn a_change_in_this_transaction_is_seen_before_it_commits() {
-    let db = fresh_db("stamps_own_write").await;
+    let db = TestDb::create("stamps_own_write").await;
     let customer = Uuid::new_v4();
-    let mut first = session(&db).await;
+    let mut first = db.session().await;
     subscribe(&mut first, customer, "business").await;
-    override_api(&db, customer, serde_json::json!({"limit": 5, "period": "month"})).await;
+    db.override_feature(customer, "api_requests", serde_json::json!({"limit": 5, "period": "month"})).await;
     assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
 
     // A fresh session lowers the limit and consumes in one transaction: the version has
     // not moved yet (it moves at commit), so only the transaction's own write says the
     // stamp is stale.
-    let mut other = fresh_session(&db).await;
+    let mut other = db.session().await;
     other.execute("begin").await.unwrap();
     sqlx::query("select entitlements.override_feature($1, 'api_requests', '{\"limit\": 1, \"period\": \"month\"}', reason => 'stamp test')")
         .bind(customer)
@@ -112,18 +96,18 @@ async fn a_change_in_this_transaction_is_seen_before_it_commits() {
     let (allowed, used) = try_consume(&mut other, customer, "api_requests", 1).await;
     assert!(!allowed, "counted against the limit this transaction had just replaced (used {used})");
     other.execute("rollback").await.unwrap();
-    assert_eq!(drift(&db).await, 0);
+    assert_eq!(db.usage_drift().await, 0);
 }
 
 #[tokio::test]
 async fn a_feature_with_several_periods_counts_in_all_of_them() {
-    let db = fresh_db("stamps_periods").await;
+    let db = TestDb::create("stamps_periods").await;
     // No subscription: the Free plan's api_requests is 500 a day and 5,000 a month.
     let customer = Uuid::new_v4();
-    let mut first = session(&db).await;
+    let mut first = db.session().await;
     assert!(try_consume(&mut first, customer, "api_requests", 1).await.0);
     for _ in 0..3 {
-        let mut fresh = fresh_session(&db).await;
+        let mut fresh = db.session().await;
         assert!(try_consume(&mut fresh, customer, "api_requests", 1).await.0);
     }
     let per_period: Vec<(String, f64)> = sqlx::query_as(
@@ -143,7 +127,7 @@ async fn a_feature_with_several_periods_counts_in_all_of_them() {
             .unwrap();
     assert_eq!(ledger.len(), 4, "{ledger:?}");
     assert!(ledger.iter().all(|p| p.len() == 2), "{ledger:?}");
-    assert_eq!(drift(&db).await, 0);
+    assert_eq!(db.usage_drift().await, 0);
 }
 
 /// A count through a stamp updates the counter row and inserts the ledger row without
@@ -153,8 +137,8 @@ async fn a_feature_with_several_periods_counts_in_all_of_them() {
 /// row version in every index, and the counts still equal the ledger.
 #[tokio::test]
 async fn counting_on_stamps_keeps_the_indexes_whole() {
-    let db = fresh_db("stamps_index").await;
-    let mut first = session(&db).await;
+    let db = TestDb::create("stamps_index").await;
+    let mut first = db.session().await;
     // One transaction each: a count stamps only what is committed.
     for step in [
         "create table stamp_customers as select gen_random_uuid() as id from generate_series(1, 300)",
@@ -167,7 +151,7 @@ async fn counting_on_stamps_keeps_the_indexes_whole() {
     sqlx::query("select entitlements.ensure_usage_partitions(0)").execute(&db.pool).await.unwrap();
     // A session that never saw these customers counts each once, through the stamps. The
     // windows were just inserted, so their pages are full: most updates cannot be HOT.
-    let mut second = fresh_session(&db).await;
+    let mut second = db.session().await;
     second.execute("begin").await.unwrap();
     let (counted, updated, hot): (i64, i64, i64) = sqlx::query_as(
         "select (select count(entitlements.consume(id, 'api_requests')) from stamp_customers),
@@ -202,7 +186,7 @@ async fn counting_on_stamps_keeps_the_indexes_whole() {
     .await
     .unwrap();
     assert_eq!((in_month, in_default), (600, 0), "every ledger row in this month's partition");
-    let mut check = session(&db).await;
+    let mut check = db.session().await;
     check.execute("set enable_seqscan = off").await.unwrap();
     let by_index: i64 = sqlx::query_scalar(
         "select count(*) from stamp_customers s
@@ -213,7 +197,7 @@ async fn counting_on_stamps_keeps_the_indexes_whole() {
     .await
     .unwrap_or(-1);
     assert_eq!(by_index, 300, "each customer counted twice, found through the index");
-    assert_eq!(drift(&db).await, 0);
+    assert_eq!(db.usage_drift().await, 0);
 }
 
 async fn seen(db: &TestDb) -> Vec<String> {
@@ -224,9 +208,9 @@ async fn seen(db: &TestDb) -> Vec<String> {
 /// stamp: the writes without the executor step aside for it.
 #[tokio::test]
 async fn an_operators_triggers_still_fire() {
-    let db = fresh_db("stamps_trigger").await;
+    let db = TestDb::create("stamps_trigger").await;
     let customer = Uuid::new_v4();
-    let mut first = session(&db).await;
+    let mut first = db.session().await;
     subscribe(&mut first, customer, "business").await;
     assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
     db.pool
@@ -239,7 +223,7 @@ async fn an_operators_triggers_still_fire() {
         )
         .await
         .unwrap();
-    let mut second = fresh_session(&db).await;
+    let mut second = db.session().await;
     assert_eq!(try_consume(&mut second, customer, "api_requests", 1).await, (true, 2.0));
     assert_eq!(seen(&db).await, ["usage_ledger_default"], "the ledger trigger fired");
 
@@ -247,14 +231,14 @@ async fn an_operators_triggers_still_fire() {
         .execute("create trigger seen_counters after update on entitlements.usage_counters for each row execute function seen_row()")
         .await
         .unwrap();
-    let mut third = fresh_session(&db).await;
+    let mut third = db.session().await;
     assert_eq!(try_consume(&mut third, customer, "api_requests", 1).await, (true, 3.0));
     assert_eq!(
         seen(&db).await,
         ["usage_counters", "usage_ledger_default", "usage_ledger_default"],
         "both triggers fired"
     );
-    assert_eq!(drift(&db).await, 0);
+    assert_eq!(db.usage_drift().await, 0);
 }
 
 /// Counting through a stamp writes rows datum by datum (stamped.rs, ledger.rs). When an
@@ -287,14 +271,14 @@ async fn altered_columns_send_counts_through_the_executor() {
     ];
     let expected = ["0,7", "23502", "1,1", "2"];
     for (i, ((alter, count, observe), want)) in cases.iter().zip(expected).enumerate() {
-        let db = fresh_db(&format!("stamps_shape_{i}")).await;
+        let db = TestDb::create(&format!("stamps_shape_{i}")).await;
         let customer = Uuid::new_v4();
-        let mut first = session(&db).await;
+        let mut first = db.session().await;
         subscribe(&mut first, customer, "business").await;
         assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
         assert!(stamped_windows(&db, customer).await > 0, "case {i}: the window is stamped");
         db.pool.execute(*alter).await.unwrap();
-        let mut second = fresh_session(&db).await;
+        let mut second = db.session().await;
         let counted: Result<String, _> = sqlx::query_scalar(*count).bind(customer).fetch_one(&mut second).await;
         let seen = match counted {
             Err(e) => sqlstate(&e).unwrap_or_default(),
@@ -311,13 +295,13 @@ async fn altered_columns_send_counts_through_the_executor() {
 /// lands in the new partition, never in the default (whose constraint now excludes it).
 #[tokio::test]
 async fn a_partition_attached_concurrently_takes_the_row() {
-    let db = fresh_db("stamps_attach").await;
+    let db = TestDb::create("stamps_attach").await;
     let customer = Uuid::new_v4();
-    let mut first = session(&db).await;
+    let mut first = db.session().await;
     subscribe(&mut first, customer, "business").await;
     assert_eq!(try_consume(&mut first, customer, "api_requests", 1).await, (true, 1.0));
     // Every row so far is in the default partition: no monthly partition exists yet.
-    let mut attacher = fresh_session(&db).await;
+    let mut attacher = db.session().await;
     attacher.execute("begin").await.unwrap();
     attacher
         .execute(
@@ -335,7 +319,7 @@ async fn a_partition_attached_concurrently_takes_the_row() {
     );
     attacher.execute(sqlx::AssertSqlSafe(attach)).await.unwrap();
     // The count starts while the ATTACH is not committed and waits for its locks.
-    let mut second = fresh_session(&db).await;
+    let mut second = db.session().await;
     let pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut second).await.unwrap();
     let counting = tokio::spawn(async move {
         let r: (bool,) = sqlx::query_as("select (entitlements.try_consume($1, 'api_requests', 1)).allowed")
@@ -345,21 +329,9 @@ async fn a_partition_attached_concurrently_takes_the_row() {
             .unwrap();
         r.0
     });
-    // Wait (bounded) until the count is blocked on a lock, then commit the ATTACH.
-    let mut waited = 0;
-    loop {
-        let blocked: bool = sqlx::query_scalar("select exists (select 1 from pg_locks where pid = $1 and not granted)")
-            .bind(pid)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        if blocked {
-            break;
-        }
-        waited += 1;
-        assert!(waited < 2000, "the count never waited for the ATTACH");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    // Wait until the count is blocked on a lock, then commit the ATTACH.
+    let blocked = format!("select exists (select 1 from pg_locks where pid = {pid} and not granted)");
+    db.wait_until(&blocked, "the count to wait for the ATTACH").await;
     attacher.execute("commit").await.unwrap();
     assert!(counting.await.unwrap(), "the count went through");
     let (in_new, in_default): (i64, i64) = sqlx::query_as(
@@ -369,5 +341,5 @@ async fn a_partition_attached_concurrently_takes_the_row() {
     .await
     .unwrap();
     assert_eq!((in_new, in_default), (2, 0), "both rows in the attached partition, none in the default");
-    assert_eq!(drift(&db).await, 0);
+    assert_eq!(db.usage_drift().await, 0);
 }

@@ -1,16 +1,14 @@
 //! Promise 6 of the foundation: whatever the checks cache, a change committed by one
 //! session is seen by the very next statement of every other session.
-mod common;
-
-use common::*;
+use integration_tests::*;
 use sqlx::Executor;
 use uuid::Uuid;
 
 #[tokio::test]
 async fn commits_are_seen_by_the_next_statement_of_other_sessions() {
-    let db = fresh_db("stale").await;
-    let mut reader = session(&db).await;
-    let mut writer = session(&db).await;
+    let db = TestDb::create("stale").await;
+    let mut reader = db.session().await;
+    let mut writer = db.session().await;
     let (alice, bob, org) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
 
     // Cancellation.
@@ -34,7 +32,7 @@ async fn commits_are_seen_by_the_next_statement_of_other_sessions() {
     // A catalog change.
     subscribe(&mut writer, bob, "pro").await;
     assert!(has_feature(&mut reader, bob, "advanced_agents").await);
-    let mut catalog: serde_json::Value = serde_json::from_str(include_str!("../../examples/catalog.json")).unwrap();
+    let mut catalog = demo_catalog();
     catalog["plans"][1]["entitlements"]["advanced_agents"] = serde_json::json!(false);
     sqlx::query("select entitlements.apply_catalog($1)").bind(&catalog).execute(&mut writer).await.unwrap();
     assert!(!has_feature(&mut reader, bob, "advanced_agents").await, "a catalog change is seen at once");
@@ -50,9 +48,9 @@ async fn commits_are_seen_by_the_next_statement_of_other_sessions() {
 
 #[tokio::test]
 async fn snapshots_decide_what_a_transaction_sees() {
-    let db = fresh_db("snapshots").await;
-    let mut reader = session(&db).await;
-    let mut writer = session(&db).await;
+    let db = TestDb::create("snapshots").await;
+    let mut reader = db.session().await;
+    let mut writer = db.session().await;
     let carol = Uuid::new_v4();
     let sub = subscribe(&mut writer, carol, "pro").await;
 

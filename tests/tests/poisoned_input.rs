@@ -4,9 +4,7 @@
 //! what is written can always be read (issue 8, "input that cannot poison reads").
 //!
 //! The cases come from a fixed seed, so every run tries the same inputs.
-mod common;
-
-use common::*;
+use integration_tests::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use sqlx::PgConnection;
@@ -125,7 +123,7 @@ async fn run(conn: &mut PgConnection, customer: Uuid, call: &Call) -> Option<Str
             )
             .bind(feature)
             .bind(value)
-            .bind(include_str!("../../examples/catalog.json"))
+            .bind(DEMO_CATALOG)
             .execute(&mut *conn)
             .await
         }
@@ -200,12 +198,12 @@ async fn read_all(conn: &mut PgConnection, customer: Uuid) -> Result<(), String>
 #[test]
 fn random_writes_never_poison_reads() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let db = rt.block_on(fresh_db("poisoned_input"));
+    let db = rt.block_on(TestDb::create("poisoned_input"));
     let config = Config { cases: 256, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     let outcome = runner.run(&prop::collection::vec(call(), 1..6), |calls| {
         rt.block_on(async {
-            let mut conn = session(&db).await;
+            let mut conn = db.session().await;
             let customer = Uuid::new_v4();
             sqlx::query("select entitlements.subscribe($1, 'free')").bind(customer).execute(&mut conn).await.unwrap();
             for call in &calls {

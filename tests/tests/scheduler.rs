@@ -1,27 +1,8 @@
 //! The scheduler against a real database with real worker processes: two replicas never
 //! run one task at the same time, and a failing task is retried with backoff and shows in
 //! /healthz and /metrics.
-mod common;
-mod ops;
-
-use common::*;
-use ops::*;
+use integration_tests::*;
 use sqlx::Connection;
-use std::time::Duration;
-
-/// A manual trial that ended: expire_subscriptions has one row to update.
-async fn ended_trial(db: &TestDb) -> uuid::Uuid {
-    let sub: uuid::Uuid = sqlx::query_scalar("select entitlements.subscribe(gen_random_uuid(), 'pro', 'trialing')")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("update entitlements.subscriptions set trial_end = now() - interval '1 minute' where id = $1")
-        .bind(sub)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sub
-}
 
 fn scheduled_worker(db: &TestDb, id: &str, schedule: &str) -> tokio::process::Command {
     // The housekeeping tasks (partitions, retention) stay out of these tests' way unless named.
@@ -39,25 +20,25 @@ fn scheduled_worker(db: &TestDb, id: &str, schedule: &str) -> tokio::process::Co
     c
 }
 
-async fn waiting_runs(db: &TestDb) -> i64 {
-    sqlx::query_scalar(
-        "select count(*) from pg_stat_activity
-          where datname = current_database() and wait_event_type = 'Lock' and query like '%run_task%'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap()
+/// Runs of `task` with this outcome.
+async fn runs(db: &TestDb, task: &str, outcome: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from entitlements.task_runs where task = $1 and outcome = $2")
+        .bind(task)
+        .bind(outcome)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn two_workers_never_run_one_task_at_once() {
-    let db = fresh_db("sched_two_workers").await;
-    let sub = ended_trial(&db).await;
+    let db = TestDb::create("sched_two_workers").await;
+    let sub = db.ended_trial().await;
 
     // Hold the ended trial's row: the first expire_subscriptions run blocks on it, in flight
     // (holding the task's lock) for as long as this transaction stays open. Without the
     // per-task lock the other worker's runs would block on the row too, overlapping it.
-    let mut blocker = session(&db).await;
+    let mut blocker = db.session().await;
     let mut tx = blocker.begin().await.unwrap();
     sqlx::query("select 1 from entitlements.subscriptions where id = $1 for update")
         .bind(sub)
@@ -66,33 +47,42 @@ async fn two_workers_never_run_one_task_at_once() {
         .unwrap();
 
     let schedule = "expire_subscriptions=100ms,correct_entitlements=100ms,health_snapshot=100ms";
-    let mut a = Worker::spawn(scheduled_worker(&db, "worker-a", schedule), &free_addr());
-    let mut b = Worker::spawn(scheduled_worker(&db, "worker-b", schedule), &free_addr());
-    a.ready().await;
-    b.ready().await;
+    let a = Worker::start(scheduled_worker(&db, "worker-a", schedule)).await;
+    let b = Worker::start(scheduled_worker(&db, "worker-b", schedule)).await;
 
-    eventually(Duration::from_secs(20), "one expire_subscriptions run waits on the row", || async {
-        (waiting_runs(&db).await >= 1).then_some(())
+    eventually(WAIT, "one expire_subscriptions run waits on the row", || async {
+        (db.task_runs_waiting().await >= 1).then_some(())
     })
     .await;
     // The other worker keeps trying every 100 ms and is turned away each time.
-    eventually(Duration::from_secs(20), "skipped expire_subscriptions runs", || async {
-        let skipped: i64 = sqlx::query_scalar(
-            "select count(*) from entitlements.task_runs where task = 'expire_subscriptions' and outcome = 'skipped'",
+    eventually(WAIT, "skipped expire_subscriptions runs", || async {
+        (runs(&db, "expire_subscriptions", "skipped").await >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        db.task_runs_waiting().await,
+        1,
+        "only one run of the task is in flight, the other worker's are skipped"
+    );
+    // Still so after three more turned-away tries, with the blocked run in flight for 0.5 s.
+    let skipped = runs(&db, "expire_subscriptions", "skipped").await;
+    eventually(WAIT, "three more skipped runs while the run waits half a second", || async {
+        let waited: f64 = sqlx::query_scalar(
+            "select coalesce(max(extract(epoch from clock_timestamp() - query_start)), 0)::float8
+               from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock' and query like '%run_task%'",
         )
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        (skipped >= 3).then_some(())
+        (runs(&db, "expire_subscriptions", "skipped").await >= skipped + 3 && waited >= 0.5).then_some(())
     })
     .await;
-    assert_eq!(waiting_runs(&db).await, 1, "only one run of the task is in flight, the other worker's are skipped");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(waiting_runs(&db).await, 1);
+    assert_eq!(db.task_runs_waiting().await, 1);
     tx.commit().await.unwrap();
 
     // The blocked run finishes; both keep running every task for a while.
-    eventually(Duration::from_secs(20), "the blocked run is recorded", || async {
+    eventually(WAIT, "the blocked run is recorded", || async {
         let n: i64 = sqlx::query_scalar(
             "select count(*) from entitlements.task_runs
               where task = 'expire_subscriptions' and outcome = 'ok' and rows_touched = 1",
@@ -103,11 +93,22 @@ async fn two_workers_never_run_one_task_at_once() {
         (n == 1).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    for w in [&mut a, &mut b] {
-        let (status, _) = w.terminate(Duration::from_secs(10)).await;
-        assert!(status.success(), "SIGTERM is a clean exit: {status:?}\n{}", w.log());
-    }
+    eventually(WAIT, "three ok runs by each worker", || async {
+        let fewest: i64 = sqlx::query_scalar(
+            "select min(n) from (
+               select count(r.id) as n
+                 from (values ('worker-a'), ('worker-b')) w (worker)
+                 left join entitlements.task_runs r on r.worker = w.worker and r.outcome = 'ok'
+                group by w.worker) c",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        (fewest >= 3).then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
 
     // No two recorded runs of one task overlap in time.
     let overlaps: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -157,8 +158,8 @@ async fn two_workers_never_run_one_task_at_once() {
 
 #[tokio::test]
 async fn a_failing_task_is_retried_with_backoff_and_reported() {
-    let db = fresh_db("sched_failing").await;
-    ended_trial(&db).await;
+    let db = TestDb::create("sched_failing").await;
+    db.ended_trial().await;
     // Every update of a subscription fails, so expire_subscriptions fails.
     sqlx::raw_sql(
         "create function public.refuse() returns trigger language plpgsql as
@@ -177,10 +178,9 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
         "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off",
     );
     cmd.env("ENTITLEMENTS_RETRY_INITIAL", "200ms").env("ENTITLEMENTS_RETRY_MAX", "800ms");
-    let mut w = Worker::spawn(cmd, &free_addr());
-    w.ready().await;
+    let w = Worker::start(cmd).await;
 
-    let starts: Vec<f64> = eventually(Duration::from_secs(20), "four failed runs", || async {
+    let starts: Vec<f64> = eventually(WAIT, "four failed runs", || async {
         let starts: Vec<f64> = sqlx::query_scalar(
             "select extract(epoch from started_at)::float8 from entitlements.task_runs
               where task = 'expire_subscriptions' and outcome = 'error' order by started_at",
@@ -195,7 +195,7 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     // 200 ms, 400 ms, then capped at 800 ms (each at least that; the run itself adds a little).
     assert!(gaps[0] >= 0.19 && gaps[1] >= 0.39 && gaps[2] >= 0.79, "backoff doubles up to the cap: {gaps:?}");
 
-    let (code, health) = get_json(&w.addr, "/healthz").await;
+    let (code, health) = w.get_json("/healthz").await;
     assert_eq!(code, 200, "the database is fine: {health}");
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["failing_tasks"], serde_json::json!(["expire_subscriptions"]), "{health}");
@@ -204,8 +204,7 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     assert!(task["last_error"].as_str().unwrap().contains("refused by the test"), "{health}");
     assert_eq!(health["recent_runs"]["expire_subscriptions"]["outcome"], "error", "{health}");
 
-    let (code, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
-    assert_eq!(code, 200);
+    let metrics = w.metrics().await;
     let failed =
         sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "error")]);
     assert!(failed.unwrap_or(0.0) >= 3.0, "failures are counted:\n{metrics}");
@@ -214,14 +213,14 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
 
     // Fixed: the next retry succeeds and health is ok again.
     sqlx::query("drop trigger refuse on entitlements.subscriptions").execute(&db.pool).await.unwrap();
-    let health = eventually(Duration::from_secs(20), "the task recovers", || async {
-        let (_, h) = get_json(&w.addr, "/healthz").await;
+    let health = eventually(WAIT, "the task recovers", || async {
+        let (_, h) = w.get_json("/healthz").await;
         (h["status"] == "ok").then_some(h)
     })
     .await;
     assert_eq!(health["tasks"]["expire_subscriptions"]["last_outcome"], "ok", "{health}");
     assert_eq!(health["tasks"]["expire_subscriptions"]["consecutive_failures"], 0, "{health}");
-    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    let metrics = w.metrics().await;
     assert_eq!(
         sample(&metrics, "entitlements_task_runs_total", &[("task", "expire_subscriptions"), ("outcome", "ok")]),
         Some(1.0)
@@ -232,38 +231,17 @@ async fn a_failing_task_is_retried_with_backoff_and_reported() {
     );
     assert!(w.log().contains("refused by the test"), "failures are logged");
 
-    let (status, _) = w.terminate(Duration::from_secs(10)).await;
-    assert!(status.success());
-}
-
-/// PyPI localstripe (installed by scripts/setup.sh) on its own port: a real Stripe-compatible
-/// API server with no subscriptions yet.
-async fn localstripe() -> (tokio::process::Child, String) {
-    let addr = free_addr();
-    let port = addr.rsplit_once(':').unwrap().1.to_owned();
-    let bin = std::env::var("LOCALSTRIPE_BIN").unwrap_or_else(|_| "localstripe".into());
-    let child = tokio::process::Command::new(bin)
-        .args(["--port", &port, "--from-scratch"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("localstripe is installed (scripts/setup.sh)");
-    eventually(Duration::from_secs(30), "localstripe answers", || async {
-        http_get(&addr, "/v1/customers").await.ok().map(|_| ())
-    })
-    .await;
-    (child, format!("http://{addr}"))
+    w.stop().await;
 }
 
 #[tokio::test]
 async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
-    let db = fresh_db("sched_stripe").await;
-    let (_stripe, base) = localstripe().await;
+    let db = TestDb::create("sched_stripe").await;
     let key = "sk_test_sched_KEY-NOT-IN-RECORDS";
+    let stripe = LocalStripe::start(key).await;
 
     // While another worker holds the reconcile's lease, the scheduled runs are skipped.
-    let mut holder = session(&db).await;
+    let mut holder = db.session().await;
     let leased: bool =
         sqlx::query_scalar("select entitlements.take_lease('task:reconcile_stripe', 'another-worker', '1 hour')")
             .fetch_one(&mut holder)
@@ -272,26 +250,13 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
     assert!(leased);
 
     let mut cmd = scheduled_worker(&db, "worker-s", "reconcile_stripe=200ms,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off,prune_task_runs=off");
-    cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", &base);
-    let mut w = Worker::spawn(cmd, &free_addr());
-    w.ready().await;
-    let count = |outcome: &'static str| {
-        let pool = db.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "select count(*) from entitlements.task_runs where task = 'reconcile_stripe' and outcome = $1",
-            )
-            .bind(outcome)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
-    };
-    eventually(Duration::from_secs(20), "skipped reconcile runs", || async {
-        (count("skipped").await >= 2).then_some(())
+    cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", &stripe.base);
+    let w = Worker::start(cmd).await;
+    eventually(WAIT, "skipped reconcile runs", || async {
+        (runs(&db, "reconcile_stripe", "skipped").await >= 2).then_some(())
     })
     .await;
-    assert_eq!(count("ok").await, 0, "no reconcile ran while the lease was held elsewhere");
+    assert_eq!(runs(&db, "reconcile_stripe", "ok").await, 0, "no reconcile ran while the lease was held elsewhere");
     let released: bool =
         sqlx::query_scalar("select entitlements.release_lease('task:reconcile_stripe', 'another-worker')")
             .fetch_one(&mut holder)
@@ -299,7 +264,8 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
             .unwrap();
     assert!(released);
 
-    eventually(Duration::from_secs(20), "a reconcile run", || async { (count("ok").await >= 1).then_some(()) }).await;
+    eventually(WAIT, "a reconcile run", || async { (runs(&db, "reconcile_stripe", "ok").await >= 1).then_some(()) })
+        .await;
     let details: serde_json::Value = sqlx::query_scalar(
         "select details from entitlements.task_runs where task = 'reconcile_stripe' and outcome = 'ok' limit 1",
     )
@@ -307,14 +273,13 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
     .await
     .unwrap();
     assert_eq!(details["seen"], 0, "the reconcile's report is the run's details: {details}");
-    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    let metrics = w.metrics().await;
     assert!(
         sample(&metrics, "entitlements_task_runs_total", &[("task", "reconcile_stripe"), ("outcome", "ok")])
             .unwrap_or(0.0)
             >= 1.0
     );
-    let (status, _) = w.terminate(Duration::from_secs(10)).await;
-    assert!(status.success());
+    w.stop().await;
 
     // An unreachable Stripe API: recorded as a failure (without the key) and in /healthz.
     let mut cmd = scheduled_worker(
@@ -323,9 +288,8 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
         "reconcile_stripe=1h,expire_subscriptions=off,correct_entitlements=off,health_snapshot=off,prune_task_runs=off",
     );
     cmd.env("STRIPE_SECRET_KEY", key).env("STRIPE_API_BASE", format!("http://{}/", free_addr()));
-    let mut w = Worker::spawn(cmd, &free_addr());
-    w.ready().await;
-    let error: String = eventually(Duration::from_secs(30), "a failed reconcile run", || async {
+    let w = Worker::start(cmd).await;
+    let error: String = eventually(WAIT, "a failed reconcile run", || async {
         sqlx::query_scalar::<_, String>(
             "select error from entitlements.task_runs where task = 'reconcile_stripe' and outcome = 'error' limit 1",
         )
@@ -335,9 +299,8 @@ async fn the_stripe_reconcile_is_scheduled_locked_and_recorded() {
     })
     .await;
     assert!(!error.contains(key), "{error}");
-    let (_, health) = get_json(&w.addr, "/healthz").await;
+    let (_, health) = w.get_json("/healthz").await;
     assert_eq!(health["failing_tasks"], serde_json::json!(["reconcile_stripe"]), "{health}");
-    let (status, _) = w.terminate(Duration::from_secs(10)).await;
-    assert!(status.success());
-    assert!(!w.log().contains(key), "the key is not logged");
+    let log = w.stop().await;
+    assert!(!log.contains(key), "the key is not logged");
 }

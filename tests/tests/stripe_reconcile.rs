@@ -4,107 +4,20 @@
 //!
 //! localstripe only speaks the pre-2025 API shape (periods on the subscription, `plan` on the
 //! items, no prices). The current shape (periods on the items, `price`) and pagination are
-//! served by a small recording HTTP server in this file, which also checks the headers of
-//! every outgoing call (Idempotency-Key, Authorization).
-mod common;
-#[path = "common/stripe.rs"]
-mod stripe;
-
-use common::*;
+//! served by a recording fake API ([`FakeHttp`]), which also checks the headers of every
+//! outgoing call (Idempotency-Key, Authorization).
+use integration_tests::stripe::*;
+use integration_tests::*;
 use serde_json::{json, Value};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use stripe::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, Command};
 
 const KEY: &str = "sk_test_entitlements_reconcile";
 
-struct LocalStripe {
-    _child: Child,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl LocalStripe {
-    async fn start() -> LocalStripe {
-        let port = free_port();
-        let bin = std::env::var("LOCALSTRIPE_BIN").unwrap_or_else(|_| "localstripe".into());
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--from-scratch"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("localstripe is installed (scripts/setup.sh: pip install localstripe)");
-        let ls = LocalStripe { _child: child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-        for _ in 0..200 {
-            if let Ok(r) = ls.http.get(format!("{}/v1/customers", ls.base)).bearer_auth(KEY).send().await {
-                if r.status().is_success() {
-                    return ls;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("localstripe did not start on port {port}");
-    }
-
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Value {
-        let r = self.http.post(format!("{}{path}", self.base)).bearer_auth(KEY).form(form).send().await.unwrap();
-        let status = r.status();
-        let body: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "localstripe POST {path}: {status} {body}");
-        body
-    }
-
-    async fn delete(&self, path: &str) -> Value {
-        self.http.delete(format!("{}{path}", self.base)).bearer_auth(KEY).send().await.unwrap().json().await.unwrap()
-    }
-
-    async fn plans(&self) {
-        for (id, amount) in [("price_pro_monthly", "1900"), ("price_business_monthly", "4900")] {
-            self.post(
-                "/v1/plans",
-                &[("id", id), ("amount", amount), ("currency", "usd"), ("interval", "month"), ("product[name]", id)],
-            )
-            .await;
-        }
-    }
-
-    /// A customer with a card, and metadata.entitlements_customer_id when `owner` is given.
-    async fn customer(&self, owner: Option<uuid::Uuid>) -> String {
-        let token = self
-            .post(
-                "/v1/tokens",
-                &[
-                    ("card[number]", "4242424242424242"),
-                    ("card[exp_month]", "12"),
-                    ("card[exp_year]", "2035"),
-                    ("card[cvc]", "123"),
-                ],
-            )
-            .await;
-        let owner = owner.map(|o| o.to_string());
-        let mut form = vec![("source", token["id"].as_str().unwrap())];
-        if let Some(o) = owner.as_deref() {
-            form.push(("metadata[entitlements_customer_id]", o));
-        }
-        self.post("/v1/customers", &form).await["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn subscribe(&self, customer: &str, plan: &str) -> Value {
-        self.post("/v1/subscriptions", &[("customer", customer), ("items[0][plan]", plan)]).await
-    }
-}
-
 async fn reconcile(db: &TestDb, base: &str) -> (bool, Value, String) {
-    let out = Command::new(worker_bin())
+    let out = worker_command()
         .arg("reconcile-stripe")
         .env("DATABASE_URL", &db.url)
         .env("STRIPE_SECRET_KEY", KEY)
         .env("STRIPE_API_BASE", base)
-        .env_remove("STRIPE_WEBHOOK_SECRET")
         .output()
         .await
         .unwrap();
@@ -127,8 +40,8 @@ async fn sub_row(db: &TestDb, stripe_id: &str) -> (String, String, i64) {
 
 #[tokio::test]
 async fn reconcile_repairs_drift_against_localstripe() {
-    let db = fresh_db("stripe_reconcile").await;
-    let ls = LocalStripe::start().await;
+    let db = TestDb::create("stripe_reconcile").await;
+    let ls = LocalStripe::start(KEY).await;
     ls.plans().await;
     let owner = uuid::Uuid::new_v4();
     let cus = ls.customer(Some(owner)).await;
@@ -152,7 +65,7 @@ async fn reconcile_repairs_drift_against_localstripe() {
             .await
             .unwrap();
     assert_eq!(linked.as_deref(), Some(cus.as_str()), "linked through the customer's metadata");
-    assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    assert!(db.has_feature(owner, "advanced_agents").await);
 
     // Drift in the database (a bad manual edit): repaired.
     sqlx::query(
@@ -162,12 +75,12 @@ async fn reconcile_repairs_drift_against_localstripe() {
     .execute(&db.pool)
     .await
     .unwrap();
-    assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    assert!(!db.has_feature(owner, "advanced_agents").await);
     let (ok, report, log) = reconcile(&db, &ls.base).await;
     assert!(ok, "{log}");
     assert_eq!(report["updated"].as_i64(), Some(1), "{report}");
     assert_eq!(sub_row(&db, sub_id).await.1, "active");
-    assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    assert!(db.has_feature(owner, "advanced_agents").await);
 
     // Nothing changed: nothing written.
     let (ok, report, _) = reconcile(&db, &ls.base).await;
@@ -192,7 +105,7 @@ async fn reconcile_repairs_drift_against_localstripe() {
     ls.delete(&format!("/v1/subscriptions/{sub_id}")).await;
     reconcile(&db, &ls.base).await;
     assert_eq!(sub_row(&db, sub_id).await.1, "canceled");
-    assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    assert!(!db.has_feature(owner, "advanced_agents").await);
 
     // A Stripe customer nobody linked: reported, the rest still applied, non-zero exit.
     let stranger = ls.customer(None).await;
@@ -209,12 +122,11 @@ async fn reconcile_repairs_drift_against_localstripe() {
 
 #[tokio::test]
 async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
-    let db = fresh_db("stripe_localstripe_webhooks").await;
-    let ls = LocalStripe::start().await;
+    let db = TestDb::create("stripe_localstripe_webhooks").await;
+    let ls = LocalStripe::start(KEY).await;
     ls.plans().await;
     let secret = "whsec_from_localstripe";
-    let w = Worker::start(
-        "localstripe",
+    let w = Worker::serve(
         &db.url,
         &[("STRIPE_WEBHOOK_SECRET", secret), ("STRIPE_SECRET_KEY", KEY), ("STRIPE_API_BASE", &ls.base)],
     )
@@ -226,17 +138,15 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
     let cus = ls.customer(Some(owner)).await;
     let sub = ls.subscribe(&cus, "price_pro_monthly").await;
     let sub_id = sub["id"].as_str().unwrap().to_owned();
-    wait_for(
-        &db.pool,
+    db.wait_until(
         &format!(
             "select exists (select 1 from entitlements.subscriptions \
                                   where stripe_subscription_id = '{sub_id}' and status = 'active')"
         ),
-        30,
         "localstripe's customer.subscription.created to be applied",
     )
     .await;
-    assert!(has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    assert!(db.has_feature(owner, "advanced_agents").await);
 
     // A correctly signed event whose payload says "canceled" while Stripe says "active": with
     // a key, the worker applies what the API says.
@@ -244,27 +154,23 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
     lie["status"] = json!("canceled");
     let body = event("evt_payload_is_old", "customer.subscription.deleted", now(), lie);
     assert_eq!(w.deliver(&body, Some(&signature(secret, now(), &body))).await.0, 200);
-    wait_for(
-        &db.pool,
+    db.wait_until(
         "select applied_at is not null from entitlements.stripe_events where id = 'evt_payload_is_old'",
-        20,
         "the event to be applied",
     )
     .await;
-    assert_eq!(status_of(&db.pool, &sub_id).await.as_deref(), Some("active"), "the fetched object, not the payload");
+    assert_eq!(status_of(&db, &sub_id).await.as_deref(), Some("active"), "the fetched object, not the payload");
 
     // The real cancellation, delivered by localstripe.
     ls.delete(&format!("/v1/subscriptions/{sub_id}")).await;
-    wait_for(
-        &db.pool,
+    db.wait_until(
         &format!(
             "select status = 'canceled' from entitlements.subscriptions where stripe_subscription_id = '{sub_id}'"
         ),
-        30,
         "localstripe's customer.subscription.deleted to be applied",
     )
     .await;
-    assert!(!has_feature(&mut session(&db).await, owner, "advanced_agents").await);
+    assert!(!db.has_feature(owner, "advanced_agents").await);
 
     // Checkout (localstripe has no Checkout Sessions; the completed event is written here as
     // Stripe sends it): a Stripe customer nobody linked, linked by client_reference_id, and the
@@ -282,10 +188,8 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
                                 "client_reference_id": buyer}),
     );
     assert_eq!(w.deliver(&checkout, Some(&signature(secret, now(), &checkout))).await.0, 200);
-    wait_for(
-        &db.pool,
+    db.wait_until(
         "select applied_at is not null from entitlements.stripe_events where id = 'evt_checkout_1'",
-        20,
         "the checkout event to be applied",
     )
     .await;
@@ -302,68 +206,17 @@ async fn webhooks_from_localstripe_apply_the_object_as_the_api_has_it() {
             .await
             .unwrap();
     assert_eq!((owner2, status2.as_str()), (buyer, "active"));
-    assert!(has_feature(&mut session(&db).await, buyer, "advanced_agents").await);
-    let logs = w.logs();
-    assert!(!logs.contains(KEY) && !logs.contains(secret), "secrets never logged");
-    w.stop().await;
-}
-
-/// One recorded request: path with query, and its headers (lower-case names).
-type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
-
-/// Serves `pages` (the first whose needle the request target contains -> JSON body) over
-/// HTTP/1.1 and records requests.
-async fn recorded_stripe(pages: Vec<(&'static str, Value)>) -> (String, Seen) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = s.read(&mut chunk).await.unwrap();
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            let mut lines = text.lines();
-            let target = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("").to_owned();
-            let headers = lines
-                .take_while(|l| !l.is_empty())
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .collect();
-            log.lock().unwrap().push((target.clone(), headers));
-            let body = pages
-                .iter()
-                .find(|(needle, _)| target.contains(needle))
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_else(|| json!({"error": {"message": "no recording"}}).to_string());
-            let status = if body.contains("no recording") { "404 Not Found" } else { "200 OK" };
-            let reply = format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                                body.len());
-            let _ = s.write_all(reply.as_bytes()).await;
-        }
-    });
-    (base, seen)
+    assert!(db.has_feature(buyer, "advanced_agents").await);
+    let log = w.stop().await;
+    assert!(!log.contains(KEY) && !log.contains(secret), "secrets never logged");
 }
 
 #[tokio::test]
 async fn reconcile_reads_the_current_api_shape_across_pages() {
-    let db = fresh_db("stripe_recorded").await;
+    let db = TestDb::create("stripe_recorded").await;
     let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
     for (owner, cus) in [(a, "cus_recA"), (b, "cus_recB")] {
-        sqlx::query("select entitlements.link_stripe_customer($1, $2)")
-            .bind(owner)
-            .bind(cus)
-            .execute(&db.pool)
-            .await
-            .unwrap();
+        db.link_stripe_customer(owner, cus).await;
     }
     let t = now();
     // Recorded from the current API (2025-03-31.basil and later): periods on the items only.
@@ -371,10 +224,14 @@ async fn reconcile_reads_the_current_api_shape_across_pages() {
                        "data": [subscription("sub_rec_a", "cus_recA", "price_pro_yearly", "trialing", t - 60, t + 365 * 86400)]});
     let page2 = json!({"object": "list", "url": "/v1/subscriptions", "has_more": false,
                        "data": [subscription("sub_rec_b", "cus_recB", "price_business_monthly", "past_due", t - 60, t + 30 * 86400)]});
-    let (base, seen) =
-        recorded_stripe(vec![("starting_after=sub_rec_a", page2), ("/v1/subscriptions?status=all&limit=100", page1)])
-            .await;
-    let (ok, report, log) = reconcile(&db, &base).await;
+    // The first recording whose needle the request's target contains answers it; else 404.
+    let pages = [("starting_after=sub_rec_a", page2), ("/v1/subscriptions?status=all&limit=100", page1)];
+    let api = FakeHttp::start(move |request: Request| {
+        let page = pages.iter().find(|(needle, _)| request.target.contains(needle)).map(|(_, page)| page.clone());
+        async move { page.map_or((404, json!({"error": {"message": "no recording"}})), |page| (200, page)) }
+    })
+    .await;
+    let (ok, report, log) = reconcile(&db, &api.base).await;
     assert!(ok, "{log}");
     assert_eq!((report["seen"].as_i64(), report["created"].as_i64()), (Some(2), Some(2)), "{report}");
     assert_eq!(
@@ -384,13 +241,12 @@ async fn reconcile_reads_the_current_api_shape_across_pages() {
     );
     assert_eq!(sub_row(&db, "sub_rec_b").await, ("business".into(), "past_due".into(), t + 30 * 86400));
 
-    let seen = seen.lock().unwrap().clone();
+    let seen = api.requests();
     assert_eq!(seen.len(), 2, "two pages: {seen:?}");
     let mut keys = Vec::new();
-    for (target, headers) in &seen {
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        assert_eq!(header("authorization").as_deref(), Some(format!("Bearer {KEY}").as_str()), "{target}");
-        keys.push(header("idempotency-key").unwrap_or_else(|| panic!("{target} carries an Idempotency-Key")));
+    for r in &seen {
+        assert_eq!(r.header("authorization"), Some(format!("Bearer {KEY}").as_str()), "{}", r.target);
+        keys.push(r.header("idempotency-key").unwrap_or_else(|| panic!("{} carries an Idempotency-Key", r.target)));
     }
     assert_ne!(keys[0], keys[1], "one key per call");
 }

@@ -1,30 +1,17 @@
 //! POST /webhooks/stripe on the real worker binary, over real HTTP, with deliveries signed
 //! here: verified ones are stored once and applied in the background; refused ones store
 //! nothing; any delivery order ends in the newest state; a restart resumes the queue.
-mod common;
-#[path = "common/stripe.rs"]
-mod stripe;
-
-use common::*;
+use integration_tests::stripe::*;
+use integration_tests::*;
 use serde_json::json;
-use stripe::*;
 
 const OLD: &str = "whsec_test_old_secret";
 const NEW: &str = "whsec_test_new_secret";
 
-async fn link(db: &TestDb, customer: uuid::Uuid, stripe_customer: &str) {
-    sqlx::query("select entitlements.link_stripe_customer($1, $2)")
-        .bind(customer)
-        .bind(stripe_customer)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn verified_deliveries_are_stored_once_and_applied() {
-    let db = fresh_db("stripe_store").await;
-    let w = Worker::start("store", &db.url, &[("STRIPE_WEBHOOK_SECRET", &format!("{OLD},{NEW}"))]).await;
+    let db = TestDb::create("stripe_store").await;
+    let w = Worker::serve(&db.url, &[("STRIPE_WEBHOOK_SECRET", &format!("{OLD},{NEW}"))]).await;
     let customer = uuid::Uuid::new_v4();
     let t = now();
     let sub = subscription("sub_store1", "cus_store1", "price_pro_monthly", "active", t - 60, t + 30 * 86400);
@@ -47,14 +34,8 @@ async fn verified_deliveries_are_stored_once_and_applied() {
     let (status, _) = w.deliver(&body, Some(&both)).await;
     assert_eq!(status, 200);
 
-    wait_for(
-        &db.pool,
-        "select exists (select 1 from entitlements.stripe_events where id = 'evt_store1' and applied_at is not null)",
-        20,
-        "the event to be applied",
-    )
-    .await;
-    assert_eq!(events_stored(&db.pool).await, 1);
+    wait_applied(&db, "evt_store1").await;
+    assert_eq!(events_stored(&db).await, 1);
     let (attempts, outcome): (i32, String) =
         sqlx::query_as("select attempts, outcome from entitlements.stripe_events where id = 'evt_store1'")
             .fetch_one(&db.pool)
@@ -68,7 +49,7 @@ async fn verified_deliveries_are_stored_once_and_applied() {
     .await
     .unwrap();
     assert_eq!((owner, plan.as_str()), (customer, "pro"), "customer from metadata, plan from the price");
-    assert!(has_feature(&mut session(&db).await, customer, "advanced_agents").await);
+    assert!(db.has_feature(customer, "advanced_agents").await);
 
     // More duplicates after it was applied change nothing.
     for _ in 0..3 {
@@ -85,10 +66,8 @@ async fn verified_deliveries_are_stored_once_and_applied() {
     // Unknown types are stored and acknowledged.
     let other = event("evt_store2", "charge.refunded", now(), json!({"id": "ch_1", "object": "charge"}));
     assert_eq!(w.deliver(&other, Some(&signature(NEW, now(), &other))).await.0, 200);
-    wait_for(
-        &db.pool,
+    db.wait_until(
         "select exists (select 1 from entitlements.stripe_events where id = 'evt_store2' and outcome = 'ignored')",
-        20,
         "the unknown event to be acknowledged",
     )
     .await;
@@ -97,15 +76,15 @@ async fn verified_deliveries_are_stored_once_and_applied() {
     assert!(metrics.contains("entitlements_webhooks_received_total{duplicate=\"false\"} 2"), "{metrics}");
     assert!(metrics.contains("entitlements_webhooks_applied_total{outcome=\"created\"} 1"), "{metrics}");
     assert!(metrics.contains("entitlements_webhook_apply_lag_seconds_count 2"), "{metrics}");
-    let logs = w.logs();
+    let logs = w.log();
     assert!(!logs.contains(NEW) && !logs.contains(OLD), "secrets never logged");
     w.stop().await;
 }
 
 #[tokio::test]
 async fn refused_deliveries_store_nothing() {
-    let db = fresh_db("stripe_refused").await;
-    let w = Worker::start("refused", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
+    let db = TestDb::create("stripe_refused").await;
+    let w = Worker::serve(&db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
     let t = now();
     let body = event(
         "evt_refused1",
@@ -134,10 +113,10 @@ async fn refused_deliveries_store_nothing() {
     let huge = event("evt_huge", "customer.updated", t, json!({"id": "cus_big", "padding": "x".repeat(3 << 20)}));
     assert_eq!(w.deliver(&huge, Some(&signature(NEW, now(), &huge))).await.0, 413, "far over the limit");
 
-    assert_eq!(events_stored(&db.pool).await, 0, "a refused delivery stores nothing");
+    assert_eq!(events_stored(&db).await, 0, "a refused delivery stores nothing");
     // Within the tolerance the same delivery is fine: the refusals above were for the reasons tested.
     assert_eq!(w.deliver(&body, Some(&signature(NEW, now() - 290, &body))).await.0, 200);
-    assert_eq!(events_stored(&db.pool).await, 1);
+    assert_eq!(events_stored(&db).await, 1);
 
     let metrics = w.metrics().await;
     for (reason, n) in [
@@ -159,8 +138,8 @@ async fn refused_deliveries_store_nothing() {
 #[tokio::test]
 async fn a_slow_oversized_delivery_reads_its_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = fresh_db("stripe_slow_big").await;
-    let w = Worker::start("slow_big", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
+    let db = TestDb::create("stripe_slow_big").await;
+    let w = Worker::serve(&db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
     let body =
         event("evt_slow_big", "customer.updated", now(), json!({"id": "cus_big", "padding": "x".repeat(600 * 1024)}));
     let mut conn = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
@@ -182,26 +161,26 @@ async fn a_slow_oversized_delivery_reads_its_413() {
     }
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
-    assert_eq!(events_stored(&db.pool).await, 0);
+    assert_eq!(events_stored(&db).await, 0);
     w.stop().await;
 }
 
 #[tokio::test]
 async fn without_a_secret_nothing_is_accepted() {
-    let db = fresh_db("stripe_unconfigured").await;
-    let w = Worker::start("unconfigured", &db.url, &[]).await;
+    let db = TestDb::create("stripe_unconfigured").await;
+    let w = Worker::serve(&db.url, &[]).await;
     let body = event("evt_u1", "customer.updated", now(), json!({"id": "cus_u1"}));
     assert_eq!(w.deliver(&body, Some(&signature(NEW, now(), &body))).await.0, 503);
-    assert_eq!(events_stored(&db.pool).await, 0);
+    assert_eq!(events_stored(&db).await, 0);
     w.stop().await;
 }
 
 #[tokio::test]
 async fn any_delivery_order_ends_in_the_newest_state() {
-    let db = fresh_db("stripe_order").await;
-    let w = Worker::start("order", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
+    let db = TestDb::create("stripe_order").await;
+    let w = Worker::serve(&db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
     let customer = uuid::Uuid::new_v4();
-    link(&db, customer, "cus_order1").await;
+    db.link_stripe_customer(customer, "cus_order1").await;
     let t = now() - 100;
     let (p0, p1, p2) = (t - 86400, t + 29 * 86400, t + 59 * 86400);
     let sub = |status: &str, start: i64, end: i64| {
@@ -230,13 +209,7 @@ async fn any_delivery_order_ends_in_the_newest_state() {
     {
         let (status, reply) = w.deliver(body, Some(&signature(NEW, now(), body))).await;
         assert_eq!(status, 200, "{reply}");
-        wait_for(
-            &db.pool,
-            &format!("select applied_at is not null from entitlements.stripe_events where id = '{id}'"),
-            20,
-            id,
-        )
-        .await;
+        wait_applied(&db, id).await;
     }
     let outcomes: Vec<String> = sqlx::query_scalar("select outcome from entitlements.stripe_events order by id desc")
         .fetch_all(&db.pool)
@@ -247,15 +220,13 @@ async fn any_delivery_order_ends_in_the_newest_state() {
         ["created", "stale", "stale", "unchanged", "stale"].map(String::from),
         "evt_o5 created it; the older ones were stale or changed nothing"
     );
-    wait_for(
-        &db.pool,
+    db.wait_until(
         "select count(*) = 5 from entitlements.stripe_events where applied_at is not null",
-        30,
         "all five events to be applied",
     )
     .await;
-    assert_eq!(status_of(&db.pool, "sub_order1").await.as_deref(), Some("canceled"), "the newest state wins");
-    assert!(!has_feature(&mut session(&db).await, customer, "advanced_agents").await);
+    assert_eq!(status_of(&db, "sub_order1").await.as_deref(), Some("canceled"), "the newest state wins");
+    assert!(!db.has_feature(customer, "advanced_agents").await);
     let one: i64 = sqlx::query_scalar(
         "select count(*) from entitlements.subscriptions where stripe_subscription_id = 'sub_order1'",
     )
@@ -266,24 +237,22 @@ async fn any_delivery_order_ends_in_the_newest_state() {
 
     // The same events oldest first, for a second subscription: the same end state.
     let customer2 = uuid::Uuid::new_v4();
-    link(&db, customer2, "cus_order2").await;
+    db.link_stripe_customer(customer2, "cus_order2").await;
     for body in [&created, &failed, &past_due, &renewed, &canceled] {
         let body =
             body.replace("sub_order1", "sub_order2").replace("cus_order1", "cus_order2").replace("evt_o", "evt_p");
         assert_eq!(w.deliver(&body, Some(&signature(NEW, now(), &body))).await.0, 200);
     }
-    wait_for(
-        &db.pool,
+    db.wait_until(
         "select count(*) = 10 from entitlements.stripe_events where applied_at is not null",
-        30,
         "all ten events to be applied",
     )
     .await;
-    assert_eq!(status_of(&db.pool, "sub_order2").await.as_deref(), Some("canceled"));
+    assert_eq!(status_of(&db, "sub_order2").await.as_deref(), Some("canceled"));
 
     // A payment failure delivered before its subscription exists is retried until it applies.
     let customer3 = uuid::Uuid::new_v4();
-    link(&db, customer3, "cus_order3").await;
+    db.link_stripe_customer(customer3, "cus_order3").await;
     let early_fail = event(
         "evt_q2",
         "invoice.payment_failed",
@@ -291,35 +260,27 @@ async fn any_delivery_order_ends_in_the_newest_state() {
         json!({"id": "in_q2", "object": "invoice", "subscription": "sub_order3"}),
     );
     assert_eq!(w.deliver(&early_fail, Some(&signature(NEW, now(), &early_fail))).await.0, 200);
-    wait_for(
-        &db.pool,
+    db.wait_until(
         "select exists (select 1 from entitlements.stripe_events where id = 'evt_q2' and attempts > 0 \
                         and last_error like '%not known yet%')",
-        20,
         "the early failure to fail once",
     )
     .await;
     let late_created =
         created.replace("sub_order1", "sub_order3").replace("cus_order1", "cus_order3").replace("evt_o1", "evt_q1");
     assert_eq!(w.deliver(&late_created, Some(&signature(NEW, now(), &late_created))).await.0, 200);
-    wait_for(
-        &db.pool,
-        "select applied_at is not null from entitlements.stripe_events where id = 'evt_q2'",
-        30,
-        "the retry to apply the payment failure",
-    )
-    .await;
-    assert_eq!(status_of(&db.pool, "sub_order3").await.as_deref(), Some("past_due"), "past_due, as Stripe has it");
-    assert!(has_feature(&mut session(&db).await, customer3, "advanced_agents").await, "within the grace period");
+    wait_applied(&db, "evt_q2").await; // the retry applies the payment failure
+    assert_eq!(status_of(&db, "sub_order3").await.as_deref(), Some("past_due"), "past_due, as Stripe has it");
+    assert!(db.has_feature(customer3, "advanced_agents").await, "within the grace period");
     assert!(w.metrics().await.contains("entitlements_webhooks_failed_total"));
     w.stop().await;
 }
 
 #[tokio::test]
 async fn a_restart_resumes_the_queue() {
-    let db = fresh_db("stripe_resume").await;
+    let db = TestDb::create("stripe_resume").await;
     let customer = uuid::Uuid::new_v4();
-    link(&db, customer, "cus_resume1").await;
+    db.link_stripe_customer(customer, "cus_resume1").await;
     let t = now();
     // Stored by a worker that stopped before applying them (or by an app through SQL).
     for (i, status) in ["active", "past_due"].iter().enumerate() {
@@ -337,15 +298,13 @@ async fn a_restart_resumes_the_queue() {
             .unwrap();
         assert!(new);
     }
-    assert_eq!(status_of(&db.pool, "sub_resume1").await, None);
-    let w = Worker::start("resume", &db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
-    wait_for(
-        &db.pool,
+    assert_eq!(status_of(&db, "sub_resume1").await, None);
+    let w = Worker::serve(&db.url, &[("STRIPE_WEBHOOK_SECRET", NEW)]).await;
+    db.wait_until(
         "select count(*) = 2 from entitlements.stripe_events where applied_at is not null",
-        20,
         "the stored events to be applied after the start",
     )
     .await;
-    assert_eq!(status_of(&db.pool, "sub_resume1").await.as_deref(), Some("past_due"));
+    assert_eq!(status_of(&db, "sub_resume1").await.as_deref(), Some("past_due"));
     w.stop().await;
 }

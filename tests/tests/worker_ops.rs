@@ -1,18 +1,16 @@
-//! Operating the worker: `run-task`, configuration (environment over the TOML file, secrets
-//! never shown), /metrics and /healthz, and SIGTERM finishing the run in flight.
-mod common;
-mod ops;
-
-use common::*;
-use ops::*;
+//! Operating the worker binary against a real database: its commands (`run-task`,
+//! `apply-catalog`, `check`), configuration (environment over the TOML file, secrets never
+//! shown), /metrics and /healthz over real HTTP, SIGTERM finishing the run in flight, and slow
+//! clients.
+use integration_tests::*;
 use serde_json::json;
 use sqlx::{Connection, Executor};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn run_task_prints_the_run_and_fails_on_failure() {
-    let db = fresh_db("ops_run_task").await;
+    let db = TestDb::create("ops_run_task").await;
     let out =
         worker_command().env("DATABASE_URL", &db.url).args(["run-task", "health_snapshot"]).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -66,38 +64,56 @@ async fn run_task_prints_the_run_and_fails_on_failure() {
 
 #[tokio::test]
 async fn help_documents_every_setting() {
-    let out = worker_command().arg("--help").output().await.unwrap();
+    let out = worker_command().arg("--help").output().await.expect("entitlements-worker is installed");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "DATABASE_URL",
-        "ENTITLEMENTS_CONFIG",
-        "ENTITLEMENTS_LISTEN_ADDR",
-        "ENTITLEMENTS_LOG_FORMAT",
-        "ENTITLEMENTS_WORKER_ID",
-        "ENTITLEMENTS_SCHEDULE",
-        "ENTITLEMENTS_SCHEDULER",
-        "ENTITLEMENTS_RETRY_INITIAL",
-        "ENTITLEMENTS_RETRY_MAX",
-        "ENTITLEMENTS_SHUTDOWN_TIMEOUT",
-        "ENTITLEMENTS_MAX_CONNECTIONS",
-        "ENTITLEMENTS_READ_TIMEOUT",
-        "STRIPE_WEBHOOK_SECRET",
-        "STRIPE_SECRET_KEY",
-        "STRIPE_API_BASE",
+    let more = [
+        "serve",
+        "check",
+        "apply-catalog",
         "run-task",
+        "reconcile-stripe",
         "usage_partitions",
         "retention",
         "[scheduler.tasks]",
         "correct_entitlements",
-    ] {
+    ];
+    for needle in WORKER_SETTINGS.iter().chain(&more) {
         assert!(text.contains(needle), "--help mentions {needle}:\n{text}");
     }
 }
 
 #[tokio::test]
+async fn apply_catalog_reports_the_changes_and_the_database_refusals() {
+    let db = TestDb::create("ops_apply_catalog").await;
+    let file = std::env::temp_dir().join(format!("pe-ops-catalog-{}.json", std::process::id()));
+    let mut catalog = demo_catalog();
+    catalog["plans"][1]["price_cents"] = json!(2900);
+    std::fs::write(&file, catalog.to_string()).unwrap();
+    let apply = || worker_command().env("DATABASE_URL", &db.url).arg("apply-catalog").arg(&file).output();
+    let out = apply().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(changes["plans"]["updated"], json!(["pro"]));
+
+    // A catalog the extension refuses makes the command fail with the database's message.
+    std::fs::write(&file, r#"{"plans": [{"key": "x", "entitlements": {"nope": true}}]}"#).unwrap();
+    let out = apply().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown feature"));
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
+async fn refuses_a_database_without_the_extension() {
+    let out = worker_command().env("DATABASE_URL", admin_url()).arg("check").output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not installed"));
+}
+
+#[tokio::test]
 async fn environment_wins_over_the_file_and_secrets_stay_secret() {
-    let db = fresh_db("ops_config").await;
+    let db = TestDb::create("ops_config").await;
     // The test cluster trusts local connections, so any password works: a recognisable one.
     let secret_url = db.url.replacen("postgres://postgres@", "postgres://postgres:pw-SHOULD-NOT-LEAK@", 1);
     assert_ne!(secret_url, db.url, "the test URL has the expected shape: {}", db.url);
@@ -128,7 +144,7 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
     let mut w = Worker::spawn(cmd, &env_addr);
     w.ready().await;
     assert!(http_get(&file_addr, "/healthz").await.is_err(), "the file's address is not used");
-    let health = eventually(Duration::from_secs(20), "a health_snapshot run", || async {
+    let health = eventually(WAIT, "a health_snapshot run", || async {
         let (_, h) = get_json(&env_addr, "/healthz").await;
         (h["tasks"]["health_snapshot"]["last_outcome"] == "ok").then_some(h)
     })
@@ -139,9 +155,7 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
     let recorded: String =
         sqlx::query_scalar("select worker from entitlements.task_runs limit 1").fetch_one(&db.pool).await.unwrap();
     assert_eq!(recorded, "from-file");
-    let (status, _) = w.terminate(Duration::from_secs(10)).await;
-    assert!(status.success());
-    let log = w.log();
+    let log = w.stop().await;
     assert!(log.contains("listening"), "debug logs were written:\n{log}");
     assert!(log.contains("starting") && log.contains("stripe_api=true"), "the configuration is logged:\n{log}");
     for secret in ["pw-SHOULD-NOT-LEAK", "whsec_FILE-SECRET", "sk_test_ENV-SECRET"] {
@@ -169,25 +183,24 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
 
 #[tokio::test]
 async fn metrics_and_health_over_http() {
-    let db = fresh_db("ops_http").await;
-    subscribe(&mut session(&db).await, uuid::Uuid::new_v4(), "pro").await;
+    let db = TestDb::create("ops_http").await;
+    subscribe(&mut db.session().await, uuid::Uuid::new_v4(), "pro").await;
     let mut cmd = worker_command();
     cmd.arg("serve").env("DATABASE_URL", &db.url).env("ENTITLEMENTS_SCHEDULE", "health_snapshot=100ms");
-    let mut w = Worker::spawn(cmd, &free_addr());
-    w.ready().await;
-    let (_, health) = eventually(Duration::from_secs(20), "every task ran once", || async {
-        let (code, h) = get_json(&w.addr, "/healthz").await;
+    let mut w = Worker::start(cmd).await;
+    let (code, health) = eventually(WAIT, "every task ran once", || async {
+        let (code, h) = w.get_json("/healthz").await;
         let all = ["expire_subscriptions", "correct_entitlements", "health_snapshot"]
             .iter()
             .all(|t| h["recent_runs"][t]["outcome"] == "ok");
         all.then_some((code, h))
     })
     .await;
-    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!((code, &health["status"]), (200, &json!("ok")), "{health}");
     assert_eq!(health["database"], "reachable");
     assert_eq!(health["failing_tasks"], serde_json::json!([]));
 
-    let (code, head, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    let (code, head, metrics) = w.get("/metrics").await;
     assert_eq!(code, 200);
     assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
     assert!(metrics.contains("# TYPE entitlements_task_runs_total counter"), "{metrics}");
@@ -206,11 +219,11 @@ async fn metrics_and_health_over_http() {
     assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "active")]), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "entitlements_subscriptions", &[("status", "paused")]), Some(0.0), "{metrics}");
     assert_eq!(sample(&metrics, "entitlements_webhooks_dead_letters", &[]), Some(0.0), "{metrics}");
-    assert_eq!(get_json(&w.addr, "/livez").await.0, 200);
-    assert_eq!(get_json(&w.addr, "/readyz").await.0, 200);
+    assert_eq!(w.get_json("/livez").await.0, 200);
+    assert_eq!(w.get_json("/readyz").await.0, 200);
 
     // A Stripe event that failed its last attempt: degraded, and counted, until retried.
-    let mut conn = session(&db).await;
+    let mut conn = db.session().await;
     sqlx::query("insert into entitlements.settings (stripe_max_attempts) values (1)").execute(&mut conn).await.unwrap();
     sqlx::query(
         "select entitlements.stripe_record_event('{\"id\": \"evt_dead\", \"type\": \"customer.updated\",
@@ -220,13 +233,13 @@ async fn metrics_and_health_over_http() {
     .execute(&mut conn)
     .await
     .unwrap();
-    let (code, health) = get_json(&w.addr, "/healthz").await;
+    let (code, health) = w.get_json("/healthz").await;
     assert_eq!(
         (code, &health["status"], &health["stripe_dead_letters"]),
         (200, &json!("degraded"), &json!(1)),
         "{health}"
     );
-    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    let metrics = w.metrics().await;
     assert_eq!(sample(&metrics, "entitlements_webhooks_dead_letters", &[]), Some(1.0), "{metrics}");
     sqlx::query("select entitlements.stripe_retry_event('evt_dead')").execute(&mut conn).await.unwrap();
     drop(conn);
@@ -238,13 +251,13 @@ async fn metrics_and_health_over_http() {
         .execute(&mut admin)
         .await
         .unwrap();
-    let (code, health) = get_json(&w.addr, "/healthz").await;
+    let (code, health) = w.get_json("/healthz").await;
     assert_eq!(code, 503, "{health}");
     assert_eq!(health["database"], "unreachable");
     // Readiness follows the database; liveness does not (no restart loop during an outage).
-    assert_eq!(get_json(&w.addr, "/readyz").await.0, 503);
-    assert_eq!(get_json(&w.addr, "/livez").await.0, 200);
-    let (_, _, metrics) = http_get(&w.addr, "/metrics").await.unwrap();
+    assert_eq!(w.get_json("/readyz").await.0, 503);
+    assert_eq!(w.get_json("/livez").await.0, 200);
+    let metrics = w.metrics().await;
     assert_eq!(sample(&metrics, "entitlements_database_up", &[]), Some(0.0));
 
     let (status, took) = w.terminate(Duration::from_secs(10)).await;
@@ -254,17 +267,9 @@ async fn metrics_and_health_over_http() {
 
 #[tokio::test]
 async fn sigterm_finishes_the_run_in_flight() {
-    let db = fresh_db("ops_sigterm").await;
-    let sub: uuid::Uuid = sqlx::query_scalar("select entitlements.subscribe(gen_random_uuid(), 'pro', 'trialing')")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("update entitlements.subscriptions set trial_end = now() - interval '1 minute' where id = $1")
-        .bind(sub)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let mut blocker = session(&db).await;
+    let db = TestDb::create("ops_sigterm").await;
+    let sub = db.ended_trial().await;
+    let mut blocker = db.session().await;
     sqlx::raw_sql("begin").execute(&mut blocker).await.unwrap();
     sqlx::query("select 1 from entitlements.subscriptions where id = $1 for update")
         .bind(sub)
@@ -277,40 +282,33 @@ async fn sigterm_finishes_the_run_in_flight() {
         "ENTITLEMENTS_SCHEDULE",
         "expire_subscriptions=1h,correct_entitlements=off,health_snapshot=off,prune_task_runs=off",
     );
-    let mut w = Worker::spawn(cmd, &free_addr());
-    w.ready().await;
-    eventually(Duration::from_secs(20), "the run is in flight", || async {
-        let n: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity
-              where datname = current_database() and wait_event_type = 'Lock' and query like '%run_task%'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        (n == 1).then_some(())
+    let mut w = Worker::start(cmd).await;
+    eventually(WAIT, "the run is in flight", || async { (db.task_runs_waiting().await == 1).then_some(()) }).await;
+
+    // SIGTERM while the run waits: the worker takes it (logs it, or stops answering) ...
+    w.sigterm();
+    eventually(WAIT, "the worker to take the SIGTERM", || async {
+        (w.log().contains("shutdown requested") || http_get(&w.addr, "/healthz").await.is_err()).then_some(())
     })
     .await;
-
-    // SIGTERM while the run waits; release it a second later. The worker stops taking
-    // requests at once and exits 0 after the run is recorded.
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        sqlx::raw_sql("commit").execute(&mut blocker).await.unwrap();
-        blocker
-    });
-    let addr = w.addr.clone();
-    let (status, took) = w.terminate(Duration::from_secs(10)).await;
-    release.await.unwrap();
+    // ... and keeps running as long as the run waits: watched for a second, it never exits.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(1) {
+        assert!(w.child.try_wait().unwrap().is_none(), "exited with a run in flight:\n{}", w.log());
+        assert_eq!(db.task_runs_waiting().await, 1, "the run is still waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Released, the run finishes, is recorded, and the worker exits 0.
+    sqlx::raw_sql("commit").execute(&mut blocker).await.unwrap();
+    let status = w.exit_within(Duration::from_secs(10)).await;
     assert!(status.success(), "exit code 0: {status:?}\n{}", w.log());
-    assert!(took >= Duration::from_millis(900), "it waited for the run in flight ({took:?})");
-    assert!(took < Duration::from_secs(10));
     let (outcome, rows): (String, i64) =
         sqlx::query_as("select outcome, rows_touched from entitlements.task_runs where task = 'expire_subscriptions'")
             .fetch_one(&db.pool)
             .await
             .unwrap();
     assert_eq!((outcome.as_str(), rows), ("ok", 1), "the in-flight run finished and was recorded");
-    assert!(http_get(&addr, "/healthz").await.is_err(), "nothing listens after exit");
+    assert!(http_get(&w.addr, "/healthz").await.is_err(), "nothing listens after exit");
 }
 
 /// Slow clients cannot tie the listener up: a connection that stops sending mid-request
@@ -319,15 +317,8 @@ async fn sigterm_finishes_the_run_in_flight() {
 /// once they are cut off.
 #[tokio::test]
 async fn slow_clients_are_cut_off() {
-    let db = fresh_db("ops_slow").await;
-    let mut cmd = worker_command();
-    cmd.arg("serve")
-        .env("DATABASE_URL", &db.url)
-        .env("ENTITLEMENTS_SCHEDULER", "false")
-        .env("ENTITLEMENTS_MAX_CONNECTIONS", "2")
-        .env("ENTITLEMENTS_READ_TIMEOUT", "1s");
-    let mut w = Worker::spawn(cmd, &free_addr());
-    w.ready().await;
+    let db = TestDb::create("ops_slow").await;
+    let w = Worker::serve(&db.url, &[("ENTITLEMENTS_MAX_CONNECTIONS", "2"), ("ENTITLEMENTS_READ_TIMEOUT", "1s")]).await;
 
     // Two clients send half a request line and then nothing.
     let mut slow = Vec::new();
@@ -351,9 +342,9 @@ async fn slow_clients_are_cut_off() {
 
     // A handler slower than the read timeout (/healthz waits up to 2 s for task_runs, which
     // another session holds locked) still answers: the silence is the worker's, not the client's.
-    let mut locker = session(&db).await;
+    let mut locker = db.session().await;
     locker.execute("begin; lock table entitlements.task_runs in access exclusive mode").await.unwrap();
-    let (code, health) = get_json(&w.addr, "/healthz").await;
+    let (code, health) = w.get_json("/healthz").await;
     assert_eq!(code, 200, "{health}");
     assert!(health["recent_runs"].is_null(), "the task runs could not be read in time: {health}");
     locker.execute("rollback").await.unwrap();
@@ -368,6 +359,5 @@ async fn slow_clients_are_cut_off() {
     tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut answer)).await.unwrap().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
-    let (status, _) = w.terminate(Duration::from_secs(10)).await;
-    assert!(status.success(), "{}", w.log());
+    w.stop().await;
 }

@@ -1,0 +1,137 @@
+//! A fresh database per test in the cluster `make test` started.
+use crate::wait::{eventually, WAIT};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// The demo catalog every test database starts with.
+pub const DEMO_CATALOG: &str = include_str!("../../examples/catalog.json");
+
+pub fn demo_catalog() -> serde_json::Value {
+    serde_json::from_str(DEMO_CATALOG).expect("examples/catalog.json is JSON")
+}
+
+pub fn admin_url() -> String {
+    std::env::var("ENTITLEMENTS_TEST_ADMIN_URL")
+        .expect("ENTITLEMENTS_TEST_ADMIN_URL is not set: run the integration tests through `make test`")
+}
+
+/// A database of its own: `it_<name>`, with the extension and the demo catalog. It is left
+/// behind after the test (to look at) and dropped by the next run.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create(name: &str) -> TestDb {
+        let admin = admin_url();
+        let mut conn = PgConnection::connect(&admin).await.expect("connect to the test cluster");
+        let name = format!("it_{name}");
+        // The name is a test's identifier, never outside input.
+        for ddl in [format!("drop database if exists {name} with (force)"), format!("create database {name}")] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut conn).await.unwrap();
+        }
+        let opts = PgConnectOptions::from_str(&admin).unwrap().database(&name);
+        let url = match admin.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => admin.clone(),
+        };
+        let pool = PgPoolOptions::new().max_connections(60).connect_with(opts).await.unwrap();
+        sqlx::query("create extension pg_entitlements").execute(&pool).await.unwrap();
+        sqlx::query("select entitlements.apply_catalog($1)").bind(demo_catalog()).execute(&pool).await.unwrap();
+        TestDb { name, url, pool }
+    }
+
+    /// A new session of its own (not from the pool): a backend that has cached nothing.
+    pub async fn session(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.expect("open a session")
+    }
+
+    /// `has_feature` asked by a new session.
+    pub async fn has_feature(&self, customer: Uuid, feature: &str) -> bool {
+        has_feature(&mut self.session().await, customer, feature).await
+    }
+
+    /// Poll `query` (a boolean scalar) until it is true; panic naming `what` after [`WAIT`].
+    pub async fn wait_until(&self, query: &str, what: &str) {
+        eventually(WAIT, what, || async {
+            let ok: bool =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_owned())).fetch_one(&self.pool).await.unwrap();
+            ok.then_some(())
+        })
+        .await
+    }
+
+    /// A bigint scalar.
+    pub async fn count(&self, query: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_owned())).fetch_one(&self.pool).await.unwrap()
+    }
+
+    pub async fn link_stripe_customer(&self, customer: Uuid, stripe_customer: &str) {
+        sqlx::query("select entitlements.link_stripe_customer($1, $2)")
+            .bind(customer)
+            .bind(stripe_customer)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn override_feature(&self, customer: Uuid, feature: &str, value: serde_json::Value) {
+        sqlx::query("select entitlements.override_feature($1, $2, $3, reason => 'test')")
+            .bind(customer)
+            .bind(feature)
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// Rows of `entitlements.usage_drift()`: counters that differ from the ledger.
+    pub async fn usage_drift(&self) -> i64 {
+        self.count("select count(*) from entitlements.usage_drift()").await
+    }
+
+    /// A manual trial that ended a minute ago: expire_subscriptions has one row to update.
+    pub async fn ended_trial(&self) -> Uuid {
+        let sub: Uuid = sqlx::query_scalar("select entitlements.subscribe(gen_random_uuid(), 'pro', 'trialing')")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        sqlx::query("update entitlements.subscriptions set trial_end = now() - interval '1 minute' where id = $1")
+            .bind(sub)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        sub
+    }
+
+    /// Task runs of this database waiting on a lock (a row another session holds).
+    pub async fn task_runs_waiting(&self) -> i64 {
+        self.count(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock' and query like '%run_task%'",
+        )
+        .await
+    }
+}
+
+pub async fn has_feature(conn: &mut PgConnection, customer: Uuid, feature: &str) -> bool {
+    sqlx::query_scalar("select entitlements.has_feature($1, $2)")
+        .bind(customer)
+        .bind(feature)
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+pub async fn subscribe(conn: &mut PgConnection, customer: Uuid, plan: &str) -> Uuid {
+    sqlx::query_scalar("select entitlements.subscribe($1, $2)").bind(customer).bind(plan).fetch_one(conn).await.unwrap()
+}
+
+/// The SQLSTATE of a database error.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
+}
