@@ -9,21 +9,7 @@ select is((select count(*) from entitlements.plans where active), 4::bigint, 'fo
 select is((select key from entitlements.plans where is_default), 'free', 'free is the default plan');
 
 -- Idempotent: the same document again changes nothing.
-create temp table doc as select $json$
-{"features": [{"key": "agents", "kind": "flag"}, {"key": "minutes", "kind": "metered", "unit": "minute"},
-              {"key": "files", "kind": "limit"}, {"key": "seats", "kind": "limit"},
-              {"key": "slots", "kind": "concurrency"}, {"key": "theme", "kind": "config"}],
- "plans": [
-   {"key": "free", "name": "Free", "price_cents": 0, "default": true, "public": true,
-    "entitlements": {"agents": false, "minutes": 60, "files": 3, "seats": 1, "slots": 1, "theme": "basic"}},
-   {"key": "pro", "name": "Pro", "price_cents": 1900, "public": true, "trial_days": 14, "grace_days": 3,
-    "entitlements": {"agents": true, "minutes": {"limit": 300, "period": "month"}, "files": 15, "seats": 1,
-                     "slots": 3, "theme": "custom"}},
-   {"key": "team", "name": "Team", "price_cents": 4900, "public": true,
-    "entitlements": {"agents": true, "files": null, "seats": {"limit": 5, "per_unit": true}, "slots": 10}},
-   {"key": "enterprise", "name": "Enterprise", "price_cents": 99900,
-    "entitlements": {"agents": true, "files": null, "seats": null, "slots": 100}}]}
-$json$::jsonb as d;
+create temp table doc as select doc as d from pg_temp.fixture_catalog;
 select count(*) as audit_before from entitlements.audit_log \gset
 select is(entitlements.apply_catalog((select d from doc)) -> 'changed', 'false'::jsonb, 'same document twice: no change');
 select is((select count(*) from entitlements.audit_log), :audit_before::bigint, 'an unchanged apply writes no audit rows');

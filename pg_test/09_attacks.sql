@@ -318,29 +318,7 @@ select throws_ok($$insert into entitlements.grants (customer_id, kind, feature_k
                  '22023', NULL, 'a direct INSERT of a grant whose value is 1e400 is refused with 22023');
 select throws_ok(
     format('select entitlements.apply_catalog(%L::jsonb)',
-           jsonb_set($json$
-{
-  "features": [
-    {"key": "agents",  "kind": "flag"},
-    {"key": "minutes", "kind": "metered", "unit": "minute"},
-    {"key": "files",   "kind": "limit"},
-    {"key": "seats",   "kind": "limit"},
-    {"key": "slots",   "kind": "concurrency"},
-    {"key": "theme",   "kind": "config"}
-  ],
-  "plans": [
-    {"key": "free", "name": "Free", "price_cents": 0, "default": true, "public": true,
-     "entitlements": {"agents": false, "minutes": 60, "files": 3, "seats": 1, "slots": 1, "theme": "basic"}},
-    {"key": "pro", "name": "Pro", "price_cents": 1900, "public": true, "trial_days": 14, "grace_days": 3,
-     "entitlements": {"agents": true, "minutes": {"limit": 300, "period": "month"}, "files": 15, "seats": 1,
-                      "slots": 3, "theme": "custom"}},
-    {"key": "team", "name": "Team", "price_cents": 4900, "public": true,
-     "entitlements": {"agents": true, "files": null, "seats": {"limit": 5, "per_unit": true}, "slots": 10}},
-    {"key": "enterprise", "name": "Enterprise", "price_cents": 99900,
-     "entitlements": {"agents": true, "files": null, "seats": null, "slots": 100}}
-  ]
-}
-$json$::jsonb, '{plans,1,entitlements,theme}', (repeat('[', 300) || '"dark"' || repeat(']', 300))::jsonb)),
+           jsonb_set((select doc from pg_temp.fixture_catalog), '{plans,1,entitlements,theme}', (repeat('[', 300) || '"dark"' || repeat(']', 300))::jsonb)),
     '22023', NULL, 'apply_catalog refuses a config value nested 300 arrays deep with 22023 (not XX000)');
 select throws_ok($$select entitlements.subscribe('00000000-0000-0000-0000-0000000008e9', 'pro', period_end => 'infinity')$$,
                  '22023', NULL, 'subscribe refuses period_end => infinity with 22023');
