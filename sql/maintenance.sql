@@ -59,6 +59,16 @@ as $$ select pg_try_advisory_xact_lock('entitlements.task_runs'::regclass::oid::
 comment on function entitlements.try_lock_task(text) is
     'Take the task''s lock until the end of the transaction; false when another session holds it.';
 
+-- When a subscription stops granting, by the one granting rule (rules::grants_until, in
+-- Rust): NULL while it grants with no end, -infinity when it grants nothing. Every task
+-- below asks this instead of restating the rule.
+create function entitlements._grants_until(s entitlements.subscriptions, grace_days integer)
+returns timestamptz language sql immutable parallel safe
+as $$
+    select entitlements._grants_until(s.status, s.trial_end, s.current_period_end, s.cancel_at_period_end,
+                                      s.status_changed_at, grace_days)
+$$;
+
 -- Expiry --------------------------------------------------------------------------------
 
 -- Manual subscriptions whose trial, cancel-at-period-end period or past_due grace ended
@@ -79,16 +89,18 @@ begin
        set status = 'canceled', cancel_at_period_end = false,
            canceled_at = coalesce(s.canceled_at, coalesce(s.trial_end, s.current_period_end)),
            ended_at = coalesce(s.trial_end, s.current_period_end)
-     where s.source = 'manual' and s.status = 'trialing'
-       and coalesce(s.trial_end, s.current_period_end) <= now();
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'trialing'
+       and entitlements._grants_until(s, p.grace_days) <= now();
     get diagnostics v_trials = row_count;
 
     -- Canceled at period end, and the period is over: the cancellation is final.
     perform set_config('entitlements.reason', 'expire_subscriptions: canceled period ended', true);
     update entitlements.subscriptions s
        set cancel_at_period_end = false, ended_at = coalesce(s.ended_at, s.current_period_end)
-     where s.source = 'manual' and s.status = 'canceled' and s.cancel_at_period_end
-       and (s.current_period_end is null or s.current_period_end <= now());
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'canceled' and s.cancel_at_period_end
+       and entitlements._grants_until(s, p.grace_days) <= now();
     get diagnostics v_cancels = row_count;
 
     -- past_due beyond the plan's grace period: unpaid, as Stripe does when retries run out.
@@ -97,16 +109,15 @@ begin
        set status = 'unpaid'
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'past_due'
-       and s.status_changed_at + make_interval(days => p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= now();
     get diagnostics v_grace = row_count;
     perform set_config('entitlements.reason', '', true);
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
       join entitlements.plans p on p.key = s.plan_key
-     where s.source = 'stripe'
-       and ((s.status = 'trialing' and coalesce(s.trial_end, s.current_period_end) <= now())
-            or (s.status = 'canceled' and s.cancel_at_period_end and s.current_period_end <= now())
-            or (s.status = 'past_due' and s.status_changed_at + make_interval(days => p.grace_days) <= now()));
+     where s.source = 'stripe' and s.status in ('trialing', 'canceled', 'past_due')
+       and (s.status <> 'canceled' or s.cancel_at_period_end)
+       and entitlements._grants_until(s, p.grace_days) <= now();
 
     return jsonb_build_object(
         'rows_touched', v_trials + v_cancels + v_grace,
@@ -149,11 +160,14 @@ begin
     update entitlements.subscriptions s
        set status = 'canceled', cancel_at_period_end = false,
            canceled_at = coalesce(s.canceled_at, s.current_period_end), ended_at = s.current_period_end
-     where s.source = 'manual' and s.status = 'active' and s.current_period_end <= now();
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'active'
+       and entitlements._grants_until(s, p.grace_days) <= now();
     get diagnostics v_lapsed = row_count;
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
-     where s.source = 'stripe' and s.status = 'active' and s.current_period_end <= now();
+      join entitlements.plans p on p.key = s.plan_key
+     where s.source = 'stripe' and s.status = 'active' and entitlements._grants_until(s, p.grace_days) <= now();
 
     perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
     update entitlements.grants g set revoked_at = g.expires_at
@@ -216,9 +230,10 @@ set search_path = pg_catalog, pg_temp
 as $$
     select jsonb_build_object(
         'rows_touched', 0,
-        'subscriptions_by_status', (select coalesce(jsonb_object_agg(status, n), '{}')
-                                      from (select s.status, count(*) as n from entitlements.subscriptions s
-                                             group by s.status) x),
+        -- Every status, so one that drops to zero reads 0 rather than vanishing.
+        'subscriptions_by_status', (select jsonb_object_agg(st.status, (select count(*) from entitlements.subscriptions s
+                                                                         where s.status = st.status))
+                                      from unnest(entitlements.subscription_statuses()) st(status)),
         'subscriptions_by_plan', (select coalesce(jsonb_object_agg(plan_key, n), '{}')
                                     from (select s.plan_key, count(*) as n from entitlements.subscriptions s
                                            where s.status in ('trialing', 'active', 'past_due')
@@ -227,12 +242,9 @@ as $$
         -- Status says it grants, the rules say it no longer does: what expiry/correction will tidy.
         'subscriptions_to_tidy', (select count(*) from entitlements.subscriptions s
                                     join entitlements.plans p on p.key = s.plan_key
-                                   where (s.status = 'trialing' and coalesce(s.trial_end, s.current_period_end) <= now())
-                                      or (s.status = 'active' and s.current_period_end <= now())
-                                      or (s.status = 'canceled' and s.cancel_at_period_end
-                                          and s.current_period_end <= now())
-                                      or (s.status = 'past_due'
-                                          and s.status_changed_at + make_interval(days => p.grace_days) <= now())),
+                                   where s.status in ('trialing', 'active', 'canceled', 'past_due')
+                                     and (s.status <> 'canceled' or s.cancel_at_period_end)
+                                     and entitlements._grants_until(s, p.grace_days) <= now()),
         'customers', (select count(*) from entitlements.customers c where c.kind = 'user'),
         'organizations', (select count(*) from entitlements.customers c where c.kind = 'organization'),
         'members', (select count(*) from entitlements.members),

@@ -166,10 +166,7 @@ as $$
                   select sum(l.amount) from entitlements.usage_ledger l
                    where l.customer_id = customer and l.feature_key = feature
                      and l.at >= coalesce((windows ->> (m ->> 'period'))::timestamptz,
-                                          case m ->> 'period'
-                                              when 'day' then date_trunc('day', statement_timestamp(), 'UTC')
-                                              when 'lifetime' then '-infinity'
-                                              else date_trunc('month', statement_timestamp(), 'UTC') end)), 0))
+                                          entitlements._window_start(m ->> 'period', statement_timestamp()))), 0))
      order by p.price_cents, p.key
      limit 1
 $$;
@@ -570,11 +567,8 @@ as $$
           from entitlements.usage_counters c group by 1, 2, 3, 4),
     ledger as (
         select l.customer_id, l.feature_key, p.period,
-               case p.period
-                   when 'day' then date_trunc('day', l.at, 'UTC')
-                   when 'month' then date_trunc('month', l.at, 'UTC')
-                   when 'billing_period' then l.billing_window
-                   else timestamptz '1970-01-01 00:00:00+00' end as window_start,
+               case p.period when 'billing_period' then l.billing_window
+                   else entitlements._window_start(p.period, l.at) end as window_start,
                sum(l.amount) as n
           from entitlements.usage_ledger l, unnest(l.periods) p(period)
          group by 1, 2, 3, 4

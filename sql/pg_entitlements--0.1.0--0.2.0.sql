@@ -104,16 +104,28 @@ $$;
 -- _customer_kind (definers that told anyone a customer's tenant and kind) are replaced by
 -- questions about the caller only. They are dropped further down, once nothing calls them.
 
--- Role-level privilege: superuser/BYPASSRLS, the extension owner, or entitlements_admin.
--- The same rule in Rust: access::role_is_privileged.
-create or replace function entitlements._role_is_privileged(r oid)
-returns boolean language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-    select exists (select 1 from pg_roles x where x.oid = r and (x.rolsuper or x.rolbypassrls))
-        or exists (select 1 from pg_roles x where x.rolname = 'entitlements_admin' and pg_has_role(r, x.oid, 'USAGE'))
-        or exists (select 1 from pg_namespace n where n.nspname = 'entitlements' and pg_has_role(r, n.nspowner, 'USAGE'))
-$$;
+-- Rules written once, in Rust (issue 9): role-level privilege (superuser/BYPASSRLS, the
+-- extension owner, or entitlements_admin) and "may act for a customer" were SQL here and
+-- Rust in the checks; now SQL calls the Rust (security/access.rs). The parameter of
+-- _role_is_privileged is renamed, so it is dropped first (nothing depends on it).
+drop function entitlements._role_is_privileged(oid);
+CREATE  FUNCTION "_role_is_privileged"(
+	"role" oid /* pg_sys :: Oid */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'role_is_privileged_sql_wrapper';
+CREATE OR REPLACE FUNCTION "_is_privileged_role"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'current_role_is_privileged_wrapper';
+-- The RLS policies keep calling it by the same signature.
+CREATE OR REPLACE FUNCTION "can_see_customer"(
+	"customer" uuid /* Uuid */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'can_see_customer_wrapper';
 
 -- Is the calling user a listed admin of `customer`'s tenant (or a global one)? Answers
 -- about the caller only; the tenant itself stays hidden.
@@ -607,10 +619,10 @@ begin
         raise exception 'plan "%" is no longer offered', plan
             using errcode = '22023', hint = 'Existing subscribers keep it; new subscriptions need an active plan.';
     end if;
-    if status not in ('trialing', 'active', 'past_due', 'unpaid', 'canceled', 'incomplete', 'incomplete_expired', 'paused') then
+    if not coalesce(status = any (entitlements.subscription_statuses()), false) then
         raise exception 'unknown subscription status "%"', status
             using errcode = '22023',
-                  hint = 'one of: trialing, active, past_due, unpaid, canceled, incomplete, incomplete_expired, paused';
+                  hint = 'one of: ' || array_to_string(entitlements.subscription_statuses(), ', ');
     end if;
     if quantity is null or quantity < 1 or quantity > 1000000 then
         raise exception 'quantity must be from 1 to 1000000, got %', coalesce(quantity::text, 'NULL') using errcode = '22023';
@@ -1096,11 +1108,14 @@ begin
     update entitlements.subscriptions s
        set status = 'canceled', cancel_at_period_end = false,
            canceled_at = coalesce(s.canceled_at, s.current_period_end), ended_at = s.current_period_end
-     where s.source = 'manual' and s.status = 'active' and s.current_period_end <= now();
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'active'
+       and entitlements._grants_until(s, p.grace_days) <= now();
     get diagnostics v_lapsed = row_count;
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
-     where s.source = 'stripe' and s.status = 'active' and s.current_period_end <= now();
+      join entitlements.plans p on p.key = s.plan_key
+     where s.source = 'stripe' and s.status = 'active' and entitlements._grants_until(s, p.grace_days) <= now();
 
     perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
     update entitlements.grants g set revoked_at = g.expires_at
@@ -1966,6 +1981,205 @@ $$;
 -- Restorable dumps: the identity sequences are dumped, so restored ids continue.
 select pg_catalog.pg_extension_config_dump('entitlements.audit_log_id_seq', '');
 select pg_catalog.pg_extension_config_dump('entitlements.task_runs_id_seq', '');
+
+-- Rules written once (issue 9) ---------------------------------------------------------
+-- The statuses in one function, which the column's CHECK reads.
+create function entitlements.subscription_statuses()
+returns text[] language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select array['trialing', 'active', 'past_due', 'unpaid', 'canceled', 'incomplete', 'incomplete_expired', 'paused'] $$;
+comment on function entitlements.subscription_statuses() is
+    'Every status a subscription can be in (Stripe''s). Which of them grant: README, Rules.';
+alter table entitlements.subscriptions drop constraint subscriptions_status_check;
+alter table entitlements.subscriptions
+    add constraint subscriptions_status_check check (status = any (entitlements.subscription_statuses()));
+
+-- The granting rule and the calendar window, Rust, for the SQL that restated them.
+CREATE  FUNCTION "_grants_until"(
+	"status" TEXT, /* Option < & str > */
+	"trial_end" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"period_end" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"cancel_at_period_end" bool, /* Option < bool > */
+	"status_changed_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"grace_days" INT /* Option < i32 > */
+) RETURNS timestamp with time zone /* Option < TimestampWithTimeZone > */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'grants_until_wrapper';
+CREATE  FUNCTION "_window_start"(
+	"period" TEXT, /* & str */
+	"at" timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+) RETURNS timestamp with time zone /* pgrx :: datum :: TimestampWithTimeZone */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'window_start_wrapper';
+
+-- Synced from the install scripts (scripts/upgrade_sync.py) ----------
+
+create or replace function entitlements._grants_until(s entitlements.subscriptions, grace_days integer)
+returns timestamptz language sql immutable parallel safe
+as $$
+    select entitlements._grants_until(s.status, s.trial_end, s.current_period_end, s.cancel_at_period_end,
+                                      s.status_changed_at, grace_days)
+$$;
+
+create or replace function entitlements._task_expire_subscriptions()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_trials bigint;
+    v_cancels bigint;
+    v_grace bigint;
+    v_stale_stripe bigint;
+begin
+    -- A trial that ended without becoming a paid subscription.
+    perform set_config('entitlements.reason', 'expire_subscriptions: trial ended', true);
+    update entitlements.subscriptions s
+       set status = 'canceled', cancel_at_period_end = false,
+           canceled_at = coalesce(s.canceled_at, coalesce(s.trial_end, s.current_period_end)),
+           ended_at = coalesce(s.trial_end, s.current_period_end)
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'trialing'
+       and entitlements._grants_until(s, p.grace_days) <= now();
+    get diagnostics v_trials = row_count;
+
+    -- Canceled at period end, and the period is over: the cancellation is final.
+    perform set_config('entitlements.reason', 'expire_subscriptions: canceled period ended', true);
+    update entitlements.subscriptions s
+       set cancel_at_period_end = false, ended_at = coalesce(s.ended_at, s.current_period_end)
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'canceled' and s.cancel_at_period_end
+       and entitlements._grants_until(s, p.grace_days) <= now();
+    get diagnostics v_cancels = row_count;
+
+    -- past_due beyond the plan's grace period: unpaid, as Stripe does when retries run out.
+    perform set_config('entitlements.reason', 'expire_subscriptions: grace period ended', true);
+    update entitlements.subscriptions s
+       set status = 'unpaid'
+      from entitlements.plans p
+     where p.key = s.plan_key and s.source = 'manual' and s.status = 'past_due'
+       and entitlements._grants_until(s, p.grace_days) <= now();
+    get diagnostics v_grace = row_count;
+    perform set_config('entitlements.reason', '', true);
+
+    select count(*) into v_stale_stripe from entitlements.subscriptions s
+      join entitlements.plans p on p.key = s.plan_key
+     where s.source = 'stripe' and s.status in ('trialing', 'canceled', 'past_due')
+       and (s.status <> 'canceled' or s.cancel_at_period_end)
+       and entitlements._grants_until(s, p.grace_days) <= now();
+
+    return jsonb_build_object(
+        'rows_touched', v_trials + v_cancels + v_grace,
+        'trials_ended', v_trials,
+        'cancellations_final', v_cancels,
+        'grace_ended', v_grace,
+        'stripe_stale', v_stale_stripe);
+end
+$$;
+
+create or replace function entitlements._task_health_snapshot()
+returns jsonb language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select jsonb_build_object(
+        'rows_touched', 0,
+        -- Every status, so one that drops to zero reads 0 rather than vanishing.
+        'subscriptions_by_status', (select jsonb_object_agg(st.status, (select count(*) from entitlements.subscriptions s
+                                                                         where s.status = st.status))
+                                      from unnest(entitlements.subscription_statuses()) st(status)),
+        'subscriptions_by_plan', (select coalesce(jsonb_object_agg(plan_key, n), '{}')
+                                    from (select s.plan_key, count(*) as n from entitlements.subscriptions s
+                                           where s.status in ('trialing', 'active', 'past_due')
+                                           group by s.plan_key) x),
+        'subscriptions_from_stripe', (select count(*) from entitlements.subscriptions s where s.source = 'stripe'),
+        -- Status says it grants, the rules say it no longer does: what expiry/correction will tidy.
+        'subscriptions_to_tidy', (select count(*) from entitlements.subscriptions s
+                                    join entitlements.plans p on p.key = s.plan_key
+                                   where s.status in ('trialing', 'active', 'canceled', 'past_due')
+                                     and (s.status <> 'canceled' or s.cancel_at_period_end)
+                                     and entitlements._grants_until(s, p.grace_days) <= now()),
+        'customers', (select count(*) from entitlements.customers c where c.kind = 'user'),
+        'organizations', (select count(*) from entitlements.customers c where c.kind = 'organization'),
+        'members', (select count(*) from entitlements.members),
+        'grants_open', (select count(*) from entitlements.grants g
+                         where g.revoked_at is null and (g.expires_at is null or g.expires_at > now())),
+        'grants_expired_open', (select count(*) from entitlements.grants g
+                                 where g.revoked_at is null and g.expires_at <= now()),
+        'plans_active', (select count(*) from entitlements.plans p where p.active),
+        'audit_rows_24h', (select count(*) from entitlements.audit_log a where a.at > now() - interval '24 hours'),
+        'task_runs_failed_24h', (select coalesce(jsonb_object_agg(task, n), '{}')
+                                   from (select t.task, count(*) as n from entitlements.task_runs t
+                                          where t.outcome = 'error' and t.started_at > now() - interval '24 hours'
+                                          group by t.task) x),
+        'task_last_ok', (select coalesce(jsonb_object_agg(task, at), '{}')
+                           from (select t.task, max(t.finished_at) as at from entitlements.task_runs t
+                                  where t.outcome = 'ok' group by t.task) x))
+$$;
+
+create or replace function entitlements._upgrade_plan(customer uuid, feature text, amount numeric, windows jsonb)
+returns text language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select p.key
+      from entitlements.plans p
+      join entitlements.plan_entitlements e on e.plan_key = p.key and e.feature_key = feature
+     where p.public and p.active
+       and not exists (
+           select 1 from jsonb_array_elements(e.spec -> 'limits') m
+            where jsonb_typeof(m -> 'limit') = 'number'
+              and (m ->> 'limit')::numeric < amount + coalesce((
+                  select sum(l.amount) from entitlements.usage_ledger l
+                   where l.customer_id = customer and l.feature_key = feature
+                     and l.at >= coalesce((windows ->> (m ->> 'period'))::timestamptz,
+                                          entitlements._window_start(m ->> 'period', statement_timestamp()))), 0))
+     order by p.price_cents, p.key
+     limit 1
+$$;
+
+create or replace function entitlements.usage_drift()
+returns table (customer_id uuid, feature_key text, period text, window_start timestamptz,
+               counted numeric, ledger numeric)
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with counted as (
+        select c.customer_id, c.feature_key, c.period, c.window_start, sum(c.used) as n
+          from entitlements.usage_counters c group by 1, 2, 3, 4),
+    ledger as (
+        select l.customer_id, l.feature_key, p.period,
+               case p.period when 'billing_period' then l.billing_window
+                   else entitlements._window_start(p.period, l.at) end as window_start,
+               sum(l.amount) as n
+          from entitlements.usage_ledger l, unnest(l.periods) p(period)
+         group by 1, 2, 3, 4
+        union all
+        select r.customer_id, r.feature_key, 'lifetime', timestamptz '1970-01-01 00:00:00+00', r.amount
+          from entitlements.usage_rollup r),
+    ledger_sum as (
+        select l.customer_id, l.feature_key, l.period, l.window_start, sum(l.n) as n from ledger l group by 1, 2, 3, 4)
+    select coalesce(c.customer_id, l.customer_id), coalesce(c.feature_key, l.feature_key),
+           coalesce(c.period, l.period), coalesce(c.window_start, l.window_start),
+           coalesce(c.n, 0), coalesce(l.n, 0)
+      from counted c
+      full join ledger_sum l using (customer_id, feature_key, period, window_start)
+     where coalesce(c.n, 0) <> coalesce(l.n, 0)
+       and (coalesce(c.period, l.period) = 'lifetime'
+            or coalesce(c.window_start, l.window_start)
+               >= coalesce((select max(r.through) from entitlements.usage_rollup r), '-infinity'))
+$$;
+
+create or replace function entitlements._stripe_require_admin(action text)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if entitlements._is_privileged_role() then
+        return;
+    end if;
+    perform entitlements._require_admin(action);
+end
+$$;
 
 -- Privileges (sql/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0

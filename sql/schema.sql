@@ -127,12 +127,20 @@ create table entitlements.customers (
 );
 create index customers_tenant on entitlements.customers (tenant_id) where tenant_id is not null;
 
+-- The statuses a subscription can be in (Stripe's), in one place: the column's CHECK,
+-- subscribe's validation and the health snapshot read them from here.
+create function entitlements.subscription_statuses()
+returns text[] language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$ select array['trialing', 'active', 'past_due', 'unpaid', 'canceled', 'incomplete', 'incomplete_expired', 'paused'] $$;
+comment on function entitlements.subscription_statuses() is
+    'Every status a subscription can be in (Stripe''s). Which of them grant: README, Rules.';
+
 create table entitlements.subscriptions (
     id                     uuid primary key default gen_random_uuid(),
     customer_id            uuid not null references entitlements.customers (id),
     plan_key               text not null references entitlements.plans (key) on update cascade,
-    status                 text not null check (status in ('trialing', 'active', 'past_due', 'unpaid',
-                               'canceled', 'incomplete', 'incomplete_expired', 'paused')),
+    status                 text not null check (status = any (entitlements.subscription_statuses())),
     quantity               integer not null default 1 check (quantity between 1 and 1000000),
     current_period_start   timestamptz check (entitlements._finite(current_period_start, 'current_period_start')),
     current_period_end     timestamptz check (entitlements._finite(current_period_end, 'current_period_end')),

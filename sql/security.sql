@@ -27,21 +27,9 @@ begin
 end
 $$;
 
--- Role-level privilege: superuser/BYPASSRLS, the extension owner, or entitlements_admin.
--- The same rule in Rust: access::role_is_privileged.
-create function entitlements._role_is_privileged(r oid)
-returns boolean language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-    select exists (select 1 from pg_roles x where x.oid = r and (x.rolsuper or x.rolbypassrls))
-        or exists (select 1 from pg_roles x where x.rolname = 'entitlements_admin' and pg_has_role(r, x.oid, 'USAGE'))
-        or exists (select 1 from pg_namespace n where n.nspname = 'entitlements' and pg_has_role(r, n.nspowner, 'USAGE'))
-$$;
-
-create function entitlements._is_privileged_role()
-returns boolean language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$ select entitlements._role_is_privileged((select r.oid from pg_roles r where r.rolname = current_user)) $$;
+-- Role-level privilege (superuser/BYPASSRLS, the extension owner, or entitlements_admin)
+-- is Rust, written once: entitlements._role_is_privileged(role) and _is_privileged_role()
+-- (security/access.rs). So is "may act for a customer": entitlements.can_see_customer.
 
 -- These SECURITY DEFINER helpers read tables callers cannot read in full; each answers
 -- only about the calling user, so they reveal nothing about anyone else.
@@ -109,14 +97,6 @@ returns boolean language sql stable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$ select entitlements._is_privileged_role() or entitlements._is_listed_admin_of(customer) $$;
 
-create function entitlements.can_see_customer(customer uuid)
-returns boolean language sql stable parallel safe
-set search_path = pg_catalog, pg_temp
-as $$
-    select customer = entitlements.current_user_id()
-        or entitlements._my_org_role(customer) is not null
-        or entitlements.is_admin_of(customer)
-$$;
 
 create function entitlements.can_manage_organization(org uuid)
 returns boolean language sql stable parallel safe

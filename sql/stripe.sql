@@ -108,17 +108,15 @@ exception when invalid_text_representation then
 end
 $$;
 
--- Admins only, like every write path (entitlements._require_admin). The roles a worker connects
--- as (superuser, BYPASSRLS, the extension owner) pass on a plan cached per session; everyone
--- else takes the full check. Per webhook that is ~15 us instead of ~250 us (the full check's
--- SQL functions with SET clauses are planned on every call).
+-- Admins only, like every write path (entitlements._require_admin). A privileged role (what
+-- a worker connects as) passes on the Rust check alone; everyone else takes the full one,
+-- whose SQL functions with SET clauses are planned on every call (~250 us per webhook).
 create function entitlements._stripe_require_admin(action text)
 returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if exists (select 1 from pg_roles r where r.rolname = current_user and (r.rolsuper or r.rolbypassrls))
-       or pg_has_role(current_user, (select n.nspowner from pg_namespace n where n.nspname = 'entitlements'), 'USAGE') then
+    if entitlements._is_privileged_role() then
         return;
     end if;
     perform entitlements._require_admin(action);

@@ -70,10 +70,10 @@ begin
         raise exception 'plan "%" is no longer offered', plan
             using errcode = '22023', hint = 'Existing subscribers keep it; new subscriptions need an active plan.';
     end if;
-    if status not in ('trialing', 'active', 'past_due', 'unpaid', 'canceled', 'incomplete', 'incomplete_expired', 'paused') then
+    if not coalesce(status = any (entitlements.subscription_statuses()), false) then
         raise exception 'unknown subscription status "%"', status
             using errcode = '22023',
-                  hint = 'one of: trialing, active, past_due, unpaid, canceled, incomplete, incomplete_expired, paused';
+                  hint = 'one of: ' || array_to_string(entitlements.subscription_statuses(), ', ');
     end if;
     if quantity is null or quantity < 1 or quantity > 1000000 then
         raise exception 'quantity must be from 1 to 1000000, got %', coalesce(quantity::text, 'NULL') using errcode = '22023';

@@ -3,6 +3,7 @@
 //! "Now" is the start of the current statement, so every row of one query is judged
 //! at the same instant and a long transaction still sees periods end.
 
+use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Timelike, Utc};
 use pgrx::pg_sys;
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
@@ -16,33 +17,19 @@ pub fn statement_now() -> Micros {
     unsafe { pg_sys::GetCurrentStatementStartTimestamp() + PG_EPOCH_OFFSET_US }
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// `t` as a UTC date and time, when chrono can hold it (years up to 262142; PostgreSQL
+/// goes on to 294276).
+fn utc(t: Micros) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(t)
 }
 
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+fn micros_of(date: NaiveDate) -> Micros {
+    date.and_time(NaiveTime::MIN).and_utc().timestamp_micros()
 }
 
 /// The next 00:00 UTC strictly after `t`.
 pub fn next_day_start(t: Micros) -> Micros {
-    (t.div_euclid(US_PER_DAY) + 1) * US_PER_DAY
+    day_start(t).saturating_add(US_PER_DAY)
 }
 
 /// 00:00 UTC of the day holding `t`.
@@ -50,17 +37,19 @@ pub fn day_start(t: Micros) -> Micros {
     t.div_euclid(US_PER_DAY) * US_PER_DAY
 }
 
-/// The first instant of the calendar month (UTC) holding `t`.
+/// The first instant of the calendar month (UTC) holding `t`; `t` itself beyond chrono's
+/// range (no month boundary is ever that far).
 pub fn month_start(t: Micros) -> Micros {
-    let (y, m, _) = civil_from_days(t.div_euclid(US_PER_DAY));
-    days_from_civil(y, m, 1) * US_PER_DAY
+    utc(t).and_then(|d| d.date_naive().with_day(1)).map_or(t, micros_of)
 }
 
-/// The first instant of the next calendar month (UTC) after `t`.
+/// The first instant of the next calendar month (UTC) after `t`; never, beyond chrono's
+/// range.
 pub fn next_month_start(t: Micros) -> Micros {
-    let (y, m, _) = civil_from_days(t.div_euclid(US_PER_DAY));
-    let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    days_from_civil(y, m, 1) * US_PER_DAY
+    utc(t)
+        .and_then(|d| d.date_naive().with_day(1))
+        .and_then(|first| first.checked_add_months(Months::new(1)))
+        .map_or(Micros::MAX, micros_of)
 }
 
 /// As a SQL timestamptz (PostgreSQL counts from 2000-01-01).
@@ -89,18 +78,15 @@ pub fn from_timestamptz(t: pgrx::datum::TimestampWithTimeZone) -> Micros {
     pg_sys::TimestampTz::from(t).saturating_add(PG_EPOCH_OFFSET_US)
 }
 
-/// ISO 8601 in UTC, the way PostgreSQL renders timestamptz in JSON.
+/// ISO 8601 in UTC, the way PostgreSQL renders timestamptz in JSON (microseconds only
+/// when there are any); beyond chrono's range, PostgreSQL's word for it.
 pub fn to_iso8601(t: Micros) -> String {
-    let days = t.div_euclid(US_PER_DAY);
-    let rem = t.rem_euclid(US_PER_DAY);
-    let (y, mo, d) = civil_from_days(days);
-    let secs = rem / 1_000_000;
-    let micros = rem % 1_000_000;
-    let (h, mi, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    if micros == 0 {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}+00:00")
-    } else {
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{micros:06}+00:00")
+    let Some(d) = utc(t) else { return if t > 0 { "infinity".into() } else { "-infinity".into() } };
+    let (y, mo, day) = (d.year(), d.month(), d.day());
+    let (h, mi, s) = (d.hour(), d.minute(), d.second());
+    match d.timestamp_subsec_micros() {
+        0 => format!("{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}+00:00"),
+        us => format!("{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{us:06}+00:00"),
     }
 }
 
@@ -111,6 +97,7 @@ mod tests {
 
     #[pgrx::pg_test]
     fn month_and_day_boundaries() {
+        let days_from_civil = |y, m, d| micros_of(NaiveDate::from_ymd_opt(y, m, d).unwrap()) / US_PER_DAY;
         // 2026-01-31T10:00:00Z
         let t = days_from_civil(2026, 1, 31) * US_PER_DAY + 10 * 3_600_000_000;
         assert_eq!(to_iso8601(next_day_start(t)), "2026-02-01T00:00:00+00:00");
@@ -122,6 +109,8 @@ mod tests {
         let leap = days_from_civil(2024, 2, 29) * US_PER_DAY + 1;
         assert_eq!(to_iso8601(leap), "2024-02-29T00:00:00.000001+00:00");
         assert_eq!(to_iso8601(-1), "1969-12-31T23:59:59.999999+00:00");
+        assert_eq!(to_iso8601(Micros::MAX), "infinity");
+        assert_eq!(next_month_start(Micros::MAX - 1), Micros::MAX);
     }
 
     #[pgrx::pg_test]

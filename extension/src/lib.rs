@@ -13,6 +13,7 @@ mod metering;
 mod postgres;
 mod rules;
 mod security;
+mod subscriptions;
 
 ::pgrx::pg_module_magic!();
 
@@ -40,10 +41,20 @@ extension_sql_file!("../../sql/grants.sql", name = "grants", requires = ["subscr
 extension_sql_file!(
     "../../sql/metering.sql",
     name = "metering",
-    requires = ["grants", metering::limits::meter_limits, security::identity::outer_role, security::access::may_meter]
+    requires = [
+        "grants",
+        metering::limits::meter_limits,
+        metering::limits::window_start,
+        security::identity::outer_role,
+        security::access::may_meter
+    ]
 );
 extension_sql_file!("../../sql/stripe.sql", name = "stripe", requires = ["subscriptions"]);
-extension_sql_file!("../../sql/maintenance.sql", name = "maintenance", requires = ["grants", checks::feature_limit]);
+extension_sql_file!(
+    "../../sql/maintenance.sql",
+    name = "maintenance",
+    requires = ["grants", checks::feature_limit, subscriptions::grants_until]
+);
 extension_sql_file!("../../sql/retention.sql", name = "retention", requires = ["maintenance", "stripe", "metering"]);
 extension_sql_file!("../../sql/leases.sql", name = "leases", requires = ["retention"]);
 extension_sql_file!(

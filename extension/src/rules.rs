@@ -272,17 +272,51 @@ impl Horizon {
 
 const US_PER_DAY: i64 = 86_400_000_000;
 
-/// Does this subscription grant at `now`? Statuses follow Stripe.
+/// Until when a subscription grants, by its own fields. Statuses follow Stripe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grants {
+    /// Not in this status (canceled for good, unpaid, paused, incomplete, ...).
+    Never,
+    /// Until this instant (a trial's end, a period's end, the end of past_due's grace).
+    Until(Micros),
+    /// With no end while nothing changes (an active subscription without a period end).
+    Open,
+}
+
+/// The granting rule, written once: `has_feature` and `entitlements()` ask it through
+/// `resolve`, the maintenance tasks through `entitlements._grants_until` (subscriptions.rs).
+pub fn grants_until(
+    status: &str,
+    trial_end: Option<Micros>,
+    period_end: Option<Micros>,
+    cancel_at_period_end: bool,
+    status_changed_at: Option<Micros>,
+    grace_days: i64,
+) -> Grants {
+    match status {
+        "trialing" => trial_end.or(period_end).map_or(Grants::Open, Grants::Until),
+        "active" => period_end.map_or(Grants::Open, Grants::Until),
+        "past_due" => status_changed_at
+            .map_or(Grants::Never, |t| Grants::Until(t.saturating_add(grace_days.saturating_mul(US_PER_DAY)))),
+        "canceled" if cancel_at_period_end => period_end.map_or(Grants::Never, Grants::Until),
+        _ => Grants::Never,
+    }
+}
+
+/// Does this subscription grant at `now`?
 fn grants_now(sub: &Subscription, plan: &Plan, h: &mut Horizon) -> bool {
-    match sub.status.as_str() {
-        "trialing" => match (sub.trial_end, sub.period_end) {
-            (Some(t), _) | (None, Some(t)) => h.before(t),
-            (None, None) => true,
-        },
-        "active" => sub.period_end.is_none_or(|t| h.before(t)),
-        "past_due" => h.before(sub.status_changed_at + plan.grace_days * US_PER_DAY),
-        "canceled" => sub.cancel_at_period_end && sub.period_end.is_some_and(|t| h.before(t)),
-        _ => false,
+    let until = grants_until(
+        &sub.status,
+        sub.trial_end,
+        sub.period_end,
+        sub.cancel_at_period_end,
+        Some(sub.status_changed_at),
+        plan.grace_days,
+    );
+    match until {
+        Grants::Never => false,
+        Grants::Until(t) => h.before(t),
+        Grants::Open => true,
     }
 }
 

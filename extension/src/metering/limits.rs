@@ -18,21 +18,38 @@ pub struct Window {
     pub resets_at: Option<Micros>,
 }
 
+/// The calendar window of `period` that holds `at`: a day or a month (UTC), the whole
+/// of time for `lifetime`; `billing_period` falls back to the month.
+pub fn calendar_window(period: &str, at: Micros) -> (Micros, Option<Micros>) {
+    match period {
+        "day" => (clock::day_start(at), Some(clock::next_day_start(at))),
+        "lifetime" => (0, None),
+        _ => (clock::month_start(at), Some(clock::next_month_start(at))),
+    }
+}
+
 /// The window of `period` at `now`; `billing_period` follows the customer's headline
 /// subscription (a renewal starts a fresh count) and falls back to the calendar month.
 pub fn window(period: &str, now: Micros, r: &Resolved) -> (Micros, Option<Micros>) {
-    match period {
-        "day" => (clock::day_start(now), Some(clock::next_day_start(now))),
-        "billing_period" => {
-            let sub = r.primary.as_ref().and_then(|p| p.subscription.as_ref());
-            match sub.map(|s| (s.period_start, s.period_end)) {
-                Some((Some(start), Some(end))) if start <= now && now < end => (start, Some(end)),
-                _ => (clock::month_start(now), Some(clock::next_month_start(now))),
+    if period == "billing_period" {
+        let sub = r.primary.as_ref().and_then(|p| p.subscription.as_ref());
+        if let Some((Some(start), Some(end))) = sub.map(|s| (s.period_start, s.period_end)) {
+            if start <= now && now < end {
+                return (start, Some(end));
             }
         }
-        "lifetime" => (0, None),
-        _ => (clock::month_start(now), Some(clock::next_month_start(now))),
     }
+    calendar_window(period, now)
+}
+
+/// `entitlements._window_start(period, at)`: the start of `calendar_window`, for the SQL
+/// that reads the ledger by window (usage_drift, the HINT of a refusal).
+#[pg_extern(immutable, strict, parallel_safe, name = "_window_start")]
+fn window_start(period: &str, at: pgrx::datum::TimestampWithTimeZone) -> pgrx::datum::TimestampWithTimeZone {
+    if !at.is_finite() {
+        return at;
+    }
+    clock::to_timestamptz_or_infinity(calendar_window(period, clock::from_timestamptz(at)).0)
 }
 
 /// The metered feature at index `idx` of a resolved customer: None when not granted.

@@ -73,3 +73,30 @@ fn may_meter(customer: Uuid) -> bool {
     let outer = unsafe { pg_sys::GetOuterUserId() };
     may_act_for(customer.as_bytes(), outer, crate::clock::statement_now()).or_raise()
 }
+
+/// `entitlements._role_is_privileged(role)`: `role_is_privileged` for SQL.
+#[pg_extern(stable, strict, parallel_safe, name = "_role_is_privileged")]
+fn role_is_privileged_sql(role: pg_sys::Oid) -> bool {
+    use crate::error::OrRaise;
+    role_is_privileged(role, cache::owner().or_raise())
+}
+
+/// `entitlements._is_privileged_role()`: is the current role (what RLS and SQL functions
+/// run as) privileged?
+#[pg_extern(stable, strict, parallel_safe, name = "_is_privileged_role")]
+fn current_role_is_privileged() -> bool {
+    use crate::error::OrRaise;
+    // SAFETY: plain read of backend state.
+    role_is_privileged(unsafe { pg_sys::GetUserId() }, cache::owner().or_raise())
+}
+
+/// `entitlements.can_see_customer(customer)`: may the current role, signed in as
+/// `current_user_id()`, act for `customer`? What the RLS policies of customer-keyed
+/// tables ask, per row.
+#[pg_extern(stable, strict, parallel_safe)]
+fn can_see_customer(customer: Uuid) -> bool {
+    use crate::error::OrRaise;
+    // SAFETY: plain read of backend state.
+    let role = unsafe { pg_sys::GetUserId() };
+    may_act_for(customer.as_bytes(), role, crate::clock::statement_now()).or_raise()
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Copy the current definitions of SQL functions from sql/**/*.sql into an upgrade script.
+
+    scripts/upgrade_sync.py sql/pg_entitlements--A--B.sql NAME [NAME ...]
+
+NAME is a function name (entitlements.NAME). Every definition of it in the install
+scripts (each overload) replaces the `create or replace function` block of the same
+signature line in the upgrade script, or is appended at the end of its section
+"-- Synced from the install scripts" (created before the privileges section) when the
+upgrade script has none. Function bodies must end with a line `$$;` (or `end;` for
+`begin atomic`). scripts/test_upgrade.sh then proves upgraded == fresh install.
+"""
+import pathlib
+import re
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MARK = "-- Synced from the install scripts (scripts/upgrade_sync.py) "
+
+
+def blocks(text, name):
+    """(signature line, block) for each definition of entitlements.name in text."""
+    lines = text.split("\n")
+    pat = re.compile(r"^create (or replace )?function entitlements\." + re.escape(name) + r"\(")
+    out = []
+    for i, line in enumerate(lines):
+        if pat.match(line):
+            atomic = False
+            for j in range(i, len(lines)):
+                if lines[j].strip().lower() == "begin atomic":
+                    atomic = True
+                if lines[j] == "$$;" or (atomic and lines[j] == "end;"):
+                    break
+            else:
+                sys.exit(f"no end of the body of {name} (line {i + 1})")
+            sig = re.sub(r"^create (or replace )?", "", line)
+            body = "\n".join(lines[i : j + 1])
+            body = re.sub(r"^create (or replace )?function", "create or replace function", body)
+            out.append((sig, body, i, j))
+    return out
+
+
+def main():
+    upgrade = pathlib.Path(sys.argv[1])
+    names = sys.argv[2:]
+    sources = [p for p in sorted((ROOT / "sql").rglob("*.sql")) if "--" not in p.name]
+    text = upgrade.read_text()
+    for name in names:
+        found = [b for p in sources for b in blocks(p.read_text(), name)]
+        if not found:
+            sys.exit(f"entitlements.{name} is not defined in sql/")
+        for sig, body, _, _ in found:
+            current = [b for b in blocks(text, name) if b[0] == sig]
+            lines = text.split("\n")
+            if current:
+                _, _, i, j = current[0]
+                lines[i : j + 1] = body.split("\n")
+                text = "\n".join(lines)
+                print(f"replaced {sig.split('(')[0]}")
+            else:
+                if MARK not in text:
+                    at = text.index("-- Privileges (sql/privileges.sql)")
+                    text = text[:at] + MARK + "-" * 10 + "\n\n" + text[at:]
+                at = text.index("-- Privileges (sql/privileges.sql)")
+                text = text[:at] + body + "\n\n" + text[at:]
+                print(f"appended {sig.split('(')[0]}")
+    upgrade.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
