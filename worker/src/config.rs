@@ -103,13 +103,11 @@ Configuration file (TOML), every key optional:
   enabled = true
   retry_initial = \"5s\"
   retry_max = \"5m\"
-  [scheduler.tasks]               # interval per task; \"off\" or 0 disables
+  [scheduler.tasks]               # interval per task; \"off\" or 0 disables. Every task of
+                                  # entitlements.task_names() runs, by default at its usual
+                                  # interval (1m to 6h), 5m for a task new to this worker
   expire_subscriptions = \"1m\"
-  correct_entitlements = \"5m\"
-  health_snapshot = \"1m\"
-  prune_task_runs = \"1h\"
   usage_partitions = \"6h\"
-  retention = \"1h\"
   reconcile_stripe = \"1h\"        # only runs when a Stripe secret key is set
   [stripe]
   webhook_secret = \"whsec_...\"
@@ -129,14 +127,14 @@ pub enum Command {
     /// Run one maintenance task now (entitlements.run_task), print its run record as JSON;
     /// exits non-zero when the task failed.
     RunTask {
-        /// expire_subscriptions, correct_entitlements, health_snapshot, prune_task_runs,
-        /// usage_partitions or retention.
+        /// A task of `entitlements.task_names()`, or reconcile_stripe (with STRIPE_SECRET_KEY).
         name: String,
     },
     /// List every subscription through the Stripe API (STRIPE_SECRET_KEY, STRIPE_API_BASE) and
     /// apply each, repairing drift; prints what changed as JSON.
     ReconcileStripe,
-    /// Connect, check the extension is installed, and exit.
+    /// Connect, check the extension is installed and the schedule names only tasks it knows,
+    /// and exit.
     Check,
 }
 
@@ -195,8 +193,10 @@ pub struct HttpLimits {
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub enabled: bool,
-    /// Interval per task; tasks set to "off" are absent.
-    pub tasks: BTreeMap<String, Duration>,
+    /// Intervals set in the file or ENTITLEMENTS_SCHEDULE (None: "off"). The names are only
+    /// known to be tasks once connected: `scheduler::schedule` checks them against the
+    /// extension's and fills in the defaults.
+    pub intervals: BTreeMap<String, Option<Duration>>,
     pub retry_initial: Duration,
     pub retry_max: Duration,
 }
@@ -208,29 +208,9 @@ pub struct StripeConfig {
     pub api_base: Option<String>,
 }
 
-/// Tasks the extension runs (`entitlements.run_task`).
-pub const SQL_TASKS: [&str; 6] = [
-    "expire_subscriptions",
-    "correct_entitlements",
-    "health_snapshot",
-    "prune_task_runs",
-    "usage_partitions",
-    "retention",
-];
-/// The Stripe reconcile, run by the worker itself; scheduled only with a Stripe secret key.
+/// The Stripe reconcile, the one task the worker runs itself (every other task is the
+/// extension's, named by `entitlements.task_names()`); scheduled only with a Stripe secret key.
 pub const RECONCILE_STRIPE: &str = "reconcile_stripe";
-
-fn default_tasks() -> BTreeMap<String, Duration> {
-    BTreeMap::from([
-        ("expire_subscriptions".to_owned(), Duration::from_secs(60)),
-        ("correct_entitlements".to_owned(), Duration::from_secs(300)),
-        ("health_snapshot".to_owned(), Duration::from_secs(60)),
-        ("prune_task_runs".to_owned(), Duration::from_secs(3600)),
-        ("usage_partitions".to_owned(), Duration::from_secs(6 * 3600)),
-        ("retention".to_owned(), Duration::from_secs(3600)),
-        (RECONCILE_STRIPE.to_owned(), Duration::from_secs(3600)),
-    ])
-}
 
 // The TOML file, as written. Unknown keys are refused so that a typo is not silently ignored.
 #[derive(Debug, Default, Deserialize)]
@@ -331,9 +311,9 @@ impl Config {
             (None, None) => Duration::from_secs(8),
         };
 
-        let mut tasks = default_tasks();
+        let mut intervals = BTreeMap::new();
         for (name, interval) in &file.scheduler.tasks {
-            set_task(&mut tasks, name, interval.resolve(&format!("scheduler.tasks.{name}"))?)?;
+            intervals.insert(name.clone(), interval.resolve(&format!("scheduler.tasks.{name}"))?);
         }
         if let Some(spec) = &cli.schedule {
             for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -342,7 +322,7 @@ impl Config {
                 })?;
                 let interval =
                     parse_interval(interval).map_err(|e| Error::Config(format!("ENTITLEMENTS_SCHEDULE: {e}")))?;
-                set_task(&mut tasks, name.trim(), interval)?;
+                intervals.insert(name.trim().to_owned(), interval);
             }
         }
         let stripe = StripeConfig {
@@ -350,9 +330,6 @@ impl Config {
             secret_key: cli.stripe_secret_key.clone().or(file.stripe.secret_key).map(Secret::new),
             api_base: cli.stripe_api_base.clone().or(file.stripe.api_base),
         };
-        if stripe.secret_key.is_none() {
-            tasks.remove(RECONCILE_STRIPE);
-        }
         let retry_initial = match (cli.retry_initial, &file.scheduler.retry_initial) {
             (Some(d), _) => d,
             (None, Some(f)) => f.resolve("scheduler.retry_initial")?.unwrap_or(Duration::from_secs(5)),
@@ -384,27 +361,13 @@ impl Config {
             http: HttpLimits { max_connections, read_timeout },
             scheduler: SchedulerConfig {
                 enabled: cli.scheduler.or(file.scheduler.enabled).unwrap_or(true),
-                tasks,
+                intervals,
                 retry_initial,
                 retry_max: retry_max.max(retry_initial),
             },
             stripe,
         })
     }
-}
-
-fn set_task(tasks: &mut BTreeMap<String, Duration>, name: &str, interval: Option<Duration>) -> Result<()> {
-    if !SQL_TASKS.contains(&name) && name != RECONCILE_STRIPE {
-        return Err(Error::Config(format!(
-            "unknown task {name:?} in the schedule (known: {}, {RECONCILE_STRIPE})",
-            SQL_TASKS.join(", ")
-        )));
-    }
-    match interval {
-        Some(d) => tasks.insert(name.to_owned(), d),
-        None => tasks.remove(name),
-    };
-    Ok(())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {
@@ -470,16 +433,18 @@ mod tests {
         if std::env::var_os("DATABASE_URL").is_none() {
             assert_eq!(c.database_url.expose(), "postgres://u:hunter2@db/x");
         }
-        assert_eq!(c.scheduler.tasks.get("expire_subscriptions"), Some(&Duration::from_secs(10)));
-        assert_eq!(c.scheduler.tasks.get("correct_entitlements"), Some(&Duration::from_secs(2)));
-        assert!(!c.scheduler.tasks.contains_key("health_snapshot"));
-        if std::env::var_os("ENTITLEMENTS_SCHEDULE").is_none() {
-            assert!(c.scheduler.tasks.contains_key(RECONCILE_STRIPE), "a secret key schedules the reconcile");
-        }
+        let intervals = &c.scheduler.intervals;
+        assert_eq!(intervals.get("expire_subscriptions"), Some(&Some(Duration::from_secs(10))));
+        assert_eq!(intervals.get("correct_entitlements"), Some(&Some(Duration::from_secs(2))));
+        assert_eq!(intervals.get("health_snapshot"), Some(&None), "off");
         let shown = format!("{c:?}");
         assert!(!shown.contains("hunter2") && !shown.contains("sk_test_file"), "{shown}");
 
+        // Task names are checked once connected (scheduler::schedule), not here.
         std::fs::write(&file, "database_url = \"x\"\n[scheduler.tasks]\nnope = 1\n").unwrap();
+        let c = Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(c.scheduler.intervals.get("nope"), Some(&Some(Duration::from_secs(1))));
+        std::fs::write(&file, "database_url = \"x\"\n[scheduler.tasks]\nnope = \"soon\"\n").unwrap();
         assert!(Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).is_err());
         std::fs::write(&file, "databse_url = \"postgres://u:hunter2@db/x\"\n").unwrap();
         let err = Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).unwrap_err().to_string();

@@ -6,10 +6,14 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub async fn connect(url: &str) -> Result<PgPool> {
+/// A pool of at most `max_connections`, checked to reach a database with the extension.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     let options = PgConnectOptions::from_str(url)?.application_name("entitlements-worker");
-    let pool =
-        PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(10)).connect_with(options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
     extension_version(&pool).await?;
     tracing::info!("connected to the database");
     Ok(pool)

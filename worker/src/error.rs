@@ -16,6 +16,13 @@ pub enum Error {
     /// Bad configuration (flags, environment or the TOML file); never quotes a secret.
     #[error("configuration: {0}")]
     Config(String),
+    /// A task name that is neither the extension's (`entitlements.task_names()`) nor the
+    /// worker's own; `place` says where it was given.
+    #[error("unknown task {task:?}{place} (known: {known})")]
+    UnknownTask { task: String, place: &'static str, known: String },
+    /// The extension answered in a shape this worker does not know (a version mismatch).
+    #[error("unexpected answer from the extension: {0}")]
+    Unexpected(String),
     #[error("metrics recorder: {0}")]
     Metrics(String),
     /// A maintenance task ran and failed; its run is recorded in entitlements.task_runs.
@@ -30,6 +37,13 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Exit code 2 (as for a bad flag): the configuration must change, retrying will not help.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Error::Config(_) | Error::UnknownTask { .. })
+    }
+}
 
 /// PostgreSQL's message with its SQLSTATE and hint, so an operator can tell a refused input
 /// (22023) from a permission problem (42501).

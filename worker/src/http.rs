@@ -1,6 +1,7 @@
 //! HTTP surface: `GET /livez` (the process serves), `GET /readyz` (and reaches the
 //! database), `GET /healthz` (the details), `GET /metrics`. Other modules add their routes
 //! in `router`.
+use crate::metrics::{DATABASE_UP, WEBHOOKS_DEAD_LETTERS};
 use crate::{db, Context, Error, Result};
 use axum::{extract::State, http::header, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
@@ -26,7 +27,7 @@ async fn livez() -> Json<serde_json::Value> {
 /// Readiness: 200 when the database answers, 503 when not.
 async fn readyz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Value>) {
     let reachable = tokio::time::timeout(Duration::from_secs(2), db::ping(&ctx.pool)).await.unwrap_or(false);
-    metrics::gauge!("entitlements_database_up").set(if reachable { 1.0 } else { 0.0 });
+    metrics::gauge!(DATABASE_UP).set(if reachable { 1.0 } else { 0.0 });
     if reachable {
         (StatusCode::OK, Json(json!({"status": "ready"})))
     } else {
@@ -38,7 +39,7 @@ async fn readyz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Val
 /// task's latest run failed); 503 when the database is unreachable.
 async fn healthz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Value>) {
     let reachable = tokio::time::timeout(Duration::from_secs(2), db::ping(&ctx.pool)).await.unwrap_or(false);
-    metrics::gauge!("entitlements_database_up").set(if reachable { 1.0 } else { 0.0 });
+    metrics::gauge!(DATABASE_UP).set(if reachable { 1.0 } else { 0.0 });
     let tasks = ctx.tasks.snapshot();
     let mut failing: Vec<String> =
         tasks.iter().filter(|(_, h)| h.last_outcome.as_deref() == Some("error")).map(|(t, _)| t.clone()).collect();
@@ -78,7 +79,7 @@ async fn healthz(State(ctx): State<Context>) -> (StatusCode, Json<serde_json::Va
 /// when the count cannot be read in time.
 async fn dead_letters(ctx: &Context) -> Option<i64> {
     let n = tokio::time::timeout(Duration::from_secs(2), db::stripe_dead_letters(&ctx.pool)).await.ok()?.ok()?;
-    metrics::gauge!("entitlements_webhooks_dead_letters").set(n as f64);
+    metrics::gauge!(WEBHOOKS_DEAD_LETTERS).set(n as f64);
     Some(n)
 }
 

@@ -16,18 +16,25 @@ use config::{Command, Config};
 pub use context::Context;
 pub use error::{Error, Result};
 
+/// Connections of a one-shot command's pool: its calls are sequential.
+const COMMAND_CONNECTIONS: u32 = 2;
+
 pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
     match command.unwrap_or(Command::Serve) {
         Command::Serve => serve(Context::new(config).await?).await,
         Command::ApplyCatalog { file } => {
-            let pool = db::connect(config.database_url.expose()).await?;
+            let pool = db::connect(config.database_url.expose(), COMMAND_CONNECTIONS).await?;
             let changes = db::apply_catalog_file(&pool, &file).await?;
             println!("{changes}");
             Ok(())
         }
         Command::RunTask { name } => {
-            let pool = db::connect(config.database_url.expose()).await?;
-            let run = scheduler::run_sql_task(&pool, &name, &config.worker_id).await?;
+            let pool = db::connect(config.database_url.expose(), COMMAND_CONNECTIONS).await?;
+            scheduler::check_task(&name, &scheduler::known_tasks(&pool).await?, "")?;
+            if name == config::RECONCILE_STRIPE && config.stripe.secret_key.is_none() {
+                return Err(Error::Config(format!("{name} needs STRIPE_SECRET_KEY")));
+            }
+            let run = scheduler::run_task(&pool, &config, &name).await?;
             println!("{}", serde_json::to_string(&run).unwrap_or_default());
             if run.outcome == "error" {
                 return Err(Error::TaskFailed { task: name, message: run.error.unwrap_or_default() });
@@ -35,7 +42,7 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
             Ok(())
         }
         Command::ReconcileStripe => {
-            let pool = db::connect(config.database_url.expose()).await?;
+            let pool = db::connect(config.database_url.expose(), COMMAND_CONNECTIONS).await?;
             let report = stripe::reconcile(&pool, &config.stripe, None).await?;
             println!("{}", serde_json::to_string(&report).unwrap_or_default());
             if report.failed > 0 {
@@ -45,8 +52,9 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
             Ok(())
         }
         Command::Check => {
-            let pool = db::connect(config.database_url.expose()).await?;
+            let pool = db::connect(config.database_url.expose(), COMMAND_CONNECTIONS).await?;
             let version = db::extension_version(&pool).await?;
+            scheduler::schedule(&config, &scheduler::known_tasks(&pool).await?)?;
             println!("connected; pg_entitlements {version}");
             Ok(())
         }

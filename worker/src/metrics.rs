@@ -1,57 +1,83 @@
-//! Prometheus metrics through the `metrics` facade: any module records with
-//! `metrics::counter!(...)` / `histogram!` / `gauge!` and it shows on `GET /metrics`.
+//! Prometheus metrics through the `metrics` facade: every metric name is a constant here,
+//! described once in `describe`; modules record with `metrics::counter!(metrics::NAME, ...)`
+//! (the facade's macros with our constants) and it shows on `GET /metrics`.
 use crate::{Error, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+// Scheduled tasks (label `task`).
+/// Counter, by `task` and `outcome` (ok, error, skipped).
+pub const TASK_RUNS: &str = "entitlements_task_runs_total";
+/// Histogram, seconds, by `task`.
+pub const TASK_DURATION: &str = "entitlements_task_duration_seconds";
+/// Counter, by `task`.
+pub const TASK_ROWS_TOUCHED: &str = "entitlements_task_rows_touched_total";
+/// Gauge, by `task`.
+pub const TASK_CONSECUTIVE_FAILURES: &str = "entitlements_task_consecutive_failures";
+/// Gauge, Unix seconds, by `task`.
+pub const TASK_LAST_SUCCESS: &str = "entitlements_task_last_success_timestamp_seconds";
+
+// From the latest health_snapshot run.
+/// Gauge, by `status`.
+pub const SUBSCRIPTIONS: &str = "entitlements_subscriptions";
+pub const SUBSCRIPTIONS_TO_TIDY: &str = "entitlements_subscriptions_to_tidy";
+
+/// Gauge, 1 or 0.
+pub const DATABASE_UP: &str = "entitlements_database_up";
+
+// Stripe webhooks.
+/// Counter, by `duplicate` (true, false).
+pub const WEBHOOKS_RECEIVED: &str = "entitlements_webhooks_received_total";
+/// Counter, by `reason` (signature::Refusal::reason, and oversized, unreadable,
+/// malformed_event, not_configured, database).
+pub const WEBHOOKS_REFUSED: &str = "entitlements_webhooks_refused_total";
+/// Counter, by `outcome` (the first word of stripe_apply_event's answer).
+pub const WEBHOOKS_APPLIED: &str = "entitlements_webhooks_applied_total";
+pub const WEBHOOKS_FAILED: &str = "entitlements_webhooks_failed_total";
+/// Histogram, seconds.
+pub const WEBHOOK_APPLY_LAG: &str = "entitlements_webhook_apply_lag_seconds";
+pub const WEBHOOKS_DEAD_LETTERS: &str = "entitlements_webhooks_dead_letters";
 
 /// Seconds: maintenance tasks run from milliseconds to minutes.
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0];
 
-/// Install the process-wide recorder once; later calls return the same handle.
+/// Install the Prometheus recorder and return the handle /metrics renders. The `metrics`
+/// facade's macros record into one process-wide recorder (there is no other way to reach
+/// them from every task without threading a recorder through each call), so this succeeds
+/// once per process: one `Context` per process.
 pub fn install() -> Result<PrometheusHandle> {
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let handle = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
         .map_err(|e| Error::Metrics(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| Error::Metrics(e.to_string()))?;
+        .build_recorder();
+    let handle = recorder.handle();
+    ::metrics::set_global_recorder(recorder).map_err(|e| Error::Metrics(e.to_string()))?;
     describe();
-    Ok(HANDLE.get_or_init(|| handle).clone())
+    Ok(handle)
 }
 
 fn describe() {
-    metrics::describe_counter!(
-        "entitlements_task_runs_total",
-        "Maintenance task runs by task and outcome (ok, error, skipped)."
-    );
-    metrics::describe_histogram!(
-        "entitlements_task_duration_seconds",
-        metrics::Unit::Seconds,
-        "Duration of task runs."
-    );
-    metrics::describe_counter!("entitlements_task_rows_touched_total", "Rows changed by maintenance tasks.");
-    metrics::describe_gauge!(
-        "entitlements_task_consecutive_failures",
-        "Failures in a row per task; 0 after a success."
-    );
-    metrics::describe_gauge!(
-        "entitlements_task_last_success_timestamp_seconds",
-        "Unix time of the last successful run per task."
-    );
-    metrics::describe_gauge!(
-        "entitlements_subscriptions",
-        "Subscriptions by status, from the latest health_snapshot run."
-    );
-    metrics::describe_gauge!(
-        "entitlements_subscriptions_to_tidy",
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(TASK_RUNS, "Maintenance task runs by task and outcome (ok, error, skipped).");
+    describe_histogram!(TASK_DURATION, Unit::Seconds, "Duration of task runs.");
+    describe_counter!(TASK_ROWS_TOUCHED, "Rows changed by maintenance tasks.");
+    describe_gauge!(TASK_CONSECUTIVE_FAILURES, "Failures in a row per task; 0 after a success.");
+    describe_gauge!(TASK_LAST_SUCCESS, "Unix time of the last successful run per task.");
+    describe_gauge!(SUBSCRIPTIONS, "Subscriptions by status, from the latest health_snapshot run.");
+    describe_gauge!(
+        SUBSCRIPTIONS_TO_TIDY,
         "Subscriptions whose stored status no longer grants by the rules (health_snapshot)."
     );
-    metrics::describe_gauge!("entitlements_database_up", "1 when the last health check reached the database.");
+    describe_gauge!(DATABASE_UP, "1 when the last health check reached the database.");
+    describe_counter!(WEBHOOKS_RECEIVED, "Stripe deliveries verified and stored (duplicate=true: already stored).");
+    describe_counter!(WEBHOOKS_REFUSED, "Stripe deliveries refused, by reason; nothing was stored.");
+    describe_counter!(WEBHOOKS_APPLIED, "Stripe events applied, by outcome.");
+    describe_counter!(WEBHOOKS_FAILED, "Attempts to apply a Stripe event that failed (retried with backoff).");
+    describe_histogram!(WEBHOOK_APPLY_LAG, Unit::Seconds, "From storing a Stripe event to applying it.");
+    describe_gauge!(
+        WEBHOOKS_DEAD_LETTERS,
+        "Stripe events that failed every attempt and wait for entitlements.stripe_retry_event."
+    );
 }
 
 /// The histogram buckets need periodic upkeep when no HTTP listener of the exporter runs.

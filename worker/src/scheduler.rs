@@ -4,8 +4,15 @@
 //! after a backoff that doubles per failure (`retry_initial` .. `retry_max`), and shows in
 //! /healthz (the `TaskBoard`) and /metrics. `reconcile_stripe` (scheduled only with a Stripe
 //! secret key) runs in the worker under the same lock and is recorded in the same table.
-use crate::config::RECONCILE_STRIPE;
+//!
+//! Which tasks exist is the extension's answer (`entitlements.task_names()`), asked once
+//! connected; the worker adds only its own `reconcile_stripe`.
+use crate::config::{Config, RECONCILE_STRIPE};
 use crate::db::Lease;
+use crate::metrics::{
+    SUBSCRIPTIONS, SUBSCRIPTIONS_TO_TIDY, TASK_CONSECUTIVE_FAILURES, TASK_DURATION, TASK_LAST_SUCCESS,
+    TASK_ROWS_TOUCHED, TASK_RUNS,
+};
 use crate::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -28,15 +35,72 @@ pub struct TaskRun {
     pub details: Option<serde_json::Value>,
 }
 
-/// Run one extension task now and return its recorded run (also when the task failed:
-/// the failure is in `outcome`/`error`, and in the table).
+/// Usual intervals, by task. Defaults only: a name here the extension does not list is not
+/// run, and a task the extension lists that is missing here runs every `DEFAULT_INTERVAL`.
+const USUAL_INTERVALS: [(&str, Duration); 7] = [
+    ("expire_subscriptions", Duration::from_secs(60)),
+    ("correct_entitlements", Duration::from_secs(300)),
+    ("health_snapshot", Duration::from_secs(60)),
+    ("prune_task_runs", Duration::from_secs(3600)),
+    ("usage_partitions", Duration::from_secs(6 * 3600)),
+    ("retention", Duration::from_secs(3600)),
+    (RECONCILE_STRIPE, Duration::from_secs(3600)),
+];
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Every task this worker can run: the extension's, then its own `reconcile_stripe`.
+pub async fn known_tasks(pool: &PgPool) -> Result<Vec<String>> {
+    let mut tasks: Vec<String> = sqlx::query_scalar("select entitlements.task_names()").fetch_one(pool).await?;
+    tasks.push(RECONCILE_STRIPE.to_owned());
+    Ok(tasks)
+}
+
+/// Refuse a task name the worker cannot run, naming those it can.
+pub fn check_task(task: &str, known: &[String], place: &'static str) -> Result<()> {
+    if known.iter().any(|k| k == task) {
+        return Ok(());
+    }
+    Err(Error::UnknownTask { task: task.to_owned(), place, known: known.join(", ") })
+}
+
+/// The tasks to run and their intervals: every known task at its configured interval, else
+/// its usual one; `off` leaves it out, and so does a missing Stripe secret key for the
+/// reconcile. A configured name that is not a known task is refused.
+pub fn schedule(config: &Config, known: &[String]) -> Result<BTreeMap<String, Duration>> {
+    for task in config.scheduler.intervals.keys() {
+        check_task(task, known, " in the schedule")?;
+    }
+    let mut schedule = BTreeMap::new();
+    for task in known {
+        if task == RECONCILE_STRIPE && config.stripe.secret_key.is_none() {
+            continue;
+        }
+        let usual = USUAL_INTERVALS.iter().find(|(t, _)| t == task).map_or(DEFAULT_INTERVAL, |(_, d)| *d);
+        if let Some(interval) = config.scheduler.intervals.get(task).copied().unwrap_or(Some(usual)) {
+            schedule.insert(task.clone(), interval);
+        }
+    }
+    Ok(schedule)
+}
+
+/// Run one task now, the extension's or the worker's own, and return its recorded run (also
+/// when the task failed: the failure is in `outcome`/`error`, and in the table).
+pub async fn run_task(pool: &PgPool, config: &Config, task: &str) -> Result<TaskRun> {
+    if task == RECONCILE_STRIPE {
+        reconcile_stripe(pool, config).await
+    } else {
+        run_sql_task(pool, task, &config.worker_id).await
+    }
+}
+
+/// Run one extension task now (`entitlements.run_task`) and return its recorded run.
 pub async fn run_sql_task(pool: &PgPool, task: &str, worker: &str) -> Result<TaskRun> {
     let row: serde_json::Value = sqlx::query_scalar("select to_jsonb(r) from entitlements.run_task($1, $2) r")
         .bind(task)
         .bind(worker)
         .fetch_one(pool)
         .await?;
-    serde_json::from_value(row).map_err(|e| Error::Config(format!("unexpected run record from run_task: {e}")))
+    serde_json::from_value(row).map_err(|e| Error::Unexpected(format!("run record from run_task: {e}")))
 }
 
 /// What /healthz shows per task, as seen by this worker.
@@ -68,8 +132,8 @@ impl TaskBoard {
 /// Start one loop per scheduled task on the context's tracker; they stop at shutdown after
 /// finishing the run in flight.
 pub fn spawn(ctx: &Context) {
-    // Task names were checked when the configuration was read.
-    for (task, interval) in &ctx.config.scheduler.tasks {
+    // Task names were checked against the extension's in Context::new.
+    for (task, interval) in ctx.schedule.iter() {
         ctx.tasks.update(task, |h| h.interval_seconds = interval.as_secs_f64());
         ctx.tracker.spawn(task_loop(ctx.clone(), task.clone(), *interval));
     }
@@ -106,24 +170,21 @@ pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
 
 /// Run a task once, update metrics and the board; true unless it failed.
 pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
+    // A run is background work: it waits rather than take the connections kept for intake.
+    let permit = ctx.background.acquire().await;
     let started = Instant::now();
-    let result = if task == RECONCILE_STRIPE {
-        reconcile_stripe(ctx).await
-    } else {
-        run_sql_task(&ctx.pool, task, &ctx.config.worker_id).await
-    };
+    let result = run_task(&ctx.pool, &ctx.config, task).await;
+    drop(permit);
     let elapsed = started.elapsed().as_secs_f64();
     let (outcome, error, rows, finished_at) = match &result {
         Ok(run) => (run.outcome.clone(), run.error.clone(), run.rows_touched, run.finished_at.clone()),
         Err(e) => ("error".to_owned(), Some(e.to_string()), 0, None),
     };
     let task_label = task.to_owned();
-    metrics::counter!("entitlements_task_runs_total", "task" => task_label.clone(), "outcome" => outcome.clone())
-        .increment(1);
+    metrics::counter!(TASK_RUNS, "task" => task_label.clone(), "outcome" => outcome.clone()).increment(1);
     if outcome != "skipped" {
-        metrics::histogram!("entitlements_task_duration_seconds", "task" => task_label.clone()).record(elapsed);
-        metrics::counter!("entitlements_task_rows_touched_total", "task" => task_label.clone())
-            .increment(rows.max(0) as u64);
+        metrics::histogram!(TASK_DURATION, "task" => task_label.clone()).record(elapsed);
+        metrics::counter!(TASK_ROWS_TOUCHED, "task" => task_label.clone()).increment(rows.max(0) as u64);
     }
     if let Ok(run) = &result {
         if task == "health_snapshot" && run.outcome == "ok" {
@@ -143,14 +204,13 @@ pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
             h.consecutive_failures = 0;
             h.last_error = None;
         }
-        metrics::gauge!("entitlements_task_consecutive_failures", "task" => task_label.clone())
-            .set(h.consecutive_failures as f64);
+        metrics::gauge!(TASK_CONSECUTIVE_FAILURES, "task" => task_label.clone()).set(h.consecutive_failures as f64);
     });
     if failed {
         tracing::error!(%task, error = error.as_deref().unwrap_or(""), "task failed");
     } else {
         if outcome == "ok" {
-            metrics::gauge!("entitlements_task_last_success_timestamp_seconds", "task" => task_label).set(unix_now());
+            metrics::gauge!(TASK_LAST_SUCCESS, "task" => task_label).set(unix_now());
         }
         tracing::info!(%task, %outcome, rows_touched = rows, seconds = elapsed, "task run");
     }
@@ -165,10 +225,10 @@ fn export_snapshot(details: Option<&serde_json::Value>) {
         ["trialing", "active", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired", "paused"];
     for status in STATUSES {
         let n = details["subscriptions_by_status"][status].as_f64().unwrap_or(0.0);
-        metrics::gauge!("entitlements_subscriptions", "status" => status).set(n);
+        metrics::gauge!(SUBSCRIPTIONS, "status" => status).set(n);
     }
     if let Some(n) = details["subscriptions_to_tidy"].as_f64() {
-        metrics::gauge!("entitlements_subscriptions_to_tidy").set(n);
+        metrics::gauge!(SUBSCRIPTIONS_TO_TIDY).set(n);
     }
 }
 
@@ -179,14 +239,14 @@ fn unix_now() -> f64 {
 /// The Stripe reconcile runs in the worker, one at a time across replicas under a lease
 /// (`entitlements.take_lease`, renewed page by page; no transaction stays open while the
 /// Stripe API answers), and is recorded in the same table as the SQL tasks.
-async fn reconcile_stripe(ctx: &Context) -> Result<TaskRun> {
-    let lease = Lease::new(format!("task:{RECONCILE_STRIPE}"), &ctx.config.worker_id, 120);
-    let started: String = sqlx::query_scalar("select clock_timestamp()::text").fetch_one(&ctx.pool).await?;
-    let (outcome, rows, error, details) = if !lease.take(&ctx.pool).await? {
+async fn reconcile_stripe(pool: &PgPool, config: &Config) -> Result<TaskRun> {
+    let lease = Lease::new(format!("task:{RECONCILE_STRIPE}"), &config.worker_id, 120);
+    let started: String = sqlx::query_scalar("select clock_timestamp()::text").fetch_one(pool).await?;
+    let (outcome, rows, error, details) = if !lease.take(pool).await? {
         ("skipped", 0, None, serde_json::json!({"reason": "another run of this task is in progress"}))
     } else {
-        let result = crate::stripe::reconcile(&ctx.pool, &ctx.config.stripe, Some(&lease)).await;
-        lease.release(&ctx.pool).await;
+        let result = crate::stripe::reconcile(pool, &config.stripe, Some(&lease)).await;
+        lease.release(pool).await;
         match result {
             Ok(report) => {
                 let details = serde_json::to_value(&report).unwrap_or_default();
@@ -211,16 +271,54 @@ async fn reconcile_stripe(ctx: &Context) -> Result<TaskRun> {
     .bind(rows.max(0))
     .bind(outcome)
     .bind(error)
-    .bind(&ctx.config.worker_id)
+    .bind(&config.worker_id)
     .bind(details)
-    .fetch_one(&ctx.pool)
+    .fetch_one(pool)
     .await?;
-    serde_json::from_value(run).map_err(|e| Error::Config(format!("unexpected run record: {e}")))
+    serde_json::from_value(run).map_err(|e| Error::Unexpected(format!("run record: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Config {
+        let argv = ["entitlements-worker", "--database-url", "postgres://db/x"].into_iter().chain(args.iter().copied());
+        Config::from_cli(&crate::config::Cli::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_schedule_is_the_extensions_tasks_with_their_intervals() {
+        let known: Vec<String> =
+            ["expire_subscriptions", "health_snapshot", "brand_new", RECONCILE_STRIPE].map(String::from).to_vec();
+        let s = Duration::from_secs;
+        let c = config(&["--schedule", "health_snapshot=off,expire_subscriptions=10s", "--stripe-secret-key", "sk_x"]);
+        let planned = schedule(&c, &known).unwrap();
+        assert_eq!(
+            planned.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("brand_new".to_owned(), DEFAULT_INTERVAL),
+                ("expire_subscriptions".to_owned(), s(10)),
+                (RECONCILE_STRIPE.to_owned(), s(3600)),
+            ],
+            "configured, off, a task new to the worker, and the reconcile with a key"
+        );
+        // A usual interval of a task this extension does not have is not a task.
+        assert!(!schedule(&c, &known).unwrap().contains_key("correct_entitlements"));
+
+        let err = schedule(&config(&["--schedule", "defrag=1s"]), &known).unwrap_err();
+        assert!(err.is_configuration());
+        assert_eq!(
+            err.to_string(),
+            "unknown task \"defrag\" in the schedule (known: expire_subscriptions, health_snapshot, brand_new, \
+             reconcile_stripe)"
+        );
+        if std::env::var_os("STRIPE_SECRET_KEY").is_none() {
+            let c = config(&["--schedule", "expire_subscriptions=1m"]);
+            assert!(!schedule(&c, &known).unwrap().contains_key(RECONCILE_STRIPE), "no key, no reconcile");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -6,15 +6,15 @@
 //! lease (`entitlements.take_lease`): no transaction is open during the HTTP call.
 use super::api::Client;
 use crate::db::Lease;
+use crate::metrics::{WEBHOOKS_APPLIED, WEBHOOKS_FAILED, WEBHOOK_APPLY_LAG};
 use crate::{Context, Result};
 use sqlx::PgPool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 const BATCH: i32 = 200;
 /// Events applied at once; several subscriptions' events in parallel, each one serialized
-/// by its lock in the extension.
+/// by its lock in the extension. Part of the pool's size (context.rs).
 pub const PARALLEL: usize = 4;
 /// Also polled, for events stored by another replica or due for a retry.
 const POLL: Duration = Duration::from_millis(500);
@@ -26,10 +26,10 @@ struct Pending {
     stripe_subscription_id: Option<String>,
 }
 
-pub async fn run(ctx: Context, pool: PgPool, client: Option<Client>) {
+pub async fn run(ctx: Context, client: Option<Client>) {
     tracing::info!(fetch_from_api = client.is_some(), "Stripe applier started");
     loop {
-        let more = match apply_due(&pool, client.as_ref(), &ctx.shutdown).await {
+        let more = match apply_due(&ctx, client.as_ref()).await {
             Ok(n) => n == BATCH as usize,
             Err(e) => {
                 tracing::error!(error = %e, "Stripe applier could not read pending events");
@@ -42,25 +42,29 @@ pub async fn run(ctx: Context, pool: PgPool, client: Option<Client>) {
         if !more {
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
-                _ = super::WAKE.notified() => {}
+                _ = ctx.stripe_wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
     }
-    pool.close().await;
     tracing::info!("Stripe applier stopped");
 }
 
-/// Apply the events that are due now; returns how many were looked at. After `stop` no new
-/// event is started (those in flight finish; the rest wait in the table for the next start).
-pub async fn apply_due(pool: &PgPool, client: Option<&Client>, stop: &CancellationToken) -> Result<usize> {
-    let rows: Vec<(String, f64, Option<String>)> = sqlx::query_as(
-        "select id, extract(epoch from received_at)::float8, stripe_subscription_id \
-           from entitlements.stripe_pending_events($1)",
-    )
-    .bind(BATCH)
-    .fetch_all(pool)
-    .await?;
+/// Apply the events that are due now; returns how many were looked at. Each event holds a
+/// permit of `ctx.background` while it is applied (so the applier never holds the connections
+/// kept for webhook intake). After shutdown no new event is started (those in flight finish;
+/// the rest wait in the table for the next start).
+pub async fn apply_due(ctx: &Context, client: Option<&Client>) -> Result<usize> {
+    let rows: Vec<(String, f64, Option<String>)> = {
+        let _permit = ctx.background.acquire().await;
+        sqlx::query_as(
+            "select id, extract(epoch from received_at)::float8, stripe_subscription_id \
+               from entitlements.stripe_pending_events($1)",
+        )
+        .bind(BATCH)
+        .fetch_all(&ctx.pool)
+        .await?
+    };
     let n = rows.len();
     let mut queue = rows.into_iter().map(|(id, received_at, stripe_subscription_id)| Pending {
         id,
@@ -69,10 +73,16 @@ pub async fn apply_due(pool: &PgPool, client: Option<&Client>, stop: &Cancellati
     });
     let mut running = JoinSet::new();
     loop {
-        while running.len() < PARALLEL && !stop.is_cancelled() {
+        while running.len() < PARALLEL && !ctx.shutdown.is_cancelled() {
             let Some(ev) = queue.next() else { break };
-            let (pool, client) = (pool.clone(), client.cloned());
-            running.spawn(async move { apply_one(&pool, client.as_ref(), ev).await });
+            // Waits while background work holds its whole share of the pool; the semaphore
+            // is never closed.
+            let Ok(permit) = ctx.background.clone().acquire_owned().await else { break };
+            let (pool, client) = (ctx.pool.clone(), client.cloned());
+            running.spawn(async move {
+                let _permit = permit;
+                apply_one(&pool, client.as_ref(), ev).await
+            });
         }
         if running.join_next().await.is_none() {
             break;
@@ -88,13 +98,13 @@ async fn apply_one(pool: &PgPool, client: Option<&Client>, ev: Pending) {
         Ok(Some(outcome)) if outcome == "duplicate" => {}
         Ok(Some(outcome)) => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
-            metrics::histogram!("entitlements_webhook_apply_lag_seconds").record((now - ev.received_at).max(0.0));
+            metrics::histogram!(WEBHOOK_APPLY_LAG).record((now - ev.received_at).max(0.0));
             let label = outcome.split(',').next().unwrap_or("").to_owned();
-            metrics::counter!("entitlements_webhooks_applied_total", "outcome" => label).increment(1);
+            metrics::counter!(WEBHOOKS_APPLIED, "outcome" => label).increment(1);
             tracing::debug!(event = %ev.id, %outcome, "applied a Stripe event");
         }
         Err(e) => {
-            metrics::counter!("entitlements_webhooks_failed_total").increment(1);
+            metrics::counter!(WEBHOOKS_FAILED).increment(1);
             let message = e.to_string();
             let next = sqlx::query_scalar::<_, Option<f64>>(
                 "select extract(epoch from entitlements.stripe_event_failed($1, $2) - now())::float8",

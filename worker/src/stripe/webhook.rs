@@ -1,6 +1,7 @@
 //! `POST /webhooks/stripe`: verify the signature on the raw body, store the event once by id,
 //! answer at once; the applier (applier.rs) applies it. A refused delivery stores nothing.
 use super::signature::{self, Refusal};
+use crate::metrics::{WEBHOOKS_RECEIVED, WEBHOOKS_REFUSED};
 use crate::Context;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -21,7 +22,7 @@ const DRAIN_LIMIT_BYTES: usize = 8 << 20;
 type Reply = (StatusCode, Json<Value>);
 
 fn refuse(status: StatusCode, reason: &'static str, message: &str) -> Reply {
-    metrics::counter!("entitlements_webhooks_refused_total", "reason" => reason).increment(1);
+    metrics::counter!(WEBHOOKS_REFUSED, "reason" => reason).increment(1);
     tracing::warn!(%reason, "refused a Stripe webhook delivery");
     (status, Json(json!({"error": message, "reason": reason})))
 }
@@ -101,10 +102,10 @@ pub async fn receive(State(ctx): State<Context>, headers: HeaderMap, body: Body)
     match stored {
         Ok(new) => {
             let duplicate = if new { "false" } else { "true" };
-            metrics::counter!("entitlements_webhooks_received_total", "duplicate" => duplicate).increment(1);
+            metrics::counter!(WEBHOOKS_RECEIVED, "duplicate" => duplicate).increment(1);
             tracing::debug!(event = %head.id, kind = %head.kind, new, "stored a Stripe event");
             if new {
-                super::wake_applier();
+                ctx.stripe_wake.notify_one();
             }
             (StatusCode::OK, Json(json!({"received": true, "duplicate": !new})))
         }
@@ -114,7 +115,7 @@ pub async fn receive(State(ctx): State<Context>, headers: HeaderMap, body: Body)
         }
         Err(e) => {
             // 5xx: Stripe retries later. Nothing was stored.
-            metrics::counter!("entitlements_webhooks_refused_total", "reason" => "database").increment(1);
+            metrics::counter!(WEBHOOKS_REFUSED, "reason" => "database").increment(1);
             tracing::error!(error = %e, event = %head.id, "could not store a Stripe event");
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "could not store the event; retry"})))
         }
