@@ -230,7 +230,7 @@ reset role;
 
 -- consume is inlined into the caller's query even when an argument is a costly
 -- expression (a PL/pgSQL helper, a subquery): a SQL function that is not inlined is
--- planned again on every call. sql/consume.sql says how.
+-- planned again on every call. sql/metering/consume.sql says how.
 create function pg_temp.plan_of(q text) returns text language plpgsql as $$
 declare
     line text;
@@ -251,7 +251,7 @@ select matches(pg_temp.plan_of($$select entitlements.try_consume((select pg_temp
 select throws_ok($$select entitlements._meter_pending('consume')$$, '55000', null,
                  '_meter_pending meters only what _consume_fast just left to it');
 
--- The counters and the ledger carry no CHECK constraints (metering.sql says why); after
+-- The counters and the ledger carry no CHECK constraints (sql/metering/tables.sql says why); after
 -- everything above, their invariants still hold.
 select is((select count(*) from entitlements.usage_counters
             where period not in ('day', 'month', 'billing_period', 'lifetime')

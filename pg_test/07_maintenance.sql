@@ -1,6 +1,6 @@
 \set ON_ERROR_STOP 1
 \set QUIET 1
--- Maintenance tasks (sql/maintenance.sql): expiry, correction, the health snapshot, run
+-- Maintenance tasks (sql/maintenance/tasks.sql): expiry, correction, the health snapshot, run
 -- tracking, failures, the per-task lock, and who may run them.
 begin;
 select plan(50);

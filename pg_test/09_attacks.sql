@@ -257,7 +257,7 @@ select is(array(select p.oid::regprocedure::text
                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
                  where n.nspname = 'entitlements' and p.proname like '\_%'
                    and has_function_privilege('mallory', p.oid, 'EXECUTE')
-                   -- What an audited app table's owner and writers need (privileges.sql): the
+                   -- What an audited app table's owner and writers need (security/privileges.sql): the
                    -- invoker trigger, its definer append (callable from a trigger only, for an
                    -- audited app table) and the membership test enable_audit makes.
                    and p.oid not in ('entitlements._audit_app_row()'::regprocedure,
@@ -274,7 +274,7 @@ select is(array(select p.oid::regprocedure::text
                    and p.proname like '\_%'
                    and has_function_privilege('mallory', p.oid, 'EXECUTE')
                    and has_schema_privilege('mallory', n.oid, 'USAGE')
-                   -- What an audited app table's owner and writers need (privileges.sql): the
+                   -- What an audited app table's owner and writers need (security/privileges.sql): the
                    -- invoker trigger, its definer append (callable from a trigger only, for an
                    -- audited app table) and the membership test enable_audit makes.
                    and p.oid not in ('entitlements._audit_app_row()'::regprocedure,

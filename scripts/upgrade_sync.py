@@ -59,9 +59,9 @@ def main():
                 print(f"replaced {sig.split('(')[0]}")
             else:
                 if MARK not in text:
-                    at = text.index("-- Privileges (sql/privileges.sql)")
+                    at = text.index("-- Privileges (sql/security/privileges.sql)")
                     text = text[:at] + MARK + "-" * 10 + "\n\n" + text[at:]
-                at = text.index("-- Privileges (sql/privileges.sql)")
+                at = text.index("-- Privileges (sql/security/privileges.sql)")
                 text = text[:at] + body + "\n\n" + text[at:]
                 print(f"appended {sig.split('(')[0]}")
     upgrade.write_text(text)

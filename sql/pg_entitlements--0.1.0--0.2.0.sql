@@ -20,7 +20,7 @@
 --     1000000: SQLSTATE 23514 naming the constraint.
 -- Fix (or delete) the row and run ALTER EXTENSION pg_entitlements UPDATE again.
 
--- Roles (sql/security.sql) ----------------------------------------------------------
+-- Roles (sql/security/roles.sql) ----------------------------------------------------------
 -- Two roles carry the model (created here when missing; roles are cluster-wide, so a
 -- second database reuses them):
 --   * entitlements_api: the roles PostgREST/Supabase switch to (anon, authenticated,
@@ -44,7 +44,7 @@ $$;
 -- functions in CHECK constraints (added below, once the functions exist).
 
 -- A JSON value the readers take: nested at most 32 deep, every number within
--- +-1e15 (exact as f64; src/catalog.rs MAX_NUMBER), at most 256 kB.
+-- +-1e15 (exact as f64; extension/src/catalog.rs MAX_NUMBER), at most 256 kB.
 create or replace function entitlements._valid_json(value jsonb, what text)
 returns boolean language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
@@ -99,7 +99,7 @@ begin
 end
 $$;
 
--- Security (sql/security.sql) --------------------------------------------------------
+-- Security (sql/security/roles.sql) --------------------------------------------------------
 -- Admins by role (entitlements_admin) instead of service_role; _customer_tenant and
 -- _customer_kind (definers that told anyone a customer's tenant and kind) are replaced by
 -- questions about the caller only. They are dropped further down, once nothing calls them.
@@ -190,7 +190,7 @@ begin
 end
 $$;
 
--- Audit (sql/audit.sql) ---------------------------------------------------------------
+-- Audit (sql/audit/audit.sql) ---------------------------------------------------------------
 
 -- pg_restore loads the extension's tables with `row_security = off` after CREATE EXTENSION
 -- has attached these triggers; they must not fire then (they would audit the restore,
@@ -334,7 +334,7 @@ begin
 end
 $$;
 
--- The audit log stays append-only, but for the retention task (sql/retention.sql), which
+-- The audit log stays append-only, but for the retention task (sql/maintenance/retention.sql), which
 -- deletes rows older than the configured retention as the owner. (The triggers that run it
 -- are 0.1.0's and stay.)
 create or replace function entitlements._audit_log_is_append_only()
@@ -342,7 +342,7 @@ returns trigger language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    -- The retention task (retention.sql, SECURITY DEFINER, so running as the owner) deletes
+    -- The retention task (maintenance/retention.sql, SECURITY DEFINER, so running as the owner) deletes
     -- rows older than the configured retention; nothing else may.
     if tg_op = 'DELETE' and current_setting('entitlements.audit_retention', true) = 'on'
        and exists (select 1 from pg_roles r where r.rolname = current_user
@@ -420,7 +420,7 @@ begin
 end
 $$;
 
--- Cache (sql/cache.sql) ---------------------------------------------------------------
+-- Cache (sql/checks/cache.sql) ---------------------------------------------------------------
 
 -- Deferred to commit: the version row is locked only while committing, so writers in
 -- different transactions do not queue behind each other for their whole duration, and
@@ -438,7 +438,7 @@ begin
 end
 $$;
 
--- Catalog (sql/catalog.sql) -----------------------------------------------------------
+-- Catalog (sql/catalog/catalog.sql) -----------------------------------------------------------
 
 create or replace function entitlements.apply_catalog(catalog jsonb)
 returns jsonb language plpgsql volatile
@@ -573,7 +573,7 @@ begin
 end
 $$;
 
--- Subscriptions and members (sql/subscriptions.sql) -----------------------------------
+-- Subscriptions and members (sql/subscriptions/) -----------------------------------
 
 create or replace function entitlements._touch_subscription()
 returns trigger language plpgsql
@@ -810,7 +810,7 @@ begin
 end
 $$;
 
--- Stripe (sql/stripe.sql) ------------------------------------------------------------
+-- Stripe (sql/stripe/) ------------------------------------------------------------
 
 -- checkout.session.completed (and customer.created/updated): link the Stripe customer to the
 -- entitlements customer named by metadata.entitlements_customer_id or client_reference_id.
@@ -947,7 +947,7 @@ begin
 end
 $$;
 
--- Grants (sql/grants.sql) -------------------------------------------------------------
+-- Grants (sql/grants/grants.sql) -------------------------------------------------------------
 
 create or replace function entitlements._add_grant(
     customer uuid, kind text, feature text, value jsonb, expires_at timestamptz, reason text,
@@ -1076,7 +1076,7 @@ begin
 end
 $$;
 
--- Maintenance (sql/maintenance.sql) ---------------------------------------------------
+-- Maintenance (sql/maintenance/tasks.sql) ---------------------------------------------------
 
 -- Rows that disagree with the rules:
 --   * manual `active` subscriptions past their period end (nothing renewed them): canceled
@@ -1169,7 +1169,7 @@ begin
 end
 $$;
 
--- Two more tasks: usage_partitions and retention (sql/retention.sql).
+-- Two more tasks: usage_partitions and retention (sql/maintenance/retention.sql).
 create or replace function entitlements.task_names()
 returns text[] language sql immutable parallel safe
 set search_path = pg_catalog, pg_temp
@@ -1242,7 +1242,7 @@ begin
 end
 $$;
 
--- Metering (sql/metering.sql) ---------------------------------------------------------
+-- Metering (sql/metering/) ---------------------------------------------------------
 
 -- The metering engine behind check, consume and try_consume.
 --   mode 'check':   report, change nothing;
@@ -1635,7 +1635,7 @@ $$;
 -- monthly partitions, not the parent, and the parent's index would be created twice).
 -- Dropping the parent's key and index drops their copies on the partitions; every
 -- partition then gets its own, named as 0.2.0 names them: the default partition as
--- sql/metering.sql does, the monthly ones as ensure_usage_partitions does.
+-- sql/metering/ does, the monthly ones as ensure_usage_partitions does.
 alter table entitlements.usage_ledger drop constraint usage_ledger_pkey;
 drop index entitlements.usage_ledger_customer;
 do $$
@@ -1658,7 +1658,7 @@ begin
 end
 $$;
 
--- The shape of a table as the writes without the executor see it (src/shape.rs): access
+-- The shape of a table as the writes without the executor see it (extension/src/postgres/shape.rs): access
 -- method, and per column in order its name, type with typmod, NOT NULL, generation,
 -- identity and default. Names are qualified (search_path is pinned), so the text is the
 -- same whoever asks.
@@ -1707,7 +1707,7 @@ as $$
         || 'txid bigint not null default txid_current()'])
 $$;
 
--- Retention (sql/retention.sql) ------------------------------------------------------
+-- Retention (sql/maintenance/retention.sql) ------------------------------------------------------
 -- Bounded growth: entitlements.settings (retention periods, how far ahead the ledger's
 -- partitions are made, how often a Stripe event is retried) and the two tasks run_task
 -- now knows, usage_partitions and retention. The table starts empty, as in a fresh install
@@ -1792,7 +1792,7 @@ begin
 end
 $$;
 
--- Leases (sql/leases.sql) -----------------------------------------------------------
+-- Leases (sql/maintenance/leases.sql) -----------------------------------------------------------
 -- Leases: which worker does a piece of outside work (a fetch from the Stripe API, the
 -- Stripe reconcile) for a while. A row with an expiry, taken and given back in short
 -- transactions of their own, instead of a lock held by a transaction left open across
@@ -1847,7 +1847,7 @@ $$;
 comment on function entitlements.release_lease(text, text) is
     'Give a lease back (only its holder can); false when it was not theirs any more.';
 
--- The cache's size against its budget (extension/src/checks.rs, cache_size.rs) ---------
+-- The cache's size against its budget (extension/src/checks/) ---------
 CREATE  FUNCTION "cache_stats"() RETURNS jsonb /* JsonB */
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
@@ -1857,7 +1857,7 @@ AS 'MODULE_PATHNAME', 'cache_stats_wrapper';
 comment on function entitlements.is_admin(uuid) is
     'True for superusers, the extension owner, roles granted entitlements_admin, and users listed in entitlements.admins (for that tenant).';
 
--- Checked jsonb (sql/checked_json.sql) -----------------------------------------------
+-- Checked jsonb (sql/security/checked_json.sql) -----------------------------------------------
 -- The Rust functions that take jsonb move to new names; the old names become checked SQL
 -- faces (SECURITY DEFINER) that refuse what pgrx could not decode, with 22023.
 CREATE  FUNCTION "_access_token_claims"(
@@ -2181,10 +2181,10 @@ begin
 end
 $$;
 
--- Privileges (sql/privileges.sql) -----------------------------------------------------
+-- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
--- admin roles. The statements of sql/privileges.sql follow in their order, after every
+-- admin roles. The statements of sql/security/privileges.sql follow in their order, after every
 -- object of the extension went back to its owner's rights alone, so each ACL comes out as
 -- in a fresh install item for item (and so does pg_init_privs, which pg_dump compares
 -- with). "All tables/sequences/functions in schema entitlements" is the extension's own
@@ -2193,7 +2193,7 @@ $$;
 
 -- Privileges, last. Nothing is granted to PUBLIC but the checks app policies call for any
 -- role and what an audited app table's writers need; the API and admin roles
--- (sql/security.sql) get the rest explicitly, and RLS (security.sql) decides row by row.
+-- (sql/security/roles.sql) get the rest explicitly, and RLS (roles.sql) decides row by row.
 -- tests/privileges.allow lists every function with its SECURITY DEFINER flag and
 -- grantees; `make test` holds the database to it, so a new function needs an entry.
 

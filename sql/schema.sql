@@ -3,8 +3,8 @@
 -- Conventions
 --   * Keys of catalog objects are short snake_case identifiers chosen by the app.
 --   * Time columns are timestamptz; "granting" is decided at read time by the
---     extension (src/resolve.rs), never stored.
---   * Every table is audited (sql/audit.sql) and protected by RLS (sql/security.sql).
+--     extension (extension/src/rules.rs), never stored.
+--   * Every table is audited (sql/audit/) and protected by RLS (sql/security/roles.sql).
 
 -- What is written can always be read ------------------------------------------------
 -- Every jsonb and instant the rules read is checked where it is written, by these
@@ -12,7 +12,7 @@
 -- functions are: SQLSTATE 22023 naming the column and the path, and nothing written.
 
 -- A JSON value the readers take: nested at most 32 deep, every number within
--- +-1e15 (exact as f64; src/catalog.rs MAX_NUMBER), at most 256 kB.
+-- +-1e15 (exact as f64; extension/src/catalog.rs MAX_NUMBER), at most 256 kB.
 create function entitlements._valid_json(value jsonb, what text)
 returns boolean language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
@@ -106,7 +106,7 @@ create unique index plans_single_default on entitlements.plans ((true)) where is
 create table entitlements.plan_entitlements (
     plan_key    text not null references entitlements.plans (key) on update cascade on delete cascade,
     feature_key text not null references entitlements.features (key) on update cascade,
-    -- Normalized by entitlements._normalize_catalog (src/catalog.rs); shape depends on the kind.
+    -- Normalized by entitlements._normalize_catalog (extension/src/catalog.rs); shape depends on the kind.
     spec        jsonb not null check (entitlements._valid_json(spec, 'plan_entitlements.spec')),
     primary key (plan_key, feature_key)
 );
@@ -229,7 +229,7 @@ create table entitlements.cache_version (
     bumped_by bigint
 );
 -- Starts at the install's instant in microseconds, not at 1: counters restored from a dump
--- carry stamps of the old database's versions (sql/metering.sql), and a version that
+-- carry stamps of the old database's versions (sql/metering/tables.sql), and a version that
 -- started over could meet one of them again. It is not dumped; every install starts anew.
 insert into entitlements.cache_version (singleton, version)
 values (true, (extract(epoch from clock_timestamp()) * 1000000)::bigint);

@@ -1,9 +1,9 @@
 //! The catalog document: validation and normalization.
 //!
-//! `entitlements.apply_catalog` (sql/catalog.sql) calls `_normalize_catalog` first, so a
+//! `entitlements.apply_catalog` (sql/catalog/catalog.sql) calls `_normalize_catalog` first, so a
 //! malformed document is refused before anything is written, with an error that names
 //! the JSON path of the bad entry. The normalized per-feature spec is what
-//! `plan_entitlements.spec` stores and what the resolver (resolve.rs) reads back.
+//! `plan_entitlements.spec` stores and what the resolver (rules.rs) reads back.
 
 use crate::error::{Error, OrRaise, Result};
 use pgrx::prelude::*;
@@ -384,7 +384,7 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
 }
 
 /// Validate and normalize a catalog document; raises 22023 naming the bad entry. Called
-/// through `entitlements._normalize_catalog` (sql/checked_json.sql), which first refuses a
+/// through `entitlements._normalize_catalog` (sql/security/checked_json.sql), which first refuses a
 /// value this function could not even decode (too deep, a number out of range).
 #[pg_extern(immutable, parallel_safe, name = "_normalize_catalog_json")]
 fn normalize_catalog(doc: Option<JsonB>, existing_features: Option<JsonB>) -> JsonB {
@@ -397,7 +397,7 @@ fn normalize_catalog(doc: Option<JsonB>, existing_features: Option<JsonB>) -> Js
 }
 
 /// Normalize a grant's value for a feature of `kind`, as plan values are normalized.
-/// Called through `entitlements._normalize_feature_value` (sql/checked_json.sql).
+/// Called through `entitlements._normalize_feature_value` (sql/security/checked_json.sql).
 #[pg_extern(immutable, parallel_safe, name = "_normalize_feature_value_json")]
 fn normalize_feature_value(kind: &str, value: Option<JsonB>) -> JsonB {
     let v = value.map(|j| j.0).unwrap_or(Value::Null);

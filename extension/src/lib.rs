@@ -17,52 +17,77 @@ mod subscriptions;
 
 ::pgrx::pg_module_magic!();
 
+// The SQL, by concept, in the order it must be created. `requires` names the Rust
+// functions each file calls when it is created (SQL-language bodies are checked then).
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!(
-    "../../sql/security.sql",
+    "../../sql/security/roles.sql",
     name = "security",
-    requires = ["schema", security::identity::current_user_id]
+    requires = [
+        "schema",
+        security::identity::current_user_id,
+        security::access::can_see_customer,
+        security::access::role_is_privileged_sql,
+        security::access::current_role_is_privileged
+    ]
 );
-extension_sql_file!("../../sql/audit.sql", name = "audit", requires = ["security", security::identity::outer_role]);
-extension_sql_file!("../../sql/cache.sql", name = "cache", requires = ["audit", checks::cache_touch]);
 extension_sql_file!(
-    "../../sql/checked_json.sql",
+    "../../sql/audit/audit.sql",
+    name = "audit",
+    requires = ["security", security::identity::outer_role]
+);
+extension_sql_file!("../../sql/checks/cache.sql", name = "cache", requires = ["audit", checks::cache_touch]);
+extension_sql_file!(
+    "../../sql/security/checked_json.sql",
     name = "checked_json",
     requires =
         ["cache", catalog::normalize_catalog, catalog::normalize_feature_value, checks::custom_access_token_hook]
 );
-extension_sql_file!("../../sql/catalog.sql", name = "catalog", requires = ["checked_json"]);
+extension_sql_file!("../../sql/catalog/catalog.sql", name = "catalog", requires = ["checked_json"]);
 extension_sql_file!(
-    "../../sql/subscriptions.sql",
+    "../../sql/subscriptions/lifecycle.sql",
     name = "subscriptions",
     requires = ["catalog", checks::feature_limit]
 );
-extension_sql_file!("../../sql/grants.sql", name = "grants", requires = ["subscriptions"]);
+extension_sql_file!("../../sql/subscriptions/members.sql", name = "members", requires = ["subscriptions"]);
+extension_sql_file!("../../sql/grants/grants.sql", name = "grants", requires = ["members"]);
+extension_sql_file!("../../sql/metering/tables.sql", name = "metering_tables", requires = ["grants"]);
 extension_sql_file!(
-    "../../sql/metering.sql",
+    "../../sql/metering/meter.sql",
     name = "metering",
     requires = [
-        "grants",
+        "metering_tables",
         metering::limits::meter_limits,
         metering::limits::window_start,
         security::identity::outer_role,
         security::access::may_meter
     ]
 );
-extension_sql_file!("../../sql/stripe.sql", name = "stripe", requires = ["subscriptions"]);
+extension_sql_file!("../../sql/metering/slots.sql", name = "slots", requires = ["metering"]);
 extension_sql_file!(
-    "../../sql/maintenance.sql",
+    "../../sql/metering/ledger.sql",
+    name = "ledger",
+    requires = ["slots", metering::limits::window_start]
+);
+extension_sql_file!("../../sql/stripe/objects.sql", name = "stripe", requires = ["members"]);
+extension_sql_file!("../../sql/stripe/events.sql", name = "stripe_events", requires = ["stripe"]);
+extension_sql_file!(
+    "../../sql/maintenance/tasks.sql",
     name = "maintenance",
     requires = ["grants", checks::feature_limit, subscriptions::grants_until]
 );
-extension_sql_file!("../../sql/retention.sql", name = "retention", requires = ["maintenance", "stripe", "metering"]);
-extension_sql_file!("../../sql/leases.sql", name = "leases", requires = ["retention"]);
 extension_sql_file!(
-    "../../sql/consume.sql",
-    name = "consume",
-    requires = ["metering", metering::counting::consume_fast, metering::counting::take_pending]
+    "../../sql/maintenance/retention.sql",
+    name = "retention",
+    requires = ["maintenance", "stripe_events", "ledger"]
 );
-extension_sql_file!("../../sql/privileges.sql", name = "privileges", finalize);
+extension_sql_file!("../../sql/maintenance/leases.sql", name = "leases", requires = ["retention"]);
+extension_sql_file!(
+    "../../sql/metering/consume.sql",
+    name = "consume",
+    requires = ["ledger", metering::counting::consume_fast, metering::counting::take_pending]
+);
+extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.
 #[cfg(test)]

@@ -131,7 +131,7 @@ async fn a_feature_with_several_periods_counts_in_all_of_them() {
 }
 
 /// A count through a stamp updates the counter row and inserts the ledger row without
-/// the executor (stamped.rs, ledger.rs). When the counter row's page is full the new
+/// the executor (extension/src/metering/stamps.rs, ledger.rs). When the counter row's page is full the new
 /// version lands elsewhere and the primary key needs an entry for it; the ledger row
 /// must land in the month's partition and in each of its indexes. amcheck finds every
 /// row version in every index, and the counts still equal the ledger.
@@ -241,7 +241,7 @@ async fn an_operators_triggers_still_fire() {
     assert_eq!(db.usage_drift().await, 0);
 }
 
-/// Counting through a stamp writes rows datum by datum (stamped.rs, ledger.rs). When an
+/// Counting through a stamp writes rows datum by datum (extension/src/metering/stamps.rs, ledger.rs). When an
 /// operator changes what a column is (its type or typmod, NOT NULL, its default) those
 /// writes step aside and the executor counts, applying the change.
 #[tokio::test]

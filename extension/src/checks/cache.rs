@@ -3,7 +3,7 @@
 //!
 //! Coherence, without shared memory:
 //! * Every committed change to a table the checks read bumps `entitlements.cache_version`
-//!   (deferred trigger, sql/cache.sql). The version is re-read whenever the active
+//!   (deferred trigger, sql/checks/cache.sql). The version is re-read whenever the active
 //!   snapshot differs from the last one seen (so once per statement, not per row), and
 //!   the cache is dropped when it moved. A commit by another session is therefore seen by
 //!   this session's very next statement, exactly as MVCC would show it.

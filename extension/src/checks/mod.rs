@@ -226,7 +226,7 @@ fn entitlements_view(customer: default!(Option<Uuid>, "entitlements.current_user
 
 /// Supabase custom access token hook: adds an `entitlements` claim with the plan key and
 /// the enabled features. The claim is for UI; RLS must call has_feature(). Called through
-/// `entitlements.custom_access_token_hook` (sql/checked_json.sql), which first refuses an
+/// `entitlements.custom_access_token_hook` (sql/security/checked_json.sql), which first refuses an
 /// event this function could not decode.
 #[pg_extern(stable, parallel_safe, name = "_access_token_claims")]
 fn custom_access_token_hook(event: Option<JsonB>) -> JsonB {

@@ -2,8 +2,8 @@
 //!
 //! The common case is a call without an idempotency key, for a customer the caller may
 //! meter, where every window of the feature has a stripe with room (see the striped
-//! counters in sql/metering.sql). For a customer this backend has not resolved, it
-//! counts on a stamped window without the executor (stamped.rs, ledger.rs). Otherwise it
+//! counters in sql/metering/tables.sql). For a customer this backend has not resolved, it
+//! counts on a stamped window without the executor (stamps.rs, ledger.rs). Otherwise it
 //! runs here on kept generic plans, inside one subtransaction: one UPDATE per window with
 //! the limits from the per-backend cache (opening a window on its first use), and the
 //! ledger INSERT, in the same statement when the feature has one limited period. Everything else (bad input and its errors,
@@ -101,7 +101,7 @@ const COUNT_AND_RECORD: Statement = Statement {
 };
 
 /// Customers whose stamped stripe this backend found taken by another transaction
-/// (stamped.rs never waits for it). From then on they are resolved and counted on every
+/// (stamps.rs never waits for it). From then on they are resolved and counted on every
 /// stripe: their sessions run concurrently, and stripe 0 alone would make them queue.
 const BUSY_MAX: usize = 100_000;
 thread_local! {
@@ -165,7 +165,7 @@ const RECORD: Statement = Statement {
     ],
 };
 
-/// The common case of `consume` and `try_consume` (sql/consume.sql): the usage after
+/// The common case of `consume` and `try_consume` (sql/metering/consume.sql): the usage after
 /// counting, or NULL when this is not the common case and `_meter` must decide. `_meter`
 /// is called from SQL, not from here, so its errors (PT429, PT403) reach the caller
 /// with their own SQLSTATE; when this answers NULL it keeps its arguments for
@@ -259,7 +259,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
     // SAFETY: this backend's PGPROC slot number, a plain read.
     let home = (unsafe { (*pg_sys::MyProc).pgprocno } % 16) as i16;
 
-    // A customer this backend has not resolved: try the stamps first. stamped.rs
+    // A customer this backend has not resolved: try the stamps first. stamps.rs
     // compares them with the version itself, so the cache need not be refreshed.
     if !cache::is_tainted() && !cache::is_cached(id) && try_stamps(id) {
         let stamped = cache::as_owner(owner, || Spi::connect(|_| count_on_stamped(customer, feature, amount, actor)))?;
@@ -301,7 +301,7 @@ struct Stamp {
 }
 
 /// The shortcut for customers this backend has not resolved: count on the stamped
-/// window directly (stamped.rs), then write the ledger row (directly too, ledger.rs,
+/// window directly (stamps.rs), then write the ledger row (directly too, ledger.rs,
 /// when nothing but the row itself must happen on an insert).
 fn count_on_stamped(
     customer: Uuid,
@@ -450,7 +450,7 @@ fn usage(o: Outcome) -> Result<Usage> {
         remaining.into_datum(),
         o.resets_at.map(clock::to_timestamptz).into_datum(),
     ];
-    // SAFETY: the datums match the columns of entitlements.usage (sql/metering.sql) in order.
+    // SAFETY: the datums match the columns of entitlements.usage (sql/metering/tables.sql) in order.
     unsafe { PgHeapTuple::from_datums(desc, datums) }.map_err(corrupt)
 }
 

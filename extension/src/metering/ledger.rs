@@ -1,4 +1,4 @@
-//! The ledger row of a count through a stamp (stamped.rs), written without the executor.
+//! The ledger row of a count through a stamp (stamps.rs), written without the executor.
 //!
 //! An INSERT through SPI costs executor start-up and routing into the partitioned ledger
 //! on every call, as much as the count itself. Here the row goes straight into the
@@ -10,7 +10,7 @@
 //! Used only when nothing else must run on an INSERT: no trigger, rule or forced row
 //! security on the ledger or the partition, no CHECK constraint or generated column, no
 //! column this code does not know, every column of the type, typmod, NOT NULL and default
-//! it was written for and the partition on the heap access method (shape.rs), and indexes
+//! it was written for and the partition on the heap access method (postgres/shape.rs), and indexes
 //! on plain columns only. Otherwise `false`, and the caller
 //! inserts through SPI.
 

@@ -1,6 +1,6 @@
 //! What metering needs from the rules: the limits of a metered feature for a customer
 //! right now, each with the counting window it applies to. Counting itself (atomic striped counters, the ledger,
-//! idempotency, concurrency slots) is SQL in sql/metering.sql; this file never writes.
+//! idempotency, concurrency slots) is SQL in sql/metering/; this file never writes.
 
 use crate::checks::cache;
 use crate::clock::{self, Micros};

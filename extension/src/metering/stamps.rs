@@ -13,7 +13,7 @@
 //! way UPDATE does) for that customer from then on. The caller writes the ledger row.
 //!
 //! Used only when nothing else must run on an UPDATE of usage_counters: no trigger, no
-//! rule, no forced row security, every column as this code reads it (shape.rs), and no
+//! rule, no forced row security, every column as this code reads it (postgres/shape.rs), and no
 //! index but its primary key (an operator may add
 //! any of these; then the normal path, through the executor, takes over).
 

@@ -1,10 +1,10 @@
-//! Are the tables the writes without the executor touch (stamped.rs: usage_counters,
-//! ledger.rs: usage_ledger and its partitions) still the shape that code was written for?
+//! Are the tables the writes without the executor touch (metering/stamps.rs: usage_counters,
+//! metering/ledger.rs: usage_ledger and its partitions) still the shape that code was written for?
 //!
 //! Those writes read and build rows datum by datum, so a column whose type, typmod,
 //! NOT NULL, default, generation or identity an operator changed, or a table on another
 //! access method, must send the count through the executor instead. The shape is compared
-//! in SQL (`entitlements._direct_writes_fit`, sql/metering.sql, which lists the shapes the
+//! in SQL (`entitlements._direct_writes_fit`, sql/metering/ledger.sql, which lists the shapes the
 //! code was written for) once per relation, and again after any relcache invalidation:
 //! every ALTER TABLE sends one, and the callers ask only after locking the relation, which
 //! processes the invalidations pending for it.

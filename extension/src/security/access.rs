@@ -1,6 +1,6 @@
 //! Who may act for a customer: read its resolved entitlements, meter its usage, take its
 //! slots. The customer themself, members of the organization, privileged roles, and
-//! admins of the customer's tenant. Shared by checks.rs and the metering functions, and
+//! admins of the customer's tenant. Shared by the checks (checks/) and the metering functions, and
 //! written in Rust because metering asks on every call: the SQL version cost ~120 µs.
 
 use crate::checks::cache;
@@ -11,7 +11,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, Uuid};
 
 /// Superuser, BYPASSRLS, the extension owner, or a role with the privileges of
-/// `entitlements_admin`: the same rule as `entitlements._role_is_privileged` (sql/security.sql).
+/// `entitlements_admin`: the same rule as `entitlements._role_is_privileged`, which is this function.
 pub fn role_is_privileged(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
     // SAFETY: catalog lookups through the syscache; valid inside a transaction.
     let by_attribute = unsafe {

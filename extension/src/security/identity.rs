@@ -3,7 +3,7 @@
 //!
 //! Any role can set those two settings, so they are believed only for the roles that
 //! speak for signed-in users: members of `entitlements_api` (anon, authenticated,
-//! service_role by default, sql/security.sql), superusers and the extension owner. Any
+//! service_role by default, sql/security/roles.sql), superusers and the extension owner. Any
 //! other login role is itself and nobody else: its user id is NULL. The role asked about
 //! is the one in effect outside SECURITY DEFINER functions (what SET ROLE chose), so a
 //! definer function of ours never lends its owner's trust to its caller's settings.

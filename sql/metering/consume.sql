@@ -1,5 +1,5 @@
--- consume and try_consume: the common case in Rust (_consume_fast, src/counting.rs),
--- everything else in _meter (metering.sql). Standard SQL bodies: bound when created (no
+-- consume and try_consume: the common case in Rust (_consume_fast, extension/src/metering/counting.rs),
+-- everything else in _meter (metering/meter.sql). Standard SQL bodies: bound when created (no
 -- search_path to pin) and inlined into the caller's query, so the wrapper costs nothing.
 -- Each argument is named once: PostgreSQL does not inline a body that would evaluate an
 -- argument twice when the caller passes an expression (`auth.uid()`, a subquery), and a

@@ -1,13 +1,13 @@
--- What the per-backend cache (extension/src/cache.rs) reads, and the triggers that keep
+-- What the per-backend cache (extension/src/checks/cache.rs) reads, and the triggers that keep
 -- it coherent. The catalog snapshot is executed by the extension as the owner, so
--- callers cannot use it to read around RLS: EXECUTE is revoked in privileges.sql.
+-- callers cannot use it to read around RLS: EXECUTE is revoked in security/privileges.sql.
 
 alter table entitlements.cache_version enable row level security;
 create policy cache_version_read on entitlements.cache_version for select using (true);
 
 -- The catalog is read through a PL/pgSQL helper (its plans are cached per session; a SQL
 -- function with a SET clause is planned again on every call). A customer's sources and
--- the version are read by the extension itself with kept plans (src/cache.rs).
+-- the version are read by the extension itself with kept plans (extension/src/checks/cache.rs).
 
 -- Microseconds since the Unix epoch: how the Rust side reads instants.
 -- A standard SQL body: resolved when created (no search_path to pin) and inlined.

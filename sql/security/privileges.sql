@@ -1,6 +1,6 @@
 -- Privileges, last. Nothing is granted to PUBLIC but the checks app policies call for any
 -- role and what an audited app table's writers need; the API and admin roles
--- (sql/security.sql) get the rest explicitly, and RLS (security.sql) decides row by row.
+-- (sql/security/roles.sql) get the rest explicitly, and RLS (roles.sql) decides row by row.
 -- tests/privileges.allow lists every function with its SECURITY DEFINER flag and
 -- grantees; `make test` holds the database to it, so a new function needs an entry.
 

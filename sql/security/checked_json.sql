@@ -3,7 +3,7 @@
 -- than serde_json goes, a number beyond f64) other than as XX000; so each is called
 -- through one of these, which refuses such a value with 22023 first (_valid_json, the
 -- rule every stored value follows). The Rust functions are the owner's only
--- (privileges.sql); these run as the owner (SECURITY DEFINER) and touch nothing but the
+-- (security/privileges.sql); these run as the owner (SECURITY DEFINER) and touch nothing but the
 -- jsonb and text they are given.
 
 create function entitlements._normalize_catalog(doc jsonb, existing_features jsonb)

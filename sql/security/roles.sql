@@ -12,7 +12,7 @@
 --   * entitlements_api: the roles PostgREST/Supabase switch to (anon, authenticated,
 --     service_role by default). Only they, superusers and the extension owner are trusted
 --     to say who the user is (request.jwt.claims, entitlements.user_id); any other login
---     role is itself and nobody else (src/identity.rs). More API roles:
+--     role is itself and nobody else (extension/src/security/identity.rs). More API roles:
 --     `grant entitlements_api to my_api_role`.
 --   * entitlements_admin: a database role that has its privileges administers everything
 --     (service_role gets it at install). `grant entitlements_admin to ops_role`.

@@ -5,7 +5,7 @@
 --     (rolled into usage_rollup), closed counters and old idempotency keys deleted;
 --   * retention: applied and dead Stripe events, and (only when configured) audit rows,
 --     older than their retention. The audit log records each purge.
--- task_runs has its own task (prune_task_runs, maintenance.sql).
+-- task_runs has its own task (prune_task_runs, maintenance/tasks.sql).
 
 -- One row, written by admins (RLS) and audited. Without the row every setting has its
 -- default (_settings()), so a fresh install and a restored dump agree.
@@ -52,7 +52,7 @@ end
 $$;
 
 -- Definer: admins may not delete audit rows themselves (nobody may, but this task), and the
--- append-only trigger lets this function's deletes through (audit.sql).
+-- append-only trigger lets this function's deletes through (audit/audit.sql).
 create function entitlements._task_retention()
 returns jsonb language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp

@@ -41,7 +41,7 @@ $$;
 -- A SECURITY DEFINER trigger function runs only on the extension's own tables: the
 -- values of any other table may have types whose casts and output functions someone
 -- else wrote, and they would run as the definer. EXECUTE on trigger functions is also
--- revoked (privileges.sql), so nobody else can attach them.
+-- revoked (security/privileges.sql), so nobody else can attach them.
 create function entitlements._require_own_table(relid oid, trigger_function text)
 returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -156,7 +156,7 @@ returns trigger language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    -- The retention task (retention.sql, SECURITY DEFINER, so running as the owner) deletes
+    -- The retention task (maintenance/retention.sql, SECURITY DEFINER, so running as the owner) deletes
     -- rows older than the configured retention; nothing else may.
     if tg_op = 'DELETE' and current_setting('entitlements.audit_retention', true) = 'on'
        and exists (select 1 from pg_roles r where r.rolname = current_user
