@@ -46,44 +46,14 @@ as $$
      limit 1
 $$;
 
--- The metering engine behind check, consume and try_consume.
---   mode 'check':   report, change nothing;
---   mode 'consume': count, or raise PT429 / PT403;
---   mode 'try':     count, or return allowed = false having changed nothing.
-create function entitlements._meter(p_customer uuid, p_feature text, p_amount numeric, p_key text, p_mode text)
-returns entitlements.usage
-language plpgsql volatile security definer
-set search_path = pg_catalog, pg_temp
+-- The steps of _meter, each its own function. They run only inside _meter (SECURITY
+-- DEFINER, search_path pinned), as its owner: EXECUTE is the owner's alone
+-- (security/privileges.sql), so they pin nothing themselves and cost no SET per call.
+
+-- Bad input and who may meter, before anything is touched.
+create function entitlements._meter_check_input(p_customer uuid, p_feature text, p_amount numeric, p_mode text)
+returns void language plpgsql stable
 as $$
-declare
-    max_stripes constant int := 16;
-    v_now      timestamptz := statement_timestamp();
-    v_lim      record;
-    v_limit    numeric;
-    v_w        timestamptz;
-    v_stripe   smallint;
-    v_total    numeric;
-    v_n        int;
-    v_grow     boolean := false;
-    v_rem      numeric;
-    v_share    numeric;
-    v_over_p   numeric;
-    v_over     numeric := 0::numeric;
-    v_price    numeric;
-    v_cost     numeric := 0::numeric;
-    v_any      boolean := false;
-    v_replay   boolean := false;
-    v_keyed    boolean := false;
-    v_periods  text[] := '{}'::text[];
-    v_billing  timestamptz;
-    v_done_p   text[] := '{}'::text[];
-    v_done_w   timestamptz[] := '{}'::timestamptz[];
-    v_done_s   smallint[] := '{}'::smallint[];
-    v_out      entitlements.usage;
-    v_best     numeric;
-    v_plan     text;
-    v_windows  jsonb := '{}'::jsonb;
-    v_prev     record;
 begin
     if p_mode not in ('check', 'consume', 'try') then
         raise exception 'unknown metering mode "%"', p_mode using errcode = '22023';
@@ -102,104 +72,265 @@ begin
         raise exception 'permission denied: you may meter only your own usage and that of your organizations'
             using errcode = '42501';
     end if;
+end
+$$;
 
-    -- The same idempotency key twice counts once: the second caller waits for the first
-    -- transaction on the unique key, then sees its row (or takes over if it rolled back).
-    if p_key is not null and p_mode <> 'check' then
-        insert into entitlements.usage_idempotency (customer_id, idempotency_key, feature_key, amount)
-        values (p_customer, p_key, p_feature, p_amount)
-        on conflict do nothing;
-        if found then
-            v_keyed := true;
-        else
-            select k.feature_key, k.amount into v_prev
-              from entitlements.usage_idempotency k
-             where k.customer_id = p_customer and k.idempotency_key = p_key;
-            if v_prev.feature_key <> p_feature or v_prev.amount <> p_amount then
-                raise exception 'idempotency key "%" was already used with different parameters (% × %)',
-                    p_key, v_prev.feature_key, v_prev.amount
-                    using errcode = '22023';
-            end if;
-            v_replay := true;
+-- The same idempotency key twice counts once: true when this call holds the key now (it
+-- counts), false when an earlier call with the same parameters counted (a replay). The
+-- second caller waits for the first transaction on the unique key, then sees its row (or
+-- takes over if it rolled back).
+create function entitlements._meter_claim_key(p_customer uuid, p_key text, p_feature text, p_amount numeric)
+returns boolean language plpgsql volatile
+as $$
+declare
+    v_prev record;
+begin
+    insert into entitlements.usage_idempotency (customer_id, idempotency_key, feature_key, amount)
+    values (p_customer, p_key, p_feature, p_amount)
+    on conflict do nothing;
+    if found then
+        return true;
+    end if;
+    select k.feature_key, k.amount into v_prev
+      from entitlements.usage_idempotency k
+     where k.customer_id = p_customer and k.idempotency_key = p_key;
+    if v_prev.feature_key <> p_feature or v_prev.amount <> p_amount then
+        raise exception 'idempotency key "%" was already used with different parameters (% × %)',
+            p_key, v_prev.feature_key, v_prev.amount
+            using errcode = '22023';
+    end if;
+    return false;
+end
+$$;
+
+-- What a window has counted so far, over all its stripes.
+create function entitlements._meter_window_total(p_customer uuid, p_feature text, p_period text, p_window timestamptz)
+returns numeric language sql stable
+as $$
+    select coalesce(sum(c.used), 0) from entitlements.usage_counters c
+     where c.customer_id = p_customer and c.feature_key = p_feature
+       and c.period = p_period and c.window_start = p_window
+$$;
+
+-- The fast path: count `p_amount` on a stripe with room that nobody holds, opening the
+-- window on its first use. Returns the stripe counted on (NULL: none, take the slow path)
+-- and whether the window is contended (others held every stripe with room: add stripes).
+--
+-- Each attempt is a subtransaction: a stripe that FOR UPDATE locked but then skipped (it
+-- ran out of room after our snapshot) stays locked until the subtransaction ends, and no
+-- stray lock may be held while the slow path waits, or two consumers could deadlock. A
+-- second attempt comes after queueing for stripe 0 (one rebalancer at a time): the
+-- rebalancer ahead holds every stripe until it commits, so without looking again each
+-- consumer queued behind it would rebalance in turn and keep the next ones off the fast
+-- path, a convoy that lasts as long as the load.
+create function entitlements._meter_take_stripe(p_customer uuid, p_feature text, p_amount numeric, p_period text,
+                                                p_window timestamptz, p_window_end timestamptz, p_limit numeric,
+                                                out stripe smallint, out grow boolean)
+language plpgsql volatile
+as $$
+declare
+    max_stripes constant int := 16;
+begin
+    grow := false;
+    if p_amount <= p_limit then
+        -- First use of this window: stripe 0 takes the whole quota in one statement.
+        insert into entitlements.usage_counters
+               (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, p_limit, p_limit)
+        on conflict do nothing
+        returning usage_counters.stripe into stripe;
+    end if;
+    for v_attempt in 1 .. 2 loop
+        exit when stripe is not null;
+        if v_attempt = 2 then
+            grow := exists (select 1 from entitlements.usage_counters s
+                             where s.customer_id = p_customer and s.feature_key = p_feature
+                               and s.period = p_period and s.window_start = p_window
+                               and s.basis = p_limit and s.used + p_amount <= s.cap);
+            insert into entitlements.usage_counters
+                   (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+            values (p_customer, p_feature, p_period, p_window, p_window_end, 0, 0, 0, p_limit)
+            on conflict do nothing;
+            perform 1 from entitlements.usage_counters s
+              where s.customer_id = p_customer and s.feature_key = p_feature
+                and s.period = p_period and s.window_start = p_window and s.stripe = 0
+                for update;
+            -- Adding stripes takes the slow path; at the most stripes, look again.
+            exit when grow and (select count(*) from entitlements.usage_counters s
+                                 where s.customer_id = p_customer and s.feature_key = p_feature
+                                   and s.period = p_period and s.window_start = p_window) < max_stripes;
         end if;
+        begin
+            update entitlements.usage_counters c set used = c.used + p_amount
+             where c.customer_id = p_customer and c.feature_key = p_feature
+               and c.period = p_period and c.window_start = p_window
+               and c.stripe = (select s.stripe from entitlements.usage_counters s
+                                where s.customer_id = p_customer and s.feature_key = p_feature
+                                  and s.period = p_period and s.window_start = p_window
+                                  and s.basis = p_limit and s.used + p_amount <= s.cap
+                                order by s.stripe
+                                for update skip locked
+                                limit 1)
+            returning c.stripe into stripe;
+            if stripe is null then
+                raise exception using errcode = 'PE000';  -- undo the attempt's row locks
+            end if;
+        exception when sqlstate 'PE000' then
+            stripe := null;
+        end;
+    end loop;
+end
+$$;
+
+-- The slow path, after a refusal-free check, holding every stripe: count on stripe 0 and
+-- split what remains evenly; the caps add up to the limit (or to the usage, once over it,
+-- so every later request comes here). Contended (`p_grow`): double the stripes first, up
+-- to 16, so fewer wait next time.
+create function entitlements._meter_rebalance(p_customer uuid, p_feature text, p_amount numeric, p_period text,
+                                              p_window timestamptz, p_window_end timestamptz, p_limit numeric,
+                                              p_total numeric, p_stripes int, p_grow boolean)
+returns void language plpgsql volatile
+as $$
+declare
+    max_stripes constant int := 16;
+    v_n     int := p_stripes;
+    v_rem   numeric;
+    v_share numeric;
+begin
+    if p_grow and v_n < max_stripes then
+        insert into entitlements.usage_counters
+               (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
+        select p_customer, p_feature, p_period, p_window, p_window_end, g, 0, 0, p_limit
+          from generate_series(v_n, least(v_n * 2, max_stripes) - 1) g
+        on conflict do nothing;
+        v_n := least(v_n * 2, max_stripes);
+    end if;
+    v_rem := greatest(p_limit - p_total - p_amount, 0);
+    v_share := case when p_limit = 'Infinity' then 'Infinity' else floor(v_rem / v_n) end;
+    update entitlements.usage_counters c
+       set used = c.used + case when c.stripe = 0 then p_amount else 0 end,
+           cap = case when p_limit = 'Infinity' then 'Infinity'
+                      when c.stripe = 0 then c.used + p_amount + v_rem - v_share * (v_n - 1)
+                      else c.used + v_share end,
+           basis = p_limit
+     where c.customer_id = p_customer and c.feature_key = p_feature
+       and c.period = p_period and c.window_start = p_window;
+end
+$$;
+
+-- PT429 for consume over a blocking limit: the feature and limit, when the count resets,
+-- and the cheapest public plan that would allow it.
+create function entitlements._meter_raise_quota(p_customer uuid, p_feature text, p_amount numeric, p_limit numeric,
+                                                p_period text, p_total numeric, p_resets_at timestamptz,
+                                                p_windows jsonb)
+returns void language plpgsql stable
+as $$
+declare
+    v_plan text := entitlements._upgrade_plan(p_customer, p_feature, p_amount, p_windows);
+begin
+    raise exception 'quota exceeded for feature "%": limit % per %', p_feature, p_limit, replace(p_period, '_', ' ')
+        using errcode = 'PT429',
+              detail = case when p_resets_at is null
+                            then format('%s of %s used; a lifetime quota does not reset.', p_total, p_limit)
+                            else format('%s of %s used; the count resets at %s.', p_total, p_limit,
+                                        to_char(p_resets_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')) end,
+              hint = case when v_plan is null
+                          then 'No public plan allows more; ask for a quota boost.'
+                          else format('Upgrade to the "%s" plan to allow it.', v_plan) end;
+end
+$$;
+
+-- PT403 for consume of a feature the customer's plan does not include.
+create function entitlements._meter_raise_not_included(p_customer uuid, p_feature text, p_amount numeric,
+                                                       p_windows jsonb)
+returns void language plpgsql stable
+as $$
+declare
+    v_plan text := entitlements._upgrade_plan(p_customer, p_feature, p_amount, p_windows);
+begin
+    raise exception 'feature "%" is not included in your plan', p_feature
+        using errcode = 'PT403',
+              hint = case when v_plan is null then 'No public plan includes it.'
+                          else format('Upgrade to the "%s" plan to use it.', v_plan) end;
+end
+$$;
+
+-- try_consume refused: take back what earlier periods of this call counted (their stripes
+-- are still ours) and give the idempotency key back, so nothing is left written.
+create function entitlements._meter_undo(p_customer uuid, p_feature text, p_amount numeric, p_periods text[],
+                                         p_windows timestamptz[], p_stripes smallint[], p_key text)
+returns void language plpgsql volatile
+as $$
+begin
+    for i in 1 .. coalesce(array_length(p_periods, 1), 0) loop
+        update entitlements.usage_counters c set used = c.used - p_amount
+         where c.customer_id = p_customer and c.feature_key = p_feature
+           and c.period = p_periods[i] and c.window_start = p_windows[i] and c.stripe = p_stripes[i];
+    end loop;
+    if p_key is not null then
+        delete from entitlements.usage_idempotency k
+         where k.customer_id = p_customer and k.idempotency_key = p_key;
+    end if;
+end
+$$;
+
+-- The metering engine behind check, consume and try_consume.
+--   mode 'check':   report, change nothing;
+--   mode 'consume': count, or raise PT429 / PT403;
+--   mode 'try':     count, or return allowed = false having changed nothing.
+-- Per limit of the feature (binding order): take a stripe (fast path), or lock the window's
+-- stripes and refuse or rebalance (slow path); then one ledger row for the call.
+create function entitlements._meter(p_customer uuid, p_feature text, p_amount numeric, p_key text, p_mode text)
+returns entitlements.usage
+language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_now      timestamptz := statement_timestamp();
+    v_lim      record;
+    v_limit    numeric;
+    v_w        timestamptz;
+    v_end      timestamptz;
+    v_take     record;
+    v_stripe   smallint;
+    v_total    numeric;
+    v_n        int;
+    v_over_p   numeric;
+    v_over     numeric := 0::numeric;
+    v_price    numeric;
+    v_cost     numeric := 0::numeric;
+    v_any      boolean := false;
+    v_replay   boolean := false;
+    v_keyed    boolean := false;
+    v_periods  text[] := '{}'::text[];
+    v_billing  timestamptz;
+    v_done_w   timestamptz[] := '{}'::timestamptz[];
+    v_done_s   smallint[] := '{}'::smallint[];
+    v_out      entitlements.usage;
+    v_best     numeric;
+    v_windows  jsonb := '{}'::jsonb;
+begin
+    perform entitlements._meter_check_input(p_customer, p_feature, p_amount, p_mode);
+    if p_key is not null and p_mode <> 'check' then
+        v_keyed := entitlements._meter_claim_key(p_customer, p_key, p_feature, p_amount);
+        v_replay := not v_keyed;
     end if;
 
     for v_lim in select * from entitlements._meter_limits(p_customer, p_feature) loop
         v_any := true;
         v_limit := coalesce(v_lim.lim::numeric, 'Infinity');
         v_w := entitlements._ts(v_lim.window_start_us);
+        v_end := entitlements._ts(v_lim.resets_at_us);
         v_windows := v_windows || jsonb_build_object(v_lim.period, v_w);
 
         if p_mode = 'check' or v_replay then
-            select coalesce(sum(c.used), 0) into v_total
-              from entitlements.usage_counters c
-             where c.customer_id = p_customer and c.feature_key = p_feature
-               and c.period = v_lim.period and c.window_start = v_w;
+            v_total := entitlements._meter_window_total(p_customer, p_feature, v_lim.period, v_w);
             if v_lim.overage = 'block' and v_total + p_amount > v_limit and not v_replay then
                 v_out.allowed := false;
             end if;
         else
-            v_stripe := null;
-            v_grow := false;
-            if p_amount <= v_limit then
-                -- First use of this window: stripe 0 takes the whole quota in one statement.
-                insert into entitlements.usage_counters
-                       (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
-                values (p_customer, p_feature, v_lim.period, v_w, entitlements._ts(v_lim.resets_at_us), 0,
-                        p_amount, v_limit, v_limit)
-                on conflict do nothing
-                returning stripe, used into v_stripe, v_total;
-            end if;
-
-            -- Fast path: a stripe with room that nobody holds. In a subtransaction: a
-            -- stripe that FOR UPDATE locked but then skipped (it ran out of room after
-            -- our snapshot) stays locked until the subtransaction ends, and no stray lock
-            -- may be held while the slow path waits below, or two consumers could deadlock.
-            -- A second attempt comes after queueing for stripe 0 (one rebalancer at a
-            -- time): the rebalancer ahead holds every stripe until it commits, so without
-            -- looking again each consumer queued behind it would rebalance in turn and keep
-            -- the next ones off the fast path, a convoy that lasts as long as the load.
-            for v_attempt in 1 .. 2 loop
-                exit when v_stripe is not null;
-                if v_attempt = 2 then
-                    -- Others held every stripe that had room: contention, so add stripes.
-                    v_grow := exists (select 1 from entitlements.usage_counters s
-                                       where s.customer_id = p_customer and s.feature_key = p_feature
-                                         and s.period = v_lim.period and s.window_start = v_w
-                                         and s.basis = v_limit and s.used + p_amount <= s.cap);
-                    insert into entitlements.usage_counters
-                           (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
-                    values (p_customer, p_feature, v_lim.period, v_w, entitlements._ts(v_lim.resets_at_us), 0, 0, 0, v_limit)
-                    on conflict do nothing;
-                    perform 1 from entitlements.usage_counters s
-                      where s.customer_id = p_customer and s.feature_key = p_feature
-                        and s.period = v_lim.period and s.window_start = v_w and s.stripe = 0
-                        for update;
-                    -- Adding stripes takes the slow path; at the most stripes, look again.
-                    exit when v_grow and (select count(*) from entitlements.usage_counters s
-                                           where s.customer_id = p_customer and s.feature_key = p_feature
-                                             and s.period = v_lim.period and s.window_start = v_w) < max_stripes;
-                end if;
-                begin
-                    update entitlements.usage_counters c set used = c.used + p_amount
-                     where c.customer_id = p_customer and c.feature_key = p_feature
-                       and c.period = v_lim.period and c.window_start = v_w
-                       and c.stripe = (select s.stripe from entitlements.usage_counters s
-                                        where s.customer_id = p_customer and s.feature_key = p_feature
-                                          and s.period = v_lim.period and s.window_start = v_w
-                                          and s.basis = v_limit and s.used + p_amount <= s.cap
-                                        order by s.stripe
-                                        for update skip locked
-                                        limit 1)
-                    returning c.stripe into v_stripe;
-                    if v_stripe is null then
-                        raise exception using errcode = 'PE000';  -- undo the attempt's row locks
-                    end if;
-                exception when sqlstate 'PE000' then
-                    v_stripe := null;
-                end;
-            end loop;
-
+            v_take := entitlements._meter_take_stripe(p_customer, p_feature, p_amount, v_lim.period, v_w, v_end, v_limit);
+            v_stripe := v_take.stripe;
             if v_stripe is null then
                 -- Slow path, holding stripe 0: take every stripe; a new statement sees every
                 -- stripe the previous rebalancer created.
@@ -211,35 +342,13 @@ begin
                            for update) l;
 
                 if v_total + p_amount > v_limit and v_lim.overage = 'block' then
-                    -- Refused by this period.
                     if p_mode = 'consume' then
-                        v_plan := entitlements._upgrade_plan(p_customer, p_feature, p_amount, v_windows);
-                        raise exception 'quota exceeded for feature "%": limit % per %', p_feature, v_limit, replace(v_lim.period, '_', ' ')
-                            using errcode = 'PT429',
-                                  detail = case when v_lim.resets_at_us is null
-                                                then format('%s of %s used; a lifetime quota does not reset.', v_total, v_limit)
-                                                else format('%s of %s used; the count resets at %s.', v_total, v_limit,
-                                                            to_char(entitlements._ts(v_lim.resets_at_us) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')) end,
-                                  hint = case when v_plan is null
-                                              then 'No public plan allows more; ask for a quota boost.'
-                                              else format('Upgrade to the "%s" plan to allow it.', v_plan) end;
+                        perform entitlements._meter_raise_quota(p_customer, p_feature, p_amount, v_limit, v_lim.period,
+                                                                v_total, v_end, v_windows);
                     end if;
-                    -- try: undo what earlier periods counted (we still hold their stripes).
-                    for i in 1 .. coalesce(array_length(v_done_p, 1), 0) loop
-                        update entitlements.usage_counters c set used = c.used - p_amount
-                         where c.customer_id = p_customer and c.feature_key = p_feature
-                           and c.period = v_done_p[i] and c.window_start = v_done_w[i] and c.stripe = v_done_s[i];
-                    end loop;
-                    if v_keyed then
-                        delete from entitlements.usage_idempotency k
-                         where k.customer_id = p_customer and k.idempotency_key = p_key;
-                    end if;
-                    v_out.allowed := false;
-                    v_out."limit" := v_limit;
-                    v_out.used := v_total;
-                    v_out.remaining := greatest(v_limit - v_total, 0);
-                    v_out.resets_at := entitlements._ts(v_lim.resets_at_us);
-                    return v_out;
+                    perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s,
+                                                     case when v_keyed then p_key end);
+                    return row(false, v_limit, v_total, greatest(v_limit - v_total, 0), v_end)::entitlements.usage;
                 end if;
 
                 -- Units of this request beyond the limit (overage allow/bill).
@@ -249,42 +358,17 @@ begin
                     v_cost := v_over_p * coalesce(v_lim.unit_price_cents::numeric, 0);
                     v_price := v_lim.unit_price_cents::numeric;
                 end if;
-
-                -- Contended: double the stripes (up to max_stripes) so fewer wait next time.
-                if v_grow and v_n < max_stripes then
-                    insert into entitlements.usage_counters
-                           (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
-                    select p_customer, p_feature, v_lim.period, v_w, entitlements._ts(v_lim.resets_at_us), g, 0, 0, v_limit
-                      from generate_series(v_n, least(v_n * 2, max_stripes) - 1) g
-                    on conflict do nothing;
-                    v_n := least(v_n * 2, max_stripes);
-                end if;
-
-                -- Count on stripe 0 and split what remains evenly; the caps add up to the limit
-                -- (or to the usage, once over it, so every later request comes here).
-                v_rem := greatest(v_limit - v_total - p_amount, 0);
-                v_share := case when v_limit = 'Infinity' then 'Infinity' else floor(v_rem / v_n) end;
-                update entitlements.usage_counters c
-                   set used = c.used + case when c.stripe = 0 then p_amount else 0 end,
-                       cap = case when v_limit = 'Infinity' then 'Infinity'
-                                  when c.stripe = 0 then c.used + p_amount + v_rem - v_share * (v_n - 1)
-                                  else c.used + v_share end,
-                       basis = v_limit
-                 where c.customer_id = p_customer and c.feature_key = p_feature
-                   and c.period = v_lim.period and c.window_start = v_w;
+                perform entitlements._meter_rebalance(p_customer, p_feature, p_amount, v_lim.period, v_w, v_end, v_limit,
+                                                      v_total, v_n, v_take.grow);
                 v_stripe := 0;
                 v_total := v_total + p_amount;
             else
-                select coalesce(sum(c.used), 0) into v_total
-                  from entitlements.usage_counters c
-                 where c.customer_id = p_customer and c.feature_key = p_feature
-                   and c.period = v_lim.period and c.window_start = v_w;
+                v_total := entitlements._meter_window_total(p_customer, p_feature, v_lim.period, v_w);
             end if;
 
-            v_done_p := v_done_p || v_lim.period::text;
+            v_periods := v_periods || v_lim.period::text;
             v_done_w := v_done_w || v_w;
             v_done_s := v_done_s || v_stripe;
-            v_periods := v_periods || v_lim.period::text;
             if v_lim.period = 'billing_period' then
                 v_billing := v_w;
             end if;
@@ -296,23 +380,16 @@ begin
             v_out."limit" := nullif(v_limit, 'Infinity');
             v_out.used := v_total;
             v_out.remaining := case when v_limit = 'Infinity' then null else greatest(v_limit - v_total, 0) end;
-            v_out.resets_at := entitlements._ts(v_lim.resets_at_us);
+            v_out.resets_at := v_end;
         end if;
     end loop;
 
     if not v_any then
         -- The feature is not part of the customer's plan at all.
         if p_mode = 'consume' then
-            v_plan := entitlements._upgrade_plan(p_customer, p_feature, p_amount, v_windows);
-            raise exception 'feature "%" is not included in your plan', p_feature
-                using errcode = 'PT403',
-                      hint = case when v_plan is null then 'No public plan includes it.'
-                                  else format('Upgrade to the "%s" plan to use it.', v_plan) end;
+            perform entitlements._meter_raise_not_included(p_customer, p_feature, p_amount, v_windows);
         end if;
-        if v_keyed then
-            delete from entitlements.usage_idempotency k
-             where k.customer_id = p_customer and k.idempotency_key = p_key;
-        end if;
+        perform entitlements._meter_undo(p_customer, p_feature, p_amount, '{}', '{}', '{}', case when v_keyed then p_key end);
         return row(false, 0, 0, 0, null)::entitlements.usage;
     end if;
 

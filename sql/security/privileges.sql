@@ -39,7 +39,15 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
     entitlements._require_own_table(oid, text), entitlements._catalog_snapshot(),
     entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
-    entitlements._access_token_claims(jsonb)
+    entitlements._access_token_claims(jsonb),
+    -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
+    entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
+    entitlements._meter_window_total(uuid, text, text, timestamptz),
+    entitlements._meter_take_stripe(uuid, text, numeric, text, timestamptz, timestamptz, numeric),
+    entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric, integer, boolean),
+    entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
+    entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
+    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], text)
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.
