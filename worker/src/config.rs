@@ -90,7 +90,7 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-const CONFIG_FILE_HELP: &str = "\
+pub(crate) const CONFIG_FILE_HELP: &str = "\
 Configuration file (TOML), every key optional:
   database_url = \"postgres://user:pass@host/db\"
   listen_addr = \"127.0.0.1:8080\"
@@ -104,11 +104,15 @@ Configuration file (TOML), every key optional:
   retry_initial = \"5s\"
   retry_max = \"5m\"
   [scheduler.tasks]               # interval per task; \"off\" or 0 disables. Every task of
-                                  # entitlements.task_names() runs, by default at its usual
-                                  # interval (1m to 6h), 5m for a task new to this worker
+                                  # entitlements.task_names() runs; these are the defaults,
+                                  # and a task not listed here runs every 5m
   expire_subscriptions = \"1m\"
+  correct_entitlements = \"5m\"
+  health_snapshot = \"1m\"
+  prune_task_runs = \"1h\"
   usage_partitions = \"6h\"
-  reconcile_stripe = \"1h\"        # only runs when a Stripe secret key is set
+  retention = \"1h\"
+  reconcile_stripe = \"1h\"        # the worker's own; only runs when a Stripe secret key is set
   [stripe]
   webhook_secret = \"whsec_...\"
   secret_key = \"sk_...\"

@@ -31,9 +31,12 @@ pub enum Error {
     /// The Stripe API answered with an error (never quotes the key).
     #[error("Stripe API ({status}): {message}")]
     Stripe { status: u16, message: String },
-    /// The Stripe API could not be reached (transport error, without the URL's query).
+    /// The Stripe API could not be reached (transport error or timeout; no URL query, no key).
     #[error("Stripe API unreachable: {0}")]
     StripeHttp(String),
+    /// An answer that is not Stripe's (an error page of a proxy, a wrong STRIPE_API_BASE).
+    #[error("Stripe API answer not understood: {0}")]
+    StripeAnswer(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -217,15 +217,15 @@ pub async fn run_and_record(ctx: &Context, task: &str) -> bool {
     !failed
 }
 
-/// The health snapshot's subscription counts as gauges (every status, so one that drops
-/// to zero shows 0 rather than its last value).
+/// The health snapshot's subscription counts as gauges. The snapshot counts every status
+/// of `entitlements.subscription_statuses()`, zeros included, so a status that drops to zero
+/// shows 0 rather than its last value, and the list of statuses stays the extension's.
 fn export_snapshot(details: Option<&serde_json::Value>) {
     let Some(details) = details else { return };
-    const STATUSES: [&str; 8] =
-        ["trialing", "active", "past_due", "unpaid", "canceled", "incomplete", "incomplete_expired", "paused"];
-    for status in STATUSES {
-        let n = details["subscriptions_by_status"][status].as_f64().unwrap_or(0.0);
-        metrics::gauge!(SUBSCRIPTIONS, "status" => status).set(n);
+    if let Some(by_status) = details["subscriptions_by_status"].as_object() {
+        for (status, n) in by_status {
+            metrics::gauge!(SUBSCRIPTIONS, "status" => status.clone()).set(n.as_f64().unwrap_or(0.0));
+        }
     }
     if let Some(n) = details["subscriptions_to_tidy"].as_f64() {
         metrics::gauge!(SUBSCRIPTIONS_TO_TIDY).set(n);
@@ -286,6 +286,20 @@ mod tests {
     fn config(args: &[&str]) -> Config {
         let argv = ["entitlements-worker", "--database-url", "postgres://db/x"].into_iter().chain(args.iter().copied());
         Config::from_cli(&crate::config::Cli::try_parse_from(argv).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn help_shows_the_default_intervals() {
+        let shown = |d: Duration| match d.as_secs() {
+            s if s % 3600 == 0 => format!("{}h", s / 3600),
+            s => format!("{}m", s / 60),
+        };
+        let help = crate::config::CONFIG_FILE_HELP;
+        for (task, interval) in USUAL_INTERVALS {
+            let line = format!("{task} = \"{}\"", shown(interval));
+            assert!(help.contains(&line), "--help shows {line}");
+        }
+        assert!(help.contains(&format!("runs every {}", shown(DEFAULT_INTERVAL))));
     }
 
     #[test]

@@ -81,8 +81,7 @@ impl Client {
         let raw: miniserde::json::Value =
             request.customize().send(&self.inner).await.map_err(|e| describe(&path, e))?;
         // Numbers and strings come through unchanged; only key order may differ (jsonb sorts anyway).
-        serde_json::from_str(&miniserde::json::to_string(&raw))
-            .map_err(|e| Error::StripeHttp(format!("{path}: unreadable answer: {e}")))
+        serde_json::from_str(&miniserde::json::to_string(&raw)).map_err(|e| Error::StripeAnswer(format!("{path}: {e}")))
     }
 }
 
@@ -94,7 +93,9 @@ fn describe(path: &str, e: StripeError) -> Error {
             Error::Stripe { status, message: format!("{path}: {}", api.message.as_deref().unwrap_or("no message")) }
         }
         StripeError::Timeout => Error::StripeHttp(format!("{path}: no answer within {} s", TIMEOUT.as_secs())),
-        StripeError::ClientError(m) | StripeError::JSONDeserialize(m) => Error::StripeHttp(format!("{path}: {m}")),
+        StripeError::ClientError(m) => Error::StripeHttp(format!("{path}: {m}")),
+        // Also an error status whose body is not a Stripe error: its status is not kept.
+        StripeError::JSONDeserialize(m) => Error::StripeAnswer(format!("{path}: {m}")),
         StripeError::ConfigError(m) => Error::Config(format!("Stripe client: {m}")),
     }
 }

@@ -1,6 +1,6 @@
 //! Stripe: the webhook endpoint, the applier that applies stored events, the API client and
 //! the reconcile. Every rule (price to plan, customer links, which state is newer) is in the
-//! extension's `sql/stripe.sql`; this module only moves bytes and keeps time.
+//! extension's `sql/stripe/`; this module only moves bytes and keeps time.
 pub mod api;
 pub mod applier;
 pub mod reconcile;
