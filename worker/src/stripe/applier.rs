@@ -119,7 +119,7 @@ async fn apply_one(pool: &PgPool, client: Option<&Client>, ev: Pending) {
 }
 
 /// How long a worker may fetch and apply one subscription before another may take over:
-/// above the API client's worst case (three attempts of 20 s and their backoff), and the
+/// above the API client's worst case (three attempts of `api::TIMEOUT` and their backoff), and the
 /// lease is taken again before applying, so a fetch that outlived it is dropped.
 const LEASE_SECONDS: u32 = 120;
 

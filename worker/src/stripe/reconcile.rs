@@ -29,7 +29,8 @@ impl Report {
 }
 
 /// `lease`: held by the scheduled task, renewed before each page (a page's request takes at
-/// most the client's 20 s timeout); losing it stops the run.
+/// most about a minute: three attempts of `api::TIMEOUT` and their backoff); losing it stops
+/// the run.
 pub async fn reconcile(pool: &PgPool, stripe: &StripeConfig, lease: Option<&Lease>) -> Result<Report> {
     let key =
         stripe.secret_key.as_ref().ok_or_else(|| Error::Config("reconcile-stripe needs STRIPE_SECRET_KEY".into()))?;
