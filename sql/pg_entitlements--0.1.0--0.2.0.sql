@@ -446,16 +446,11 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_doc jsonb;
-    v_item jsonb;
-    v_feature entitlements.features;
-    v_plan entitlements.plans;
     v_keys text[];
     v_default text;
-    v_n bigint;
-    v_plan_changed boolean;
-    v_conflict record;
-    f_created text[] := '{}'::text[];
-    f_updated text[] := '{}'::text[];
+    v_features jsonb;
+    v_item jsonb;
+    v_outcome text;
     p_created text[] := '{}'::text[];
     p_updated text[] := '{}'::text[];
     p_deactivated text[] := '{}'::text[];
@@ -474,28 +469,7 @@ begin
     select coalesce(array_agg(p ->> 'key'), '{}') into v_keys from jsonb_array_elements(v_doc -> 'plans') p;
     select p ->> 'key' into v_default from jsonb_array_elements(v_doc -> 'plans') p where (p ->> 'is_default')::boolean;
 
-    -- Features -------------------------------------------------------------------
-    for v_item in select * from jsonb_array_elements(v_doc -> 'features') loop
-        select * into v_feature from entitlements.features f where f.key = v_item ->> 'key';
-        if not found then
-            insert into entitlements.features (key, kind, unit)
-            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit');
-            f_created := f_created || (v_item ->> 'key');
-        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit' then
-            if v_feature.kind <> v_item ->> 'kind' and (
-                   exists (select 1 from entitlements.plan_entitlements e
-                            where e.feature_key = v_feature.key and e.plan_key <> all (v_keys))
-                or exists (select 1 from entitlements.grants g where g.feature_key = v_feature.key)) then
-                raise exception 'invalid catalog: feature "%" cannot change kind from % to %: plans outside this document or grants still use it',
-                    v_feature.key, v_feature.kind, v_item ->> 'kind'
-                    using errcode = '22023', hint = 'Use a new feature key for the new kind.';
-            end if;
-            update entitlements.features f
-               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', updated_at = now()
-             where f.key = v_feature.key;
-            f_updated := f_updated || v_feature.key;
-        end if;
-    end loop;
+    v_features := entitlements._catalog_apply_features(v_doc -> 'features', v_keys);
 
     -- The default moves before plans are written, so the single-default index holds.
     with moved as (
@@ -511,63 +485,21 @@ begin
         returning p.key)
     select coalesce(array_agg(key order by key), '{}') into p_deactivated from gone;
 
-    -- Plans -----------------------------------------------------------------------
     for v_item in select * from jsonb_array_elements(v_doc -> 'plans') loop
-        v_plan_changed := false;
-        select * into v_plan from entitlements.plans p where p.key = v_item ->> 'key';
-        if not found then
-            insert into entitlements.plans (key, name, description, price_cents, currency, interval, is_default,
-                                            public, active, trial_days, grace_days, position, stripe_price_ids, metadata)
-            select r.key, r.name, r.description, r.price_cents, r.currency, r.interval, r.is_default,
-                   r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata
-              from jsonb_populate_record(null::entitlements.plans, v_item) r;
+        v_outcome := entitlements._catalog_apply_plan(v_item);
+        if v_outcome = 'created' then
             p_created := p_created || (v_item ->> 'key');
-        elsif (to_jsonb(v_plan) - 'key' - 'created_at' - 'updated_at')
-              is distinct from ((v_item - 'key' - 'entitlements') || '{"active": true}') then
-            update entitlements.plans p
-               set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
-                   interval = r.interval, is_default = r.is_default, public = r.public, active = true,
-                   trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
-                   stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = now()
-              from jsonb_populate_record(null::entitlements.plans, v_item) r
-             where p.key = v_plan.key;
-            v_plan_changed := true;
-        end if;
-
-        delete from entitlements.plan_entitlements e
-         where e.plan_key = v_item ->> 'key' and not (v_item -> 'entitlements') ? e.feature_key;
-        get diagnostics v_n = row_count;
-        v_plan_changed := v_plan_changed or v_n > 0;
-
-        insert into entitlements.plan_entitlements as e (plan_key, feature_key, spec)
-        select v_item ->> 'key', x.key, x.value from jsonb_each(v_item -> 'entitlements') x
-        on conflict (plan_key, feature_key) do update set spec = excluded.spec
-         where e.spec is distinct from excluded.spec;
-        get diagnostics v_n = row_count;
-        v_plan_changed := v_plan_changed or (v_n > 0 and v_plan.key is not null);
-
-        if v_plan_changed and v_plan.key is not null and not (v_plan.key = any (p_updated)) then
-            p_updated := p_updated || v_plan.key;
+        elsif v_outcome = 'updated' and not ((v_item ->> 'key') = any (p_updated)) then
+            p_updated := p_updated || (v_item ->> 'key');
         end if;
     end loop;
 
-    -- A Stripe price maps to exactly one plan, including plans kept inactive.
-    select a.key as a, b.key as b, x.price into v_conflict
-      from entitlements.plans a
-      join entitlements.plans b on a.key < b.key
-      cross join lateral unnest(a.stripe_price_ids) as x(price)
-     where x.price = any (b.stripe_price_ids)
-     limit 1;
-    if found then
-        raise exception 'invalid catalog: Stripe price "%" maps to both plan "%" and plan "%"', v_conflict.price, v_conflict.a, v_conflict.b
-            using errcode = '22023';
-    end if;
-
+    perform entitlements._catalog_check_stripe_prices();
     perform set_config('entitlements.reason', '', true);
     return jsonb_build_object(
-        'changed', cardinality(f_created) + cardinality(f_updated) + cardinality(p_created)
-                   + cardinality(p_updated) + cardinality(p_deactivated) > 0,
-        'features', jsonb_build_object('created', to_jsonb(f_created), 'updated', to_jsonb(f_updated)),
+        'changed', jsonb_array_length(v_features -> 'created') + jsonb_array_length(v_features -> 'updated')
+                   + cardinality(p_created) + cardinality(p_updated) + cardinality(p_deactivated) > 0,
+        'features', v_features,
         'plans', jsonb_build_object('created', to_jsonb(p_created), 'updated', to_jsonb(p_updated),
                                     'deactivated', to_jsonb(p_deactivated)));
 end
@@ -2222,6 +2154,249 @@ begin
     if p_key is not null then
         delete from entitlements.usage_idempotency k
          where k.customer_id = p_customer and k.idempotency_key = p_key;
+    end if;
+end
+$$;
+
+create or replace function entitlements._stripe_read_subscription(subscription jsonb,
+    out id text, out stripe_customer text, out status text, out rank smallint, out plan text,
+    out period_start timestamptz, out period_end timestamptz, out quantity integer)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_items jsonb;
+    v_item jsonb;
+begin
+    id := subscription ->> 'id';
+    stripe_customer := entitlements._stripe_id(subscription -> 'customer');
+    status := subscription ->> 'status';
+    rank := entitlements._stripe_status_rank(status);
+    if jsonb_typeof(subscription) is distinct from 'object' or id is null or id !~ '^sub_[A-Za-z0-9_]+$'
+       or coalesce(subscription ->> 'object', 'subscription') <> 'subscription' then
+        raise exception 'not a Stripe subscription object (id %)', coalesce(id, 'missing') using errcode = '22023';
+    end if;
+    if rank is null then
+        raise exception 'Stripe subscription %: unknown status "%"', id, status using errcode = '22023';
+    end if;
+    if stripe_customer is null then
+        raise exception 'Stripe subscription % has no customer', id using errcode = '22023';
+    end if;
+
+    -- Items: the current API lists them; very old versions carry one `plan` on the subscription.
+    v_items := case when jsonb_typeof(subscription #> '{items,data}') = 'array' then subscription #> '{items,data}'
+                    when subscription ? 'plan' then jsonb_build_array(jsonb_build_object(
+                        'plan', subscription -> 'plan', 'quantity', subscription -> 'quantity'))
+                    else '[]' end;
+    -- The plan: the most expensive one any item's price maps to through stripe_price_ids.
+    select p.key, i.item into plan, v_item
+      from jsonb_array_elements(v_items) i(item)
+      join entitlements.plans p
+        on coalesce(entitlements._stripe_id(i.item -> 'price'), entitlements._stripe_id(i.item -> 'plan')) = any (p.stripe_price_ids)
+     order by p.price_cents desc, p.position, p.key
+     limit 1;
+    if plan is null then
+        raise exception 'Stripe subscription %: no plan has any of its prices (%)', id,
+            coalesce((select string_agg(coalesce(entitlements._stripe_id(i -> 'price'), entitlements._stripe_id(i -> 'plan')), ', ')
+                        from jsonb_array_elements(v_items) i), 'none')
+            using errcode = '22023', hint = 'Add the price id to a plan''s stripe_price_ids in the catalog.';
+    end if;
+    period_start := coalesce(entitlements._stripe_ts(v_item -> 'current_period_start'),
+                             entitlements._stripe_ts(subscription -> 'current_period_start'));
+    period_end := coalesce(entitlements._stripe_ts(v_item -> 'current_period_end'),
+                           entitlements._stripe_ts(subscription -> 'current_period_end'));
+    if period_start >= period_end then
+        period_start := null;
+    end if;
+    quantity := greatest(1, coalesce((v_item ->> 'quantity')::integer, (subscription ->> 'quantity')::integer, 1));
+end
+$$;
+
+create or replace function entitlements._stripe_write_subscription(
+    sub uuid, stripe_subscription_id text, customer uuid, plan text, status text, quantity integer,
+    period_start timestamptz, period_end timestamptz, trial_end timestamptz, cancel_at_period_end boolean,
+    canceled_at timestamptz, ended_at timestamptz, out id uuid, out outcome text)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if sub is null then
+        insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
+            current_period_end, trial_end, cancel_at_period_end, canceled_at, ended_at, source, stripe_subscription_id)
+        values (customer, plan, status, quantity, period_start, period_end, trial_end, cancel_at_period_end,
+                canceled_at, ended_at, 'stripe', _stripe_write_subscription.stripe_subscription_id)
+        returning subscriptions.id into id;
+        outcome := 'created';
+        return;
+    end if;
+    id := sub;
+    update entitlements.subscriptions s
+       set customer_id = customer, plan_key = plan, status = _stripe_write_subscription.status,
+           quantity = _stripe_write_subscription.quantity, current_period_start = period_start,
+           current_period_end = period_end, trial_end = _stripe_write_subscription.trial_end,
+           cancel_at_period_end = _stripe_write_subscription.cancel_at_period_end,
+           canceled_at = _stripe_write_subscription.canceled_at, ended_at = _stripe_write_subscription.ended_at,
+           source = 'stripe'
+     where s.id = sub
+       and (s.customer_id, s.plan_key, s.status, s.quantity, s.current_period_start, s.current_period_end,
+            s.trial_end, s.cancel_at_period_end, s.canceled_at, s.ended_at, s.source)
+           is distinct from
+           (customer, plan, _stripe_write_subscription.status, _stripe_write_subscription.quantity, period_start,
+            period_end, _stripe_write_subscription.trial_end, _stripe_write_subscription.cancel_at_period_end,
+            _stripe_write_subscription.canceled_at, _stripe_write_subscription.ended_at, 'stripe');
+    outcome := case when found then 'updated' else 'unchanged' end;
+end
+$$;
+
+create or replace function entitlements._stripe_apply_subscription(subscription jsonb, observed_at timestamptz, reason text)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_read record;
+    v_customer uuid;
+    v_ended timestamptz;
+    v_cancel_at_end boolean := coalesce((subscription ->> 'cancel_at_period_end')::boolean, false);
+    v_prev entitlements.stripe_subscriptions;
+    v_observed timestamptz := observed_at;
+    v_written record;
+begin
+    select * into v_read from entitlements._stripe_read_subscription(subscription);
+
+    v_customer := entitlements._stripe_customer(v_read.stripe_customer,
+        coalesce(subscription -> 'metadata', '{}') || coalesce(case when jsonb_typeof(subscription -> 'customer') = 'object'
+                                                                    then subscription #> '{customer,metadata}' end, '{}'));
+    if v_customer is null then
+        raise exception 'Stripe customer % is not linked to an entitlements customer', v_read.stripe_customer
+            using errcode = 'P0002',
+                  hint = 'Call entitlements.link_stripe_customer(customer, stripe_customer_id), or set '
+                         'metadata.entitlements_customer_id on the Stripe subscription, customer or Checkout Session.';
+    end if;
+
+    perform entitlements.stripe_lock_subscription(v_read.id);
+    select * into v_prev from entitlements.stripe_subscriptions s where s.stripe_subscription_id = v_read.id;
+    if v_observed is null then
+        v_observed := greatest(clock_timestamp(), v_prev.observed_at + interval '1 microsecond');
+    elsif not entitlements._stripe_is_newer(v_prev, v_observed, v_read.period_start, v_read.rank) then
+        return 'stale';
+    end if;
+
+    -- Stripe's `canceled` is final whatever cancel_at_period_end says: nothing runs to the period end.
+    if v_read.status in ('canceled', 'incomplete_expired') then
+        v_cancel_at_end := false;
+        v_ended := coalesce(entitlements._stripe_ts(subscription -> 'ended_at'),
+                            entitlements._stripe_ts(subscription -> 'canceled_at'), v_observed);
+    end if;
+
+    perform set_config('entitlements.reason', coalesce(reason, 'stripe ' || v_read.id), true);
+    select * into v_written from entitlements._stripe_write_subscription(
+        coalesce(v_prev.subscription_id,
+                 (select s.id from entitlements.subscriptions s where s.stripe_subscription_id = v_read.id)),
+        v_read.id, v_customer, v_read.plan, v_read.status, v_read.quantity, v_read.period_start, v_read.period_end,
+        entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
+        entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended);
+    perform entitlements._stripe_remember(v_read.id, v_written.id, v_observed, v_read.period_start, v_read.rank,
+                                          coalesce(reason, case when observed_at is null then 'api' else 'payload' end));
+    perform set_config('entitlements.reason', '', true);
+    return v_written.outcome;
+end
+$$;
+
+create or replace function entitlements._catalog_apply_features(features jsonb, plan_keys text[])
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_item jsonb;
+    v_feature entitlements.features;
+    v_created text[] := '{}'::text[];
+    v_updated text[] := '{}'::text[];
+begin
+    for v_item in select * from jsonb_array_elements(features) loop
+        select * into v_feature from entitlements.features f where f.key = v_item ->> 'key';
+        if not found then
+            insert into entitlements.features (key, kind, unit)
+            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit');
+            v_created := v_created || (v_item ->> 'key');
+        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit' then
+            if v_feature.kind <> v_item ->> 'kind' and (
+                   exists (select 1 from entitlements.plan_entitlements e
+                            where e.feature_key = v_feature.key and e.plan_key <> all (plan_keys))
+                or exists (select 1 from entitlements.grants g where g.feature_key = v_feature.key)) then
+                raise exception 'invalid catalog: feature "%" cannot change kind from % to %: plans outside this document or grants still use it',
+                    v_feature.key, v_feature.kind, v_item ->> 'kind'
+                    using errcode = '22023', hint = 'Use a new feature key for the new kind.';
+            end if;
+            update entitlements.features f
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', updated_at = now()
+             where f.key = v_feature.key;
+            v_updated := v_updated || v_feature.key;
+        end if;
+    end loop;
+    return jsonb_build_object('created', to_jsonb(v_created), 'updated', to_jsonb(v_updated));
+end
+$$;
+
+create or replace function entitlements._catalog_apply_plan(item jsonb)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_plan entitlements.plans;
+    v_changed boolean := false;
+    v_n bigint;
+begin
+    select * into v_plan from entitlements.plans p where p.key = item ->> 'key';
+    if not found then
+        insert into entitlements.plans (key, name, description, price_cents, currency, interval, is_default,
+                                        public, active, trial_days, grace_days, position, stripe_price_ids, metadata)
+        select r.key, r.name, r.description, r.price_cents, r.currency, r.interval, r.is_default,
+               r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata
+          from jsonb_populate_record(null::entitlements.plans, item) r;
+    elsif (to_jsonb(v_plan) - 'key' - 'created_at' - 'updated_at')
+          is distinct from ((item - 'key' - 'entitlements') || '{"active": true}') then
+        update entitlements.plans p
+           set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
+               interval = r.interval, is_default = r.is_default, public = r.public, active = true,
+               trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
+               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = now()
+          from jsonb_populate_record(null::entitlements.plans, item) r
+         where p.key = v_plan.key;
+        v_changed := true;
+    end if;
+
+    delete from entitlements.plan_entitlements e
+     where e.plan_key = item ->> 'key' and not (item -> 'entitlements') ? e.feature_key;
+    get diagnostics v_n = row_count;
+    v_changed := v_changed or v_n > 0;
+
+    insert into entitlements.plan_entitlements as e (plan_key, feature_key, spec)
+    select item ->> 'key', x.key, x.value from jsonb_each(item -> 'entitlements') x
+    on conflict (plan_key, feature_key) do update set spec = excluded.spec
+     where e.spec is distinct from excluded.spec;
+    get diagnostics v_n = row_count;
+    v_changed := v_changed or v_n > 0;
+
+    return case when v_plan.key is null then 'created' when v_changed then 'updated' end;
+end
+$$;
+
+create or replace function entitlements._catalog_check_stripe_prices()
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_conflict record;
+begin
+    select a.key as a, b.key as b, x.price into v_conflict
+      from entitlements.plans a
+      join entitlements.plans b on a.key < b.key
+      cross join lateral unnest(a.stripe_price_ids) as x(price)
+     where x.price = any (b.stripe_price_ids)
+     limit 1;
+    if found then
+        raise exception 'invalid catalog: Stripe price "%" maps to both plan "%" and plan "%"', v_conflict.price, v_conflict.a, v_conflict.b
+            using errcode = '22023';
     end if;
 end
 $$;

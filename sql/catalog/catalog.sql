@@ -1,21 +1,123 @@
 -- Configuration-driven catalog: one JSON document in, an idempotent upsert out.
 
+-- The steps of apply_catalog (below), each on the normalized document. They run as the
+-- caller, under apply_catalog's admin check and lock; RLS keeps anyone else from writing.
+
+-- Create or update the document's features; {"created": [...], "updated": [...]}. A
+-- feature changes kind only while nothing outside the document (`plan_keys`) uses it.
+create function entitlements._catalog_apply_features(features jsonb, plan_keys text[])
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_item jsonb;
+    v_feature entitlements.features;
+    v_created text[] := '{}'::text[];
+    v_updated text[] := '{}'::text[];
+begin
+    for v_item in select * from jsonb_array_elements(features) loop
+        select * into v_feature from entitlements.features f where f.key = v_item ->> 'key';
+        if not found then
+            insert into entitlements.features (key, kind, unit)
+            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit');
+            v_created := v_created || (v_item ->> 'key');
+        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit' then
+            if v_feature.kind <> v_item ->> 'kind' and (
+                   exists (select 1 from entitlements.plan_entitlements e
+                            where e.feature_key = v_feature.key and e.plan_key <> all (plan_keys))
+                or exists (select 1 from entitlements.grants g where g.feature_key = v_feature.key)) then
+                raise exception 'invalid catalog: feature "%" cannot change kind from % to %: plans outside this document or grants still use it',
+                    v_feature.key, v_feature.kind, v_item ->> 'kind'
+                    using errcode = '22023', hint = 'Use a new feature key for the new kind.';
+            end if;
+            update entitlements.features f
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', updated_at = now()
+             where f.key = v_feature.key;
+            v_updated := v_updated || v_feature.key;
+        end if;
+    end loop;
+    return jsonb_build_object('created', to_jsonb(v_created), 'updated', to_jsonb(v_updated));
+end
+$$;
+
+-- Create or update one plan of the document with its entitlements: 'created', 'updated',
+-- or NULL when it was already so.
+create function entitlements._catalog_apply_plan(item jsonb)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_plan entitlements.plans;
+    v_changed boolean := false;
+    v_n bigint;
+begin
+    select * into v_plan from entitlements.plans p where p.key = item ->> 'key';
+    if not found then
+        insert into entitlements.plans (key, name, description, price_cents, currency, interval, is_default,
+                                        public, active, trial_days, grace_days, position, stripe_price_ids, metadata)
+        select r.key, r.name, r.description, r.price_cents, r.currency, r.interval, r.is_default,
+               r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata
+          from jsonb_populate_record(null::entitlements.plans, item) r;
+    elsif (to_jsonb(v_plan) - 'key' - 'created_at' - 'updated_at')
+          is distinct from ((item - 'key' - 'entitlements') || '{"active": true}') then
+        update entitlements.plans p
+           set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
+               interval = r.interval, is_default = r.is_default, public = r.public, active = true,
+               trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
+               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = now()
+          from jsonb_populate_record(null::entitlements.plans, item) r
+         where p.key = v_plan.key;
+        v_changed := true;
+    end if;
+
+    delete from entitlements.plan_entitlements e
+     where e.plan_key = item ->> 'key' and not (item -> 'entitlements') ? e.feature_key;
+    get diagnostics v_n = row_count;
+    v_changed := v_changed or v_n > 0;
+
+    insert into entitlements.plan_entitlements as e (plan_key, feature_key, spec)
+    select item ->> 'key', x.key, x.value from jsonb_each(item -> 'entitlements') x
+    on conflict (plan_key, feature_key) do update set spec = excluded.spec
+     where e.spec is distinct from excluded.spec;
+    get diagnostics v_n = row_count;
+    v_changed := v_changed or v_n > 0;
+
+    return case when v_plan.key is null then 'created' when v_changed then 'updated' end;
+end
+$$;
+
+-- A Stripe price maps to exactly one plan, including plans kept inactive.
+create function entitlements._catalog_check_stripe_prices()
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_conflict record;
+begin
+    select a.key as a, b.key as b, x.price into v_conflict
+      from entitlements.plans a
+      join entitlements.plans b on a.key < b.key
+      cross join lateral unnest(a.stripe_price_ids) as x(price)
+     where x.price = any (b.stripe_price_ids)
+     limit 1;
+    if found then
+        raise exception 'invalid catalog: Stripe price "%" maps to both plan "%" and plan "%"', v_conflict.price, v_conflict.a, v_conflict.b
+            using errcode = '22023';
+    end if;
+end
+$$;
+
 create function entitlements.apply_catalog(catalog jsonb)
 returns jsonb language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_doc jsonb;
-    v_item jsonb;
-    v_feature entitlements.features;
-    v_plan entitlements.plans;
     v_keys text[];
     v_default text;
-    v_n bigint;
-    v_plan_changed boolean;
-    v_conflict record;
-    f_created text[] := '{}'::text[];
-    f_updated text[] := '{}'::text[];
+    v_features jsonb;
+    v_item jsonb;
+    v_outcome text;
     p_created text[] := '{}'::text[];
     p_updated text[] := '{}'::text[];
     p_deactivated text[] := '{}'::text[];
@@ -34,28 +136,7 @@ begin
     select coalesce(array_agg(p ->> 'key'), '{}') into v_keys from jsonb_array_elements(v_doc -> 'plans') p;
     select p ->> 'key' into v_default from jsonb_array_elements(v_doc -> 'plans') p where (p ->> 'is_default')::boolean;
 
-    -- Features -------------------------------------------------------------------
-    for v_item in select * from jsonb_array_elements(v_doc -> 'features') loop
-        select * into v_feature from entitlements.features f where f.key = v_item ->> 'key';
-        if not found then
-            insert into entitlements.features (key, kind, unit)
-            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit');
-            f_created := f_created || (v_item ->> 'key');
-        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit' then
-            if v_feature.kind <> v_item ->> 'kind' and (
-                   exists (select 1 from entitlements.plan_entitlements e
-                            where e.feature_key = v_feature.key and e.plan_key <> all (v_keys))
-                or exists (select 1 from entitlements.grants g where g.feature_key = v_feature.key)) then
-                raise exception 'invalid catalog: feature "%" cannot change kind from % to %: plans outside this document or grants still use it',
-                    v_feature.key, v_feature.kind, v_item ->> 'kind'
-                    using errcode = '22023', hint = 'Use a new feature key for the new kind.';
-            end if;
-            update entitlements.features f
-               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', updated_at = now()
-             where f.key = v_feature.key;
-            f_updated := f_updated || v_feature.key;
-        end if;
-    end loop;
+    v_features := entitlements._catalog_apply_features(v_doc -> 'features', v_keys);
 
     -- The default moves before plans are written, so the single-default index holds.
     with moved as (
@@ -71,63 +152,21 @@ begin
         returning p.key)
     select coalesce(array_agg(key order by key), '{}') into p_deactivated from gone;
 
-    -- Plans -----------------------------------------------------------------------
     for v_item in select * from jsonb_array_elements(v_doc -> 'plans') loop
-        v_plan_changed := false;
-        select * into v_plan from entitlements.plans p where p.key = v_item ->> 'key';
-        if not found then
-            insert into entitlements.plans (key, name, description, price_cents, currency, interval, is_default,
-                                            public, active, trial_days, grace_days, position, stripe_price_ids, metadata)
-            select r.key, r.name, r.description, r.price_cents, r.currency, r.interval, r.is_default,
-                   r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata
-              from jsonb_populate_record(null::entitlements.plans, v_item) r;
+        v_outcome := entitlements._catalog_apply_plan(v_item);
+        if v_outcome = 'created' then
             p_created := p_created || (v_item ->> 'key');
-        elsif (to_jsonb(v_plan) - 'key' - 'created_at' - 'updated_at')
-              is distinct from ((v_item - 'key' - 'entitlements') || '{"active": true}') then
-            update entitlements.plans p
-               set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
-                   interval = r.interval, is_default = r.is_default, public = r.public, active = true,
-                   trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
-                   stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = now()
-              from jsonb_populate_record(null::entitlements.plans, v_item) r
-             where p.key = v_plan.key;
-            v_plan_changed := true;
-        end if;
-
-        delete from entitlements.plan_entitlements e
-         where e.plan_key = v_item ->> 'key' and not (v_item -> 'entitlements') ? e.feature_key;
-        get diagnostics v_n = row_count;
-        v_plan_changed := v_plan_changed or v_n > 0;
-
-        insert into entitlements.plan_entitlements as e (plan_key, feature_key, spec)
-        select v_item ->> 'key', x.key, x.value from jsonb_each(v_item -> 'entitlements') x
-        on conflict (plan_key, feature_key) do update set spec = excluded.spec
-         where e.spec is distinct from excluded.spec;
-        get diagnostics v_n = row_count;
-        v_plan_changed := v_plan_changed or (v_n > 0 and v_plan.key is not null);
-
-        if v_plan_changed and v_plan.key is not null and not (v_plan.key = any (p_updated)) then
-            p_updated := p_updated || v_plan.key;
+        elsif v_outcome = 'updated' and not ((v_item ->> 'key') = any (p_updated)) then
+            p_updated := p_updated || (v_item ->> 'key');
         end if;
     end loop;
 
-    -- A Stripe price maps to exactly one plan, including plans kept inactive.
-    select a.key as a, b.key as b, x.price into v_conflict
-      from entitlements.plans a
-      join entitlements.plans b on a.key < b.key
-      cross join lateral unnest(a.stripe_price_ids) as x(price)
-     where x.price = any (b.stripe_price_ids)
-     limit 1;
-    if found then
-        raise exception 'invalid catalog: Stripe price "%" maps to both plan "%" and plan "%"', v_conflict.price, v_conflict.a, v_conflict.b
-            using errcode = '22023';
-    end if;
-
+    perform entitlements._catalog_check_stripe_prices();
     perform set_config('entitlements.reason', '', true);
     return jsonb_build_object(
-        'changed', cardinality(f_created) + cardinality(f_updated) + cardinality(p_created)
-                   + cardinality(p_updated) + cardinality(p_deactivated) > 0,
-        'features', jsonb_build_object('created', to_jsonb(f_created), 'updated', to_jsonb(f_updated)),
+        'changed', jsonb_array_length(v_features -> 'created') + jsonb_array_length(v_features -> 'updated')
+                   + cardinality(p_created) + cardinality(p_updated) + cardinality(p_deactivated) > 0,
+        'features', v_features,
         'plans', jsonb_build_object('created', to_jsonb(p_created), 'updated', to_jsonb(p_updated),
                                     'deactivated', to_jsonb(p_deactivated)));
 end

@@ -231,43 +231,33 @@ $$;
 
 -- Applying objects -----------------------------------------------------------------------
 
--- Apply a Stripe subscription object, as the current API shapes it (billing periods on the
--- items) or as older versions do (on the subscription). `observed_at`: when this state was
--- true (the event's `created`); NULL means "just fetched from the Stripe API", which wins.
--- Returns created, updated, unchanged or stale (an older state than the one applied).
--- The checked entry point is stripe_apply_subscription below.
-create function entitlements._stripe_apply_subscription(subscription jsonb, observed_at timestamptz, reason text)
-returns text language plpgsql volatile
+-- What a Stripe subscription object says, checked: its id, customer, status (and its
+-- rank, stripe/objects.sql header), the plan its most expensive mapped price belongs to,
+-- the billing period (on the item in the current API, on the subscription in older ones)
+-- and the quantity. Raises 22023 for what is not a subscription or maps to no plan.
+create function entitlements._stripe_read_subscription(subscription jsonb,
+    out id text, out stripe_customer text, out status text, out rank smallint, out plan text,
+    out period_start timestamptz, out period_end timestamptz, out quantity integer)
+language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_id text := subscription ->> 'id';
-    v_stripe_customer text := entitlements._stripe_id(subscription -> 'customer');
-    v_status text := subscription ->> 'status';
     v_items jsonb;
     v_item jsonb;
-    v_plan text;
-    v_customer uuid;
-    v_start timestamptz;
-    v_end timestamptz;
-    v_ended timestamptz;
-    v_cancel_at_end boolean := coalesce((subscription ->> 'cancel_at_period_end')::boolean, false);
-    v_quantity integer;
-    v_rank smallint := entitlements._stripe_status_rank(v_status);
-    v_prev entitlements.stripe_subscriptions;
-    v_observed timestamptz := observed_at;
-    v_sub uuid;
-    v_outcome text;
 begin
-    if jsonb_typeof(subscription) is distinct from 'object' or v_id is null or v_id !~ '^sub_[A-Za-z0-9_]+$'
+    id := subscription ->> 'id';
+    stripe_customer := entitlements._stripe_id(subscription -> 'customer');
+    status := subscription ->> 'status';
+    rank := entitlements._stripe_status_rank(status);
+    if jsonb_typeof(subscription) is distinct from 'object' or id is null or id !~ '^sub_[A-Za-z0-9_]+$'
        or coalesce(subscription ->> 'object', 'subscription') <> 'subscription' then
-        raise exception 'not a Stripe subscription object (id %)', coalesce(v_id, 'missing') using errcode = '22023';
+        raise exception 'not a Stripe subscription object (id %)', coalesce(id, 'missing') using errcode = '22023';
     end if;
-    if v_rank is null then
-        raise exception 'Stripe subscription %: unknown status "%"', v_id, v_status using errcode = '22023';
+    if rank is null then
+        raise exception 'Stripe subscription %: unknown status "%"', id, status using errcode = '22023';
     end if;
-    if v_stripe_customer is null then
-        raise exception 'Stripe subscription % has no customer', v_id using errcode = '22023';
+    if stripe_customer is null then
+        raise exception 'Stripe subscription % has no customer', id using errcode = '22023';
     end if;
 
     -- Items: the current API lists them; very old versions carry one `plan` on the subscription.
@@ -276,83 +266,125 @@ begin
                         'plan', subscription -> 'plan', 'quantity', subscription -> 'quantity'))
                     else '[]' end;
     -- The plan: the most expensive one any item's price maps to through stripe_price_ids.
-    select p.key, i.item into v_plan, v_item
+    select p.key, i.item into plan, v_item
       from jsonb_array_elements(v_items) i(item)
       join entitlements.plans p
         on coalesce(entitlements._stripe_id(i.item -> 'price'), entitlements._stripe_id(i.item -> 'plan')) = any (p.stripe_price_ids)
      order by p.price_cents desc, p.position, p.key
      limit 1;
-    if v_plan is null then
-        raise exception 'Stripe subscription %: no plan has any of its prices (%)', v_id,
+    if plan is null then
+        raise exception 'Stripe subscription %: no plan has any of its prices (%)', id,
             coalesce((select string_agg(coalesce(entitlements._stripe_id(i -> 'price'), entitlements._stripe_id(i -> 'plan')), ', ')
                         from jsonb_array_elements(v_items) i), 'none')
             using errcode = '22023', hint = 'Add the price id to a plan''s stripe_price_ids in the catalog.';
     end if;
-    v_start := coalesce(entitlements._stripe_ts(v_item -> 'current_period_start'), entitlements._stripe_ts(subscription -> 'current_period_start'));
-    v_end := coalesce(entitlements._stripe_ts(v_item -> 'current_period_end'), entitlements._stripe_ts(subscription -> 'current_period_end'));
-    if v_start >= v_end then
-        v_start := null;
+    period_start := coalesce(entitlements._stripe_ts(v_item -> 'current_period_start'),
+                             entitlements._stripe_ts(subscription -> 'current_period_start'));
+    period_end := coalesce(entitlements._stripe_ts(v_item -> 'current_period_end'),
+                           entitlements._stripe_ts(subscription -> 'current_period_end'));
+    if period_start >= period_end then
+        period_start := null;
     end if;
-    v_quantity := greatest(1, coalesce((v_item ->> 'quantity')::integer, (subscription ->> 'quantity')::integer, 1));
+    quantity := greatest(1, coalesce((v_item ->> 'quantity')::integer, (subscription ->> 'quantity')::integer, 1));
+end
+$$;
 
-    v_customer := entitlements._stripe_customer(v_stripe_customer,
+-- Write a Stripe subscription's state into entitlements.subscriptions: a new row, or the
+-- existing one `sub` changed only where it differs (so only a real change is audited).
+-- Returns the row's id and created, updated or unchanged.
+create function entitlements._stripe_write_subscription(
+    sub uuid, stripe_subscription_id text, customer uuid, plan text, status text, quantity integer,
+    period_start timestamptz, period_end timestamptz, trial_end timestamptz, cancel_at_period_end boolean,
+    canceled_at timestamptz, ended_at timestamptz, out id uuid, out outcome text)
+language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if sub is null then
+        insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
+            current_period_end, trial_end, cancel_at_period_end, canceled_at, ended_at, source, stripe_subscription_id)
+        values (customer, plan, status, quantity, period_start, period_end, trial_end, cancel_at_period_end,
+                canceled_at, ended_at, 'stripe', _stripe_write_subscription.stripe_subscription_id)
+        returning subscriptions.id into id;
+        outcome := 'created';
+        return;
+    end if;
+    id := sub;
+    update entitlements.subscriptions s
+       set customer_id = customer, plan_key = plan, status = _stripe_write_subscription.status,
+           quantity = _stripe_write_subscription.quantity, current_period_start = period_start,
+           current_period_end = period_end, trial_end = _stripe_write_subscription.trial_end,
+           cancel_at_period_end = _stripe_write_subscription.cancel_at_period_end,
+           canceled_at = _stripe_write_subscription.canceled_at, ended_at = _stripe_write_subscription.ended_at,
+           source = 'stripe'
+     where s.id = sub
+       and (s.customer_id, s.plan_key, s.status, s.quantity, s.current_period_start, s.current_period_end,
+            s.trial_end, s.cancel_at_period_end, s.canceled_at, s.ended_at, s.source)
+           is distinct from
+           (customer, plan, _stripe_write_subscription.status, _stripe_write_subscription.quantity, period_start,
+            period_end, _stripe_write_subscription.trial_end, _stripe_write_subscription.cancel_at_period_end,
+            _stripe_write_subscription.canceled_at, _stripe_write_subscription.ended_at, 'stripe');
+    outcome := case when found then 'updated' else 'unchanged' end;
+end
+$$;
+
+-- Apply a Stripe subscription object, as the current API shapes it (billing periods on the
+-- items) or as older versions do (on the subscription). `observed_at`: when this state was
+-- true (the event's `created`); NULL means "just fetched from the Stripe API", which wins.
+-- Returns created, updated, unchanged or stale (an older state than the one applied).
+-- Steps: read it, find the customer, order it against what was applied (lock, staleness),
+-- write it, remember it. The checked entry point is stripe_apply_subscription below.
+create function entitlements._stripe_apply_subscription(subscription jsonb, observed_at timestamptz, reason text)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_read record;
+    v_customer uuid;
+    v_ended timestamptz;
+    v_cancel_at_end boolean := coalesce((subscription ->> 'cancel_at_period_end')::boolean, false);
+    v_prev entitlements.stripe_subscriptions;
+    v_observed timestamptz := observed_at;
+    v_written record;
+begin
+    select * into v_read from entitlements._stripe_read_subscription(subscription);
+
+    v_customer := entitlements._stripe_customer(v_read.stripe_customer,
         coalesce(subscription -> 'metadata', '{}') || coalesce(case when jsonb_typeof(subscription -> 'customer') = 'object'
                                                                     then subscription #> '{customer,metadata}' end, '{}'));
     if v_customer is null then
-        raise exception 'Stripe customer % is not linked to an entitlements customer', v_stripe_customer
+        raise exception 'Stripe customer % is not linked to an entitlements customer', v_read.stripe_customer
             using errcode = 'P0002',
                   hint = 'Call entitlements.link_stripe_customer(customer, stripe_customer_id), or set '
                          'metadata.entitlements_customer_id on the Stripe subscription, customer or Checkout Session.';
     end if;
 
-    perform entitlements.stripe_lock_subscription(v_id);
-    select * into v_prev from entitlements.stripe_subscriptions s where s.stripe_subscription_id = v_id;
+    perform entitlements.stripe_lock_subscription(v_read.id);
+    select * into v_prev from entitlements.stripe_subscriptions s where s.stripe_subscription_id = v_read.id;
     if v_observed is null then
         v_observed := greatest(clock_timestamp(), v_prev.observed_at + interval '1 microsecond');
-    elsif not entitlements._stripe_is_newer(v_prev, v_observed, v_start, v_rank) then
+    elsif not entitlements._stripe_is_newer(v_prev, v_observed, v_read.period_start, v_read.rank) then
         return 'stale';
     end if;
 
     -- Stripe's `canceled` is final whatever cancel_at_period_end says: nothing runs to the period end.
-    if v_status in ('canceled', 'incomplete_expired') then
+    if v_read.status in ('canceled', 'incomplete_expired') then
         v_cancel_at_end := false;
         v_ended := coalesce(entitlements._stripe_ts(subscription -> 'ended_at'),
                             entitlements._stripe_ts(subscription -> 'canceled_at'), v_observed);
     end if;
 
-    perform set_config('entitlements.reason', coalesce(reason, 'stripe ' || v_id), true);
-    v_sub := coalesce(v_prev.subscription_id,
-                      (select s.id from entitlements.subscriptions s where s.stripe_subscription_id = v_id));
-    if v_sub is null then
-        insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
-            current_period_end, trial_end, cancel_at_period_end, canceled_at, ended_at, source, stripe_subscription_id)
-        values (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
-                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
-                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe', v_id)
-        returning id into v_sub;
-        v_outcome := 'created';
-    else
-        -- Only a real change is written (and audited).
-        update entitlements.subscriptions s
-           set customer_id = v_customer, plan_key = v_plan, status = v_status, quantity = v_quantity,
-               current_period_start = v_start, current_period_end = v_end,
-               trial_end = entitlements._stripe_ts(subscription -> 'trial_end'),
-               cancel_at_period_end = v_cancel_at_end,
-               canceled_at = entitlements._stripe_ts(subscription -> 'canceled_at'), ended_at = v_ended,
-               source = 'stripe'
-         where s.id = v_sub
-           and (s.customer_id, s.plan_key, s.status, s.quantity, s.current_period_start, s.current_period_end,
-                s.trial_end, s.cancel_at_period_end, s.canceled_at, s.ended_at, s.source)
-               is distinct from
-               (v_customer, v_plan, v_status, v_quantity, v_start, v_end,
-                entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
-                entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended, 'stripe');
-        v_outcome := case when found then 'updated' else 'unchanged' end;
-    end if;
-    perform entitlements._stripe_remember(v_id, v_sub, v_observed, v_start, v_rank,
+    perform set_config('entitlements.reason', coalesce(reason, 'stripe ' || v_read.id), true);
+    select * into v_written from entitlements._stripe_write_subscription(
+        coalesce(v_prev.subscription_id,
+                 (select s.id from entitlements.subscriptions s where s.stripe_subscription_id = v_read.id)),
+        v_read.id, v_customer, v_read.plan, v_read.status, v_read.quantity, v_read.period_start, v_read.period_end,
+        entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
+        entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended);
+    perform entitlements._stripe_remember(v_read.id, v_written.id, v_observed, v_read.period_start, v_read.rank,
                                           coalesce(reason, case when observed_at is null then 'api' else 'payload' end));
     perform set_config('entitlements.reason', '', true);
-    return v_outcome;
+    return v_written.outcome;
 end
 $$;
 create function entitlements.stripe_apply_subscription(subscription jsonb, observed_at timestamptz default null,
