@@ -215,172 +215,197 @@ fn normalize_resources(path: &str, v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// The array at `root[field]`; empty when absent.
+fn array_field<'a>(root: &'a Map<String, Value>, field: &str) -> Result<&'a [Value]> {
+    match root.get(field) {
+        None => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(bad(&format!("$.{field}"), "expected an array")),
+    }
+}
+
+/// An optional string field: NULL when absent or null.
+fn opt_string(path: &str, obj: &Map<String, Value>, field: &str) -> Result<Value> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(Value::Null),
+        Some(Value::String(s)) => Ok(Value::String(s.clone())),
+        Some(_) => Err(bad(&format!("{path}.{field}"), "expected a string")),
+    }
+}
+
+/// What the plans of one document must agree on as they are read in order.
+struct Plans {
+    /// Kind of every feature a plan may name: the database's, then the document's.
+    kinds: BTreeMap<String, String>,
+    keys: HashSet<String>,
+    /// Stripe price id → the plan it maps to.
+    price_ids: BTreeMap<String, String>,
+    default: Option<String>,
+    uses_resources: bool,
+}
+
 /// Validate and normalize a whole catalog document. `existing` maps feature keys already
 /// in the database to their kinds, so a document may reference them without redeclaring.
 pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
     let root = as_object("$", doc)?;
     check_fields("$", root, &["features", "plans"])?;
 
-    let mut kinds: BTreeMap<String, String> =
-        existing.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect();
+    let mut plans = Plans {
+        kinds: existing.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect(),
+        keys: HashSet::new(),
+        price_ids: BTreeMap::new(),
+        default: None,
+        uses_resources: false,
+    };
     let mut features = Vec::new();
     let mut declared = HashSet::new();
-    let empty = Vec::new();
-    let feature_docs = match root.get("features") {
-        None => &empty,
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(bad("$.features", "expected an array")),
-    };
-    for (i, f) in feature_docs.iter().enumerate() {
-        let path = format!("$.features[{i}]");
-        let o = as_object(&path, f)?;
-        check_fields(&path, o, &["key", "kind", "unit", "description"])?;
-        let key = key_field(&path, o)?;
-        if !declared.insert(key.clone()) {
-            return Err(bad(&path, format!("feature \"{key}\" is declared twice")));
-        }
-        let kind = match o.get("kind") {
-            Some(Value::String(k)) if KINDS.contains(&k.as_str()) => k.clone(),
-            _ => return Err(bad(&format!("{path}.kind"), format!("expected one of {}", KINDS.join(", ")))),
-        };
-        let unit = match o.get("unit") {
-            None | Some(Value::Null) => Value::Null,
-            Some(Value::String(s)) => Value::String(s.clone()),
-            Some(_) => return Err(bad(&format!("{path}.unit"), "expected a string")),
-        };
-        kinds.insert(key.clone(), kind.clone());
-        features.push(json!({"key": key, "kind": kind, "unit": unit}));
+    for (i, f) in array_field(root, "features")?.iter().enumerate() {
+        let feature = normalize_feature(&format!("$.features[{i}]"), f, &mut declared)?;
+        plans.kinds.insert(
+            feature["key"].as_str().unwrap_or_default().to_owned(),
+            feature["kind"].as_str().unwrap_or_default().to_owned(),
+        );
+        features.push(feature);
     }
-
-    let plan_docs = match root.get("plans") {
-        None => &empty,
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(bad("$.plans", "expected an array")),
-    };
-    let mut plans = Vec::new();
-    let mut plan_keys = HashSet::new();
-    let mut price_ids: BTreeMap<String, String> = BTreeMap::new();
-    let mut default_plan: Option<String> = None;
-    let mut uses_resources = false;
-    for (i, p) in plan_docs.iter().enumerate() {
-        let path = format!("$.plans[{i}]");
-        let o = as_object(&path, p)?;
-        check_fields(
-            &path,
-            o,
-            &[
-                "key",
-                "name",
-                "description",
-                "price_cents",
-                "currency",
-                "interval",
-                "default",
-                "public",
-                "trial_days",
-                "grace_days",
-                "stripe_price_ids",
-                "metadata",
-                "entitlements",
-            ],
-        )?;
-        let key = key_field(&path, o)?;
-        if !plan_keys.insert(key.clone()) {
-            return Err(bad(&path, format!("plan \"{key}\" appears twice")));
-        }
-        let name = match o.get("name") {
-            None | Some(Value::Null) => key.clone(),
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(_) => return Err(bad(&format!("{path}.name"), "expected a non-empty string")),
-        };
-        let description = match o.get("description") {
-            None | Some(Value::Null) => Value::Null,
-            Some(Value::String(s)) => Value::String(s.clone()),
-            Some(_) => return Err(bad(&format!("{path}.description"), "expected a string")),
-        };
-        let price_cents = opt_nonneg_int(&path, o, "price_cents", 0, i32::MAX as i64)?;
-        let currency = match o.get("currency") {
-            None | Some(Value::Null) => "usd".to_owned(),
-            Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
-                c.to_ascii_lowercase()
-            }
-            Some(_) => return Err(bad(&format!("{path}.currency"), "expected a 3-letter ISO currency code")),
-        };
-        let interval = match o.get("interval") {
-            None | Some(Value::Null) => "month",
-            Some(Value::String(s)) if INTERVALS.contains(&s.as_str()) => s.as_str(),
-            Some(_) => {
-                return Err(bad(&format!("{path}.interval"), format!("expected one of {}", INTERVALS.join(", "))))
-            }
-        };
-        let is_default = opt_bool(&path, o, "default", false)?;
-        if is_default {
-            if let Some(other) = &default_plan {
-                return Err(bad(
-                    &format!("{path}.default"),
-                    format!("plan \"{other}\" is already the default; only one plan can be"),
-                ));
-            }
-            default_plan = Some(key.clone());
-        }
-        let mut stripe = Vec::new();
-        match o.get("stripe_price_ids") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) => {
-                for (j, id) in a.iter().enumerate() {
-                    let ipath = format!("{path}.stripe_price_ids[{j}]");
-                    let s = id
-                        .as_str()
-                        .filter(|s| !s.is_empty())
-                        .ok_or_else(|| bad(&ipath, "expected a Stripe price id"))?;
-                    if let Some(owner) = price_ids.insert(s.to_owned(), key.clone()) {
-                        return Err(bad(&ipath, format!("price \"{s}\" already maps to plan \"{owner}\"")));
-                    }
-                    stripe.push(Value::String(s.to_owned()));
-                }
-            }
-            Some(_) => return Err(bad(&format!("{path}.stripe_price_ids"), "expected an array of strings")),
-        }
-        let metadata = match o.get("metadata") {
-            None | Some(Value::Null) => json!({}),
-            Some(m @ Value::Object(_)) => m.clone(),
-            Some(_) => return Err(bad(&format!("{path}.metadata"), "expected an object")),
-        };
-        let mut ents = Map::new();
-        if let Some(e) = o.get("entitlements") {
-            let epath = format!("{path}.entitlements");
-            for (fkey, fval) in as_object(&epath, e)? {
-                let fpath = format!("{epath}.{fkey}");
-                let kind = match kinds.get(fkey) {
-                    Some(k) => k.clone(),
-                    None if fkey == IMPLICIT_RESOURCES => {
-                        normalize_resources(&fpath, fval)?;
-                        uses_resources = true;
-                        "config".to_owned()
-                    }
-                    None => {
-                        return Err(Error::invalid_with_hint(
-                            format!("invalid catalog at {fpath}: unknown feature \"{fkey}\""),
-                            "declare it in \"features\" with its kind",
-                        ))
-                    }
-                };
-                ents.insert(fkey.clone(), normalize_spec(&fpath, &kind, fval)?);
-            }
-        }
-        plans.push(json!({
-            "key": key, "name": name, "description": description, "price_cents": price_cents,
-            "currency": currency, "interval": interval, "is_default": is_default,
-            "public": opt_bool(&path, o, "public", false)?,
-            "trial_days": opt_nonneg_int(&path, o, "trial_days", 0, 730)?,
-            "grace_days": opt_nonneg_int(&path, o, "grace_days", 7, 365)?,
-            "position": i, "stripe_price_ids": stripe, "metadata": metadata, "entitlements": ents,
-        }));
-    }
-    if uses_resources && !kinds.contains_key(IMPLICIT_RESOURCES) {
+    let normalized = array_field(root, "plans")?
+        .iter()
+        .enumerate()
+        .map(|(i, p)| normalize_plan(i, p, &mut plans))
+        .collect::<Result<Vec<_>>>()?;
+    if plans.uses_resources && !plans.kinds.contains_key(IMPLICIT_RESOURCES) {
         features.push(json!({"key": IMPLICIT_RESOURCES, "kind": "config", "unit": null}));
     }
-    Ok(json!({"features": features, "plans": plans}))
+    Ok(json!({"features": features, "plans": normalized}))
+}
+
+/// One entry of `features`: key (declared once), kind, unit.
+fn normalize_feature(path: &str, f: &Value, declared: &mut HashSet<String>) -> Result<Value> {
+    let o = as_object(path, f)?;
+    check_fields(path, o, &["key", "kind", "unit", "description"])?;
+    let key = key_field(path, o)?;
+    if !declared.insert(key.clone()) {
+        return Err(bad(path, format!("feature \"{key}\" is declared twice")));
+    }
+    let kind = match o.get("kind") {
+        Some(Value::String(k)) if KINDS.contains(&k.as_str()) => k.clone(),
+        _ => return Err(bad(&format!("{path}.kind"), format!("expected one of {}", KINDS.join(", ")))),
+    };
+    Ok(json!({"key": key, "kind": kind, "unit": opt_string(path, o, "unit")?}))
+}
+
+const PLAN_FIELDS: [&str; 13] = [
+    "key",
+    "name",
+    "description",
+    "price_cents",
+    "currency",
+    "interval",
+    "default",
+    "public",
+    "trial_days",
+    "grace_days",
+    "stripe_price_ids",
+    "metadata",
+    "entitlements",
+];
+
+/// One entry of `plans`, the `i`th: its fields, Stripe prices and entitlements.
+fn normalize_plan(i: usize, p: &Value, plans: &mut Plans) -> Result<Value> {
+    let path = format!("$.plans[{i}]");
+    let o = as_object(&path, p)?;
+    check_fields(&path, o, &PLAN_FIELDS)?;
+    let key = key_field(&path, o)?;
+    if !plans.keys.insert(key.clone()) {
+        return Err(bad(&path, format!("plan \"{key}\" appears twice")));
+    }
+    let name = match o.get("name") {
+        None | Some(Value::Null) => key.clone(),
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        Some(_) => return Err(bad(&format!("{path}.name"), "expected a non-empty string")),
+    };
+    let currency = match o.get("currency") {
+        None | Some(Value::Null) => "usd".to_owned(),
+        Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => c.to_ascii_lowercase(),
+        Some(_) => return Err(bad(&format!("{path}.currency"), "expected a 3-letter ISO currency code")),
+    };
+    let interval = match o.get("interval") {
+        None | Some(Value::Null) => "month",
+        Some(Value::String(s)) if INTERVALS.contains(&s.as_str()) => s.as_str(),
+        Some(_) => return Err(bad(&format!("{path}.interval"), format!("expected one of {}", INTERVALS.join(", ")))),
+    };
+    let is_default = opt_bool(&path, o, "default", false)?;
+    if is_default {
+        if let Some(other) = &plans.default {
+            return Err(bad(
+                &format!("{path}.default"),
+                format!("plan \"{other}\" is already the default; only one plan can be"),
+            ));
+        }
+        plans.default = Some(key.clone());
+    }
+    let metadata = match o.get("metadata") {
+        None | Some(Value::Null) => json!({}),
+        Some(m @ Value::Object(_)) => m.clone(),
+        Some(_) => return Err(bad(&format!("{path}.metadata"), "expected an object")),
+    };
+    Ok(json!({
+        "key": key, "name": name, "description": opt_string(&path, o, "description")?,
+        "price_cents": opt_nonneg_int(&path, o, "price_cents", 0, i32::MAX as i64)?,
+        "currency": currency, "interval": interval, "is_default": is_default,
+        "public": opt_bool(&path, o, "public", false)?,
+        "trial_days": opt_nonneg_int(&path, o, "trial_days", 0, 730)?,
+        "grace_days": opt_nonneg_int(&path, o, "grace_days", 7, 365)?,
+        "position": i,
+        "stripe_price_ids": stripe_price_ids(&path, o, &key, plans)?,
+        "metadata": metadata,
+        "entitlements": plan_entitlements(&path, o, plans)?,
+    }))
+}
+
+/// A plan's Stripe price ids; each maps to one plan of the document.
+fn stripe_price_ids(path: &str, o: &Map<String, Value>, key: &str, plans: &mut Plans) -> Result<Vec<Value>> {
+    let ids = match o.get("stripe_price_ids") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(bad(&format!("{path}.stripe_price_ids"), "expected an array of strings")),
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for (j, id) in ids.iter().enumerate() {
+        let ipath = format!("{path}.stripe_price_ids[{j}]");
+        let s = id.as_str().filter(|s| !s.is_empty()).ok_or_else(|| bad(&ipath, "expected a Stripe price id"))?;
+        if let Some(owner) = plans.price_ids.insert(s.to_owned(), key.to_owned()) {
+            return Err(bad(&ipath, format!("price \"{s}\" already maps to plan \"{owner}\"")));
+        }
+        out.push(Value::String(s.to_owned()));
+    }
+    Ok(out)
+}
+
+/// A plan's entitlements, each normalized for its feature's kind (`resources` needs no
+/// declaration).
+fn plan_entitlements(path: &str, o: &Map<String, Value>, plans: &mut Plans) -> Result<Map<String, Value>> {
+    let mut ents = Map::new();
+    let Some(e) = o.get("entitlements") else { return Ok(ents) };
+    let epath = format!("{path}.entitlements");
+    for (fkey, fval) in as_object(&epath, e)? {
+        let fpath = format!("{epath}.{fkey}");
+        let kind = match plans.kinds.get(fkey) {
+            Some(k) => k.clone(),
+            None if fkey == IMPLICIT_RESOURCES => {
+                normalize_resources(&fpath, fval)?;
+                plans.uses_resources = true;
+                "config".to_owned()
+            }
+            None => {
+                return Err(Error::invalid_with_hint(
+                    format!("invalid catalog at {fpath}: unknown feature \"{fkey}\""),
+                    "declare it in \"features\" with its kind",
+                ))
+            }
+        };
+        ents.insert(fkey.clone(), normalize_spec(&fpath, &kind, fval)?);
+    }
+    Ok(ents)
 }
 
 /// Validate and normalize a catalog document; raises 22023 naming the bad entry. Called
