@@ -17,8 +17,9 @@ pub fn admin_url() -> String {
         .expect("ENTITLEMENTS_TEST_ADMIN_URL is not set: run the integration tests through `make test`")
 }
 
-/// A database of its own: `it_<name>`, with the extension and the demo catalog. It is left
-/// behind after the test (to look at) and dropped by the next run.
+/// A database of its own, `it_<name>_<pid>` (so runs sharing a cluster never meet), with the
+/// extension and the demo catalog. Dropped with the `TestDb` when the test passes; after a
+/// failure it is left behind to look at, until a later run of the same test drops it.
 pub struct TestDb {
     pub name: String,
     pub url: String,
@@ -29,11 +30,22 @@ impl TestDb {
     pub async fn create(name: &str) -> TestDb {
         let admin = admin_url();
         let mut conn = PgConnection::connect(&admin).await.expect("connect to the test cluster");
-        let name = format!("it_{name}");
-        // The name is a test's identifier, never outside input.
-        for ddl in [format!("drop database if exists {name} with (force)"), format!("create database {name}")] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut conn).await.unwrap();
+        // Left behind by an earlier run of this test that is over (its process is gone).
+        let earlier: Vec<String> = sqlx::query_scalar("select datname from pg_database where datname like $1")
+            .bind(format!("it\\_{}\\_%", name.replace('_', "\\_")))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        for db in earlier {
+            let pid = db.rsplit('_').next().unwrap_or_default();
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                drop_database(&mut conn, &db).await;
+            }
         }
+        // The name is a test's identifier, never outside input.
+        let name = format!("it_{name}_{}", std::process::id());
+        drop_database(&mut conn, &name).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut conn).await.unwrap();
         let opts = PgConnectOptions::from_str(&admin).unwrap().database(&name);
         let url = match admin.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
@@ -116,6 +128,32 @@ impl TestDb {
         )
         .await
     }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        // Drop runs inside the test's runtime: the drop gets a thread and a runtime of its own.
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut conn = PgConnection::connect(&admin_url()).await.expect("connect to the test cluster");
+                drop_database(&mut conn, &name).await;
+            })
+        })
+        .join();
+        assert!(dropped.is_ok(), "dropping the test database {} failed", self.name);
+    }
+}
+
+async fn drop_database(admin: &mut PgConnection, name: &str) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database if exists {name} with (force)")))
+        .execute(admin)
+        .await
+        .unwrap();
 }
 
 pub async fn has_feature(conn: &mut PgConnection, customer: Uuid, feature: &str) -> bool {

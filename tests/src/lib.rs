@@ -2,8 +2,10 @@
 //! tests/examples): one place for the cluster, the worker process, localstripe and Stripe
 //! payloads, so a test file says only what it tests.
 //!
-//! - [`TestDb`]: a fresh database per test in the cluster at ENTITLEMENTS_TEST_ADMIN_URL, with
-//!   the extension created and the demo catalog (examples/catalog.json) applied.
+//! - [`TestDb`]: a fresh database per test in the cluster at ENTITLEMENTS_TEST_ADMIN_URL
+//!   (`it_<test>_<pid>`, so runs sharing a cluster never meet), with the extension created and
+//!   the demo catalog (examples/catalog.json) applied; dropped when the test passes, kept after a
+//!   failure.
 //! - [`Worker`]: `entitlements-worker` as a child process with a clean environment: spawned on a
 //!   free port, ready once /healthz answers, its stderr captured, stopped with SIGTERM.
 //! - [`LocalStripe`]: PyPI localstripe on a free port, ready once it answers.
