@@ -3,7 +3,7 @@
 -- Each rule written once (README, "Where each rule lives"): the SQL side asks the Rust
 -- rules instead of restating them. These tests hold the two sides to one answer.
 begin;
-select plan(15);
+select plan(18);
 \ir fixtures/catalog.sql
 
 -- 1. The granting rule. Every combination of status, trial end, period end, cancel at
@@ -66,6 +66,15 @@ select throws_like($$select entitlements.subscribe('00000000-0000-0000-0000-0000
 select is((select array_agg(k order by k) from jsonb_object_keys(entitlements._task_health_snapshot() -> 'subscriptions_by_status') k),
           (select array_agg(s order by s) from unnest(entitlements.subscription_statuses()) s),
           'the health snapshot counts every status, zeros too');
+
+-- 4. The tasks: one list, with the intervals the worker schedules them at by default.
+select is(entitlements.task_names(), (select array_agg(t.name) from entitlements.tasks() t),
+          'task_names() is the names of tasks()');
+select is((select count(*) from entitlements.tasks() t
+            where to_regprocedure('entitlements._task_' || t.name || '()') is null), 0::bigint,
+          'every task is the function _task_<name>()');
+select is((select count(*) from entitlements.tasks() t where t.every is null or t.every <= interval '0'), 0::bigint,
+          'every task has a default interval');
 
 select * from finish();
 rollback;

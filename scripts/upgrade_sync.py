@@ -7,8 +7,8 @@ NAME is a function name (entitlements.NAME). Every definition of it in the insta
 scripts (each overload) replaces the `create or replace function` block of the same
 signature line in the upgrade script, or is appended at the end of its section
 "-- Synced from the install scripts" (created before the privileges section) when the
-upgrade script has none. Function bodies must end with a line `$$;` (or `end;` for
-`begin atomic`). scripts/test_upgrade.sh then proves upgraded == fresh install.
+upgrade script has none. A body ends on the first line ending in `$$;` (`end;` for
+`begin atomic`); a COMMENT right after the definition comes along. scripts/test_upgrade.sh then proves upgraded == fresh install.
 """
 import pathlib
 import re
@@ -29,14 +29,20 @@ def blocks(text, name):
             for j in range(i, len(lines)):
                 if lines[j].strip().lower() == "begin atomic":
                     atomic = True
-                if lines[j] == "$$;" or (atomic and lines[j] == "end;"):
+                if lines[j].rstrip().endswith("$$;") or (atomic and lines[j] == "end;"):
                     break
             else:
                 sys.exit(f"no end of the body of {name} (line {i + 1})")
             sig = re.sub(r"^create (or replace )?", "", line)
-            body = "\n".join(lines[i : j + 1])
+            # The COMMENT right after the definition comes along (it ends with a `;` line).
+            k = j
+            if k + 1 < len(lines) and lines[k + 1].startswith("comment on function entitlements." + name + "("):
+                k += 1
+                while not lines[k].rstrip().endswith(";"):
+                    k += 1
+            body = "\n".join(lines[i : k + 1])
             body = re.sub(r"^create (or replace )?function", "create or replace function", body)
-            out.append((sig, body, i, j))
+            out.append((sig, body, i, k))
     return out
 
 

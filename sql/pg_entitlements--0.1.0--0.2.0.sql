@@ -1102,11 +1102,31 @@ end
 $$;
 
 -- Two more tasks: usage_partitions and retention (sql/maintenance/retention.sql).
+-- The tasks with their default intervals, in one place (issue 9); task_names() reads it.
+create or replace function entitlements.tasks()
+returns table (name text, every interval, description text)
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select t.name, t.every, t.description
+      from (values
+        (1, 'expire_subscriptions', interval '1 minute', 'Trials, cancellations and past_due grace that ended get the status the rules give them.'),
+        (2, 'correct_entitlements', interval '5 minutes', 'Active subscriptions past their period, organizations over their seats, grants past expiry.'),
+        (3, 'health_snapshot', interval '1 minute', 'Counts an operator wants on one page; touches nothing.'),
+        (4, 'prune_task_runs', interval '1 hour', 'Task runs older than entitlements.task_runs_keep go.'),
+        (5, 'usage_partitions', interval '6 hours', 'Ledger partitions made ahead and old months rolled up; closed counters and old idempotency keys deleted.'),
+        (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, and (when configured) audit rows, past their retention go.')
+      ) t(n, name, every, description)
+     order by t.n
+$$;
+comment on function entitlements.tasks() is
+    'The maintenance tasks entitlements.run_task knows, with the interval the worker runs each at by default.';
+
 create or replace function entitlements.task_names()
 returns text[] language sql immutable parallel safe
 set search_path = pg_catalog, pg_temp
-as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs',
-                     'usage_partitions', 'retention'] $$;
+as $$ select array_agg(t.name) from entitlements.tasks() t $$;
+comment on function entitlements.task_names() is 'The maintenance tasks entitlements.run_task knows.';
 
 -- run_task runs the two new ones.
 create or replace function entitlements.run_task(task text, worker text default null)
@@ -1142,14 +1162,9 @@ begin
         -- After the lock: a run's start never precedes the end of the previous one.
         v_run.started_at := clock_timestamp();
         begin
-            v_result := case task
-                when 'expire_subscriptions' then entitlements._task_expire_subscriptions()
-                when 'correct_entitlements' then entitlements._task_correct_entitlements()
-                when 'health_snapshot' then entitlements._task_health_snapshot()
-                when 'prune_task_runs' then entitlements._task_prune_task_runs()
-                when 'usage_partitions' then entitlements._task_usage_partitions()
-                when 'retention' then entitlements._task_retention()
-            end;
+            -- Every task of entitlements.tasks() is the function _task_<name>; the name was
+            -- checked against that list above, so this runs nothing else.
+            execute format('select entitlements.%I()', '_task_' || task) into v_result;
             v_run.outcome := 'ok';
             v_run.rows_touched := coalesce((v_result ->> 'rows_touched')::bigint, 0);
             v_run.details := v_result - 'rows_touched';
@@ -1173,6 +1188,9 @@ begin
     return v_run;
 end
 $$;
+comment on function entitlements.run_task(text, text) is
+    'Run a maintenance task (see entitlements.task_names()) and return its recorded run; '
+    'a failure is recorded and returned (outcome error), a run while another is in progress is skipped. Admins only.';
 
 -- Metering (sql/metering/) ---------------------------------------------------------
 
@@ -2400,6 +2418,7 @@ begin
     end if;
 end
 $$;
+
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0

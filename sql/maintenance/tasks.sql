@@ -43,11 +43,31 @@ create policy task_runs_read on entitlements.task_runs for select using (entitle
 create policy task_runs_record on entitlements.task_runs for insert with check (entitlements.is_admin());
 create policy task_runs_prune on entitlements.task_runs for delete using (entitlements.is_admin());
 
+-- The maintenance tasks, in one place: each runs entitlements._task_<name>() and the worker
+-- schedules it every `every` unless configured otherwise (worker/src/scheduler.rs asks here).
+create function entitlements.tasks()
+returns table (name text, every interval, description text)
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select t.name, t.every, t.description
+      from (values
+        (1, 'expire_subscriptions', interval '1 minute', 'Trials, cancellations and past_due grace that ended get the status the rules give them.'),
+        (2, 'correct_entitlements', interval '5 minutes', 'Active subscriptions past their period, organizations over their seats, grants past expiry.'),
+        (3, 'health_snapshot', interval '1 minute', 'Counts an operator wants on one page; touches nothing.'),
+        (4, 'prune_task_runs', interval '1 hour', 'Task runs older than entitlements.task_runs_keep go.'),
+        (5, 'usage_partitions', interval '6 hours', 'Ledger partitions made ahead and old months rolled up; closed counters and old idempotency keys deleted.'),
+        (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, and (when configured) audit rows, past their retention go.')
+      ) t(n, name, every, description)
+     order by t.n
+$$;
+comment on function entitlements.tasks() is
+    'The maintenance tasks entitlements.run_task knows, with the interval the worker runs each at by default.';
+
 create function entitlements.task_names()
 returns text[] language sql immutable parallel safe
 set search_path = pg_catalog, pg_temp
-as $$ select array['expire_subscriptions', 'correct_entitlements', 'health_snapshot', 'prune_task_runs',
-                     'usage_partitions', 'retention'] $$;
+as $$ select array_agg(t.name) from entitlements.tasks() t $$;
 comment on function entitlements.task_names() is 'The maintenance tasks entitlements.run_task knows.';
 
 -- The advisory lock key of a task (two int4 halves). Also used by the worker for tasks it
@@ -324,14 +344,9 @@ begin
         -- After the lock: a run's start never precedes the end of the previous one.
         v_run.started_at := clock_timestamp();
         begin
-            v_result := case task
-                when 'expire_subscriptions' then entitlements._task_expire_subscriptions()
-                when 'correct_entitlements' then entitlements._task_correct_entitlements()
-                when 'health_snapshot' then entitlements._task_health_snapshot()
-                when 'prune_task_runs' then entitlements._task_prune_task_runs()
-                when 'usage_partitions' then entitlements._task_usage_partitions()
-                when 'retention' then entitlements._task_retention()
-            end;
+            -- Every task of entitlements.tasks() is the function _task_<name>; the name was
+            -- checked against that list above, so this runs nothing else.
+            execute format('select entitlements.%I()', '_task_' || task) into v_result;
             v_run.outcome := 'ok';
             v_run.rows_touched := coalesce((v_result ->> 'rows_touched')::bigint, 0);
             v_run.details := v_result - 'rows_touched';

@@ -25,13 +25,14 @@ async fn run_task_prints_the_run_and_fails_on_failure() {
         .unwrap();
     assert_eq!(recorded, 1, "the run is in entitlements.task_runs");
 
-    // An unknown task: the extension's 22023 message, a failure exit, nothing recorded.
+    // An unknown task: refused before anything runs, naming the tasks the extension knows
+    // (entitlements.tasks()), with the configuration exit code; nothing recorded.
     let before: i64 =
         sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
     let out = worker_command().env("DATABASE_URL", &db.url).args(["run-task", "defragment"]).output().await.unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown maintenance task") && err.contains("22023"), "{err}");
+    assert!(err.contains("unknown task \"defragment\"") && err.contains("health_snapshot"), "{err}");
     let after: i64 =
         sqlx::query_scalar("select count(*) from entitlements.task_runs").fetch_one(&db.pool).await.unwrap();
     assert_eq!(before, after);
@@ -73,10 +74,9 @@ async fn help_documents_every_setting() {
         "apply-catalog",
         "run-task",
         "reconcile-stripe",
-        "usage_partitions",
-        "retention",
         "[scheduler.tasks]",
-        "correct_entitlements",
+        "entitlements.tasks()",
+        "reconcile_stripe",
     ];
     for needle in WORKER_SETTINGS.iter().chain(&more) {
         assert!(text.contains(needle), "--help mentions {needle}:\n{text}");

@@ -104,15 +104,10 @@ Configuration file (TOML), every key optional:
   retry_initial = \"5s\"
   retry_max = \"5m\"
   [scheduler.tasks]               # interval per task; \"off\" or 0 disables. Every task of
-                                  # entitlements.task_names() runs; these are the defaults,
-                                  # and a task not listed here runs every 5m
+                                  # entitlements.tasks() runs, by default at the interval it
+                                  # names there (select * from entitlements.tasks())
   expire_subscriptions = \"1m\"
-  correct_entitlements = \"5m\"
-  health_snapshot = \"1m\"
-  prune_task_runs = \"1h\"
-  usage_partitions = \"6h\"
-  retention = \"1h\"
-  reconcile_stripe = \"1h\"        # the worker's own; only runs when a Stripe secret key is set
+  reconcile_stripe = \"1h\"        # the worker's own (default 1h); only with a Stripe secret key
   [stripe]
   webhook_secret = \"whsec_...\"
   secret_key = \"sk_...\"
@@ -131,7 +126,7 @@ pub enum Command {
     /// Run one maintenance task now (entitlements.run_task), print its run record as JSON;
     /// exits non-zero when the task failed.
     RunTask {
-        /// A task of `entitlements.task_names()`, or reconcile_stripe (with STRIPE_SECRET_KEY).
+        /// A task of `entitlements.tasks()`, or reconcile_stripe (with STRIPE_SECRET_KEY).
         name: String,
     },
     /// List every subscription through the Stripe API (STRIPE_SECRET_KEY, STRIPE_API_BASE) and
@@ -213,7 +208,7 @@ pub struct StripeConfig {
 }
 
 /// The Stripe reconcile, the one task the worker runs itself (every other task is the
-/// extension's, named by `entitlements.task_names()`); scheduled only with a Stripe secret key.
+/// extension's, named by `entitlements.tasks()`); scheduled only with a Stripe secret key.
 pub const RECONCILE_STRIPE: &str = "reconcile_stripe";
 
 // The TOML file, as written. Unknown keys are refused so that a typo is not silently ignored.

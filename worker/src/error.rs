@@ -16,7 +16,7 @@ pub enum Error {
     /// Bad configuration (flags, environment or the TOML file); never quotes a secret.
     #[error("configuration: {0}")]
     Config(String),
-    /// A task name that is neither the extension's (`entitlements.task_names()`) nor the
+    /// A task name that is neither the extension's (`entitlements.tasks()`) nor the
     /// worker's own; `place` says where it was given.
     #[error("unknown task {task:?}{place} (known: {known})")]
     UnknownTask { task: String, place: &'static str, known: String },

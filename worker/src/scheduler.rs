@@ -5,8 +5,9 @@
 //! /healthz (the `TaskBoard`) and /metrics. `reconcile_stripe` (scheduled only with a Stripe
 //! secret key) runs in the worker under the same lock and is recorded in the same table.
 //!
-//! Which tasks exist is the extension's answer (`entitlements.task_names()`), asked once
-//! connected; the worker adds only its own `reconcile_stripe`.
+//! Which tasks exist, and how often each runs by default, is the extension's answer
+//! (`entitlements.tasks()`), asked once connected; the worker adds only its own
+//! `reconcile_stripe`.
 use crate::config::{Config, RECONCILE_STRIPE};
 use crate::db::Lease;
 use crate::metrics::{
@@ -35,49 +36,54 @@ pub struct TaskRun {
     pub details: Option<serde_json::Value>,
 }
 
-/// Usual intervals, by task. Defaults only: a name here the extension does not list is not
-/// run, and a task the extension lists that is missing here runs every `DEFAULT_INTERVAL`.
-const USUAL_INTERVALS: [(&str, Duration); 7] = [
-    ("expire_subscriptions", Duration::from_secs(60)),
-    ("correct_entitlements", Duration::from_secs(300)),
-    ("health_snapshot", Duration::from_secs(60)),
-    ("prune_task_runs", Duration::from_secs(3600)),
-    ("usage_partitions", Duration::from_secs(6 * 3600)),
-    ("retention", Duration::from_secs(3600)),
-    (RECONCILE_STRIPE, Duration::from_secs(3600)),
-];
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+/// A task this worker can run and how often it runs unless configured otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownTask {
+    pub name: String,
+    pub every: Duration,
+}
 
-/// Every task this worker can run: the extension's, then its own `reconcile_stripe`.
-pub async fn known_tasks(pool: &PgPool) -> Result<Vec<String>> {
-    let mut tasks: Vec<String> = sqlx::query_scalar("select entitlements.task_names()").fetch_one(pool).await?;
-    tasks.push(RECONCILE_STRIPE.to_owned());
+/// How often the worker's own `reconcile_stripe` runs unless configured otherwise.
+const RECONCILE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Every task this worker can run: the extension's with their default intervals
+/// (`entitlements.tasks()`), then its own `reconcile_stripe`.
+pub async fn known_tasks(pool: &PgPool) -> Result<Vec<KnownTask>> {
+    let rows: Vec<(String, f64)> =
+        sqlx::query_as("select t.name, extract(epoch from t.every)::float8 from entitlements.tasks() t")
+            .fetch_all(pool)
+            .await?;
+    let mut tasks: Vec<KnownTask> = rows
+        .into_iter()
+        .map(|(name, secs)| KnownTask { name, every: Duration::from_secs_f64(secs.max(1.0)) })
+        .collect();
+    tasks.push(KnownTask { name: RECONCILE_STRIPE.to_owned(), every: RECONCILE_EVERY });
     Ok(tasks)
 }
 
 /// Refuse a task name the worker cannot run, naming those it can.
-pub fn check_task(task: &str, known: &[String], place: &'static str) -> Result<()> {
-    if known.iter().any(|k| k == task) {
+pub fn check_task(task: &str, known: &[KnownTask], place: &'static str) -> Result<()> {
+    if known.iter().any(|k| k.name == task) {
         return Ok(());
     }
-    Err(Error::UnknownTask { task: task.to_owned(), place, known: known.join(", ") })
+    let names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
+    Err(Error::UnknownTask { task: task.to_owned(), place, known: names.join(", ") })
 }
 
 /// The tasks to run and their intervals: every known task at its configured interval, else
-/// its usual one; `off` leaves it out, and so does a missing Stripe secret key for the
+/// its default one; `off` leaves it out, and so does a missing Stripe secret key for the
 /// reconcile. A configured name that is not a known task is refused.
-pub fn schedule(config: &Config, known: &[String]) -> Result<BTreeMap<String, Duration>> {
+pub fn schedule(config: &Config, known: &[KnownTask]) -> Result<BTreeMap<String, Duration>> {
     for task in config.scheduler.intervals.keys() {
         check_task(task, known, " in the schedule")?;
     }
     let mut schedule = BTreeMap::new();
     for task in known {
-        if task == RECONCILE_STRIPE && config.stripe.secret_key.is_none() {
+        if task.name == RECONCILE_STRIPE && config.stripe.secret_key.is_none() {
             continue;
         }
-        let usual = USUAL_INTERVALS.iter().find(|(t, _)| t == task).map_or(DEFAULT_INTERVAL, |(_, d)| *d);
-        if let Some(interval) = config.scheduler.intervals.get(task).copied().unwrap_or(Some(usual)) {
-            schedule.insert(task.clone(), interval);
+        if let Some(interval) = config.scheduler.intervals.get(&task.name).copied().unwrap_or(Some(task.every)) {
+            schedule.insert(task.name.clone(), interval);
         }
     }
     Ok(schedule)
@@ -289,37 +295,26 @@ mod tests {
     }
 
     #[test]
-    fn help_shows_the_default_intervals() {
-        let shown = |d: Duration| match d.as_secs() {
-            s if s % 3600 == 0 => format!("{}h", s / 3600),
-            s => format!("{}m", s / 60),
-        };
-        let help = crate::config::CONFIG_FILE_HELP;
-        for (task, interval) in USUAL_INTERVALS {
-            let line = format!("{task} = \"{}\"", shown(interval));
-            assert!(help.contains(&line), "--help shows {line}");
-        }
-        assert!(help.contains(&format!("runs every {}", shown(DEFAULT_INTERVAL))));
-    }
-
-    #[test]
     fn the_schedule_is_the_extensions_tasks_with_their_intervals() {
-        let known: Vec<String> =
-            ["expire_subscriptions", "health_snapshot", "brand_new", RECONCILE_STRIPE].map(String::from).to_vec();
         let s = Duration::from_secs;
+        let task = |name: &str, every: Duration| KnownTask { name: name.to_owned(), every };
+        let known = vec![
+            task("expire_subscriptions", s(60)),
+            task("health_snapshot", s(60)),
+            task("brand_new", s(900)),
+            task(RECONCILE_STRIPE, RECONCILE_EVERY),
+        ];
         let c = config(&["--schedule", "health_snapshot=off,expire_subscriptions=10s", "--stripe-secret-key", "sk_x"]);
         let planned = schedule(&c, &known).unwrap();
         assert_eq!(
             planned.into_iter().collect::<Vec<_>>(),
             vec![
-                ("brand_new".to_owned(), DEFAULT_INTERVAL),
+                ("brand_new".to_owned(), s(900)),
                 ("expire_subscriptions".to_owned(), s(10)),
                 (RECONCILE_STRIPE.to_owned(), s(3600)),
             ],
-            "configured, off, a task new to the worker, and the reconcile with a key"
+            "configured, off, a task at the extension's default, and the reconcile with a key"
         );
-        // A usual interval of a task this extension does not have is not a task.
-        assert!(!schedule(&c, &known).unwrap().contains_key("correct_entitlements"));
 
         let err = schedule(&config(&["--schedule", "defrag=1s"]), &known).unwrap_err();
         assert!(err.is_configuration());
