@@ -225,7 +225,10 @@ async fn reconcile_reads_the_current_api_shape_across_pages() {
     let page2 = json!({"object": "list", "url": "/v1/subscriptions", "has_more": false,
                        "data": [subscription("sub_rec_b", "cus_recB", "price_business_monthly", "past_due", t - 60, t + 30 * 86400)]});
     // The first recording whose needle the request's target contains answers it; else 404.
-    let pages = [("starting_after=sub_rec_a", page2), ("/v1/subscriptions?expand[0]=data.customer&limit=100&status=all", page1)];
+    let pages = [
+        ("starting_after=sub_rec_a", page2),
+        ("/v1/subscriptions?expand[0]=data.customer&limit=100&status=all", page1),
+    ];
     let api = FakeHttp::start(move |request: Request| {
         let page = pages.iter().find(|(needle, _)| request.target.contains(needle)).map(|(_, page)| page.clone());
         async move { page.map_or((404, json!({"error": {"message": "no recording"}})), |page| (200, page)) }
