@@ -132,13 +132,7 @@ AS 'MODULE_PATHNAME', 'can_see_customer_wrapper';
 create or replace function entitlements._is_listed_admin_of(customer uuid)
 returns boolean language sql stable parallel safe security definer
 set search_path = pg_catalog, pg_temp
-as $$
-    select exists (
-        select 1 from entitlements.admins a
-        where a.user_id = entitlements.current_user_id()
-          and (a.tenant_id is null
-               or a.tenant_id = (select c.tenant_id from entitlements.customers c where c.id = customer)))
-$$;
+as $$ select entitlements._is_listed_admin((select c.tenant_id from entitlements.customers c where c.id = customer)) $$;
 
 -- Admin of the tenant a customer belongs to (or global admin).
 create or replace function entitlements.is_admin_of(customer uuid)
@@ -150,15 +144,7 @@ as $$ select entitlements._is_privileged_role() or entitlements._is_listed_admin
 create or replace function entitlements._require_admin(action text, tenant uuid default null)
 returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
-as $$
-begin
-    if not entitlements.is_admin(tenant) then
-        raise exception 'permission denied: % requires an entitlements admin', action
-            using errcode = '42501',
-                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
-    end if;
-end
-$$;
+as $$ begin perform entitlements._require(entitlements.is_admin(tenant), action); end $$;
 
 -- Raise 42501 unless the real caller is an admin: for SECURITY DEFINER functions, where
 -- current_user is the owner and _require_admin would always pass. The role asked about is
@@ -168,11 +154,8 @@ returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null)) then
-        raise exception 'permission denied: % requires an entitlements admin', action
-            using errcode = '42501',
-                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
-    end if;
+    perform entitlements._require(
+        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null), action);
 end
 $$;
 
@@ -182,11 +165,8 @@ returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not entitlements.is_admin_of(customer) then
-        raise exception 'permission denied: % requires an entitlements admin of this customer', action
-            using errcode = '42501',
-                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
-    end if;
+    perform entitlements._require(entitlements.is_admin_of(customer), action,
+                                  'an entitlements admin of this customer');
 end
 $$;
 
@@ -247,7 +227,6 @@ as $$
 declare
     v_old jsonb;
     v_new jsonb;
-    v_row jsonb;
     v_key text;
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._audit_row');
@@ -259,12 +238,8 @@ begin
     if tg_op = 'UPDATE' and v_old = v_new then
         return null;
     end if;
-    v_row := coalesce(v_new, v_old);
-    if tg_nargs > 0 then
-        for i in 0 .. tg_nargs - 1 loop
-            v_key := concat_ws(',', v_key, v_row ->> tg_argv[i]);
-        end loop;
-    end if;
+    -- The row key: the values of the trigger's arguments (the key columns), comma-joined.
+    v_key := (select string_agg(coalesce(v_new, v_old) ->> k.col, ',' order by k.n) from unnest(tg_argv) with ordinality k(col, n));
     insert into entitlements.audit_log (actor, actor_role, action, table_name, row_key, old_values, new_values, reason)
     values (entitlements.current_user_id(), entitlements._actor_role(), lower(tg_op),
             format('%I.%I', tg_table_schema, tg_table_name), v_key, v_old, v_new,
@@ -283,7 +258,6 @@ as $$
 declare
     v_old jsonb;
     v_new jsonb;
-    v_row jsonb;
     v_key text;
 begin
     if tg_op in ('UPDATE', 'DELETE') then v_old := to_jsonb(old); end if;
@@ -291,12 +265,8 @@ begin
     if tg_op = 'UPDATE' and v_old = v_new then
         return null;
     end if;
-    v_row := coalesce(v_new, v_old);
-    if tg_nargs > 0 then
-        for i in 0 .. tg_nargs - 1 loop
-            v_key := concat_ws(',', v_key, v_row ->> tg_argv[i]);
-        end loop;
-    end if;
+    -- The row key: the values of the trigger's arguments (the key columns), comma-joined.
+    v_key := (select string_agg(coalesce(v_new, v_old) ->> k.col, ',' order by k.n) from unnest(tg_argv) with ordinality k(col, n));
     perform entitlements._audit_append(tg_relid, lower(tg_op), v_key, v_old, v_new);
     return null;
 end
@@ -2419,6 +2389,19 @@ begin
 end
 $$;
 
+
+create or replace function entitlements._require(allowed boolean, action text, who text default 'an entitlements admin')
+returns void language plpgsql immutable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not coalesce(allowed, false) then
+        raise exception 'permission denied: % requires %', action, who
+            using errcode = '42501',
+                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
+    end if;
+end
+$$;
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0

@@ -63,7 +63,6 @@ as $$
 declare
     v_old jsonb;
     v_new jsonb;
-    v_row jsonb;
     v_key text;
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._audit_row');
@@ -75,12 +74,8 @@ begin
     if tg_op = 'UPDATE' and v_old = v_new then
         return null;
     end if;
-    v_row := coalesce(v_new, v_old);
-    if tg_nargs > 0 then
-        for i in 0 .. tg_nargs - 1 loop
-            v_key := concat_ws(',', v_key, v_row ->> tg_argv[i]);
-        end loop;
-    end if;
+    -- The row key: the values of the trigger's arguments (the key columns), comma-joined.
+    v_key := (select string_agg(coalesce(v_new, v_old) ->> k.col, ',' order by k.n) from unnest(tg_argv) with ordinality k(col, n));
     insert into entitlements.audit_log (actor, actor_role, action, table_name, row_key, old_values, new_values, reason)
     values (entitlements.current_user_id(), entitlements._actor_role(), lower(tg_op),
             format('%I.%I', tg_table_schema, tg_table_name), v_key, v_old, v_new,
@@ -99,7 +94,6 @@ as $$
 declare
     v_old jsonb;
     v_new jsonb;
-    v_row jsonb;
     v_key text;
 begin
     if tg_op in ('UPDATE', 'DELETE') then v_old := to_jsonb(old); end if;
@@ -107,12 +101,8 @@ begin
     if tg_op = 'UPDATE' and v_old = v_new then
         return null;
     end if;
-    v_row := coalesce(v_new, v_old);
-    if tg_nargs > 0 then
-        for i in 0 .. tg_nargs - 1 loop
-            v_key := concat_ws(',', v_key, v_row ->> tg_argv[i]);
-        end loop;
-    end if;
+    -- The row key: the values of the trigger's arguments (the key columns), comma-joined.
+    v_key := (select string_agg(coalesce(v_new, v_old) ->> k.col, ',' order by k.n) from unnest(tg_argv) with ordinality k(col, n));
     perform entitlements._audit_append(tg_relid, lower(tg_op), v_key, v_old, v_new);
     return null;
 end

@@ -50,13 +50,7 @@ $$;
 create function entitlements._is_listed_admin_of(customer uuid)
 returns boolean language sql stable parallel safe security definer
 set search_path = pg_catalog, pg_temp
-as $$
-    select exists (
-        select 1 from entitlements.admins a
-        where a.user_id = entitlements.current_user_id()
-          and (a.tenant_id is null
-               or a.tenant_id = (select c.tenant_id from entitlements.customers c where c.id = customer)))
-$$;
+as $$ select entitlements._is_listed_admin((select c.tenant_id from entitlements.customers c where c.id = customer)) $$;
 
 -- The calling user's role in organization `org`, or NULL.
 create function entitlements._my_org_role(org uuid)
@@ -106,19 +100,25 @@ as $$
         or entitlements.is_admin_of(org)
 $$;
 
--- Raise 42501 unless the caller is an admin (of `tenant`, when given).
-create function entitlements._require_admin(action text, tenant uuid default null)
-returns void language plpgsql stable
+-- The refusal of every admin check below: 42501 naming the action and who may do it.
+create function entitlements._require(allowed boolean, action text, who text default 'an entitlements admin')
+returns void language plpgsql immutable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not entitlements.is_admin(tenant) then
-        raise exception 'permission denied: % requires an entitlements admin', action
+    if not coalesce(allowed, false) then
+        raise exception 'permission denied: % requires %', action, who
             using errcode = '42501',
                   hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
     end if;
 end
 $$;
+
+-- Raise 42501 unless the caller is an admin (of `tenant`, when given).
+create function entitlements._require_admin(action text, tenant uuid default null)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$ begin perform entitlements._require(entitlements.is_admin(tenant), action); end $$;
 
 -- Raise 42501 unless the real caller is an admin: for SECURITY DEFINER functions, where
 -- current_user is the owner and _require_admin would always pass. The role asked about is
@@ -128,11 +128,8 @@ returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null)) then
-        raise exception 'permission denied: % requires an entitlements admin', action
-            using errcode = '42501',
-                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
-    end if;
+    perform entitlements._require(
+        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null), action);
 end
 $$;
 
@@ -142,11 +139,8 @@ returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not entitlements.is_admin_of(customer) then
-        raise exception 'permission denied: % requires an entitlements admin of this customer', action
-            using errcode = '42501',
-                  hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
-    end if;
+    perform entitlements._require(entitlements.is_admin_of(customer), action,
+                                  'an entitlements admin of this customer');
 end
 $$;
 
