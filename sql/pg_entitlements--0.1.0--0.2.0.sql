@@ -1174,16 +1174,11 @@ language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_now      timestamptz := statement_timestamp();
     v_lim      record;
     v_limit    numeric;
     v_w        timestamptz;
     v_end      timestamptz;
-    v_take     record;
-    v_stripe   smallint;
-    v_total    numeric;
-    v_n        int;
-    v_over_p   numeric;
+    v_one      record;
     v_over     numeric := 0::numeric;
     v_price    numeric;
     v_cost     numeric := 0::numeric;
@@ -1210,64 +1205,34 @@ begin
         v_w := entitlements._ts(v_lim.window_start_us);
         v_end := entitlements._ts(v_lim.resets_at_us);
         v_windows := v_windows || jsonb_build_object(v_lim.period, v_w);
-
-        if p_mode = 'check' or v_replay then
-            v_total := entitlements._meter_window_total(p_customer, p_feature, v_lim.period, v_w);
-            if v_lim.overage = 'block' and v_total + p_amount > v_limit and not v_replay then
-                v_out.allowed := false;
-            end if;
-        else
-            v_take := entitlements._meter_take_stripe(p_customer, p_feature, p_amount, v_lim.period, v_w, v_end, v_limit);
-            v_stripe := v_take.stripe;
-            if v_stripe is null then
-                -- Slow path, holding stripe 0: take every stripe; a new statement sees every
-                -- stripe the previous rebalancer created.
-                select coalesce(sum(l.used), 0), count(*)::int into v_total, v_n
-                  from (select s.used from entitlements.usage_counters s
-                         where s.customer_id = p_customer and s.feature_key = p_feature
-                           and s.period = v_lim.period and s.window_start = v_w
-                         order by s.stripe
-                           for update) l;
-
-                if v_total + p_amount > v_limit and v_lim.overage = 'block' then
-                    if p_mode = 'consume' then
-                        perform entitlements._meter_raise_quota(p_customer, p_feature, p_amount, v_limit, v_lim.period,
-                                                                v_total, v_end, v_windows);
-                    end if;
-                    perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s,
-                                                     case when v_keyed then p_key end);
-                    return row(false, v_limit, v_total, greatest(v_limit - v_total, 0), v_end)::entitlements.usage;
-                end if;
-
-                -- Units of this request beyond the limit (overage allow/bill).
-                v_over_p := greatest(0, v_total + p_amount - greatest(v_total, v_limit));
-                v_over := greatest(v_over, v_over_p);
-                if v_lim.overage = 'bill' and v_over_p * coalesce(v_lim.unit_price_cents::numeric, 0) >= v_cost then
-                    v_cost := v_over_p * coalesce(v_lim.unit_price_cents::numeric, 0);
-                    v_price := v_lim.unit_price_cents::numeric;
-                end if;
-                perform entitlements._meter_rebalance(p_customer, p_feature, p_amount, v_lim.period, v_w, v_end, v_limit,
-                                                      v_total, v_n, v_take.grow);
-                v_stripe := 0;
-                v_total := v_total + p_amount;
-            else
-                v_total := entitlements._meter_window_total(p_customer, p_feature, v_lim.period, v_w);
-            end if;
-
+        v_one := entitlements._meter_limit(p_customer, p_feature, p_amount, p_mode, v_replay, v_lim.period, v_w, v_end,
+                                           v_limit, v_lim.overage, v_windows);
+        if v_one.refused and p_mode = 'check' then
+            v_out.allowed := false;
+        elsif v_one.refused then
+            perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s,
+                                             case when v_keyed then p_key end);
+            return row(false, v_limit, v_one.total, greatest(v_limit - v_one.total, 0), v_end)::entitlements.usage;
+        elsif v_one.stripe is not null then
+            -- Counted: remember where (for an undo) and what it costs beyond the limit.
             v_periods := v_periods || v_lim.period::text;
             v_done_w := v_done_w || v_w;
-            v_done_s := v_done_s || v_stripe;
-            if v_lim.period = 'billing_period' then
-                v_billing := v_w;
+            v_done_s := v_done_s || v_one.stripe;
+            v_billing := case when v_lim.period = 'billing_period' then v_w else v_billing end;
+            if v_one.over is not null then
+                v_over := greatest(v_over, v_one.over);
+                if v_lim.overage = 'bill' and v_one.over * coalesce(v_lim.unit_price_cents::numeric, 0) >= v_cost then
+                    v_cost := v_one.over * coalesce(v_lim.unit_price_cents::numeric, 0);
+                    v_price := v_lim.unit_price_cents::numeric;
+                end if;
             end if;
         end if;
-
         -- Report the limit that binds first: the least remaining.
-        if v_best is null or v_limit - v_total < v_best then
-            v_best := v_limit - v_total;
+        if v_best is null or v_limit - v_one.total < v_best then
+            v_best := v_limit - v_one.total;
             v_out."limit" := nullif(v_limit, 'Infinity');
-            v_out.used := v_total;
-            v_out.remaining := case when v_limit = 'Infinity' then null else greatest(v_limit - v_total, 0) end;
+            v_out.used := v_one.total;
+            v_out.remaining := case when v_limit = 'Infinity' then null else greatest(v_limit - v_one.total, 0) end;
             v_out.resets_at := v_end;
         end if;
     end loop;
@@ -1285,8 +1250,8 @@ begin
     if p_mode <> 'check' and not v_replay then
         insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, idempotency_key, periods,
                                                billing_window, overage, unit_price_cents, cost_cents, actor)
-        values (v_now, p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price, v_cost,
-                entitlements.current_user_id());
+        values (statement_timestamp(), p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price,
+                v_cost, entitlements.current_user_id());
     end if;
     return v_out;
 end
@@ -2403,6 +2368,54 @@ begin
 end
 $$;
 
+create or replace function entitlements._meter_limit(p_customer uuid, p_feature text, p_amount numeric, p_mode text,
+                                          p_replay boolean, p_period text, p_window timestamptz,
+                                          p_window_end timestamptz, p_limit numeric, p_overage text,
+                                          p_windows jsonb,
+                                          out stripe smallint, out total numeric, out refused boolean,
+                                          out over numeric)
+language plpgsql volatile
+as $$
+declare
+    v_take record;
+    v_n int;
+begin
+    refused := false;
+    if p_mode = 'check' or p_replay then
+        total := entitlements._meter_window_total(p_customer, p_feature, p_period, p_window);
+        refused := p_overage = 'block' and total + p_amount > p_limit and not p_replay;
+        return;
+    end if;
+    v_take := entitlements._meter_take_stripe(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit);
+    stripe := v_take.stripe;
+    if stripe is not null then
+        total := entitlements._meter_window_total(p_customer, p_feature, p_period, p_window);
+        return;
+    end if;
+    -- Slow path, holding stripe 0: take every stripe; a new statement sees every stripe the
+    -- previous rebalancer created.
+    select coalesce(sum(l.used), 0), count(*)::int into total, v_n
+      from (select s.used from entitlements.usage_counters s
+             where s.customer_id = p_customer and s.feature_key = p_feature
+               and s.period = p_period and s.window_start = p_window
+             order by s.stripe
+               for update) l;
+    if total + p_amount > p_limit and p_overage = 'block' then
+        if p_mode = 'consume' then
+            perform entitlements._meter_raise_quota(p_customer, p_feature, p_amount, p_limit, p_period, total,
+                                                    p_window_end, p_windows);
+        end if;
+        refused := true;
+        return;
+    end if;
+    over := greatest(0, total + p_amount - greatest(total, p_limit));
+    perform entitlements._meter_rebalance(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit,
+                                          total, v_n, v_take.grow);
+    stripe := 0;
+    total := total + p_amount;
+end
+$$;
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
@@ -2551,6 +2564,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),
+    entitlements._meter_limit(uuid, text, numeric, text, boolean, text, timestamptz, timestamptz, numeric, text, jsonb),
     entitlements._meter_take_stripe(uuid, text, numeric, text, timestamptz, timestamptz, numeric),
     entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric, integer, boolean),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),

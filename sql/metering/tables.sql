@@ -29,7 +29,7 @@ comment on type entitlements.usage is
 -- The counters and the ledger carry no CHECK constraints on purpose: only the
 -- extension's own functions write them (nobody else has the privilege), after
 -- validating, and PostgreSQL re-reads every CHECK expression from the catalog on each
--- execution of a statement, which cost 8% of a consume call. Kept invariants: period is
+-- execution of a statement, a measurable share of a consume call. Kept invariants: period is
 -- day/month/billing_period/lifetime, stripe 0..15, used >= 0, amount > 0, overage >= 0;
 -- usage_drift() and the metering tests check them.
 create table entitlements.usage_counters (

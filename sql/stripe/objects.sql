@@ -110,7 +110,7 @@ $$;
 
 -- Admins only, like every write path (entitlements._require_admin). A privileged role (what
 -- a worker connects as) passes on the Rust check alone; everyone else takes the full one,
--- whose SQL functions with SET clauses are planned on every call (~250 us per webhook).
+-- whose SQL functions with SET clauses are planned again on every call.
 create function entitlements._stripe_require_admin(action text)
 returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp

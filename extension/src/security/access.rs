@@ -1,7 +1,7 @@
 //! Who may act for a customer: read its resolved entitlements, meter its usage, take its
 //! slots. The customer themself, members of the organization, privileged roles, and
-//! admins of the customer's tenant. Shared by the checks (checks/) and the metering functions, and
-//! written in Rust because metering asks on every call: the SQL version cost ~120 µs.
+//! admins of the customer's tenant. Shared by the checks (checks/), the metering functions
+//! and RLS (`can_see_customer`), and written in Rust because they ask on every call or row.
 
 use crate::checks::cache;
 use crate::clock::Micros;
