@@ -3,7 +3,7 @@
 -- Each rule written once (README, "Where each rule lives"): the SQL side asks the Rust
 -- rules instead of restating them. These tests hold the two sides to one answer.
 begin;
-select plan(18);
+select plan(22);
 \ir fixtures/catalog.sql
 
 -- 1. The granting rule. Every combination of status, trial end, period end, cancel at
@@ -52,12 +52,27 @@ select is(entitlements._window_start('month', '2024-02-29 23:59:59.999999+00'), 
           'a month starts on its first day (leap year)');
 select is(entitlements._window_start('lifetime', now()), '1970-01-01 00:00+00'::timestamptz, 'lifetime counts from the epoch');
 select is(entitlements._window_start('month', 'infinity'), 'infinity'::timestamptz, 'infinity stays infinity');
+select is((select count(*) from (select t from generate_series(timestamptz '1890-01-01 00:00+00', timestamptz '2410-01-01 00:00+00',
+                                                               interval '6 days 7 hours 13 minutes 1.5 seconds') t
+                                  union all
+                                  select unnest(array['200000-02-29 23:59:59.999999+00', '294000-02-29 12:00+00',
+                                                      '1000-03-01 00:00+00 BC']::timestamptz[])) x
+            where entitlements._window_start('month', x.t) <> date_trunc('month', x.t, 'UTC')
+               or entitlements._window_start('day', x.t) <> date_trunc('day', x.t, 'UTC')),
+          0::bigint, '_window_start agrees with date_trunc(..., ''UTC'') from 1890 to 2410 and far beyond');
+select is(entitlements._window_start('month', '4713-11-24 12:00+00 BC'), '4713-11-01 00:00+00 BC'::timestamptz,
+          'and near the earliest instant PostgreSQL holds');
 select entitlements.subscribe('00000000-0000-0000-0000-00000000a002', 'pro', period_end => now() + interval '40 days') is not null as subscribed \gset
 select is((select resets_at from entitlements.check('00000000-0000-0000-0000-00000000a002', 'minutes')),
           entitlements._window_start('month', now()) + interval '1 month',
           'check() resets the month window where _window_start''s next month begins');
 
 -- 3. The statuses: one list for the column, subscribe's validation and the snapshot.
+select is((select array_agg(st order by st) from unnest(entitlements.subscription_statuses()) st
+            where entitlements._stripe_status_rank(st) is not null),
+          (select array_agg(st order by st) from unnest(entitlements.subscription_statuses()) st),
+          'the Stripe sync ranks every status');
+select is(entitlements._stripe_status_rank('frozen'), null, 'and nothing else');
 select throws_ok($$insert into entitlements.subscriptions (customer_id, plan_key, status)
                    values ('00000000-0000-0000-0000-00000000a002', 'pro', 'frozen')$$,
                  '23514', NULL, 'the column refuses a status not in subscription_statuses()');

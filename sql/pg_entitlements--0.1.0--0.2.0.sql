@@ -115,6 +115,12 @@ CREATE  FUNCTION "_role_is_privileged"(
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'role_is_privileged_sql_wrapper';
+CREATE  FUNCTION "_role_is_rls_exempt"(
+	"role" oid /* pg_sys :: Oid */
+) RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'role_is_rls_exempt_sql_wrapper';
 CREATE OR REPLACE FUNCTION "_is_privileged_role"() RETURNS bool /* bool */
 STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
@@ -184,10 +190,7 @@ as $$
     -- The role outside any SECURITY DEFINER function: inside the definer triggers
     -- current_user is always the owner and would pass.
     select current_setting('row_security') = 'off'
-       and exists (select 1 from pg_roles r where r.oid = entitlements._outer_role()
-                      and (r.rolsuper or r.rolbypassrls
-                           or pg_has_role(r.oid, (select n.nspowner from pg_namespace n
-                                                   where n.nspname = 'entitlements'), 'USAGE')))
+       and entitlements._role_is_rls_exempt(entitlements._outer_role())
 $$;
 
 -- Is `relid` one of the extension's own tables (created by its scripts)? Their columns
@@ -1017,7 +1020,7 @@ begin
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
       join entitlements.plans p on p.key = s.plan_key
-     where s.source = 'stripe' and s.status = 'active' and entitlements._grants_until(s, p.grace_days) <= now();
+     where s.source = 'stripe' and s.status = 'active' and entitlements._lapsed(s, p.grace_days);
 
     perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
     update entitlements.grants g set revoked_at = g.expires_at
@@ -1755,6 +1758,10 @@ as $$
                                       s.status_changed_at, grace_days)
 $$;
 
+create or replace function entitlements._lapsed(s entitlements.subscriptions, grace_days integer)
+returns boolean language sql stable parallel safe
+as $$ select g > '-infinity' and g <= now() from entitlements._grants_until(s, grace_days) g $$;
+
 create or replace function entitlements._task_expire_subscriptions()
 returns jsonb language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -1797,9 +1804,7 @@ begin
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
       join entitlements.plans p on p.key = s.plan_key
-     where s.source = 'stripe' and s.status in ('trialing', 'canceled', 'past_due')
-       and (s.status <> 'canceled' or s.cancel_at_period_end)
-       and entitlements._grants_until(s, p.grace_days) <= now();
+     where s.source = 'stripe' and s.status <> 'active' and entitlements._lapsed(s, p.grace_days);
 
     return jsonb_build_object(
         'rows_touched', v_trials + v_cancels + v_grace,
@@ -1828,9 +1833,7 @@ as $$
         -- Status says it grants, the rules say it no longer does: what expiry/correction will tidy.
         'subscriptions_to_tidy', (select count(*) from entitlements.subscriptions s
                                     join entitlements.plans p on p.key = s.plan_key
-                                   where s.status in ('trialing', 'active', 'canceled', 'past_due')
-                                     and (s.status <> 'canceled' or s.cancel_at_period_end)
-                                     and entitlements._grants_until(s, p.grace_days) <= now()),
+                                   where entitlements._lapsed(s, p.grace_days)),
         'customers', (select count(*) from entitlements.customers c where c.kind = 'user'),
         'organizations', (select count(*) from entitlements.customers c where c.kind = 'organization'),
         'members', (select count(*) from entitlements.members),
@@ -2415,6 +2418,7 @@ begin
     total := total + p_amount;
 end
 $$;
+
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0

@@ -323,6 +323,8 @@ fn normalize_plan(i: usize, p: &Value, plans: &mut Plans) -> Result<Value> {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(_) => return Err(bad(&format!("{path}.name"), "expected a non-empty string")),
     };
+    let description = opt_string(&path, o, "description")?;
+    let price_cents = opt_nonneg_int(&path, o, "price_cents", 0, i32::MAX as i64)?;
     let currency = match o.get("currency") {
         None | Some(Value::Null) => "usd".to_owned(),
         Some(Value::String(c)) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => c.to_ascii_lowercase(),
@@ -343,22 +345,20 @@ fn normalize_plan(i: usize, p: &Value, plans: &mut Plans) -> Result<Value> {
         }
         plans.default = Some(key.clone());
     }
+    let stripe_price_ids = stripe_price_ids(&path, o, &key, plans)?;
     let metadata = match o.get("metadata") {
         None | Some(Value::Null) => json!({}),
         Some(m @ Value::Object(_)) => m.clone(),
         Some(_) => return Err(bad(&format!("{path}.metadata"), "expected an object")),
     };
+    let entitlements = plan_entitlements(&path, o, plans)?;
     Ok(json!({
-        "key": key, "name": name, "description": opt_string(&path, o, "description")?,
-        "price_cents": opt_nonneg_int(&path, o, "price_cents", 0, i32::MAX as i64)?,
+        "key": key, "name": name, "description": description, "price_cents": price_cents,
         "currency": currency, "interval": interval, "is_default": is_default,
         "public": opt_bool(&path, o, "public", false)?,
         "trial_days": opt_nonneg_int(&path, o, "trial_days", 0, 730)?,
         "grace_days": opt_nonneg_int(&path, o, "grace_days", 7, 365)?,
-        "position": i,
-        "stripe_price_ids": stripe_price_ids(&path, o, &key, plans)?,
-        "metadata": metadata,
-        "entitlements": plan_entitlements(&path, o, plans)?,
+        "position": i, "stripe_price_ids": stripe_price_ids, "metadata": metadata, "entitlements": entitlements,
     }))
 }
 

@@ -20,10 +20,7 @@ as $$
     -- The role outside any SECURITY DEFINER function: inside the definer triggers
     -- current_user is always the owner and would pass.
     select current_setting('row_security') = 'off'
-       and exists (select 1 from pg_roles r where r.oid = entitlements._outer_role()
-                      and (r.rolsuper or r.rolbypassrls
-                           or pg_has_role(r.oid, (select n.nspowner from pg_namespace n
-                                                   where n.nspname = 'entitlements'), 'USAGE')))
+       and entitlements._role_is_rls_exempt(entitlements._outer_role())
 $$;
 
 -- Is `relid` one of the extension's own tables (created by its scripts)? Their columns

@@ -89,6 +89,12 @@ as $$
                                       s.status_changed_at, grace_days)
 $$;
 
+-- Does the subscription's status say it grants while the rule says its access has ended?
+-- What the tasks tidy up (and count, for subscriptions Stripe owns).
+create function entitlements._lapsed(s entitlements.subscriptions, grace_days integer)
+returns boolean language sql stable parallel safe
+as $$ select g > '-infinity' and g <= now() from entitlements._grants_until(s, grace_days) g $$;
+
 -- Expiry --------------------------------------------------------------------------------
 
 -- Manual subscriptions whose trial, cancel-at-period-end period or past_due grace ended
@@ -135,9 +141,7 @@ begin
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
       join entitlements.plans p on p.key = s.plan_key
-     where s.source = 'stripe' and s.status in ('trialing', 'canceled', 'past_due')
-       and (s.status <> 'canceled' or s.cancel_at_period_end)
-       and entitlements._grants_until(s, p.grace_days) <= now();
+     where s.source = 'stripe' and s.status <> 'active' and entitlements._lapsed(s, p.grace_days);
 
     return jsonb_build_object(
         'rows_touched', v_trials + v_cancels + v_grace,
@@ -187,7 +191,7 @@ begin
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
       join entitlements.plans p on p.key = s.plan_key
-     where s.source = 'stripe' and s.status = 'active' and entitlements._grants_until(s, p.grace_days) <= now();
+     where s.source = 'stripe' and s.status = 'active' and entitlements._lapsed(s, p.grace_days);
 
     perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
     update entitlements.grants g set revoked_at = g.expires_at
@@ -262,9 +266,7 @@ as $$
         -- Status says it grants, the rules say it no longer does: what expiry/correction will tidy.
         'subscriptions_to_tidy', (select count(*) from entitlements.subscriptions s
                                     join entitlements.plans p on p.key = s.plan_key
-                                   where s.status in ('trialing', 'active', 'canceled', 'past_due')
-                                     and (s.status <> 'canceled' or s.cancel_at_period_end)
-                                     and entitlements._grants_until(s, p.grace_days) <= now()),
+                                   where entitlements._lapsed(s, p.grace_days)),
         'customers', (select count(*) from entitlements.customers c where c.kind = 'user'),
         'organizations', (select count(*) from entitlements.customers c where c.kind = 'organization'),
         'members', (select count(*) from entitlements.members),

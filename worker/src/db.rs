@@ -19,11 +19,25 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
     Ok(pool)
 }
 
+/// The installed extension's version; refused when it is older than this worker (built
+/// from the same release: the workspace version), whose SQL calls it may not have.
 pub async fn extension_version(pool: &PgPool) -> Result<String> {
-    sqlx::query_scalar::<_, String>("select extversion from pg_extension where extname = 'pg_entitlements'")
-        .fetch_optional(pool)
-        .await?
-        .ok_or(Error::ExtensionMissing)
+    let installed =
+        sqlx::query_scalar::<_, String>("select extversion from pg_extension where extname = 'pg_entitlements'")
+            .fetch_optional(pool)
+            .await?
+            .ok_or(Error::ExtensionMissing)?;
+    let needed = env!("CARGO_PKG_VERSION");
+    if older(&installed, needed) {
+        return Err(Error::ExtensionOutdated { installed, needed });
+    }
+    Ok(installed)
+}
+
+/// Is version `a` older than `b` (dotted numbers; a part that is not a number counts as 0)?
+fn older(a: &str, b: &str) -> bool {
+    let parts = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    parts(a) < parts(b)
 }
 
 pub async fn apply_catalog_file(pool: &PgPool, path: &Path) -> Result<serde_json::Value> {
@@ -97,5 +111,16 @@ impl Lease {
             .bind(&self.holder)
             .execute(pool)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_compare_by_number() {
+        assert!(super::older("0.1.0", "0.2.0"));
+        assert!(super::older("0.2.0", "0.10.0"));
+        assert!(!super::older("0.2.0", "0.2.0"));
+        assert!(!super::older("0.3.0", "0.2.0"));
     }
 }

@@ -7,6 +7,12 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("the pg_entitlements extension is not installed in this database")]
     ExtensionMissing,
+    /// The database has an older extension than this worker calls: update it first.
+    #[error(
+        "pg_entitlements {installed} is installed; this worker needs {needed} or later: run \
+         ALTER EXTENSION pg_entitlements UPDATE"
+    )]
+    ExtensionOutdated { installed: String, needed: &'static str },
     #[error("reading {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{path} is not valid JSON: {source}")]
@@ -44,7 +50,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Exit code 2 (as for a bad flag): the configuration must change, retrying will not help.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::UnknownTask { .. })
+        matches!(self, Error::Config(_) | Error::UnknownTask { .. } | Error::ExtensionOutdated { .. })
     }
 }
 

@@ -112,27 +112,6 @@ fn top_xid() -> Option<pg_sys::TransactionId> {
     (xid != pg_sys::InvalidTransactionId).then_some(xid)
 }
 
-/// Run `f` with the extension owner's identity, as SECURITY DEFINER would. Postgres also
-/// restores the identity itself if an ERROR aborts the (sub)transaction.
-pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    struct Restore(pg_sys::Oid, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: restores exactly what GetUserIdAndSecContext returned.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) }
-        }
-    }
-    let mut user = pg_sys::Oid::INVALID;
-    let mut context = 0i32;
-    // SAFETY: out-parameters are valid locals; owner is an existing role (from pg_namespace).
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let _restore = Restore(user, context);
-    f()
-}
-
 /// The cache version, read as the caller once per statement: a direct query on a kept
 /// generic plan (a helper function with a pinned search_path would cost a GUC save and
 /// restore per call), every name qualified instead.
@@ -341,7 +320,7 @@ pub fn load_as_owner(st: &Statement, arg: Option<Uuid>) -> Result<Json> {
 // --- Loading -------------------------------------------------------------------------
 
 fn load_json(owner: pg_sys::Oid, st: &Statement, arg: Option<Uuid>) -> Result<Json> {
-    as_owner(owner, || {
+    crate::postgres::run_as(owner, || {
         Spi::connect(|_| {
             let args = if st.args.is_empty() { vec![] } else { vec![spi::arg(arg)] };
             let rows = spi::run(st, args, true)?;
@@ -470,7 +449,7 @@ fn load_party(id: [u8; 16]) -> Result<Party> {
 
 fn load_customer(owner: pg_sys::Oid, customer: &[u8; 16]) -> Result<CustomerData> {
     let uuid = Uuid::from_bytes(*customer);
-    as_owner(owner, || {
+    crate::postgres::run_as(owner, || {
         Spi::connect(|_| {
             let rows = spi::run(&LOAD_MEMBERSHIPS, vec![spi::arg(uuid)], true)?;
             let mut memberships = Vec::with_capacity(rows.len());

@@ -262,7 +262,8 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
     // A customer this backend has not resolved: try the stamps first. stamps.rs
     // compares them with the version itself, so the cache need not be refreshed.
     if !cache::is_tainted() && !cache::is_cached(id) && try_stamps(id) {
-        let stamped = cache::as_owner(owner, || Spi::connect(|_| count_on_stamped(customer, feature, amount, actor)))?;
+        let stamped =
+            crate::postgres::run_as(owner, || Spi::connect(|_| count_on_stamped(customer, feature, amount, actor)))?;
         if let Some(o) = stamped {
             return usage(o).map(Some);
         }
@@ -278,7 +279,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
         return Ok(None);
     };
     let stamp = Stamp { version, valid_until, sole: windows.len() == 1 };
-    let counted = cache::as_owner(owner, || {
+    let counted = crate::postgres::run_as(owner, || {
         Spi::connect(|_| -> Result<Option<Outcome>> {
             let Some((best, recorded)) = count_all(customer, feature, amount, &windows, &stamp, home, actor)? else {
                 return Ok(None);

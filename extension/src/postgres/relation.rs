@@ -147,6 +147,70 @@ impl Drop for Slot {
     }
 }
 
+/// The leaf partition of `parent` that takes a row whose `column` (a timestamp) is `at`, if
+/// `parent` is partitioned by range on that column alone and nothing runs on an insert into
+/// it (`Table::is_bare`); the default partition when no range holds `at`.
+///
+/// # Safety
+/// The parent is open (it is, for the guard's life), inside a transaction.
+pub unsafe fn leaf_partition_for(parent: &Table, column_name: &CStr, at: pg_sys::TimestampTz) -> Option<pg_sys::Oid> {
+    if !parent.is_bare() {
+        return None;
+    }
+    let at_column = column(parent.desc(), column_name)? as i16 + 1;
+    if !range_on((*parent.rel()).rd_id, at_column) {
+        return None;
+    }
+    let desc = pg_sys::RelationGetPartitionDesc(parent.rel(), true);
+    if desc.is_null() {
+        return None;
+    }
+    let bounds = (*desc).boundinfo;
+    if bounds.is_null() || (*bounds).strategy as u8 != pg_sys::PARTITION_STRATEGY_RANGE {
+        return None;
+    }
+    // The greatest bound <= at (-1: none); the partition after it holds `at`.
+    let below = |i: i32| -> bool {
+        let kind = if (*bounds).kind.is_null() { 0 } else { **(*bounds).kind.add(i as usize) };
+        match kind {
+            k if k < 0 => true,  // MINVALUE
+            k if k > 0 => false, // MAXVALUE
+            _ => (**(*bounds).datums.add(i as usize)).value() as i64 <= at,
+        }
+    };
+    let (mut lo, mut hi) = (-1i32, (*bounds).ndatums - 1);
+    while lo < hi {
+        let mid = (lo + hi + 1) / 2;
+        if below(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let index = *(*bounds).indexes.add((lo + 1) as usize);
+    let index = if index >= 0 { index } else { (*bounds).default_index };
+    (index >= 0 && *(*desc).is_leaf.add(index as usize)).then(|| *(*desc).oids.add(index as usize))
+}
+
+/// Is `relid` partitioned by range on exactly the column `attnum`?
+unsafe fn range_on(relid: pg_sys::Oid, attnum: i16) -> bool {
+    let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::PARTRELID as i32, pg_sys::Datum::from(relid));
+    if tuple.is_null() {
+        return false;
+    }
+    // pg_partitioned_table: partrelid, partstrat, partnatts, partdefid, partattrs, ...
+    let mut null = false;
+    let strategy = pg_sys::SysCacheGetAttr(pg_sys::SysCacheIdentifier::PARTRELID as i32, tuple, 2, &mut null);
+    let strategy_ok = !null && strategy.value() as u8 == pg_sys::PARTITION_STRATEGY_RANGE;
+    let attrs = pg_sys::SysCacheGetAttr(pg_sys::SysCacheIdentifier::PARTRELID as i32, tuple, 5, &mut null);
+    let attrs_ok = !null && {
+        let v = attrs.cast_mut_ptr::<pg_sys::int2vector>();
+        (*v).dim1 == 1 && (*v).values.as_slice(1)[0] == attnum
+    };
+    pg_sys::ReleaseSysCache(tuple);
+    strategy_ok && attrs_ok
+}
+
 /// The oid of the relation `name` in schema `entitlements`, if both exist.
 ///
 /// # Safety
