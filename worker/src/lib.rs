@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod provision;
 pub mod scheduler;
 pub mod stripe;
 pub mod telemetry;
