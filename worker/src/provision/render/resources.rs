@@ -68,8 +68,16 @@ pub const MAX_DATABASE_INSTANCES: u32 = 9;
 impl Resources {
     /// Read and check a plan's `resources` document; errors name the JSON path.
     pub fn from_json(value: &Value) -> Result<Resources, RenderError> {
-        let r: Resources = serde_json::from_value(value.clone())
-            .map_err(|e| RenderError::InvalidResources { path: "$.resources".into(), message: e.to_string() })?;
+        let parse = |v: &Value| serde_json::from_value::<Resources>(v.clone());
+        let r = parse(value).map_err(|e| {
+            // serde names the problem but not the field: find the field that fails alone.
+            let field = value.as_object().and_then(|o| {
+                o.iter()
+                    .find(|(k, v)| parse(&Value::Object([((*k).clone(), (*v).clone())].into_iter().collect())).is_err())
+            });
+            let path = field.map_or("$.resources".to_owned(), |(k, _)| format!("$.resources.{k}"));
+            RenderError::InvalidResources { path, message: e.to_string() }
+        })?;
         let positive = [
             ("cpu", &r.cpu),
             ("memory", &r.memory),
