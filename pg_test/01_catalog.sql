@@ -1,7 +1,7 @@
 \set ON_ERROR_STOP 1
 \set QUIET 1
 begin;
-select plan(23);
+select plan(28);
 \ir fixtures/catalog.sql
 
 select ok(:'catalog_applied', 'the fixture catalog applies');
@@ -54,8 +54,25 @@ select throws_ok($$select entitlements.apply_catalog('[1, 2]')$$, '22023', NULL,
 select throws_ok($$select entitlements.apply_catalog(NULL)$$, '22004', NULL, 'NULL is refused');
 select throws_ok($$select entitlements.apply_catalog('{"features": [{"key": "z", "kind": "flag"}], "plans": [{"key": "q", "stripe_price_ids": ["p1"]}, {"key": "r", "stripe_price_ids": ["p1"]}]}')$$,
                  '22023', NULL, 'one Stripe price on two plans is refused');
+-- A plan's `resources` (what a provisioned server gets) is checked too.
+select throws_ok($$select entitlements.apply_catalog('{"plans": [{"key": "h", "entitlements": {"resources": {"cpu": "2", "memory": "4GB"}}}]}')$$,
+                 '22023', 'invalid catalog at $.plans[0].entitlements.resources.memory: expected a Kubernetes quantity string such as "2", "500m" or "4Gi"',
+                 'a memory that is not a Kubernetes quantity is refused at its path');
+select throws_like($$select entitlements.apply_catalog('{"plans": [{"key": "h", "entitlements": {"resources": {"servers": 0}}}]}')$$,
+                   '%$.plans[0].entitlements.resources.servers: expected a whole number from 1 to%', 'zero servers are refused');
+select throws_like($$select entitlements.apply_catalog('{"features": [{"key": "resources", "kind": "limit"}], "plans": [{"key": "h", "entitlements": {"resources": {"cpu": "1"}}}]}')$$,
+                   '%declare it as kind config%', 'resources declared with another kind is refused');
 select is((select count(*) from entitlements.audit_log), (select n from before), 'refused catalogs wrote nothing');
 select ok(not exists (select 1 from entitlements.features where key in ('z', 'm', 'f')), 'no feature of a refused catalog was created');
+
+-- A valid `resources` is stored normalized.
+select is(entitlements.apply_catalog(jsonb_set((select doc from pg_temp.fixture_catalog), '{plans}',
+              (select doc -> 'plans' from pg_temp.fixture_catalog)
+              || '[{"key": "hosting", "entitlements": {"resources": {"servers": 2, "cpu": "500m", "memory": "1Gi", "storage": "10Gi", "federation": true}}}]'::jsonb))
+            #> '{plans,created}', '["hosting"]', 'a plan with resources is created');
+select is((select spec from entitlements.plan_entitlements where plan_key = 'hosting' and feature_key = 'resources'),
+          '{"value": {"servers": 2, "cpu": "500m", "memory": "1Gi", "data_storage": "10Gi", "federation": true}}'::jsonb,
+          'resources are stored normalized (storage, the 0.1.0 name, becomes data_storage)');
 
 select * from finish();
 rollback;

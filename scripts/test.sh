@@ -55,8 +55,10 @@ echo "== upgrade from 0.1.0"
 scripts/test_upgrade.sh "$PORT"
 
 echo "== 3/3 integration tests"
-# The worker's own unit tests (configuration, backoff, signatures), then the integration tests.
+# The unit tests of the worker (configuration, backoff, signatures, rendering of a server's
+# Kubernetes objects) and of the resources contract, then the integration tests.
 cargo test --release -p entitlements-worker --lib
+cargo test --release -p entitlements-resources
 ENTITLEMENTS_TEST_ADMIN_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
     cargo test --release -p integration-tests -- --test-threads=2
 echo "== Kubernetes manifests (kubernetes-validate, Kubernetes 1.32 schemas)"

@@ -62,7 +62,7 @@ fn num(v: &Json) -> Option<f64> {
 }
 
 impl Value {
-    /// Read a normalized spec (catalog.rs) for a feature of `kind`; `quantity` multiplies
+    /// Read a normalized spec (catalog/) for a feature of `kind`; `quantity` multiplies
     /// per-unit limits (seats bought per subscription unit).
     pub fn from_spec(kind: Kind, spec: &Json, quantity: i64) -> Option<Value> {
         Some(match kind {

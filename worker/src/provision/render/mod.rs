@@ -20,7 +20,7 @@ mod synapse;
 #[cfg(test)]
 mod tests;
 
-pub use resources::{Quantity, Resources, MAX_DATABASE_INSTANCES};
+pub use resources::{Quantity, Resources, ResourcesError, MAX_DATABASE_INSTANCES};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{
@@ -174,12 +174,6 @@ pub enum Note {
     /// The plan asks for a smaller volume than exists; volumes never shrink, so the larger
     /// one is kept (and counted in the quota).
     VolumeKept { volume: String, kept: Quantity, wanted: Quantity },
-}
-
-impl Serialize for Quantity {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
 }
 
 /// A rendered Kubernetes object. Serializes as the object itself, `apiVersion` and `kind`

@@ -1,7 +1,7 @@
 //! The namespace and its fences: the quota the plan buys, default container limits, and a
 //! service account with no API token.
 
-use super::resources::{Quantity, Resources};
+use super::resources::{Quantity, Resources, ToK8s};
 use super::{database, meta, names, server_labels, synapse, Platform, ServerSpec};
 use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec, ServiceAccount,

@@ -1,7 +1,7 @@
 //! Synapse itself: its secrets, its homeserver.yaml, its volumes and the StatefulSet that
 //! runs it.
 
-use super::resources::{Quantity, Resources};
+use super::resources::{Quantity, Resources, ToK8s};
 use super::{database, meta, names, server_labels, synapse_selector, Desired, Note, Observed, Platform, ServerSpec};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{

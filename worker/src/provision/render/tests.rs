@@ -442,7 +442,7 @@ fn resources_are_read_with_defaults_and_checked() {
     assert_eq!(old.data_storage.as_str(), "100Gi");
 
     let path = |v: Value| match Resources::from_json(&v) {
-        Err(RenderError::InvalidResources { path, message }) => format!("{path}: {message}"),
+        Err(ResourcesError { path, message }) => format!("{path}: {message}"),
         other => panic!("{v} gave {other:?}"),
     };
     assert!(path(json!({"cpu": "0"})).starts_with("$.resources.cpu"));

@@ -3,7 +3,9 @@
 //! `entitlements.apply_catalog` (sql/catalog/catalog.sql) calls `_normalize_catalog` first, so a
 //! malformed document is refused before anything is written, with an error that names
 //! the JSON path of the bad entry. The normalized per-feature spec is what
-//! `plan_entitlements.spec` stores and what the resolver (rules.rs) reads back.
+//! `plan_entitlements.spec` stores and what the resolver (rules.rs) reads back. `resources` (what a provisioned server gets) is checked in resources.rs.
+
+mod resources;
 
 use crate::error::{Error, OrRaise, Result};
 use pgrx::prelude::*;
@@ -16,7 +18,7 @@ pub const PERIODS: [&str; 4] = ["day", "month", "billing_period", "lifetime"];
 pub const OVERAGES: [&str; 3] = ["block", "allow", "bill"];
 const INTERVALS: [&str; 5] = ["day", "week", "month", "year", "once"];
 
-/// `resources` (CPU, memory, storage, users for the provisioner) is a config feature
+/// `resources` (what a server gets from the provisioner, resources.rs) is a config feature
 /// every catalog may use without declaring it.
 pub const IMPLICIT_RESOURCES: &str = "resources";
 
@@ -194,27 +196,6 @@ pub fn normalize_spec(path: &str, kind: &str, v: &Value) -> Result<Value> {
     }
 }
 
-fn normalize_resources(path: &str, v: &Value) -> Result<()> {
-    let o = as_object(path, v)?;
-    check_fields(path, o, &["cpu", "memory", "storage", "users"])?;
-    for f in ["cpu", "memory", "storage"] {
-        if let Some(x) = o.get(f) {
-            if !x.is_string() {
-                return Err(bad(
-                    &format!("{path}.{f}"),
-                    "expected a Kubernetes quantity string such as \"4\" or \"8Gi\"",
-                ));
-            }
-        }
-    }
-    if let Some(u) = o.get("users") {
-        if u.as_i64().is_none_or(|n| n < 0) {
-            return Err(bad(&format!("{path}.users"), "expected a non-negative integer"));
-        }
-    }
-    Ok(())
-}
-
 /// The array at `root[field]`; empty when absent.
 fn array_field<'a>(root: &'a Map<String, Value>, field: &str) -> Result<&'a [Value]> {
     match root.get(field) {
@@ -389,13 +370,20 @@ fn plan_entitlements(path: &str, o: &Map<String, Value>, plans: &mut Plans) -> R
     let epath = format!("{path}.entitlements");
     for (fkey, fval) in as_object(&epath, e)? {
         let fpath = format!("{epath}.{fkey}");
+        if fkey == IMPLICIT_RESOURCES {
+            // Declared or not, `resources` is a config value the provisioner must understand.
+            if plans.kinds.get(fkey).is_some_and(|k| k != "config") {
+                return Err(bad(
+                    &fpath,
+                    "\"resources\" is the provisioner's config feature; declare it as kind config",
+                ));
+            }
+            plans.uses_resources = true;
+            ents.insert(fkey.clone(), normalize_spec(&fpath, "config", &resources::normalize(&fpath, fval)?)?);
+            continue;
+        }
         let kind = match plans.kinds.get(fkey) {
             Some(k) => k.clone(),
-            None if fkey == IMPLICIT_RESOURCES => {
-                normalize_resources(&fpath, fval)?;
-                plans.uses_resources = true;
-                "config".to_owned()
-            }
             None => {
                 return Err(Error::invalid_with_hint(
                     format!("invalid catalog at {fpath}: unknown feature \"{fkey}\""),
