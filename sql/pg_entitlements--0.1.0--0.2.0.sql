@@ -44,7 +44,7 @@ $$;
 -- functions in CHECK constraints (added below, once the functions exist).
 
 -- A JSON value the readers take: nested at most 32 deep, every number within
--- +-1e15 (exact as f64; extension/src/catalog.rs MAX_NUMBER), at most 256 kB.
+-- +-1e15 (exact as f64; extension/src/catalog/mod.rs MAX_NUMBER), at most 256 kB.
 create or replace function entitlements._valid_json(value jsonb, what text)
 returns boolean language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp

@@ -12,7 +12,7 @@
 -- functions are: SQLSTATE 22023 naming the column and the path, and nothing written.
 
 -- A JSON value the readers take: nested at most 32 deep, every number within
--- +-1e15 (exact as f64; extension/src/catalog.rs MAX_NUMBER), at most 256 kB.
+-- +-1e15 (exact as f64; extension/src/catalog/mod.rs MAX_NUMBER), at most 256 kB.
 create function entitlements._valid_json(value jsonb, what text)
 returns boolean language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
@@ -106,7 +106,7 @@ create unique index plans_single_default on entitlements.plans ((true)) where is
 create table entitlements.plan_entitlements (
     plan_key    text not null references entitlements.plans (key) on update cascade on delete cascade,
     feature_key text not null references entitlements.features (key) on update cascade,
-    -- Normalized by entitlements._normalize_catalog (extension/src/catalog.rs); shape depends on the kind.
+    -- Normalized by entitlements._normalize_catalog (extension/src/catalog/mod.rs); shape depends on the kind.
     spec        jsonb not null check (entitlements._valid_json(spec, 'plan_entitlements.spec')),
     primary key (plan_key, feature_key)
 );
