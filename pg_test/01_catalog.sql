@@ -56,7 +56,7 @@ select throws_ok($$select entitlements.apply_catalog('{"features": [{"key": "z",
                  '22023', NULL, 'one Stripe price on two plans is refused');
 -- A plan's `resources` (what a provisioned server gets) is checked too.
 select throws_ok($$select entitlements.apply_catalog('{"plans": [{"key": "h", "entitlements": {"resources": {"cpu": "2", "memory": "4GB"}}}]}')$$,
-                 '22023', 'invalid catalog at $.plans[0].entitlements.resources.memory: expected a Kubernetes quantity string such as "2", "500m" or "4Gi"',
+                 '22023', 'invalid catalog at $.plans[0].entitlements.resources.memory: expected a Kubernetes quantity string such as "2", "500m" or "4Gi", got "4GB"',
                  'a memory that is not a Kubernetes quantity is refused at its path');
 select throws_like($$select entitlements.apply_catalog('{"plans": [{"key": "h", "entitlements": {"resources": {"servers": 0}}}]}')$$,
                    '%$.plans[0].entitlements.resources.servers: expected a whole number from 1 to%', 'zero servers are refused');

@@ -101,92 +101,66 @@ fn max_of(count: &str) -> u32 {
     }
 }
 
+/// Whether `value` is what field `key` takes: None for a field the contract does not have
+/// (strict callers refuse it, lenient ones skip it), else Ok or why not. The one check of a
+/// field, for catalogs (`normalize_catalog`) and for the worker (`Resources::from_json`).
+fn check_field(key: &str, value: &Value) -> Option<Result<(), String>> {
+    let ok = |good: bool, why: String| if good { Ok(()) } else { Err(why) };
+    let key = if key == "storage" { "data_storage" } else { key };
+    if QUANTITIES.contains(&key) {
+        Some(match value.as_str().map(Quantity::parse) {
+            Some(Ok(q)) => ok(!q.is_zero(), "expected a quantity above zero".into()),
+            _ => Err(format!("expected a Kubernetes quantity string such as \"2\", \"500m\" or \"4Gi\", got {value}")),
+        })
+    } else if COUNTS.contains(&key) {
+        let max = max_of(key);
+        let good = value.as_u64().is_some_and(|n| (1..=u64::from(max)).contains(&n));
+        Some(ok(good, format!("expected a whole number from 1 to {max}")))
+    } else if FLAGS.contains(&key) {
+        Some(ok(value.is_boolean(), "expected true or false".into()))
+    } else {
+        None
+    }
+}
+
+/// Check every field of `resources` at `path` (an object, `storage` and `data_storage` not
+/// both); `strict` refuses a field the contract does not have.
+fn check<'a>(path: &str, value: &'a Value, strict: bool) -> Result<&'a Map<String, Value>, ResourcesError> {
+    let err = |path: String, message: String| ResourcesError { path, message };
+    let Some(o) = value.as_object() else { return Err(err(path.to_owned(), "expected an object".into())) };
+    if o.contains_key("storage") && o.contains_key("data_storage") {
+        return Err(err(format!("{path}.storage"), "give data_storage only (storage is its old name)".into()));
+    }
+    for (key, v) in o {
+        match check_field(key, v) {
+            Some(Ok(())) => {}
+            Some(Err(message)) => return Err(err(format!("{path}.{key}"), message)),
+            None if strict => {
+                let known = QUANTITIES.iter().chain(&COUNTS).chain(&FLAGS).copied().collect::<Vec<_>>().join(", ");
+                return Err(err(format!("{path}.{key}"), format!("unknown field (known: {known})")));
+            }
+            None => {}
+        }
+    }
+    Ok(o)
+}
+
 /// Check a catalog's `resources` (at `path`) strictly and return it normalized: only the
 /// fields it gives, `storage` (the 0.1.0 name) as `data_storage`, unknown fields refused.
 pub fn normalize_catalog(path: &str, value: &Value) -> Result<Value, ResourcesError> {
-    let err = |path: String, message: &str| ResourcesError { path, message: message.to_owned() };
-    let Some(o) = value.as_object() else { return Err(err(path.to_owned(), "expected an object")) };
-    if o.contains_key("storage") && o.contains_key("data_storage") {
-        return Err(err(format!("{path}.storage"), "give data_storage only (storage is its old name)"));
-    }
-    let mut out = Map::new();
-    for (key, v) in o {
-        let key = if key == "storage" { "data_storage" } else { key.as_str() };
-        let fpath = format!("{path}.{key}");
-        if QUANTITIES.contains(&key) {
-            match v.as_str().map(Quantity::parse) {
-                Some(Ok(q)) if !q.is_zero() => {}
-                Some(Ok(_)) => return Err(err(fpath, "expected a quantity above zero")),
-                _ => return Err(err(fpath, QUANTITY_EXPECTED)),
-            }
-        } else if COUNTS.contains(&key) {
-            let max = max_of(key);
-            if !v.as_u64().is_some_and(|n| (1..=u64::from(max)).contains(&n)) {
-                return Err(ResourcesError {
-                    path: fpath,
-                    message: format!("expected a whole number from 1 to {max}"),
-                });
-            }
-        } else if FLAGS.contains(&key) {
-            if !v.is_boolean() {
-                return Err(err(fpath, "expected true or false"));
-            }
-        } else {
-            let known = QUANTITIES.iter().chain(&COUNTS).chain(&FLAGS).copied().collect::<Vec<_>>().join(", ");
-            return Err(ResourcesError { path: fpath, message: format!("unknown field (known: {known})") });
-        }
-        out.insert(key.to_owned(), v.clone());
-    }
-    Ok(Value::Object(out))
+    let o = check(path, value, true)?;
+    let renamed = o.iter().map(|(k, v)| (if k == "storage" { "data_storage".into() } else { k.clone() }, v.clone()));
+    Ok(Value::Object(renamed.collect()))
 }
-
-const QUANTITY_EXPECTED: &str = "expected a Kubernetes quantity string such as \"2\", \"500m\" or \"4Gi\"";
 
 impl Resources {
     /// Read and check a plan's stored `resources`; errors name the JSON path. Unknown fields
     /// are ignored (an older worker keeps working with a newer catalog).
     pub fn from_json(value: &Value) -> Result<Resources, ResourcesError> {
-        let parse = |v: &Value| serde_json::from_value::<Resources>(v.clone());
-        let r = parse(value).map_err(|e| {
-            // serde names the problem but not the field: find the field that fails alone.
-            let field = value.as_object().and_then(|o| {
-                o.iter()
-                    .find(|(k, v)| parse(&Value::Object([((*k).clone(), (*v).clone())].into_iter().collect())).is_err())
-            });
-            let path = field.map_or("$.resources".to_owned(), |(k, _)| format!("$.resources.{k}"));
-            ResourcesError { path, message: e.to_string() }
-        })?;
-        let positive = [
-            ("cpu", &r.cpu),
-            ("memory", &r.memory),
-            ("data_storage", &r.data_storage),
-            ("media_storage", &r.media_storage),
-        ];
-        for (field, q) in positive {
-            if q.is_zero() {
-                return Err(ResourcesError {
-                    path: format!("$.resources.{field}"),
-                    message: "expected a quantity above zero".into(),
-                });
-            }
-        }
-        let counts = [
-            ("servers", r.servers),
-            ("users", r.users),
-            ("domains", r.domains),
-            ("bandwidth_mbps", r.bandwidth_mbps),
-            ("database_instances", r.database_instances),
-        ];
-        for (field, n) in counts {
-            let max = max_of(field);
-            if n == 0 || n > max {
-                return Err(ResourcesError {
-                    path: format!("$.resources.{field}"),
-                    message: format!("expected a whole number from 1 to {max}"),
-                });
-            }
-        }
-        Ok(r)
+        check("$.resources", value, false)?;
+        // Every field is checked above, so only a mistake in this crate can fail here.
+        serde_json::from_value(value.clone())
+            .map_err(|e| ResourcesError { path: "$.resources".into(), message: e.to_string() })
     }
 
     /// Every dimension the larger of the two: the quota that holds the old and the new
