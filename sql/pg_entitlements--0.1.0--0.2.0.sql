@@ -407,6 +407,10 @@ begin
     update entitlements.cache_version
        set version = version + 1, bumped_by = txid_current()
      where bumped_by is distinct from txid_current();
+    if found then
+        -- Whatever changed may change a server's desired state: wake the provisioner.
+        perform pg_notify('entitlements_provision', '');
+    end if;
     return null;
 end
 $$;
@@ -1451,6 +1455,12 @@ $$;
 
 -- One row, written by admins (RLS) and audited. Without the row every setting has its
 -- default (_settings()), so a fresh install and a restored dump agree.
+-- A lower-case DNS name (RFC 1123), as an Ingress host must be.
+create function entitlements._valid_domain(domain text)
+returns boolean language sql immutable parallel safe strict
+return length(domain) <= 253
+   and domain ~ '^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$';
+
 create table entitlements.settings (
     singleton           boolean primary key default true check (singleton),
     -- NULL: keep the audit log forever (the default).
@@ -1459,7 +1469,12 @@ create table entitlements.settings (
     usage_keep          interval not null default interval '13 months' check (usage_keep >= interval '1 month'),
     usage_months_ahead  integer not null default 3 check (usage_months_ahead between 1 and 24),
     stripe_max_attempts integer not null default 20 check (stripe_max_attempts between 1 and 1000),
-    updated_at          timestamptz not null default now()
+    updated_at          timestamptz not null default now(),
+    -- Provisioning (provisioning/): how long a server stays suspended without access before
+    -- it is terminated, failures before it is 'failed', the domain suffix of default domains.
+    server_retention    interval not null default interval '30 days' check (server_retention >= interval '0'),
+    server_max_attempts integer not null default 8 check (server_max_attempts between 1 and 1000),
+    server_domain       text not null default 'matrix.example.com' check (entitlements._valid_domain(server_domain))
 );
 comment on table entitlements.settings is
     'Retention periods and queue limits (one row; absent = defaults). Admins only; every change is audited.';
@@ -1474,7 +1489,8 @@ returns entitlements.settings language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select s from entitlements.settings s),
-                    row(true, null, interval '90 days', interval '13 months', 3, 20, now())::entitlements.settings)
+                    row(true, null, interval '90 days', interval '13 months', 3, 20, now(),
+                        interval '30 days', 8, 'matrix.example.com')::entitlements.settings)
 $$;
 
 create or replace function entitlements._task_usage_partitions()
@@ -2420,6 +2436,632 @@ end
 $$;
 
 
+-- Provisioning (issue #10): the outbox, servers, the worker's applier functions -------------
+-- New in 0.2.0; the same statements as sql/outbox/outbox.sql, sql/provisioning/servers.sql
+-- and sql/provisioning/applier.sql.
+
+CREATE  FUNCTION entitlements."_feature_config"(
+	"customer" uuid, /* Uuid */
+	"feature" TEXT /* & str */
+) RETURNS jsonb /* Option < JsonB > */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'feature_config_wrapper';
+
+-- The outbox: facts worth telling someone about (a server became ready, a server failed),
+-- written in the transaction of the change that caused them, once per dedup key. Delivery
+-- (email, app webhooks) is the worker's, and is not built yet: until then the rows wait here.
+
+create table entitlements.outbox (
+    id          bigint generated always as identity primary key,
+    kind        text not null check (kind ~ '^[a-z_]+(\.[a-z_]+)+$'),
+    customer_id uuid references entitlements.customers (id),
+    -- The same fact is one event: 'server.ready:<server>:<generation>'.
+    dedup_key   text not null unique check (length(dedup_key) between 1 and 500),
+    payload     jsonb not null default '{}' check (jsonb_typeof(payload) = 'object'
+                                                   and entitlements._valid_json(payload, 'outbox.payload')),
+    created_at  timestamptz not null default now()
+);
+create index outbox_customer on entitlements.outbox (customer_id, created_at);
+comment on table entitlements.outbox is
+    'Events to deliver (server.ready, server.failed, ...), once per dedup_key. A customer reads its own.';
+select pg_catalog.pg_extension_config_dump('entitlements.outbox', '');
+alter table entitlements.outbox enable row level security;
+create policy outbox_read on entitlements.outbox for select
+    using (entitlements.can_see_customer(customer_id) or entitlements.is_admin());
+create policy outbox_admin on entitlements.outbox for insert
+    with check (entitlements.is_admin_of(customer_id));
+
+-- Record an event once; true when it is new.
+create function entitlements._outbox_record(kind text, customer uuid, dedup_key text, payload jsonb)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into entitlements.outbox (kind, customer_id, dedup_key, payload)
+    values (kind, customer, dedup_key, coalesce(payload, '{}'))
+    on conflict on constraint outbox_dedup_key_key do nothing;
+    return found;
+end
+$$;
+
+-- Servers: a Matrix homeserver per server of a subscriber, in a Kubernetes namespace of its
+-- own. The extension decides what each server should be (running, suspended, terminated)
+-- from the entitlement rules, at read time; the worker applies it (provisioning/applier.sql)
+-- and writes back where it stands.
+--
+--   server_records   one row per server ever made: its name is never reused
+--   server_secrets   Synapse's secrets, made once with the server, readable by admins only
+--   servers          the records with the desired state and its generation (a view)
+
+create function entitlements._valid_domains(domains text[])
+returns boolean language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_domain text;
+begin
+    foreach v_domain in array coalesce(domains, '{}') loop
+        if not coalesce(entitlements._valid_domain(v_domain), false) then
+            raise exception 'invalid domain "%": expected a lower-case DNS name such as chat.example.com', v_domain
+                using errcode = '22023';
+        end if;
+    end loop;
+    if cardinality(domains) <> (select count(distinct d) from unnest(domains) d) then
+        raise exception 'a domain is given twice in %', domains using errcode = '22023';
+    end if;
+    return true;
+end
+$$;
+
+create table entitlements.server_records (
+    id                  uuid primary key default gen_random_uuid(),
+    customer_id         uuid not null references entitlements.customers (id),
+    -- A DNS label short enough that 'mx-' || name is one too; unique for ever.
+    name                text not null unique check (name ~ '^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$'),
+    namespace           text not null unique generated always as ('mx-' || name) stored,
+    -- The first is the Matrix server_name.
+    domains             text[] not null check (cardinality(domains) between 1 and 100
+                            and array_position(domains, null) is null
+                            and entitlements._valid_domains(domains)),
+    phase               text not null default 'pending'
+                            check (phase in ('pending', 'provisioning', 'ready', 'suspended', 'terminating',
+                                             'terminated', 'failed')),
+    conditions          jsonb not null default '[]'
+                            check (jsonb_typeof(conditions) = 'array'
+                                   and entitlements._valid_json(conditions, 'server_records.conditions')),
+    -- The generation (see _server_state) the worker last converged.
+    observed_generation bigint,
+    -- The resources the cluster has now: what a suspended server keeps, what a plan change
+    -- is ordered against.
+    applied_resources   jsonb check (jsonb_typeof(applied_resources) = 'object'
+                                     and entitlements._valid_json(applied_resources, 'server_records.applied_resources')),
+    attempts            integer not null default 0 check (attempts >= 0),
+    next_attempt_at     timestamptz not null default now() check (entitlements._finite(next_attempt_at, 'next_attempt_at')),
+    last_error          text check (length(last_error) <= 2000),
+    created_at          timestamptz not null default now(),
+    ready_at            timestamptz,
+    updated_at          timestamptz not null default now(),
+    terminated_at       timestamptz
+);
+create index server_records_customer on entitlements.server_records (customer_id);
+create index server_records_due on entitlements.server_records (next_attempt_at)
+    where phase not in ('terminated', 'failed');
+comment on table entitlements.server_records is
+    'Every server ever made (names are never reused); read entitlements.servers for the desired state.';
+select pg_catalog.pg_extension_config_dump('entitlements.server_records', '');
+select entitlements.enable_audit('entitlements.server_records');
+
+create table entitlements.server_secrets (
+    server_id                  uuid primary key references entitlements.server_records (id),
+    signing_key                text not null,
+    registration_shared_secret text not null,
+    macaroon_secret_key        text not null,
+    created_at                 timestamptz not null default now()
+);
+comment on table entitlements.server_secrets is
+    'Synapse''s secrets of each server, made once and never regenerated. Global admins only; never audited.';
+select pg_catalog.pg_extension_config_dump('entitlements.server_secrets', '');
+
+-- Row security: a customer (and the members of an organization) sees its servers; who may
+-- add one is _may_add_server; only admins change them. Secrets: global admins only.
+create function entitlements._may_add_server(customer uuid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements.is_admin_of(customer)
+        or customer = entitlements.current_user_id()
+        or entitlements.can_manage_organization(customer)
+$$;
+alter table entitlements.server_records enable row level security;
+create policy server_records_read on entitlements.server_records for select
+    using (entitlements.can_see_customer(customer_id));
+create policy server_records_add on entitlements.server_records for insert
+    with check (entitlements._may_add_server(customer_id));
+create policy server_records_admin on entitlements.server_records for update
+    using (entitlements.is_admin_of(customer_id)) with check (entitlements.is_admin_of(customer_id));
+alter table entitlements.server_secrets enable row level security;
+create policy server_secrets_admin on entitlements.server_secrets for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+
+-- Desired state ---------------------------------------------------------------------------
+
+-- When the customer's last source of `resources` stopped granting: the latest end among its
+-- subscriptions (and its organizations') and resources grants, never before the server
+-- existed. A subscription whose plan has no resources (a move to a smaller plan) stopped
+-- with its last change. The retention before termination counts from here.
+create function entitlements._server_access_lost_at(customer uuid, server_created timestamptz)
+returns timestamptz language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select greatest(server_created, max(ended))
+      from (select case when not exists (select 1 from entitlements.plan_entitlements e
+                                           where e.plan_key = s.plan_key and e.feature_key = 'resources')
+                             then least(s.updated_at, now())
+                        when g = '-infinity' then coalesce(s.ended_at, s.canceled_at, s.status_changed_at)
+                        else least(coalesce(g, now()), now()) end
+              from entitlements.subscriptions s
+              join entitlements.plans p on p.key = s.plan_key
+             cross join lateral entitlements._grants_until(s, p.grace_days) g
+             where s.customer_id = customer
+                or s.customer_id in (select m.organization_id from entitlements.members m where m.user_id = customer)
+            union all
+            select least(coalesce(g.revoked_at, g.expires_at, now()), now())
+              from entitlements.grants g
+             where g.customer_id = customer and g.feature_key = 'resources' and g.kind in ('feature', 'override'))
+           as ends(ended)
+$$;
+
+-- What a server should be now, the resources it should have, and a generation: a number
+-- that changes whenever either (or its domains) does. 'running' while the customer's
+-- `resources` resolve; 'suspended' when they do not; 'terminated' once that has lasted
+-- settings.server_retention, and for good once the worker started deleting.
+create function entitlements._server_state(r entitlements.server_records,
+                                           out desired text, out resources jsonb, out generation bigint)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if r.phase in ('terminating', 'terminated') then
+        desired := 'terminated';
+        resources := r.applied_resources;
+    else
+        resources := entitlements._feature_config(r.customer_id, 'resources');
+        if resources is not null then
+            desired := 'running';
+        else
+            resources := r.applied_resources;
+            desired := case when entitlements._server_access_lost_at(r.customer_id, r.created_at)
+                                 + (entitlements._settings()).server_retention <= now()
+                            then 'terminated' else 'suspended' end;
+        end if;
+    end if;
+    generation := hashtextextended(jsonb_build_array(desired, resources, r.domains)::text, 0);
+end
+$$;
+
+create view entitlements.servers with (security_invoker = true) as
+select r.id, r.customer_id, r.name, r.namespace, r.domains, st.desired, r.phase, r.conditions,
+       r.attempts, r.next_attempt_at, r.last_error, st.generation, r.observed_generation,
+       r.created_at, r.ready_at, r.updated_at, r.terminated_at
+  from entitlements.server_records r
+ cross join lateral entitlements._server_state(r) st;
+comment on view entitlements.servers is
+    'Each server with its desired state (running, suspended, terminated: decided at read time from the '
+    'entitlement rules) and where the worker has it (phase, conditions, attempts). A customer sees its own.';
+
+-- Adding servers --------------------------------------------------------------------------
+
+-- Every insert, direct or not: the customer must have `resources` now, and fewer live servers
+-- than its plan's `servers`; a domain is one live server's only. Serialized per customer.
+create function entitlements._server_check_insert()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_resources jsonb;
+    v_allowed bigint;
+    v_live bigint;
+begin
+    if entitlements._bulk_loading() then
+        return new; -- pg_restore: the restored servers were within their plans
+    end if;
+    perform pg_advisory_xact_lock(hashtextextended('entitlements.servers ' || new.customer_id::text, 0));
+    -- This statement's own writes (a subscribe that adds the first server) must be seen.
+    perform entitlements._cache_touch();
+    v_resources := entitlements._feature_config(new.customer_id, 'resources');
+    if v_resources is null then
+        raise exception 'customer % has no plan that includes a server', new.customer_id
+            using errcode = 'PT403', hint = 'Subscribe to a plan with "resources" first.';
+    end if;
+    v_allowed := coalesce((v_resources ->> 'servers')::bigint, 1);
+    select count(*) into v_live from entitlements.server_records r
+     where r.customer_id = new.customer_id and r.phase not in ('terminating', 'terminated');
+    if v_live >= v_allowed then
+        raise exception 'customer % already has % server(s), as many as its plan allows', new.customer_id, v_live
+            using errcode = 'PT429', detail = format('The plan''s resources.servers is %s.', v_allowed),
+                  hint = 'Upgrade to a plan with more servers, or wait until a terminated one is gone.';
+    end if;
+    if cardinality(new.domains) > coalesce((v_resources ->> 'domains')::bigint, 1) then
+        raise exception '% domains given; the plan allows %', cardinality(new.domains),
+            coalesce((v_resources ->> 'domains')::bigint, 1) using errcode = 'PT429';
+    end if;
+    if entitlements._server_domain_taken(new.domains) then
+        raise exception 'a domain of % is already served by another server', new.domains using errcode = '23505';
+    end if;
+    return new;
+end
+$$;
+create trigger server_records_check before insert on entitlements.server_records
+    for each row execute function entitlements._server_check_insert();
+
+-- Definer: a domain must be free among every customer's live servers, which RLS hides from
+-- the caller. Reads only builtin values.
+create function entitlements._server_domain_taken(domains text[])
+returns boolean language sql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select exists (select 1 from entitlements.server_records r
+                    where r.domains && domains and r.phase <> 'terminated')
+$$;
+
+-- Definer: the secrets are made as the server is, by a table nobody else may write.
+create function entitlements._server_make_secrets()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    -- 32 bytes from three v4 UUIDs (pg_strong_random; 366 random bits hashed down).
+    v_seed bytea := sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text
+                                      || gen_random_uuid()::text, 'UTF8'));
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._server_make_secrets');
+    if entitlements._bulk_loading() then
+        return null; -- the dump restores the secrets
+    end if;
+    insert into entitlements.server_secrets (server_id, signing_key, registration_shared_secret, macaroon_secret_key)
+    values (new.id,
+            -- Synapse's signing key file: algorithm, key id, unpadded base64 of the seed.
+            'ed25519 a_' || left(encode(sha256(v_seed), 'hex'), 4) || ' ' || rtrim(encode(v_seed, 'base64'), '='),
+            encode(sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')), 'hex'),
+            encode(sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')), 'hex'))
+    on conflict (server_id) do nothing;
+    return null;
+end
+$$;
+create trigger server_records_secrets after insert on entitlements.server_records
+    for each row execute function entitlements._server_make_secrets();
+
+-- Add a server (create_server and the first server of a subscription); wakes the worker.
+create function entitlements._server_add(customer uuid, name text, domain text)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_name text := coalesce(lower(btrim(name)), 's' || left(replace(gen_random_uuid()::text, '-', ''), 11));
+    v_domain text := coalesce(lower(btrim(domain)), v_name || '.' || (entitlements._settings()).server_domain);
+    v_id uuid;
+begin
+    if v_name !~ '^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$' then
+        raise exception 'invalid server name "%": 1 to 40 of a-z, 0-9 and "-", starting and ending with a letter or digit',
+            name using errcode = '22023';
+    end if;
+    if exists (select 1 from entitlements.server_records r where r.name = v_name) then
+        raise exception 'server name "%" is taken', v_name
+            using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
+    end if;
+    begin
+        insert into entitlements.server_records (customer_id, name, domains)
+        values (customer, v_name, array[v_domain])
+        returning id into v_id;
+    exception when unique_violation then
+        -- Another customer's server (hidden by RLS) has the name.
+        raise exception 'server name "%" is taken', v_name
+            using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
+    end;
+    perform pg_notify('entitlements_provision', v_id::text);
+    return v_id;
+end
+$$;
+
+create function entitlements.create_server(customer uuid, name text, domain text default null)
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_not_null(customer, 'customer');
+    perform entitlements._require_not_null(name, 'name');
+    perform entitlements._require(entitlements._may_add_server(customer), 'create_server',
+                                  'the customer, an owner or admin of the organization, or an entitlements admin');
+    return entitlements._server_add(customer, name, domain);
+end
+$$;
+comment on function entitlements.create_server(uuid, text, text) is
+    'Add a server (a Matrix homeserver) up to the plan''s resources.servers; domain defaults to '
+    'name.<settings.server_domain>. The first server comes with the subscription.';
+
+-- A subscription that (now) grants `resources` to a customer with no live server makes one.
+create function entitlements._server_first()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if entitlements._bulk_loading()
+       or not exists (select 1 from entitlements.plan_entitlements e
+                       where e.plan_key = new.plan_key and e.feature_key = 'resources')
+       or exists (select 1 from entitlements.server_records r
+                   where r.customer_id = new.customer_id and r.phase not in ('terminating', 'terminated')) then
+        return null;
+    end if;
+    perform entitlements._cache_touch();
+    if entitlements._feature_config(new.customer_id, 'resources') is not null then
+        perform entitlements._server_add(new.customer_id, null, null);
+    end if;
+    return null;
+end
+$$;
+create trigger subscriptions_first_server after insert or update of plan_key, status on entitlements.subscriptions
+    for each row execute function entitlements._server_first();
+
+-- The worker's side of provisioning: claim servers that need work (with a lease, so two
+-- workers never work on one server at once), report what the cluster now has, record a
+-- failure with exponential backoff and jitter, and after settings.server_max_attempts
+-- failures leave the server 'failed' until an admin retries it. All admin-only.
+--
+-- A server is converged when the worker has applied its current generation and it rests
+-- (ready or suspended); only unconverged servers are claimed, unless the worker resyncs.
+
+create type entitlements.server_work as (
+    server_id         uuid,
+    customer_id       uuid,
+    name              text,
+    namespace         text,
+    domains           text[],
+    desired           text,
+    resources         jsonb,
+    applied_resources jsonb,
+    generation        bigint,
+    phase             text,
+    attempts          integer,
+    created_at        timestamptz,
+    secrets           jsonb
+);
+
+-- One server as the worker needs it (the secrets included).
+create function entitlements._server_work(r entitlements.server_records)
+returns entitlements.server_work language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select r.id, r.customer_id, r.name, r.namespace, r.domains, st.desired, st.resources, r.applied_resources,
+           st.generation, r.phase, r.attempts, r.created_at,
+           (select jsonb_build_object('signing_key', x.signing_key,
+                                      'registration_shared_secret', x.registration_shared_secret,
+                                      'macaroon_secret_key', x.macaroon_secret_key)
+              from entitlements.server_secrets x where x.server_id = r.id)
+      from entitlements._server_state(r) st
+$$;
+
+create function entitlements._server_lease_name(server uuid)
+returns text language sql immutable parallel safe strict
+return 'server:' || server::text;
+
+create function entitlements.provision_claim(holder text, lease interval, max_servers integer,
+                                             include_converged boolean default false)
+returns setof entitlements.server_work language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    r entitlements.server_records;
+    v_work entitlements.server_work;
+begin
+    perform entitlements._require_admin('provision_claim');
+    perform entitlements._require_not_null(holder, 'holder');
+    if lease is null or lease < interval '1 second' or lease > interval '1 hour' then
+        raise exception 'lease must be from 1 second to 1 hour, got %', coalesce(lease::text, 'NULL')
+            using errcode = '22023';
+    end if;
+    if max_servers is null or max_servers not between 1 and 10000 then
+        raise exception 'max_servers must be from 1 to 10000, got %', coalesce(max_servers::text, 'NULL')
+            using errcode = '22023';
+    end if;
+    for r in
+        select s.* from entitlements.server_records s
+         where s.phase not in ('terminated', 'failed') and s.next_attempt_at <= now()
+           and not exists (select 1 from entitlements.leases l
+                            where l.name = entitlements._server_lease_name(s.id)
+                              and l.until >= clock_timestamp() and l.holder <> provision_claim.holder)
+         order by s.next_attempt_at, s.id
+           for update of s skip locked
+    loop
+        v_work := entitlements._server_work(r);
+        continue when not include_converged and r.observed_generation = v_work.generation
+                      and r.phase in ('ready', 'suspended');
+        insert into entitlements.leases as l (name, holder, until)
+        values (entitlements._server_lease_name(r.id), holder, clock_timestamp() + lease)
+        on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
+         where l.until < clock_timestamp() or l.holder = excluded.holder;
+        continue when not found;
+        return next v_work;
+        max_servers := max_servers - 1;
+        exit when max_servers = 0;
+    end loop;
+end
+$$;
+comment on function entitlements.provision_claim(text, interval, integer, boolean) is
+    'Lease up to max_servers servers that need work (all due ones when include_converged) to holder for '
+    'lease, with what each should be and its secrets. The worker''s; admins only.';
+
+-- Report an attempt that did not fail. False, and nothing changed, when holder lost the lease.
+create function entitlements.provision_report(server_id uuid, holder text, generation bigint, phase text,
+                                              conditions jsonb, applied_resources jsonb,
+                                              requeue_after interval default null)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_old entitlements.server_records;
+    v_converged boolean := phase in ('ready', 'suspended', 'terminated');
+begin
+    perform entitlements._require_admin('provision_report');
+    perform entitlements._require_not_null(server_id, 'server_id');
+    perform entitlements._require_not_null(generation, 'generation');
+    if phase is null or phase not in ('provisioning', 'ready', 'suspended', 'terminating', 'terminated') then
+        raise exception 'phase must be provisioning, ready, suspended, terminating or terminated, got %',
+            coalesce(phase, 'NULL') using errcode = '22023';
+    end if;
+    if requeue_after < interval '0' or requeue_after > interval '1 day' then
+        raise exception 'requeue_after must be from 0 to 1 day, got %', requeue_after using errcode = '22023';
+    end if;
+    delete from entitlements.leases l
+     where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_report.holder;
+    if not found then
+        return false;
+    end if;
+    select * into v_old from entitlements.server_records r where r.id = server_id for update;
+    if not found then
+        raise exception 'server % does not exist', server_id using errcode = 'P0002';
+    end if;
+    -- Only what changed is written: a converged server resynced costs no row version (and no
+    -- audit row).
+    update entitlements.server_records r
+       set phase = provision_report.phase,
+           conditions = coalesce(provision_report.conditions, '[]'),
+           applied_resources = coalesce(provision_report.applied_resources, r.applied_resources),
+           observed_generation = case when v_converged then provision_report.generation else r.observed_generation end,
+           attempts = 0, last_error = null,
+           next_attempt_at = now() + coalesce(requeue_after, interval '0'),
+           ready_at = case when provision_report.phase = 'ready' then coalesce(r.ready_at, now()) else r.ready_at end,
+           terminated_at = case when provision_report.phase = 'terminated' then coalesce(r.terminated_at, now()) end,
+           updated_at = now()
+     where r.id = server_id
+       and (r.phase, r.conditions, r.applied_resources, r.observed_generation, r.attempts, r.last_error)
+           is distinct from
+           (provision_report.phase, coalesce(provision_report.conditions, '[]'),
+            coalesce(provision_report.applied_resources, r.applied_resources),
+            case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
+        or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after);
+    if phase is distinct from v_old.phase and phase in ('ready', 'suspended', 'terminated') then
+        perform entitlements._outbox_record('server.' || phase, v_old.customer_id,
+            format('server.%s:%s:%s', phase, server_id, generation),
+            jsonb_build_object('server_id', server_id, 'name', v_old.name, 'domains', to_jsonb(v_old.domains),
+                               'previous_phase', v_old.phase));
+    end if;
+    return true;
+end
+$$;
+comment on function entitlements.provision_report(uuid, text, bigint, text, jsonb, jsonb, interval) is
+    'The worker reports a server''s phase and conditions after an attempt; gives the lease back. '
+    'requeue_after: when to look again (a server still converging). False when the lease was lost.';
+
+-- Record a failed attempt: the next waits 2^attempts seconds (at most an hour), +-25% so that
+-- servers failing together do not retry together. After settings.server_max_attempts
+-- failures the server is 'failed' (NULL returned) until retry_server.
+create function entitlements.provision_failed(server_id uuid, holder text, error text)
+returns timestamptz language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_max integer := (entitlements._settings()).server_max_attempts;
+    r entitlements.server_records;
+begin
+    perform entitlements._require_admin('provision_failed');
+    perform entitlements._require_not_null(server_id, 'server_id');
+    delete from entitlements.leases l
+     where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
+    if not found then
+        -- Someone else has the server now; their outcome counts.
+        return (select s.next_attempt_at from entitlements.server_records s where s.id = server_id);
+    end if;
+    update entitlements.server_records s
+       set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
+           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(s.attempts, 12)))
+                                     * (0.75 + random() * 0.5),
+           phase = case when s.attempts + 1 >= v_max then 'failed' else s.phase end,
+           updated_at = now()
+     where s.id = server_id
+    returning * into r;
+    if not found then
+        raise exception 'server % does not exist', server_id using errcode = 'P0002';
+    end if;
+    if r.phase = 'failed' then
+        perform entitlements._outbox_record('server.failed', r.customer_id,
+            format('server.failed:%s:%s', r.id, entitlements._us(r.updated_at)),
+            jsonb_build_object('server_id', r.id, 'name', r.name, 'attempts', r.attempts, 'error', r.last_error));
+        return null;
+    end if;
+    return r.next_attempt_at;
+end
+$$;
+comment on function entitlements.provision_failed(uuid, text, text) is
+    'The worker records a failed attempt (backoff with jitter); after settings.server_max_attempts the '
+    'server is failed and NULL is returned. Admins only.';
+
+create function entitlements.retry_server(server uuid)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_customer uuid;
+begin
+    perform entitlements._require_not_null(server, 'server');
+    select r.customer_id into v_customer from entitlements.server_records r where r.id = server;
+    if not found then
+        raise exception 'server % does not exist', server using errcode = 'P0002';
+    end if;
+    perform entitlements._require_admin_of('retry_server', v_customer);
+    update entitlements.server_records r
+       set phase = case when r.phase = 'failed' then 'pending' else r.phase end,
+           attempts = 0, next_attempt_at = now(), updated_at = now()
+     where r.id = server and r.phase <> 'terminated';
+    if found then
+        perform pg_notify('entitlements_provision', server::text);
+    end if;
+    return found;
+end
+$$;
+comment on function entitlements.retry_server(uuid) is
+    'Try a failed (or backing-off) server again now, attempts counted from zero; false once terminated.';
+
+-- What the worker would work on for one customer now, without leasing: provision --dry-run.
+create function entitlements.server_specs(customer uuid)
+returns setof entitlements.server_work language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('server_specs');
+    perform entitlements._require_not_null(customer, 'customer');
+    return query select (entitlements._server_work(r)).*
+                   from entitlements.server_records r
+                  where r.customer_id = customer and r.phase <> 'terminated'
+                  order by r.created_at, r.name;
+end
+$$;
+comment on function entitlements.server_specs(uuid) is
+    'What each of a customer''s servers should be now (as provision_claim gives it, without a lease). Admins only.';
+
+-- For /metrics: servers needing work, servers by phase.
+create function entitlements.provision_stats()
+returns jsonb language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('provision_stats');
+    return (
+        select jsonb_build_object(
+            'queue_depth', count(*) filter (where s.phase not in ('failed', 'terminated')
+                                              and (s.observed_generation is distinct from s.generation
+                                                   or s.phase not in ('ready', 'suspended'))),
+            'failed', count(*) filter (where s.phase = 'failed'),
+            'phases', (select jsonb_object_agg(p, (select count(*) from entitlements.server_records x where x.phase = p))
+                         from unnest(array['pending', 'provisioning', 'ready', 'suspended', 'terminating',
+                                           'terminated', 'failed']) p))
+          from entitlements.servers s);
+end
+$$;
+comment on function entitlements.provision_stats() is
+    'Servers needing work (queue_depth), failed, and how many are in each phase. Admins only.';
+
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
@@ -2515,6 +3157,10 @@ grant insert, update, delete on entitlements.features, entitlements.plans, entit
     entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings,
     entitlements.leases
     to entitlements_api, entitlements_admin;
+-- Servers: added through create_server (the rest of a row is the worker's, through the admin
+-- functions), never deleted (a name is never reused); the secrets are for global admins.
+grant insert (customer_id, name, domains), update on entitlements.server_records to entitlements_api, entitlements_admin;
+grant insert on entitlements.outbox to entitlements_api, entitlements_admin;
 -- A task run is recorded and pruned, never rewritten.
 grant insert, delete on entitlements.task_runs to entitlements_api, entitlements_admin;
 do $$
@@ -2542,6 +3188,7 @@ declare
     o text;
 begin
     -- grant execute on all functions in schema entitlements to entitlements_api, entitlements_admin;
+revoke select on entitlements.server_secrets from entitlements_api;
     for o in
         select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
           from pg_depend d
@@ -2564,7 +3211,8 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
     entitlements._require_own_table(oid, text), entitlements._catalog_snapshot(),
     entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
-    entitlements._access_token_claims(jsonb),
+    entitlements._access_token_claims(jsonb), entitlements._server_make_secrets(),
+    entitlements._server_check_insert(), entitlements._server_first(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),

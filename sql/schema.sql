@@ -67,6 +67,12 @@ begin
 end
 $$;
 
+-- A lower-case DNS name (RFC 1123), as an Ingress host must be.
+create function entitlements._valid_domain(domain text)
+returns boolean language sql immutable parallel safe strict
+return length(domain) <= 253
+   and domain ~ '^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$';
+
 -- Catalog ---------------------------------------------------------------------
 
 create table entitlements.features (

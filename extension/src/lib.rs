@@ -87,6 +87,13 @@ extension_sql_file!(
     name = "consume",
     requires = ["ledger", metering::counting::consume_fast, metering::counting::take_pending]
 );
+extension_sql_file!("../../sql/outbox/outbox.sql", name = "outbox", requires = ["members"]);
+extension_sql_file!(
+    "../../sql/provisioning/servers.sql",
+    name = "servers",
+    requires = ["outbox", "leases", "cache", checks::feature_config, subscriptions::grants_until]
+);
+extension_sql_file!("../../sql/provisioning/applier.sql", name = "provisioning", requires = ["servers"]);
 extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.

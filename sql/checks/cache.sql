@@ -46,6 +46,10 @@ begin
     update entitlements.cache_version
        set version = version + 1, bumped_by = txid_current()
      where bumped_by is distinct from txid_current();
+    if found then
+        -- Whatever changed may change a server's desired state: wake the provisioner.
+        perform pg_notify('entitlements_provision', '');
+    end if;
     return null;
 end
 $$;

@@ -17,7 +17,12 @@ create table entitlements.settings (
     usage_keep          interval not null default interval '13 months' check (usage_keep >= interval '1 month'),
     usage_months_ahead  integer not null default 3 check (usage_months_ahead between 1 and 24),
     stripe_max_attempts integer not null default 20 check (stripe_max_attempts between 1 and 1000),
-    updated_at          timestamptz not null default now()
+    updated_at          timestamptz not null default now(),
+    -- Provisioning (provisioning/): how long a server stays suspended without access before
+    -- it is terminated, failures before it is 'failed', the domain suffix of default domains.
+    server_retention    interval not null default interval '30 days' check (server_retention >= interval '0'),
+    server_max_attempts integer not null default 8 check (server_max_attempts between 1 and 1000),
+    server_domain       text not null default 'matrix.example.com' check (entitlements._valid_domain(server_domain))
 );
 comment on table entitlements.settings is
     'Retention periods and queue limits (one row; absent = defaults). Admins only; every change is audited.';
@@ -32,7 +37,8 @@ returns entitlements.settings language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select s from entitlements.settings s),
-                    row(true, null, interval '90 days', interval '13 months', 3, 20, now())::entitlements.settings)
+                    row(true, null, interval '90 days', interval '13 months', 3, 20, now(),
+                        interval '30 days', 8, 'matrix.example.com')::entitlements.settings)
 $$;
 
 create function entitlements._task_usage_partitions()

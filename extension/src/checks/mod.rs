@@ -55,6 +55,23 @@ fn feature_limit(customer: Uuid, feature: &str) -> Option<f64> {
     .or_raise()
 }
 
+/// The resolved value of a `config` feature (the plan's `resources` for provisioning): NULL
+/// when the customer has no granting source of it, or the feature is not a config feature
+/// (or not in the catalog at all).
+#[pg_extern(stable, strict, parallel_safe, name = "_feature_config")]
+fn feature_config(customer: Uuid, feature: &str) -> Option<JsonB> {
+    let now = clock::statement_now();
+    access::require_may_act_for(&bytes(&customer), now).or_raise();
+    let cat = cache::catalog().or_raise();
+    // A catalog that never declared the feature grants nobody its value.
+    let Ok(idx) = cache::feature_index(&cat, feature) else { return None };
+    cache::with_customer(&bytes(&customer), now, |_, _, r| match &r.values[idx] {
+        Some(Value::Config(c)) if !c.is_null() => Some(JsonB(c.clone())),
+        _ => None,
+    })
+    .or_raise()
+}
+
 /// This backend's cache: customers held, their approximate bytes (cache_size.rs), the
 /// budget (`entitlements.cache_max_kb`) and evictions so far.
 #[pg_extern(volatile, parallel_unsafe)]
