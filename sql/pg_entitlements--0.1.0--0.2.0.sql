@@ -2588,8 +2588,9 @@ create policy server_secrets_admin on entitlements.server_secrets for all
 
 -- When the customer's last source of `resources` stopped granting: the latest end among its
 -- subscriptions (and its organizations') and resources grants, never before the server
--- existed. A subscription whose plan has no resources (a move to a smaller plan) stopped
--- with its last change. The retention before termination counts from here.
+-- existed. A subscription whose plan has no resources stopped with its last change (a move
+-- to a smaller plan), unless it never changed. The retention before termination counts
+-- from here.
 create function entitlements._server_access_lost_at(customer uuid, server_created timestamptz)
 returns timestamptz language sql stable
 set search_path = pg_catalog, pg_temp
@@ -2597,7 +2598,7 @@ as $$
     select greatest(server_created, max(ended))
       from (select case when not exists (select 1 from entitlements.plan_entitlements e
                                            where e.plan_key = s.plan_key and e.feature_key = 'resources')
-                             then least(s.updated_at, now())
+                             then case when s.updated_at > s.created_at then least(s.updated_at, now()) end
                         when g = '-infinity' then coalesce(s.ended_at, s.canceled_at, s.status_changed_at)
                         else least(coalesce(g, now()), now()) end
               from entitlements.subscriptions s
@@ -2702,7 +2703,7 @@ returns boolean language sql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
     select exists (select 1 from entitlements.server_records r
-                    where r.domains && domains and r.phase <> 'terminated')
+                    where r.domains && _server_domain_taken.domains and r.phase <> 'terminated')
 $$;
 
 -- Definer: the secrets are made as the server is, by a table nobody else may write.
@@ -2741,6 +2742,7 @@ declare
     v_name text := coalesce(lower(btrim(name)), 's' || left(replace(gen_random_uuid()::text, '-', ''), 11));
     v_domain text := coalesce(lower(btrim(domain)), v_name || '.' || (entitlements._settings()).server_domain);
     v_id uuid;
+    v_constraint text;
 begin
     if v_name !~ '^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$' then
         raise exception 'invalid server name "%": 1 to 40 of a-z, 0-9 and "-", starting and ending with a letter or digit',
@@ -2755,6 +2757,10 @@ begin
         values (customer, v_name, array[v_domain])
         returning id into v_id;
     exception when unique_violation then
+        get stacked diagnostics v_constraint = constraint_name;
+        if v_constraint not in ('server_records_name_key', 'server_records_namespace_key') then
+            raise;
+        end if;
         -- Another customer's server (hidden by RLS) has the name.
         raise exception 'server name "%" is taken', v_name
             using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
@@ -2934,12 +2940,12 @@ begin
            terminated_at = case when provision_report.phase = 'terminated' then coalesce(r.terminated_at, now()) end,
            updated_at = now()
      where r.id = server_id
-       and (r.phase, r.conditions, r.applied_resources, r.observed_generation, r.attempts, r.last_error)
-           is distinct from
-           (provision_report.phase, coalesce(provision_report.conditions, '[]'),
-            coalesce(provision_report.applied_resources, r.applied_resources),
-            case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
-        or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after);
+       and ((r.phase, r.conditions, r.applied_resources, r.observed_generation, r.attempts, r.last_error)
+            is distinct from
+            (provision_report.phase, coalesce(provision_report.conditions, '[]'),
+             coalesce(provision_report.applied_resources, r.applied_resources),
+             case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
+            or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after));
     if phase is distinct from v_old.phase and phase in ('ready', 'suspended', 'terminated') then
         perform entitlements._outbox_record('server.' || phase, v_old.customer_id,
             format('server.%s:%s:%s', phase, server_id, generation),
@@ -3052,9 +3058,10 @@ begin
                                               and (s.observed_generation is distinct from s.generation
                                                    or s.phase not in ('ready', 'suspended'))),
             'failed', count(*) filter (where s.phase = 'failed'),
-            'phases', (select jsonb_object_agg(p, (select count(*) from entitlements.server_records x where x.phase = p))
+            'phases', (select jsonb_object_agg(ph.name, (select count(*) from entitlements.server_records x
+                                                            where x.phase = ph.name))
                          from unnest(array['pending', 'provisioning', 'ready', 'suspended', 'terminating',
-                                           'terminated', 'failed']) p))
+                                           'terminated', 'failed']) as ph(name)))
           from entitlements.servers s);
 end
 $$;

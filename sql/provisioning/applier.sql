@@ -129,12 +129,12 @@ begin
            terminated_at = case when provision_report.phase = 'terminated' then coalesce(r.terminated_at, now()) end,
            updated_at = now()
      where r.id = server_id
-       and (r.phase, r.conditions, r.applied_resources, r.observed_generation, r.attempts, r.last_error)
-           is distinct from
-           (provision_report.phase, coalesce(provision_report.conditions, '[]'),
-            coalesce(provision_report.applied_resources, r.applied_resources),
-            case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
-        or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after);
+       and ((r.phase, r.conditions, r.applied_resources, r.observed_generation, r.attempts, r.last_error)
+            is distinct from
+            (provision_report.phase, coalesce(provision_report.conditions, '[]'),
+             coalesce(provision_report.applied_resources, r.applied_resources),
+             case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
+            or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after));
     if phase is distinct from v_old.phase and phase in ('ready', 'suspended', 'terminated') then
         perform entitlements._outbox_record('server.' || phase, v_old.customer_id,
             format('server.%s:%s:%s', phase, server_id, generation),
@@ -247,9 +247,10 @@ begin
                                               and (s.observed_generation is distinct from s.generation
                                                    or s.phase not in ('ready', 'suspended'))),
             'failed', count(*) filter (where s.phase = 'failed'),
-            'phases', (select jsonb_object_agg(p, (select count(*) from entitlements.server_records x where x.phase = p))
+            'phases', (select jsonb_object_agg(ph.name, (select count(*) from entitlements.server_records x
+                                                            where x.phase = ph.name))
                          from unnest(array['pending', 'provisioning', 'ready', 'suspended', 'terminating',
-                                           'terminated', 'failed']) p))
+                                           'terminated', 'failed']) as ph(name)))
           from entitlements.servers s);
 end
 $$;

@@ -101,8 +101,9 @@ create policy server_secrets_admin on entitlements.server_secrets for all
 
 -- When the customer's last source of `resources` stopped granting: the latest end among its
 -- subscriptions (and its organizations') and resources grants, never before the server
--- existed. A subscription whose plan has no resources (a move to a smaller plan) stopped
--- with its last change. The retention before termination counts from here.
+-- existed. A subscription whose plan has no resources stopped with its last change (a move
+-- to a smaller plan), unless it never changed. The retention before termination counts
+-- from here.
 create function entitlements._server_access_lost_at(customer uuid, server_created timestamptz)
 returns timestamptz language sql stable
 set search_path = pg_catalog, pg_temp
@@ -110,7 +111,7 @@ as $$
     select greatest(server_created, max(ended))
       from (select case when not exists (select 1 from entitlements.plan_entitlements e
                                            where e.plan_key = s.plan_key and e.feature_key = 'resources')
-                             then least(s.updated_at, now())
+                             then case when s.updated_at > s.created_at then least(s.updated_at, now()) end
                         when g = '-infinity' then coalesce(s.ended_at, s.canceled_at, s.status_changed_at)
                         else least(coalesce(g, now()), now()) end
               from entitlements.subscriptions s
@@ -215,7 +216,7 @@ returns boolean language sql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
     select exists (select 1 from entitlements.server_records r
-                    where r.domains && domains and r.phase <> 'terminated')
+                    where r.domains && _server_domain_taken.domains and r.phase <> 'terminated')
 $$;
 
 -- Definer: the secrets are made as the server is, by a table nobody else may write.
@@ -254,6 +255,7 @@ declare
     v_name text := coalesce(lower(btrim(name)), 's' || left(replace(gen_random_uuid()::text, '-', ''), 11));
     v_domain text := coalesce(lower(btrim(domain)), v_name || '.' || (entitlements._settings()).server_domain);
     v_id uuid;
+    v_constraint text;
 begin
     if v_name !~ '^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$' then
         raise exception 'invalid server name "%": 1 to 40 of a-z, 0-9 and "-", starting and ending with a letter or digit',
@@ -268,6 +270,10 @@ begin
         values (customer, v_name, array[v_domain])
         returning id into v_id;
     exception when unique_violation then
+        get stacked diagnostics v_constraint = constraint_name;
+        if v_constraint not in ('server_records_name_key', 'server_records_namespace_key') then
+            raise;
+        end if;
         -- Another customer's server (hidden by RLS) has the name.
         raise exception 'server name "%" is taken', v_name
             using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
