@@ -15,8 +15,9 @@ psql_at() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1" -U postgres -d "$
 
 psql_at "$PORT" postgres -c "drop database if exists dump_src" -c "drop database if exists dump_dst" \
     -c "create database dump_src" -c "create database dump_dst"
-psql_at "$PORT" dump_src -c "create extension pg_entitlements" -f pg_test/fixtures/catalog.sql >/dev/null
+psql_at "$PORT" dump_src -c "create extension pg_entitlements" >/dev/null
 psql_at "$PORT" dump_src >/dev/null <<'SQL'
+\i pg_test/fixtures/catalog.sql
 select entitlements.subscribe('d0000000-0000-0000-0000-000000000001', 'pro', period_end => now() + interval '20 days') as sub \gset
 select entitlements.subscribe('d0000000-0000-0000-0000-0000000000c0', 'team', period_end => now() + interval '20 days');
 select entitlements.add_member('d0000000-0000-0000-0000-0000000000c0', 'd0000000-0000-0000-0000-000000000002', 'owner');
@@ -26,6 +27,11 @@ select entitlements.consume('d0000000-0000-0000-0000-000000000001', 'minutes', 1
 select entitlements.ensure_usage_partitions(1);
 select entitlements.stripe_record_event('{"id": "evt_dump_1", "type": "customer.created", "created": 1700000000, "data": {"object": {"id": "cus_dump"}}}');
 select entitlements.run_task('health_snapshot');
+-- A hosting plan: its subscriber's server, with secrets that must come back as they were.
+select entitlements.apply_catalog(jsonb_set(doc, '{plans}', (doc -> 'plans') || '[{"key": "host", "name": "Host",
+    "entitlements": {"resources": {"servers": 2, "cpu": "1", "memory": "1Gi"}}}]')) is not null
+  from pg_temp.fixture_catalog;
+select entitlements.subscribe('d0000000-0000-0000-0000-000000000005', 'host');
 create table public.notes (id int primary key, body text);
 select entitlements.enable_audit('public.notes');
 insert into public.notes values (1, 'audited');
@@ -72,6 +78,12 @@ select entitlements.cancel(s.id, false) from entitlements.subscriptions s
 select pg_temp.ok(not entitlements.has_feature('d0000000-0000-0000-0000-000000000001', 'agents'),
                   'a cancel after restore is seen by the next statement');
 select pg_temp.ok(max(id) > :audit_max, 'audit ids continue') from entitlements.audit_log;
+-- servers: the restored one still counts and keeps its secrets; a new one gets its own.
+select pg_temp.ok(count(*) = 1, 'the restored server runs') from entitlements.servers
+ where customer_id = 'd0000000-0000-0000-0000-000000000005' and desired = 'running';
+select entitlements.create_server('d0000000-0000-0000-0000-000000000005', 'after-restore');
+select pg_temp.ok(count(*) = 2 and count(distinct signing_key) = 2, 'a server added after restore gets its own secrets')
+  from entitlements.server_secrets;
 -- metering continues on the restored counters: 6 were used (Free's 60 + the boost of 10 now).
 select pg_temp.ok((entitlements.check('d0000000-0000-0000-0000-000000000001', 'minutes')).used = 6,
                   'restored usage counts');
