@@ -86,6 +86,57 @@ pub struct Cli {
     #[arg(long, env = "STRIPE_API_BASE", global = true)]
     pub stripe_api_base: Option<String>,
 
+    /// Run the Kubernetes provisioner in `serve` (true/false) [default: false].
+    #[arg(long, env = "ENTITLEMENTS_PROVISION", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub provision: Option<bool>,
+
+    /// Kubernetes API URL, used without credentials (a test's fake API server, `kubectl proxy`)
+    /// [default: in-cluster service account, else the kubeconfig].
+    #[arg(long, env = "ENTITLEMENTS_KUBE_URL", global = true)]
+    pub kube_url: Option<String>,
+
+    /// The Synapse image every server runs [default: docker.io/matrixdotorg/synapse:v1.120.2].
+    #[arg(long, env = "ENTITLEMENTS_SYNAPSE_IMAGE", global = true)]
+    pub synapse_image: Option<String>,
+
+    /// StorageClass of Synapse's data volume and the database volumes [default: ssd].
+    #[arg(long, env = "ENTITLEMENTS_DATA_STORAGE_CLASS", global = true)]
+    pub data_storage_class: Option<String>,
+
+    /// StorageClass of the media store [default: standard].
+    #[arg(long, env = "ENTITLEMENTS_MEDIA_STORAGE_CLASS", global = true)]
+    pub media_storage_class: Option<String>,
+
+    /// IngressClass of every server's Ingress [default: nginx].
+    #[arg(long, env = "ENTITLEMENTS_INGRESS_CLASS", global = true)]
+    pub ingress_class: Option<String>,
+
+    /// cert-manager ClusterIssuer of the servers' certificates [default: letsencrypt].
+    #[arg(long, env = "ENTITLEMENTS_CLUSTER_ISSUER", global = true)]
+    pub cluster_issuer: Option<String>,
+
+    /// How often converged servers are checked against the cluster [default: 5m].
+    #[arg(long, env = "ENTITLEMENTS_PROVISION_RESYNC", global = true, value_parser = parse_duration)]
+    pub provision_resync: Option<Duration>,
+
+    /// How long a claimed server is this worker's alone [default: 2m].
+    #[arg(long, env = "ENTITLEMENTS_PROVISION_LEASE", global = true, value_parser = parse_duration)]
+    pub provision_lease: Option<Duration>,
+
+    /// Servers worked on at once [default: 4].
+    #[arg(long, env = "ENTITLEMENTS_PROVISION_CONCURRENCY", global = true)]
+    pub provision_concurrency: Option<usize>,
+
+    /// When a server is still converging (not ready yet, namespace still terminating), look
+    /// again after this long [default: 2s].
+    #[arg(long, env = "ENTITLEMENTS_PROVISION_REQUEUE", global = true, value_parser = parse_duration)]
+    pub provision_requeue: Option<Duration>,
+
+    /// A namespace still terminating after this long is reported (NamespaceStuckTerminating)
+    /// [default: 10m].
+    #[arg(long, env = "ENTITLEMENTS_NAMESPACE_STUCK_AFTER", global = true, value_parser = parse_duration)]
+    pub namespace_stuck_after: Option<Duration>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -112,6 +163,23 @@ Configuration file (TOML), every key optional:
   webhook_secret = \"whsec_...\"
   secret_key = \"sk_...\"
   api_base = \"https://api.stripe.com/\"
+  [provision]
+  enabled = false                 # run the Kubernetes provisioner in `serve`
+  kube_url = \"http://127.0.0.1:8001\"  # no credentials; unset: in-cluster, else kubeconfig
+  image = \"docker.io/matrixdotorg/synapse:v1.120.2\"
+  data_storage_class = \"ssd\"
+  media_storage_class = \"standard\"
+  ingress_class = \"nginx\"
+  cluster_issuer = \"letsencrypt\"
+  resync_interval = \"5m\"
+  lease = \"2m\"
+  concurrency = 4
+  requeue_after = \"2s\"
+  stuck_terminating_after = \"10m\"
+  [provision.ingress_controller_namespace]   # labels of the ingress controller's namespace
+  \"kubernetes.io/metadata.name\" = \"ingress-nginx\"
+  [provision.database_operator_namespace]    # labels of CloudNativePG's namespace
+  \"kubernetes.io/metadata.name\" = \"cnpg-system\"
 Durations: a number of seconds, or a number with ms, s, m or h.";
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +203,18 @@ pub enum Command {
     /// Connect, check the extension is installed and the schedule names only tasks it knows,
     /// and exit.
     Check,
+    /// One provisioning pass: every server that is due, and a resync of the converged ones;
+    /// exits non-zero when any server failed. With --dry-run --customer UUID: print the
+    /// objects that customer's servers would get now, as multi-document YAML, without
+    /// contacting Kubernetes.
+    Provision {
+        /// Print instead of applying (needs --customer); Kubernetes is not contacted.
+        #[arg(long, requires = "customer")]
+        dry_run: bool,
+        /// The customer whose servers --dry-run prints.
+        #[arg(long, requires = "dry_run", value_name = "UUID")]
+        customer: Option<uuid::Uuid>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -180,6 +260,7 @@ pub struct Config {
     pub http: HttpLimits,
     pub scheduler: SchedulerConfig,
     pub stripe: StripeConfig,
+    pub provision: ProvisionConfig,
 }
 
 /// What one client may hold of the HTTP listener (listener.rs).
@@ -207,6 +288,22 @@ pub struct StripeConfig {
     pub api_base: Option<String>,
 }
 
+/// Kubernetes provisioning (provision/).
+#[derive(Debug, Clone)]
+pub struct ProvisionConfig {
+    /// Whether `serve` runs the provisioner (`provision` runs a pass regardless).
+    pub enabled: bool,
+    /// An API server to use without credentials; None: in-cluster, else the kubeconfig.
+    pub kube_url: Option<String>,
+    /// What every server shares: image, storage classes, ingress class, issuer.
+    pub platform: crate::provision::render::Platform,
+    pub resync_interval: Duration,
+    pub lease: Duration,
+    pub concurrency: usize,
+    pub requeue_after: Duration,
+    pub stuck_terminating_after: Duration,
+}
+
 /// The Stripe reconcile, the one task the worker runs itself (every other task is the
 /// extension's, named by `entitlements.tasks()`); scheduled only with a Stripe secret key.
 pub const RECONCILE_STRIPE: &str = "reconcile_stripe";
@@ -226,6 +323,27 @@ struct FileConfig {
     scheduler: FileScheduler,
     #[serde(default)]
     stripe: FileStripe,
+    #[serde(default)]
+    provision: FileProvision,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProvision {
+    enabled: Option<bool>,
+    kube_url: Option<String>,
+    image: Option<String>,
+    data_storage_class: Option<String>,
+    media_storage_class: Option<String>,
+    ingress_class: Option<String>,
+    cluster_issuer: Option<String>,
+    resync_interval: Option<FileDuration>,
+    lease: Option<FileDuration>,
+    concurrency: Option<usize>,
+    requeue_after: Option<FileDuration>,
+    stuck_terminating_after: Option<FileDuration>,
+    ingress_controller_namespace: Option<BTreeMap<String, String>>,
+    database_operator_namespace: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -351,6 +469,7 @@ impl Config {
         if read_timeout.is_zero() {
             return Err(Error::Config("read_timeout must be more than 0".into()));
         }
+        let provision = provision_config(cli, file.provision)?;
         Ok(Config {
             database_url: Secret::new(database_url),
             listen_addr: cli.listen_addr.clone().or(file.listen_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
@@ -365,8 +484,80 @@ impl Config {
                 retry_max: retry_max.max(retry_initial),
             },
             stripe,
+            provision,
         })
     }
+}
+
+/// A duration from the flag, else the file, else `default`; zero (or "off") is refused where
+/// the worker needs a positive one.
+fn duration(flag: Option<Duration>, file: Option<&FileDuration>, key: &str, default: Duration) -> Result<Duration> {
+    let d = match (flag, file) {
+        (Some(d), _) => d,
+        (None, Some(f)) => f.resolve(key)?.unwrap_or_default(),
+        (None, None) => default,
+    };
+    if d.is_zero() {
+        return Err(Error::Config(format!("{key} must be more than 0")));
+    }
+    Ok(d)
+}
+
+fn provision_config(cli: &Cli, file: FileProvision) -> Result<ProvisionConfig> {
+    let defaults = crate::provision::render::Platform::default();
+    let platform = crate::provision::render::Platform {
+        image: cli.synapse_image.clone().or(file.image).unwrap_or(defaults.image),
+        data_storage_class: cli
+            .data_storage_class
+            .clone()
+            .or(file.data_storage_class)
+            .unwrap_or(defaults.data_storage_class),
+        media_storage_class: cli
+            .media_storage_class
+            .clone()
+            .or(file.media_storage_class)
+            .unwrap_or(defaults.media_storage_class),
+        ingress_class: cli.ingress_class.clone().or(file.ingress_class).unwrap_or(defaults.ingress_class),
+        cluster_issuer: cli.cluster_issuer.clone().or(file.cluster_issuer).unwrap_or(defaults.cluster_issuer),
+        ingress_controller_namespace: file
+            .ingress_controller_namespace
+            .unwrap_or(defaults.ingress_controller_namespace),
+        database_operator_namespace: file.database_operator_namespace.unwrap_or(defaults.database_operator_namespace),
+    };
+    let concurrency = cli.provision_concurrency.or(file.concurrency).unwrap_or(4);
+    if concurrency == 0 {
+        return Err(Error::Config("provision concurrency must be at least 1".into()));
+    }
+    let lease = duration(cli.provision_lease, file.lease.as_ref(), "provision.lease", Duration::from_secs(120))?;
+    if lease < Duration::from_secs(10) {
+        // A server's pass is a few dozen API calls: a shorter lease would be lost mid-pass.
+        return Err(Error::Config("provision.lease must be at least 10s".into()));
+    }
+    Ok(ProvisionConfig {
+        enabled: cli.provision.or(file.enabled).unwrap_or(false),
+        kube_url: cli.kube_url.clone().or(file.kube_url).filter(|u| !u.trim().is_empty()),
+        platform,
+        resync_interval: duration(
+            cli.provision_resync,
+            file.resync_interval.as_ref(),
+            "provision.resync_interval",
+            Duration::from_secs(300),
+        )?,
+        lease,
+        concurrency,
+        requeue_after: duration(
+            cli.provision_requeue,
+            file.requeue_after.as_ref(),
+            "provision.requeue_after",
+            Duration::from_secs(2),
+        )?,
+        stuck_terminating_after: duration(
+            cli.namespace_stuck_after,
+            file.stuck_terminating_after.as_ref(),
+            "provision.stuck_terminating_after",
+            Duration::from_secs(600),
+        )?,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig> {

@@ -79,6 +79,56 @@ pub async fn stripe_dead_letters(pool: &PgPool) -> Result<i64> {
     Ok(n)
 }
 
+/// LISTEN on `channel` until `shutdown`, waking `wake` on every notification. On a
+/// connection of its own (outside the pool, whose connections are budgeted in context.rs);
+/// a lost connection is re-established and also wakes (notifications may have been missed
+/// meanwhile; the waiter reads the table, which is the truth, not the payload).
+pub async fn listen(
+    url: &str,
+    channel: &str,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let Some(l) = listener.as_mut() else {
+            match connect_listener(url, channel).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::warn!(%channel, error = %Error::from(e), "LISTEN failed; trying again");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+            continue;
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = l.try_recv() => match received {
+                Ok(_) => wake.notify_one(),
+                Err(e) => {
+                    tracing::warn!(%channel, error = %Error::from(e), "LISTEN connection lost; reconnecting");
+                    listener = None;
+                }
+            },
+        }
+    }
+}
+
+async fn connect_listener(url: &str, channel: &str) -> std::result::Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut l = sqlx::postgres::PgListener::connect(url).await?;
+    l.listen(channel).await?;
+    Ok(l)
+}
+
 /// A lease of the extension (`entitlements.take_lease`): outside work one worker does at a
 /// time, held as a row with an expiry rather than by a transaction left open.
 pub struct Lease {

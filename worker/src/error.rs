@@ -43,6 +43,22 @@ pub enum Error {
     /// An answer that is not Stripe's (an error page of a proxy, a wrong STRIPE_API_BASE).
     #[error("Stripe API answer not understood: {0}")]
     StripeAnswer(String),
+    /// The Kubernetes API refused a call or could not be reached (status, reason and the API
+    /// server's message; never an object's content, so never a server's secret). Retried with
+    /// the server's backoff in the database.
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
+    /// No Kubernetes client could be configured (no in-cluster account, no kubeconfig, a bad
+    /// ENTITLEMENTS_KUBE_URL).
+    #[error("Kubernetes configuration: {0}")]
+    KubeConfig(String),
+    /// A server's row cannot be provisioned as it is (unparseable resources, an invalid name,
+    /// no secrets): recorded on the server through provision_failed, never a panic.
+    #[error("server {server}: {message}")]
+    ProvisionInput { server: String, message: String },
+    /// A provisioning pass in which some servers failed (`entitlements-worker provision`).
+    #[error("provisioning: {0}")]
+    ProvisionFailed(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -50,7 +66,30 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Exit code 2 (as for a bad flag): the configuration must change, retrying will not help.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, Error::Config(_) | Error::UnknownTask { .. } | Error::ExtensionOutdated { .. })
+        matches!(
+            self,
+            Error::Config(_) | Error::UnknownTask { .. } | Error::ExtensionOutdated { .. } | Error::KubeConfig(_)
+        )
+    }
+}
+
+impl Error {
+    /// A Kubernetes client error in words safe to log and store: for an API answer its code,
+    /// reason and message (cut short), for anything else kube's own text (transport errors
+    /// name no object content).
+    pub fn kube(e: kube::Error) -> Error {
+        match e {
+            kube::Error::Api(status) => {
+                let mut message = status.message.clone();
+                if message.len() > 300 {
+                    let cut = (0..=300).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+                    message.truncate(cut);
+                    message.push('…');
+                }
+                Error::Kubernetes(format!("{} {}: {message}", status.code, status.reason))
+            }
+            other => Error::Kubernetes(other.to_string()),
+        }
     }
 }
 

@@ -52,6 +52,30 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
             }
             Ok(())
         }
+        Command::Provision { dry_run: true, customer: Some(customer) } => {
+            // The database only: no Kubernetes configuration is read.
+            let pool = db::connect(config.database_url.expose(), COMMAND_CONNECTIONS).await?;
+            print!("{}", provision::dry_run(&pool, &config.provision.platform, customer).await?);
+            Ok(())
+        }
+        Command::Provision { .. } => {
+            let connections = (config.provision.concurrency as u32).clamp(COMMAND_CONNECTIONS, 16);
+            let pool = db::connect(config.database_url.expose(), connections).await?;
+            let report = provision::run_once(pool, &config.provision, &config.worker_id).await?;
+            println!(
+                "{}",
+                serde_json::json!({"claimed": report.claimed, "failed": report.failed, "errors": report.errors})
+            );
+            if report.failed > 0 {
+                return Err(Error::ProvisionFailed(format!(
+                    "{} of {} server(s) failed: {}",
+                    report.failed,
+                    report.claimed,
+                    report.errors.join("; ")
+                )));
+            }
+            Ok(())
+        }
         Command::Check => {
             let pool = db::connect(config.database_url.expose(), COMMAND_CONNECTIONS).await?;
             let version = db::extension_version(&pool).await?;
@@ -73,6 +97,7 @@ pub async fn serve(ctx: Context) -> Result<()> {
         scheduler::spawn(&ctx);
     }
     stripe::spawn(&ctx)?;
+    provision::spawn(&ctx).await?;
     let http = {
         let ctx = ctx.clone();
         ctx.tracker.clone().spawn(async move {

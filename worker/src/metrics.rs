@@ -38,6 +38,21 @@ pub const WEBHOOKS_FAILED: &str = "entitlements_webhooks_failed_total";
 pub const WEBHOOK_APPLY_LAG: &str = "entitlements_webhook_apply_lag_seconds";
 pub const WEBHOOKS_DEAD_LETTERS: &str = "entitlements_webhooks_dead_letters";
 
+// Kubernetes provisioning (provision/).
+/// Gauge: servers not converged, not failed, not terminated (entitlements.provision_stats).
+pub const PROVISION_QUEUE_DEPTH: &str = "entitlements_provision_queue_depth";
+/// Gauge, by `phase`.
+pub const SERVERS: &str = "entitlements_servers";
+/// Counter: attempts recorded with entitlements.provision_failed.
+pub const PROVISION_FAILURES: &str = "entitlements_provision_failures_total";
+/// Counter, by `verb` (apply, delete) and `kind`: write calls to the Kubernetes API.
+pub const PROVISION_APPLIES: &str = "entitlements_provision_applies_total";
+/// Histogram, seconds: from a server's creation to the first time it is reported ready.
+pub const SERVER_TIME_TO_READY: &str = "entitlements_server_time_to_ready_seconds";
+
+/// Seconds a new server takes to be ready: image pulls, volumes, a database and a certificate.
+const TIME_TO_READY_BUCKETS: &[f64] = &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+
 /// Seconds: maintenance tasks run from milliseconds to minutes.
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0];
 
@@ -47,6 +62,8 @@ const DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 /// once per process: one `Context` per process.
 pub fn install() -> Result<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(SERVER_TIME_TO_READY.into()), TIME_TO_READY_BUCKETS)
+        .map_err(|e| Error::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS)
         .map_err(|e| Error::Metrics(e.to_string()))?
         .build_recorder();
@@ -77,6 +94,15 @@ fn describe() {
     describe_gauge!(
         WEBHOOKS_DEAD_LETTERS,
         "Stripe events that failed every attempt and wait for entitlements.stripe_retry_event."
+    );
+    describe_gauge!(PROVISION_QUEUE_DEPTH, "Servers waiting to converge (not converged, failed or terminated).");
+    describe_gauge!(SERVERS, "Servers by phase (entitlements.provision_stats).");
+    describe_counter!(PROVISION_FAILURES, "Provisioning attempts that failed (retried with backoff in the database).");
+    describe_counter!(PROVISION_APPLIES, "Write calls to the Kubernetes API, by verb and kind.");
+    describe_histogram!(
+        SERVER_TIME_TO_READY,
+        Unit::Seconds,
+        "From a server's creation to the first time it was reported ready."
     );
 }
 

@@ -12,7 +12,7 @@
 //! Names inside the namespace are fixed (`synapse`, `synapse-data`, `synapse-db`, ...): the
 //! namespace is the server's identity.
 
-mod database;
+pub mod database;
 mod namespace;
 mod network;
 mod resources;
