@@ -12,10 +12,12 @@
 //! - [`stripe`]: events and subscriptions as Stripe shapes them, and `Stripe-Signature`
 //!   computed here (hmac/sha2), independently of the worker's code.
 //! - [`FakeHttp`]: a scripted HTTP/1.1 server that records what it was asked.
+//! - [`KubeFake`]: a fake Kubernetes API server (and controllers) on a real socket.
 //! - [`eventually`], [`TestDb::wait_until`], [`race`]: waiting for a condition with a bound,
 //!   never a fixed sleep; sessions that start racing together.
 mod db;
 mod http;
+pub mod kube_fake;
 mod localstripe;
 pub mod stripe;
 mod wait;
@@ -23,6 +25,7 @@ mod worker;
 
 pub use db::{admin_url, demo_catalog, has_feature, sqlstate, subscribe, TestDb, DEMO_CATALOG};
 pub use http::{free_addr, free_port, get_json, http_get, FakeHttp, Request};
+pub use kube_fake::{Calls, Fault, FaultKind, FieldManager, KubeFake, RequestRecord};
 pub use localstripe::LocalStripe;
 pub use wait::{eventually, race, WAIT};
 pub use worker::{sample, worker_bin, worker_command, Worker, WORKER_SETTINGS};
