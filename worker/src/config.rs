@@ -589,6 +589,62 @@ mod tests {
     }
 
     #[test]
+    fn provisioning_from_flags_over_the_file_with_defaults() {
+        let dir = std::env::temp_dir().join(format!("ew-provision-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("worker.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"x\"\n[provision]\nenabled = true\nimage = \"synapse:file\"\nlease = \"1m\"\n\
+             concurrency = 2\n[provision.ingress_controller_namespace]\nteam = \"edge\"\n",
+        )
+        .unwrap();
+        let c = Config::from_cli(&cli(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--synapse-image",
+            "synapse:flag",
+            "--provision-requeue",
+            "500ms",
+        ]))
+        .unwrap();
+        let p = &c.provision;
+        if std::env::var_os("ENTITLEMENTS_PROVISION").is_none() {
+            assert!(p.enabled);
+        }
+        if std::env::var_os("ENTITLEMENTS_PROVISION_LEASE").is_none() {
+            assert_eq!(p.lease, Duration::from_secs(60));
+        }
+        assert_eq!(p.platform.image, "synapse:flag", "the flag wins");
+        assert_eq!(p.requeue_after, Duration::from_millis(500));
+        assert_eq!(p.platform.ingress_controller_namespace.get("team").map(String::as_str), Some("edge"));
+        if std::env::var_os("ENTITLEMENTS_DATA_STORAGE_CLASS").is_none() {
+            assert_eq!(p.platform.data_storage_class, "ssd", "a default");
+        }
+        if std::env::var_os("ENTITLEMENTS_KUBE_URL").is_none() {
+            assert_eq!(p.kube_url, None);
+        }
+
+        std::fs::write(&file, "database_url = \"x\"\n[provision]\nconcurrency = 0\n").unwrap();
+        assert!(Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).is_err());
+        std::fs::write(&file, "database_url = \"x\"\n[provision]\nresync = \"1m\"\n").unwrap();
+        assert!(Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).is_err(), "unknown key");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // --dry-run needs a customer, and a customer only goes with --dry-run.
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("entitlements-worker").chain(args.iter().copied())).map(|c| c.command)
+        };
+        assert!(parse(&["provision", "--dry-run"]).is_err());
+        assert!(parse(&["provision", "--customer", "00000000-0000-0000-0000-000000000007"]).is_err());
+        assert!(matches!(
+            parse(&["provision", "--dry-run", "--customer", "00000000-0000-0000-0000-000000000007"]),
+            Ok(Some(Command::Provision { dry_run: true, customer: Some(_) }))
+        ));
+        assert!(matches!(parse(&["provision"]), Ok(Some(Command::Provision { dry_run: false, customer: None }))));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));

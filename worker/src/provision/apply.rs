@@ -56,7 +56,8 @@ impl Cluster {
 
     /// Bring one server toward what the extension wants, and say where it stands.
     pub async fn converge(&self, server: &Claimed) -> Result<Report> {
-        let mut pass = Pass { client: &self.client, settings: &self.settings, live: HashMap::new(), namespace: None };
+        let mut pass =
+            Pass { client: &self.client, settings: &self.settings, live: HashMap::new(), new_namespace: false };
         match server.target()? {
             Target::Running => pass.serve(server, Desired::Running).await,
             Target::Suspended => pass.serve(server, Desired::Suspended).await,
@@ -73,9 +74,9 @@ struct Pass<'a> {
     client: &'a Client,
     settings: &'a Settings,
     live: HashMap<Key, Option<DynamicObject>>,
-    /// Whether the namespace exists (read first); when it does not, nothing in it does
-    /// either, and nothing in it is read.
-    namespace: Option<bool>,
+    /// The namespace was missing when this pass read it (it is read first): nothing in it
+    /// existed then, so nothing in it is read, even once this pass has created it.
+    new_namespace: bool,
 }
 
 fn api_resource(api_version: &str, kind: &str) -> ApiResource {
@@ -100,12 +101,12 @@ impl Pass<'_> {
             return Ok(known.clone());
         }
         let is_namespace = type_ == NAMESPACE;
-        if !is_namespace && self.namespace == Some(false) {
+        if !is_namespace && self.new_namespace {
             return Ok(None);
         }
         let found = self.api(type_, namespace).get_opt(name).await.map_err(|e| kube_error(e, type_.1))?;
-        if is_namespace {
-            self.namespace = Some(found.is_some());
+        if is_namespace && found.is_none() {
+            self.new_namespace = true;
         }
         self.live.insert(key, found.clone());
         Ok(found)
@@ -129,9 +130,6 @@ impl Pass<'_> {
             .await
             .map_err(|e| kube_error(e, type_.1))?;
         metrics::counter!(PROVISION_APPLIES, "verb" => "apply", "kind" => type_.1.to_owned()).increment(1);
-        if type_ == NAMESPACE {
-            self.namespace = Some(true);
-        }
         let key = (format!("{}/{}", type_.0, type_.1), namespace, object.name().to_owned());
         self.live.insert(key, Some(applied));
         Ok(true)
