@@ -62,6 +62,7 @@ impl Context {
             tasks = %tasks.join(","),
             stripe_webhooks = config.stripe.webhook_secret.is_some(),
             stripe_api = config.stripe.secret_key.is_some(),
+            provisioning = config.provision.enabled,
             "starting"
         );
         Ok(Context {

@@ -61,7 +61,7 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
         Command::Provision { .. } => {
             let connections = (config.provision.concurrency as u32).clamp(COMMAND_CONNECTIONS, 16);
             let pool = db::connect(config.database_url.expose(), connections).await?;
-            let report = provision::run_once(pool, &config.provision, &config.worker_id).await?;
+            let report = provision::run_once(pool, connections as usize, &config.provision, &config.worker_id).await?;
             println!(
                 "{}",
                 serde_json::json!({"claimed": report.claimed, "failed": report.failed, "errors": report.errors})

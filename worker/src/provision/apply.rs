@@ -171,7 +171,8 @@ impl Pass<'_> {
             });
         };
         // Checked before any API call: a bad row is the row's problem, not the cluster's.
-        server.spec(desired, Observed::default())?;
+        let unobserved = server.spec(desired, Observed::default())?;
+        render::render(&self.settings.platform, &unobserved).map_err(|e| server.input_error(e.to_string()))?;
         let existing = self.get(NAMESPACE, &ns, &ns).await?;
         if let Some(since) = existing.as_ref().and_then(terminating_for) {
             // Deleted but not gone yet (a server terminated and wanted back): wait until it is

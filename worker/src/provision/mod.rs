@@ -288,7 +288,8 @@ async fn run(worker: Worker, wake: Arc<Notify>, resync: Duration) {
 
 /// `entitlements-worker provision`: one pass over every due server, converged ones
 /// included; an error naming the servers that failed.
-pub async fn run_once(pool: PgPool, config: &ProvisionConfig, holder: &str) -> Result<PassReport> {
+/// `pool` has `connections` connections: the pass holds at most that many at once.
+pub async fn run_once(pool: PgPool, connections: usize, config: &ProvisionConfig, holder: &str) -> Result<PassReport> {
     let client = kube_client(config).await?;
     let worker = Worker {
         pool: pool.clone(),
@@ -296,7 +297,7 @@ pub async fn run_once(pool: PgPool, config: &ProvisionConfig, holder: &str) -> R
         holder: holder.to_owned(),
         lease: config.lease,
         concurrency: config.concurrency,
-        background: Arc::new(Semaphore::new(config.concurrency)),
+        background: Arc::new(Semaphore::new(connections.max(1))),
         shutdown: CancellationToken::new(),
     };
     let report = worker.pass(true).await;

@@ -372,11 +372,17 @@ async fn a_hibernated_database_is_woken_for_its_final_backup() {
 
 #[tokio::test]
 async fn bad_rows_fail_before_any_api_call() {
-    let mut server = claimed("running");
-    server.resources = Some(json!({"cpu": "-1"}));
-    let (outcome, fake) = converge(Fake::default(), &server).await;
-    assert!(matches!(outcome.unwrap_err(), Error::ProvisionInput { .. }));
-    assert!(fake.calls.is_empty());
+    let mut bad_resources = claimed("running");
+    bad_resources.resources = Some(json!({"cpu": "-1"}));
+    let mut bad_name = claimed("running");
+    bad_name.namespace = "Not_A_Namespace".into();
+    let mut no_secrets = claimed("suspended");
+    no_secrets.secrets = crate::provision::store::SecretsJson(None);
+    for server in [bad_resources, bad_name, no_secrets] {
+        let (outcome, fake) = converge(Fake::default(), &server).await;
+        assert!(matches!(outcome.unwrap_err(), Error::ProvisionInput { .. }));
+        assert!(fake.calls.is_empty());
+    }
 }
 
 #[test]
