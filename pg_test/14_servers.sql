@@ -3,7 +3,7 @@
 -- Provisioning, database side (issue #10): servers, their desired state at read time, the
 -- worker's claim/report/failed, secrets, the outbox, and who may do what.
 begin;
-select plan(64);
+select plan(67);
 create role ops login;
 grant entitlements_admin to ops;
 create role mallory login;
@@ -153,6 +153,12 @@ select is((select count(*)::int from entitlements.provision_claim('w1', '1 minut
 select ok(entitlements.retry_server(:'srv2'), 'an admin retries it');
 select is((select array[phase, attempts::text] from entitlements.servers where id = :'srv2'), array['pending', '0'],
           'pending again, attempts from zero');
+select count(*) from entitlements.provision_claim('w1', '1 minute', 100) \gset
+select is(entitlements.provision_failed(:'srv2', 'w1', 'resources: cpu is not a quantity', permanent => true),
+          null::timestamptz, 'a permanent failure (bad data, not a flaky API)');
+select is((select array[phase, attempts::text] from entitlements.servers where id = :'srv2'), array['failed', '1'],
+          'fails the server at once');
+select ok(entitlements.retry_server(:'srv2'), 'and an admin retries it the same way');
 select is((entitlements.provision_stats() -> 'phases' ->> 'ready')::int, 1, 'provision_stats counts phases');
 select is((select count(*)::int from entitlements.server_specs(:u1)), 2, 'server_specs lists a customer''s servers');
 select is((select secrets ->> 'macaroon_secret_key' from entitlements.server_specs(:u1) where server_id = :'srv1'),

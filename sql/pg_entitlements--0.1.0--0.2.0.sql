@@ -2961,8 +2961,10 @@ comment on function entitlements.provision_report(uuid, text, bigint, text, json
 
 -- Record a failed attempt: the next waits 2^attempts seconds (at most an hour), +-25% so that
 -- servers failing together do not retry together. After settings.server_max_attempts
--- failures the server is 'failed' (NULL returned) until retry_server.
-create function entitlements.provision_failed(server_id uuid, holder text, error text)
+-- failures, or at once when `permanent` (a mistake in the server's own data that retrying
+-- cannot mend), the server is 'failed' (NULL returned) until retry_server.
+create function entitlements.provision_failed(server_id uuid, holder text, error text,
+                                              permanent boolean default false)
 returns timestamptz language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -2982,7 +2984,7 @@ begin
        set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
            next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(s.attempts, 12)))
                                      * (0.75 + random() * 0.5),
-           phase = case when s.attempts + 1 >= v_max then 'failed' else s.phase end,
+           phase = case when s.attempts + 1 >= v_max or coalesce(permanent, false) then 'failed' else s.phase end,
            updated_at = now()
      where s.id = server_id
     returning * into r;
@@ -2998,9 +3000,9 @@ begin
     return r.next_attempt_at;
 end
 $$;
-comment on function entitlements.provision_failed(uuid, text, text) is
-    'The worker records a failed attempt (backoff with jitter); after settings.server_max_attempts the '
-    'server is failed and NULL is returned. Admins only.';
+comment on function entitlements.provision_failed(uuid, text, text, boolean) is
+    'The worker records a failed attempt (backoff with jitter); after settings.server_max_attempts (or at '
+    'once when permanent) the server is failed and NULL is returned. Admins only.';
 
 create function entitlements.retry_server(server uuid)
 returns boolean language plpgsql volatile

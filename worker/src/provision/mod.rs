@@ -185,9 +185,10 @@ impl Worker {
             Err(e) => {
                 metrics::counter!(PROVISION_FAILURES).increment(1);
                 let message = e.to_string();
+                let permanent = matches!(e, Error::ProvisionInput { .. });
                 let next = {
                     let _permit = self.background.acquire().await;
-                    store::failed(&self.pool, &server, &self.holder, &message).await
+                    store::failed(&self.pool, &server, &self.holder, &message, permanent).await
                 };
                 match next {
                     Ok(Some(secs)) => {

@@ -263,12 +263,20 @@ pub async fn report(pool: &PgPool, server: &Claimed, holder: &str, report: &Repo
 
 /// Record a failed attempt (`entitlements.provision_failed`): the seconds until the next
 /// one, or None when the server is now `failed` (an admin's `retry_server` brings it back).
-pub async fn failed(pool: &PgPool, server: &Claimed, holder: &str, error: &str) -> Result<Option<f64>> {
+/// `permanent`: a mistake in the row that retrying cannot mend; the server is failed at once.
+pub async fn failed(
+    pool: &PgPool,
+    server: &Claimed,
+    holder: &str,
+    error: &str,
+    permanent: bool,
+) -> Result<Option<f64>> {
     let next: Option<f64> =
-        sqlx::query_scalar("select extract(epoch from entitlements.provision_failed($1, $2, $3) - now())::float8")
+        sqlx::query_scalar("select extract(epoch from entitlements.provision_failed($1, $2, $3, $4) - now())::float8")
             .bind(server.server_id)
             .bind(holder)
             .bind(error)
+            .bind(permanent)
             .fetch_one(pool)
             .await?;
     Ok(next)
