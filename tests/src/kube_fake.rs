@@ -11,20 +11,23 @@
 //! annotated Ingresses and marks them Ready, completes CNPG Backups and finishes namespace
 //! deletion. Tests can count calls, read the request log, inject faults and latency.
 //!
-//! Not emulated: watches, dryRun, pagination (LIST returns everything), strategic merge patch
-//! (415), list merge keys in apply (lists are atomic), schema validation and defaulting,
-//! garbage collection by ownerReferences, discovery (`/api`, `/apis`), authentication.
+//! Not emulated: watches, dryRun (both 400), pagination (LIST returns everything), strategic
+//! merge patch (415), deletecollection (405), list merge keys in apply (lists are atomic),
+//! schema validation and defaulting, garbage collection by ownerReferences (only a namespace
+//! delete removes what is in it), discovery (`/api`, `/apis`; `/version` answers), auth.
 mod controller;
 mod patch;
+mod resource;
 mod server;
 mod store;
 
 pub use axum::http::Method;
 
+use resource::Key;
 use serde_json::Value;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use store::{Key, State};
+use store::State;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -231,6 +234,7 @@ impl KubeFake {
         } else {
             st.stuck.remove(ns);
         }
+        st.touch_all();
         drop(st);
         self.shared.wake.notify_one();
     }
@@ -238,11 +242,15 @@ impl KubeFake {
     /// Off: StatefulSets report 0 ready replicas, Certificates Ready=False, CNPG Clusters 0
     /// ready instances (until it is on again).
     pub fn set_ready(&self, ready: bool) {
-        self.shared.lock().ready = ready;
+        let mut st = self.shared.lock();
+        st.ready = ready;
+        st.touch_all();
+        drop(st);
         self.shared.wake.notify_one();
     }
 
-    /// Run the controller now (it also runs by itself after writes and every 50 ms).
+    /// Run the controller now over what changed (it also runs by itself after writes and every
+    /// 50 ms).
     pub fn reconcile(&self) {
         self.shared.lock().reconcile();
     }

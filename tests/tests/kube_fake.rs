@@ -46,9 +46,10 @@ impl Client {
         self.send(Method::GET, target, None, None).await
     }
 
-    /// Server-side apply as kube-rs 5 sends it (`PatchParams::apply(manager).force()`: force first).
+    /// Server-side apply as kube-rs 5 sends it for `PatchParams::apply(manager).force()`
+    /// (`?&force=true&fieldManager=..`, the stray `&` included).
     async fn apply(&self, path: &str, manager: &str, body: &Value) -> (u16, Value) {
-        self.send(Method::PATCH, &format!("{path}?force=true&fieldManager={manager}"), Some(APPLY), Some(body)).await
+        self.send(Method::PATCH, &format!("{path}?&force=true&fieldManager={manager}"), Some(APPLY), Some(body)).await
     }
 
     async fn apply_ns(&self, name: &str) -> Value {
@@ -145,7 +146,7 @@ async fn apply_creates_then_updates() {
     let applies: Vec<_> = fake.requests().into_iter().filter(|r| r.target.starts_with(STS)).collect();
     assert_eq!(applies.len(), 3);
     assert_eq!(applies[0].method, Method::PATCH);
-    assert_eq!(applies[0].target, format!("{STS}/synapse?force=true&fieldManager=entitlements-worker"));
+    assert_eq!(applies[0].target, format!("{STS}/synapse?&force=true&fieldManager=entitlements-worker"));
     assert_eq!(applies[0].content_type.as_deref(), Some(APPLY));
     assert_eq!(applies[0].status, 201);
 }
@@ -454,4 +455,74 @@ async fn controller_makes_workloads_and_certificates_ready() {
         sts.iter().any(|m| m.manager == "kube-controller-manager" && m.subresource.as_deref() == Some("status")),
         "{sts:?}"
     );
+}
+
+/// The calls the worker makes, through kube-rs 5 as it builds its client: typed and dynamic
+/// objects, apply, get_opt, list by label, delete, and API errors.
+#[tokio::test]
+async fn kube_rs_client_against_the_fake() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+
+    let fake = KubeFake::start().await;
+    let mut config = kube::Config::new(fake.url().parse().unwrap());
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).unwrap();
+    let ns_type = ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", "Namespace"));
+    let namespaces: Api<DynamicObject> = Api::all_with(client.clone(), &ns_type);
+    let apply = PatchParams::apply("entitlements-worker").force();
+
+    assert!(namespaces.get_opt("mx-k").await.unwrap().is_none());
+    let ns = namespaces.patch("mx-k", &apply, &Patch::Apply(namespace("mx-k"))).await.unwrap();
+    assert_eq!(ns.data["status"]["phase"], "Active");
+    assert_eq!(ns.metadata.generation, Some(1));
+
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "mx-k");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("conf".into());
+    cm.metadata.labels = Some([("app".to_owned(), "synapse".to_owned())].into());
+    cm.data = Some([("homeserver.yaml".to_owned(), "server_name: a".to_owned())].into());
+    let applied = maps.patch("conf", &apply, &Patch::Apply(&cm)).await.unwrap();
+    assert_eq!(applied.data, cm.data);
+    let listed = maps.list(&ListParams::default().labels("app=synapse")).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.resource_version, applied.metadata.resource_version);
+    let managers = applied.metadata.managed_fields.unwrap();
+    assert_eq!(
+        (managers[0].manager.as_deref(), managers[0].operation.as_deref()),
+        (Some("entitlements-worker"), Some("Apply"))
+    );
+    let target = &fake.requests().last().unwrap().target.clone();
+    assert!(target.starts_with("/api/v1/namespaces/mx-k/configmaps?"), "{target}");
+    let apply_req =
+        fake.requests().into_iter().find(|r| r.method == Method::PATCH && r.target.contains("/conf")).unwrap();
+    assert_eq!(
+        apply_req.target,
+        "/api/v1/namespaces/mx-k/configmaps/conf?&force=true&fieldManager=entitlements-worker"
+    );
+
+    // Errors arrive as kube::Error::Api with the code and reason.
+    fake.inject(Fault::status(429, "configmaps/conf", 1));
+    match maps.get("conf").await {
+        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (429, "TooManyRequests")),
+        other => panic!("expected a 429, got {other:?}"),
+    }
+    let sts_type = ApiResource::from_gvk(&GroupVersionKind::gvk("apps", "v1", "StatefulSet"));
+    let sts: Api<DynamicObject> = Api::namespaced_with(client.clone(), "mx-k", &sts_type);
+    match sts.get("missing").await {
+        Err(kube::Error::Api(s)) => assert!(s.is_not_found(), "{s:?}"),
+        other => panic!("expected a 404, got {other:?}"),
+    }
+
+    // Deleting the namespace: the object back, being deleted; then it is gone.
+    let deleted = namespaces.delete("mx-k", &DeleteParams::default()).await.unwrap();
+    let ns = deleted.left().expect("the namespace, being deleted");
+    assert!(ns.metadata.deletion_timestamp.is_some());
+    let api = &namespaces;
+    eventually(
+        WAIT,
+        "the namespace is gone",
+        || async move { api.get_opt("mx-k").await.unwrap().is_none().then_some(()) },
+    )
+    .await;
 }

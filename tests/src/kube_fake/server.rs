@@ -1,7 +1,7 @@
 //! The HTTP side: Kubernetes API paths to store verbs, counters, the request log, injected
 //! faults and latency, and `Status` bodies for errors.
 use super::patch::url_decode;
-use super::store::{namespaced, ApiError, ApiResult, Key};
+use super::resource::{namespaced, ApiError, ApiResult, Key};
 use super::{FaultKind, RequestRecord, Shared};
 use axum::extract::{Request, State};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};

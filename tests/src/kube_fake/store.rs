@@ -4,132 +4,11 @@
 use super::patch::{
     at, changed_paths, fields_v1, json_patch, leaf_paths, merge_patch, remove_path, selects, FieldPath,
 };
+use super::resource::{kind_of, plural_of, ApiError, ApiResult, Key};
 use super::{Calls, Fault, RequestRecord};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-/// Where an object lives: (group/version, plural, namespace or "" when cluster-scoped, name).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Key {
-    pub gv: String,
-    pub plural: String,
-    pub ns: String,
-    pub name: String,
-}
-
-impl Key {
-    pub(crate) fn new(gv: &str, plural: &str, ns: Option<&str>, name: &str) -> Key {
-        Key { gv: gv.into(), plural: plural.into(), ns: ns.unwrap_or_default().into(), name: name.into() }
-    }
-
-    fn namespace(ns: &str) -> Key {
-        Key::new("v1", "namespaces", None, ns)
-    }
-
-    fn is_namespace(&self) -> bool {
-        self.gv == "v1" && self.plural == "namespaces"
-    }
-
-    /// `statefulsets.apps`, `configmaps`: how the API server names a resource in messages.
-    fn resource(&self) -> String {
-        match self.gv.split_once('/') {
-            Some((group, _)) => format!("{}.{group}", self.plural),
-            None => self.plural.clone(),
-        }
-    }
-}
-
-/// The kinds the worker's objects use, with plural and scope; other kinds get kube-rs's
-/// plural rule (`to_plural`) and either scope.
-const KINDS: &[(&str, &str, bool)] = &[
-    ("Namespace", "namespaces", false),
-    ("ResourceQuota", "resourcequotas", true),
-    ("LimitRange", "limitranges", true),
-    ("ServiceAccount", "serviceaccounts", true),
-    ("NetworkPolicy", "networkpolicies", true),
-    ("Secret", "secrets", true),
-    ("ConfigMap", "configmaps", true),
-    ("PersistentVolumeClaim", "persistentvolumeclaims", true),
-    ("Service", "services", true),
-    ("Pod", "pods", true),
-    ("StatefulSet", "statefulsets", true),
-    ("Deployment", "deployments", true),
-    ("Ingress", "ingresses", true),
-    ("Certificate", "certificates", true),
-    ("Issuer", "issuers", true),
-    ("ClusterIssuer", "clusterissuers", false),
-    ("Cluster", "clusters", true),
-    ("Backup", "backups", true),
-    ("StorageClass", "storageclasses", false),
-];
-
-pub(crate) fn plural_of(kind: &str) -> String {
-    if let Some(k) = KINDS.iter().find(|k| k.0 == kind) {
-        return k.1.to_owned();
-    }
-    let s = kind.to_lowercase();
-    if ["s", "x", "z", "ch", "sh"].iter().any(|e| s.ends_with(e)) {
-        format!("{s}es")
-    } else if s.ends_with('y') && !s.ends_with("ay") && !s.ends_with("ey") && !s.ends_with("oy") && !s.ends_with("uy") {
-        format!("{}ies", &s[..s.len() - 1])
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// The kind a plural names (for list kinds and skeletons); unknown plurals: singular,
-/// capitalized.
-pub(crate) fn kind_of(plural: &str) -> String {
-    if let Some(k) = KINDS.iter().find(|k| k.1 == plural) {
-        return k.0.to_owned();
-    }
-    let s = match plural.strip_suffix("ies") {
-        Some(stem) => format!("{stem}y"),
-        None => plural.strip_suffix('s').unwrap_or(plural).to_owned(),
-    };
-    let mut c = s.chars();
-    c.next().map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
-}
-
-/// Namespaced or cluster-scoped; None for kinds the table does not know.
-pub(crate) fn namespaced(plural: &str) -> Option<bool> {
-    KINDS.iter().find(|k| k.1 == plural).map(|k| k.2)
-}
-
-/// An API error, answered as a `Status` object (kube-rs reads it into `Error::Api`).
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    pub code: u16,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { code, reason, message: message.into() }
-    }
-    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, "BadRequest", message)
-    }
-    fn not_found(key: &Key) -> ApiError {
-        ApiError::new(404, "NotFound", format!("{} \"{}\" not found", key.resource(), key.name))
-    }
-    fn conflict(key: &Key) -> ApiError {
-        let msg = format!(
-            "Operation cannot be fulfilled on {} \"{}\": the object has been modified; please apply your changes to the latest version and try again",
-            key.resource(),
-            key.name
-        );
-        ApiError::new(409, "Conflict", msg)
-    }
-    pub(crate) fn status(&self) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code})
-    }
-}
-
-pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Who wrote which fields: one entry per (manager, operation, subresource), as in
 /// `metadata.managedFields`.
@@ -161,6 +40,8 @@ pub(crate) struct State {
     pub latency: Duration,
     pub stuck: BTreeSet<String>,
     pub ready: bool,
+    /// Objects changed since the controller last looked (and the namespaces they are in).
+    pub dirty: BTreeSet<Key>,
 }
 
 pub(crate) fn now() -> String {
@@ -216,6 +97,7 @@ impl State {
             latency: Duration::ZERO,
             stuck: BTreeSet::new(),
             ready: true,
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -571,6 +453,7 @@ impl State {
             }
         }
         self.rv += 1;
+        self.touch(key);
         meta(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         if deleting(&obj) && !finalizers(&obj) && !key.is_namespace() {
             self.objects.remove(key);
@@ -586,8 +469,7 @@ impl State {
     pub(crate) fn delete(&mut self, key: &Key) -> ApiResult<(u16, Value)> {
         let obj = self.get(key)?;
         if !key.is_namespace() && !finalizers(&obj) {
-            self.objects.remove(key);
-            self.rv += 1;
+            self.remove(key);
             return Ok((200, obj));
         }
         Ok((202, self.mark_deleted(key)))
@@ -612,7 +494,21 @@ impl State {
     pub(crate) fn remove(&mut self, key: &Key) {
         if self.objects.remove(key).is_some() {
             self.rv += 1;
+            self.touch(key);
         }
+    }
+
+    /// For the controller: this object changed, and so did what its namespace holds.
+    fn touch(&mut self, key: &Key) {
+        self.dirty.insert(key.clone());
+        if !key.ns.is_empty() {
+            self.dirty.insert(Key::namespace(&key.ns));
+        }
+    }
+
+    /// For the controller: look at everything again (its settings changed).
+    pub(crate) fn touch_all(&mut self) {
+        self.dirty = self.objects.keys().cloned().collect();
     }
 
     pub(crate) fn keys(&self, gv: &str, plural: &str) -> Vec<Key> {
@@ -624,6 +520,7 @@ impl State {
     }
 
     pub(crate) fn in_namespace(&self, ns: &str) -> Vec<Key> {
-        self.objects.keys().filter(|k| k.ns == ns).cloned().collect()
+        let from = Key::new("", "", Some(ns), "");
+        self.objects.range(from..).map(|(k, _)| k).take_while(|k| k.ns == ns).cloned().collect()
     }
 }
