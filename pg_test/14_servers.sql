@@ -3,7 +3,7 @@
 -- Provisioning, database side (issue #10): servers, their desired state at read time, the
 -- worker's claim/report/failed, secrets, the outbox, and who may do what.
 begin;
-select plan(67);
+select plan(71);
 create role ops login;
 grant entitlements_admin to ops;
 create role mallory login;
@@ -93,8 +93,8 @@ select is((select count(*)::int from entitlements.provision_claim('w1', '1 minut
           'the worker claims every server that needs work');
 select is((select count(*)::int from entitlements.provision_claim('w2', '1 minute', 100)), 0,
           'another worker gets none of them while the leases last');
-select is((select count(*)::int from entitlements.provision_claim('w1', '1 minute', 2)), 2,
-          'the holder may take its own again, up to max_servers');
+select is((select count(*)::int from entitlements.provision_claim('w1', '1 minute', 2)), 0,
+          'nor does the holder itself, so no server is worked on twice at once');
 select is(entitlements.provision_report(:'srv1', 'w2', 1, 'ready', '[]', null), false,
           'a worker without the lease cannot report');
 select generation as gen1 from entitlements.servers where id = :'srv1' \gset
@@ -119,6 +119,20 @@ select is((select count(*) from entitlements.audit_log where table_name = 'entit
           'and no audit row');
 select is((select count(*)::int from entitlements.outbox where kind = 'server.ready' and customer_id = :u1), 1,
           'and no second server.ready');
+select count(*) from entitlements.provision_claim('w2', '1 minute', 100, true) \gset
+select ok(entitlements.provision_report(:'srv1', 'w2', :gen1, 'provisioning', '[]', null), 'a plan change rolls it');
+select count(*) from entitlements.provision_claim('w2', '1 minute', 100) \gset
+select ok(entitlements.provision_report(:'srv1', 'w2', :gen1, 'ready', '[]', null), 'ready again');
+select is((select count(*)::int from entitlements.outbox where customer_id = :u1), 1,
+          'which tells the customer nothing new');
+select count(*) from entitlements.provision_claim('w2', '1 minute', 100, true) \gset
+select entitlements.provision_report(:'srv1', 'w2', :gen1, 'suspended', '[]', null) as r \gset
+select count(*) from entitlements.provision_claim('w2', '1 minute', 100, true) \gset
+select entitlements.provision_report(:'srv1', 'w2', :gen1, 'suspended', '[]', null) as r \gset
+select count(*) from entitlements.provision_claim('w2', '1 minute', 100, true) \gset
+select entitlements.provision_report(:'srv1', 'w2', :gen1, 'ready', '[]', null) as r \gset
+select is((select array_agg(kind order by id) from entitlements.outbox where customer_id = :u1),
+          array['server.ready', 'server.suspended', 'server.resumed'], 'suspended once, then resumed');
 select ok(entitlements.provision_report(:'srv3', 'w1', 7, 'provisioning', '[]', null, '5 seconds'),
           'a server still converging is reported with a requeue');
 select is((select array[phase, (next_attempt_at = now() + interval '5 seconds')::text] from entitlements.servers where id = :'srv3'),

@@ -41,7 +41,7 @@ returns text language sql immutable parallel safe strict
 return 'server:' || server::text;
 
 create function entitlements.provision_claim(holder text, lease interval, max_servers integer,
-                                             include_converged boolean default false)
+                                             include_converged boolean default false, resync_after uuid default null)
 returns setof entitlements.server_work language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -62,10 +62,17 @@ begin
     for r in
         select s.* from entitlements.server_records s
          where s.phase not in ('terminated', 'failed') and s.next_attempt_at <= now()
+           -- Not while anyone's lease lasts, the claimer's own included: a server is worked on
+           -- once at a time, even within one worker.
            and not exists (select 1 from entitlements.leases l
-                            where l.name = entitlements._server_lease_name(s.id)
-                              and l.until >= clock_timestamp() and l.holder <> provision_claim.holder)
-         order by s.next_attempt_at, s.id
+                            where l.name = entitlements._server_lease_name(s.id) and l.until >= clock_timestamp())
+           -- A resync walks the resting servers in id order from the worker's cursor, so each is
+           -- looked at once per resync without writing anything to remember it.
+           and (resync_after is null or s.phase not in ('ready', 'suspended') or s.id > resync_after)
+         -- Servers with work first (a resync must not starve them), then the resting by id.
+         order by s.phase in ('ready', 'suspended'),
+                  case when s.phase in ('ready', 'suspended') then s.id end,
+                  s.next_attempt_at, s.id
            for update of s skip locked
     loop
         v_work := entitlements._server_work(r);
@@ -74,7 +81,7 @@ begin
         insert into entitlements.leases as l (name, holder, until)
         values (entitlements._server_lease_name(r.id), holder, clock_timestamp() + lease)
         on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
-         where l.until < clock_timestamp() or l.holder = excluded.holder;
+         where l.until < clock_timestamp();
         continue when not found;
         return next v_work;
         max_servers := max_servers - 1;
@@ -82,9 +89,46 @@ begin
     end loop;
 end
 $$;
-comment on function entitlements.provision_claim(text, interval, integer, boolean) is
-    'Lease up to max_servers servers that need work (all due ones when include_converged) to holder for '
-    'lease, with what each should be and its secrets. The worker''s; admins only.';
+comment on function entitlements.provision_claim(text, interval, integer, boolean, uuid) is
+    'Lease up to max_servers servers that need work (all due ones when include_converged; resting ones '
+    'after resync_after, in id order) to holder for lease, with what each should be and its secrets. '
+    'The worker''s; admins only.';
+
+-- What the customer hears about a server reaching a resting phase: server.ready the first
+-- time, server.suspended each time access is lost, server.resumed when it is ready again
+-- after that, server.terminated once. A plan change (ready, briefly provisioning, ready) says
+-- nothing.
+create function entitlements._server_event(r entitlements.server_records, phase text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_last entitlements.outbox;
+    v_kind text;
+    v_key text;
+begin
+    select * into v_last from entitlements.outbox o
+     where o.customer_id = r.customer_id and o.payload ->> 'server_id' = r.id::text
+     order by o.id desc limit 1;
+    if phase = 'ready' and r.ready_at is null then
+        v_kind := 'server.ready';
+        v_key := format('server.ready:%s', r.id);
+    elsif phase = 'ready' and v_last.kind = 'server.suspended' then
+        v_kind := 'server.resumed';
+        v_key := format('server.resumed:%s:%s', r.id, v_last.id);
+    elsif phase = 'suspended' and v_last.kind is distinct from 'server.suspended' then
+        v_kind := 'server.suspended';
+        v_key := format('server.suspended:%s:%s', r.id, coalesce(v_last.id, 0));
+    elsif phase = 'terminated' then
+        v_kind := 'server.terminated';
+        v_key := format('server.terminated:%s', r.id);
+    else
+        return;
+    end if;
+    perform entitlements._outbox_record(v_kind, r.customer_id, v_key,
+        jsonb_build_object('server_id', r.id, 'name', r.name, 'domains', to_jsonb(r.domains)));
+end
+$$;
 
 -- Report an attempt that did not fail. False, and nothing changed, when holder lost the lease.
 create function entitlements.provision_report(server_id uuid, holder text, generation bigint, phase text,
@@ -107,14 +151,16 @@ begin
     if requeue_after < interval '0' or requeue_after > interval '1 day' then
         raise exception 'requeue_after must be from 0 to 1 day, got %', requeue_after using errcode = '22023';
     end if;
+    -- The server's row first, then its lease: the order provision_claim takes them in, so the
+    -- two never deadlock.
+    select * into v_old from entitlements.server_records r where r.id = server_id for update;
+    if not found then
+        raise exception 'server % does not exist', server_id using errcode = 'P0002';
+    end if;
     delete from entitlements.leases l
      where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_report.holder;
     if not found then
         return false;
-    end if;
-    select * into v_old from entitlements.server_records r where r.id = server_id for update;
-    if not found then
-        raise exception 'server % does not exist', server_id using errcode = 'P0002';
     end if;
     -- Only what changed is written: a converged server resynced costs no row version (and no
     -- audit row).
@@ -136,10 +182,7 @@ begin
              case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
             or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after));
     if phase is distinct from v_old.phase and phase in ('ready', 'suspended', 'terminated') then
-        perform entitlements._outbox_record('server.' || phase, v_old.customer_id,
-            format('server.%s:%s:%s', phase, server_id, generation),
-            jsonb_build_object('server_id', server_id, 'name', v_old.name, 'domains', to_jsonb(v_old.domains),
-                               'previous_phase', v_old.phase));
+        perform entitlements._server_event(v_old, phase);
     end if;
     return true;
 end
@@ -163,6 +206,8 @@ declare
 begin
     perform entitlements._require_admin('provision_failed');
     perform entitlements._require_not_null(server_id, 'server_id');
+    -- Row, then lease: provision_claim's order.
+    perform 1 from entitlements.server_records s where s.id = server_id for update;
     delete from entitlements.leases l
      where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
     if not found then

@@ -9,7 +9,7 @@ use tokio::process::{Child, Command};
 
 /// Every setting the worker reads from the environment: cleared for each worker a test starts
 /// (nothing inherited changes what a test sees), and each documented in `--help`.
-pub const WORKER_SETTINGS: [&str; 15] = [
+pub const WORKER_SETTINGS: [&str; 27] = [
     "DATABASE_URL",
     "ENTITLEMENTS_CONFIG",
     "ENTITLEMENTS_LISTEN_ADDR",
@@ -25,6 +25,18 @@ pub const WORKER_SETTINGS: [&str; 15] = [
     "STRIPE_WEBHOOK_SECRET",
     "STRIPE_SECRET_KEY",
     "STRIPE_API_BASE",
+    "ENTITLEMENTS_PROVISION",
+    "ENTITLEMENTS_KUBE_URL",
+    "ENTITLEMENTS_SYNAPSE_IMAGE",
+    "ENTITLEMENTS_DATA_STORAGE_CLASS",
+    "ENTITLEMENTS_MEDIA_STORAGE_CLASS",
+    "ENTITLEMENTS_INGRESS_CLASS",
+    "ENTITLEMENTS_CLUSTER_ISSUER",
+    "ENTITLEMENTS_PROVISION_RESYNC",
+    "ENTITLEMENTS_PROVISION_LEASE",
+    "ENTITLEMENTS_PROVISION_CONCURRENCY",
+    "ENTITLEMENTS_PROVISION_REQUEUE",
+    "ENTITLEMENTS_NAMESPACE_STUCK_AFTER",
 ];
 
 /// The installed binary (`make install`), or ENTITLEMENTS_WORKER_BIN.

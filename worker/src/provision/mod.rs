@@ -92,11 +92,14 @@ pub struct Worker {
 impl Worker {
     /// Claim and converge servers until none is due, at most `concurrency` at once. Each
     /// server is claimed when a slot is free (so no lease runs out while it waits), and at
-    /// most once per pass: with `include_converged`, a server reported converged is due
-    /// again at once, and seeing it again means every due server has had its turn.
+    /// most once per pass: a server requeued soon may be due again, and seeing it again means
+    /// every due server has had its turn. With `include_converged` (a resync) the resting
+    /// servers come after those with work, in id order from a cursor, so every one is looked
+    /// at once.
     pub async fn pass(&self, include_converged: bool) -> PassReport {
         let mut report = PassReport::default();
         let mut seen = HashSet::<Uuid>::new();
+        let mut cursor: Option<Uuid> = None;
         let mut running: JoinSet<(String, Option<String>)> = JoinSet::new();
         let mut exhausted = false;
         loop {
@@ -104,12 +107,16 @@ impl Worker {
                 let free = self.concurrency - running.len();
                 let claimed = {
                     let _permit = self.background.acquire().await;
-                    store::claim(&self.pool, &self.holder, self.lease, free, include_converged).await
+                    let after = include_converged.then(|| cursor.unwrap_or(Uuid::nil()));
+                    store::claim(&self.pool, &self.holder, self.lease, free, include_converged, after).await
                 };
                 match claimed {
                     Ok(servers) => {
                         exhausted = servers.len() < free;
                         for server in servers {
+                            if server.resting() {
+                                cursor = cursor.max(Some(server.server_id));
+                            }
                             // Claimed, so it is worked on (and its lease released by the report).
                             exhausted |= !seen.insert(server.server_id);
                             report.claimed += 1;

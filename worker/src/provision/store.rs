@@ -208,19 +208,28 @@ pub async fn claim(
     lease: Duration,
     max: usize,
     include_converged: bool,
+    resync_after: Option<Uuid>,
 ) -> Result<Vec<Claimed>> {
     let rows: Vec<Row> = sqlx::query_as(concat!(
         "select ",
         columns!(),
-        " from entitlements.provision_claim($1, make_interval(secs => $2), $3, $4)"
+        " from entitlements.provision_claim($1, make_interval(secs => $2), $3, $4, $5)"
     ))
     .bind(holder)
     .bind(lease.as_secs_f64())
     .bind(i32::try_from(max).unwrap_or(i32::MAX))
     .bind(include_converged)
+    .bind(resync_after)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(Claimed::from).collect())
+}
+
+impl Claimed {
+    /// Resting (ready or suspended) when claimed: a resync visits these in id order.
+    pub fn resting(&self) -> bool {
+        matches!(self.phase.as_str(), "ready" | "suspended")
+    }
 }
 
 /// A customer's servers that are not terminated, without leasing (`provision --dry-run`).
