@@ -101,3 +101,11 @@ bench/cache/memory.sh "$PORT" bench
 
 # --- Webhook intake (issue #4): signed deliveries through a real worker ----------------------
 BENCH_PGPORT=$PORT bench/webhooks/run.sh
+
+# --- Provisioning (issue #10): 1,000 servers against the fake Kubernetes API ------------------
+# Converge and resync through the installed worker (`make install`), beside a naive loop that
+# applies everything; the test creates its own database in this cluster and fails if the resync
+# writes anything.
+echo "== provisioning: converge and resync of 1,000 servers against the fake API, beside a naive apply-everything loop"
+ENTITLEMENTS_TEST_ADMIN_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
+    cargo test --release -p integration-tests --test provision_bench -- --ignored --nocapture
