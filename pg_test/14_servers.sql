@@ -3,7 +3,7 @@
 -- Provisioning, database side (issue #10): servers, their desired state at read time, the
 -- worker's claim/report/failed, secrets, the outbox, and who may do what.
 begin;
-select plan(71);
+select plan(76);
 create role ops login;
 grant entitlements_admin to ops;
 create role mallory login;
@@ -119,6 +119,12 @@ select is((select count(*) from entitlements.audit_log where table_name = 'entit
           'and no audit row');
 select is((select count(*)::int from entitlements.outbox where kind = 'server.ready' and customer_id = :u1), 1,
           'and no second server.ready');
+select is((select count(*)::int from entitlements.provision_claim('w7', '1 minute', 100, true, :'srv1'::uuid)
+             where server_id = :'srv1'), 0, 'a resync from a cursor skips resting servers up to it');
+delete from entitlements.leases where holder = 'w7';
+select is((select count(*)::int from entitlements.provision_claim('w7', '1 minute', 100, true, '00000000-0000-0000-0000-000000000000')
+             where server_id = :'srv1'), 1, 'and takes those after it');
+delete from entitlements.leases where holder = 'w7';
 select count(*) from entitlements.provision_claim('w2', '1 minute', 100, true) \gset
 select ok(entitlements.provision_report(:'srv1', 'w2', :gen1, 'provisioning', '[]', null), 'a plan change rolls it');
 select count(*) from entitlements.provision_claim('w2', '1 minute', 100) \gset
@@ -206,6 +212,10 @@ select throws_ok($$insert into entitlements.server_records (customer_id, name, d
 update entitlements.server_records set phase = 'ready', attempts = 0;
 select is((select count(*)::int from entitlements.servers where phase = 'ready'), 0,
           'a direct UPDATE changes nothing (RLS)');
+select is((select count(*)::int from entitlements.outbox where customer_id <> '00000000-0000-0000-0000-00000000e002'), 0,
+          'another customer''s events are hidden');
+select throws_ok($$insert into entitlements.outbox (kind, customer_id, dedup_key) values ('server.ready', '00000000-0000-0000-0000-00000000e002', 'forged')$$,
+                 '42501', NULL, 'and a user cannot forge one');
 select throws_ok($$select * from entitlements.provision_claim('me', '1 minute', 10)$$, '42501', NULL, 'nor claim servers');
 select throws_ok(format('select entitlements.retry_server(%L)', :'srv2'), 'P0002', NULL, 'nor retry another''s (not even seen)');
 select throws_ok($$select entitlements._feature_config('00000000-0000-0000-0000-00000000e001', 'resources')$$, '42501', NULL,
@@ -213,6 +223,7 @@ select throws_ok($$select entitlements._feature_config('00000000-0000-0000-0000-
 reset role;
 set local role mallory;
 select throws_ok($$select * from entitlements.servers$$, '42501', NULL, 'a plain login role reads no servers');
+select throws_ok($$select * from entitlements.outbox$$, '42501', NULL, 'nor events');
 select throws_ok($$select entitlements.create_server('00000000-0000-0000-0000-00000000e002', 'm1')$$, '42501', NULL,
                  'and adds none');
 reset role;
