@@ -35,6 +35,8 @@ use uuid::Uuid;
 pub const CHANNEL: &str = "entitlements_provision";
 /// Also polled: a requeued or retried server becomes due without a NOTIFY.
 const POLL: Duration = Duration::from_secs(1);
+/// How stale the queue and phase gauges may get while nothing happens.
+const STATS_EVERY: Duration = Duration::from_secs(10);
 
 /// A client for the configured API server: `kube_url` without credentials, else in-cluster
 /// or the kubeconfig (`kube::Config::infer`).
@@ -266,6 +268,8 @@ async fn run(worker: Worker, wake: Arc<Notify>, resync: Duration) {
         "provisioner started"
     );
     let mut next_resync = Instant::now();
+    let mut stats_at = Instant::now();
+    refresh_stats(&worker.pool, &worker.background).await;
     loop {
         let include_converged = Instant::now() >= next_resync;
         if include_converged {
@@ -280,7 +284,12 @@ async fn run(worker: Worker, wake: Arc<Notify>, resync: Duration) {
                 "provisioning pass"
             );
         }
-        refresh_stats(&worker.pool, &worker.background).await;
+        // The gauges read every server's desired state: after work, and otherwise at most
+        // every STATS_EVERY, not on every idle poll.
+        if report.claimed > 0 || stats_at.elapsed() >= STATS_EVERY {
+            refresh_stats(&worker.pool, &worker.background).await;
+            stats_at = Instant::now();
+        }
         if worker.shutdown.is_cancelled() {
             break;
         }
