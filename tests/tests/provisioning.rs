@@ -441,3 +441,39 @@ async fn dry_run_prints_the_objects_without_kubernetes() {
     assert!(nobody.status.success());
     assert!(nobody.stdout.is_empty());
 }
+
+/// A namespace that does not go away (a finalizer nobody removes) is reported, never forced:
+/// the server stays `terminating` with NamespaceStuckTerminating until the namespace is gone.
+#[tokio::test]
+async fn a_stuck_namespace_is_reported_not_forced() {
+    let db = hosting_db("prov_stuck").await;
+    let kube = KubeFake::start().await;
+    let worker = provisioner(&db, &kube, "w-stuck", &[("ENTITLEMENTS_NAMESPACE_STUCK_AFTER", "1s")]).await;
+    let customer = Uuid::new_v4();
+    let sub = subscribe(&db, customer, "host").await;
+    let (server, ns) = server_of(&db, customer).await;
+    wait_phase(&db, &worker, server, "ready").await;
+
+    kube.set_stuck(&ns, true);
+    sqlx::query("insert into entitlements.settings (server_retention) values ('0 seconds')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("select entitlements.cancel($1, false)").bind(sub).execute(&db.pool).await.unwrap();
+    wait_sql(
+        &db,
+        &[&worker],
+        &format!(
+            "select exists (select 1 from entitlements.servers where id = '{server}' and phase = 'terminating' \
+             and conditions @> '[{{\"type\": \"NamespaceStuckTerminating\"}}]')"
+        ),
+        "the stuck namespace reported",
+    )
+    .await;
+    let namespace = kube.get("v1", "namespaces", None, &ns).expect("still there");
+    assert!(!namespace["metadata"]["deletionTimestamp"].is_null(), "being deleted, not forced");
+
+    kube.set_stuck(&ns, false);
+    wait_phase(&db, &worker, server, "terminated").await;
+    assert!(kube.get("v1", "namespaces", None, &ns).is_none());
+}
