@@ -19,7 +19,8 @@ use std::time::Duration;
     long_about = "Worker daemon for the pg_entitlements PostgreSQL extension.\n\n\
         Every option can be given as a flag, as the environment variable shown, or as a key of\n\
         the TOML file named by --config / ENTITLEMENTS_CONFIG (flags and environment win over\n\
-        the file). Secrets (the password in DATABASE_URL, Stripe keys) are never logged.",
+        the file). Secrets (the password in DATABASE_URL, Stripe keys, the SMTP password, app\n\
+        webhook secrets) are never logged.",
     after_long_help = CONFIG_FILE_HELP
 )]
 pub struct Cli {
@@ -137,6 +138,33 @@ pub struct Cli {
     #[arg(long, env = "ENTITLEMENTS_NAMESPACE_STUCK_AFTER", global = true, value_parser = parse_duration)]
     pub namespace_stuck_after: Option<Duration>,
 
+    /// Deliver outbox events (app webhooks, and email with an SMTP server) in `serve`
+    /// (true/false) [default: true].
+    #[arg(long, env = "ENTITLEMENTS_DELIVERY", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub delivery: Option<bool>,
+
+    /// SMTP server of the email channel: `smtp://host:25` (plain), `smtp://host:587?tls=required`
+    /// (STARTTLS), `smtps://user:pass@host:465` (TLS); unset: no email is sent.
+    #[arg(long, env = "ENTITLEMENTS_SMTP_URL", hide_env_values = true, global = true)]
+    pub smtp_url: Option<String>,
+
+    /// Sender of every email, `Name <address>` or `address` (required with ENTITLEMENTS_SMTP_URL).
+    #[arg(long, env = "ENTITLEMENTS_EMAIL_FROM", global = true)]
+    pub email_from: Option<String>,
+
+    /// Deliveries sent at once [default: 8].
+    #[arg(long, env = "ENTITLEMENTS_DELIVERY_CONCURRENCY", global = true)]
+    pub delivery_concurrency: Option<usize>,
+
+    /// How long a claimed delivery is this worker's alone; after a crash it is sent again (with
+    /// the same message id) once this runs out [default: 1m, at least 10s].
+    #[arg(long, env = "ENTITLEMENTS_DELIVERY_LEASE", global = true, value_parser = parse_duration)]
+    pub delivery_lease: Option<Duration>,
+
+    /// An app webhook that has not answered after this long has failed [default: 10s].
+    #[arg(long, env = "ENTITLEMENTS_WEBHOOK_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub webhook_timeout: Option<Duration>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -180,6 +208,14 @@ Configuration file (TOML), every key optional:
   \"kubernetes.io/metadata.name\" = \"ingress-nginx\"
   [provision.database_operator_namespace]    # labels of CloudNativePG's namespace
   \"kubernetes.io/metadata.name\" = \"cnpg-system\"
+  [delivery]                      # outbox events: app webhooks, and email
+  enabled = true                  # deliver in `serve`
+  smtp_url = \"smtp://127.0.0.1:25\" # unset: no email; smtps://user:pass@host:465,
+                                  # smtp://host:587?tls=required
+  email_from = \"Example <billing@example.org>\"
+  concurrency = 8
+  lease = \"1m\"
+  webhook_timeout = \"10s\"
 Durations: a number of seconds, or a number with ms, s, m or h.";
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +251,10 @@ pub enum Command {
         #[arg(long, requires = "dry_run", value_name = "UUID")]
         customer: Option<uuid::Uuid>,
     },
+    /// One delivery pass: send every outbox delivery that is due (app webhooks, and email when
+    /// ENTITLEMENTS_SMTP_URL is set), print what happened as JSON; exits non-zero when any
+    /// delivery failed.
+    Deliver,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -261,6 +301,7 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub stripe: StripeConfig,
     pub provision: ProvisionConfig,
+    pub delivery: DeliveryConfig,
 }
 
 /// What one client may hold of the HTTP listener (listener.rs).
@@ -304,6 +345,20 @@ pub struct ProvisionConfig {
     pub stuck_terminating_after: Duration,
 }
 
+/// Delivery of outbox events (notify/).
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Whether `serve` delivers (`deliver` runs a pass regardless).
+    pub enabled: bool,
+    /// The email channel: None, no email is claimed. May hold a password.
+    pub smtp_url: Option<Secret>,
+    /// The sender, checked to be a mailbox; set whenever `smtp_url` is.
+    pub email_from: Option<String>,
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub webhook_timeout: Duration,
+}
+
 /// The Stripe reconcile, the one task the worker runs itself (every other task is the
 /// extension's, named by `entitlements.tasks()`); scheduled only with a Stripe secret key.
 pub const RECONCILE_STRIPE: &str = "reconcile_stripe";
@@ -325,6 +380,19 @@ struct FileConfig {
     stripe: FileStripe,
     #[serde(default)]
     provision: FileProvision,
+    #[serde(default)]
+    delivery: FileDelivery,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDelivery {
+    enabled: Option<bool>,
+    smtp_url: Option<String>,
+    email_from: Option<String>,
+    concurrency: Option<usize>,
+    lease: Option<FileDuration>,
+    webhook_timeout: Option<FileDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -470,6 +538,7 @@ impl Config {
             return Err(Error::Config("read_timeout must be more than 0".into()));
         }
         let provision = provision_config(cli, file.provision)?;
+        let delivery = delivery_config(cli, file.delivery)?;
         Ok(Config {
             database_url: Secret::new(database_url),
             listen_addr: cli.listen_addr.clone().or(file.listen_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
@@ -485,6 +554,7 @@ impl Config {
             },
             stripe,
             provision,
+            delivery,
         })
     }
 }
@@ -557,6 +627,42 @@ fn provision_config(cli: &Cli, file: FileProvision) -> Result<ProvisionConfig> {
             "provision.stuck_terminating_after",
             Duration::from_secs(600),
         )?,
+    })
+}
+
+fn delivery_config(cli: &Cli, file: FileDelivery) -> Result<DeliveryConfig> {
+    let concurrency = cli.delivery_concurrency.or(file.concurrency).unwrap_or(8);
+    if concurrency == 0 {
+        return Err(Error::Config("delivery concurrency must be at least 1".into()));
+    }
+    let lease = duration(cli.delivery_lease, file.lease.as_ref(), "delivery.lease", Duration::from_secs(60))?;
+    if lease < Duration::from_secs(10) {
+        // A delivery is one HTTP request or one SMTP dialogue, and must be reported before the
+        // lease runs out (or it is sent again).
+        return Err(Error::Config("delivery.lease must be at least 10s".into()));
+    }
+    let webhook_timeout = duration(
+        cli.webhook_timeout,
+        file.webhook_timeout.as_ref(),
+        "delivery.webhook_timeout",
+        Duration::from_secs(10),
+    )?;
+    let smtp_url = cli.smtp_url.clone().or(file.smtp_url).filter(|u| !u.trim().is_empty()).map(Secret::new);
+    let email_from = cli.email_from.clone().or(file.email_from).filter(|f| !f.trim().is_empty());
+    if let Some(url) = &smtp_url {
+        let Some(from) = &email_from else {
+            return Err(Error::Config("ENTITLEMENTS_SMTP_URL needs ENTITLEMENTS_EMAIL_FROM (the sender)".into()));
+        };
+        // Both are checked now, so a mistake stops the worker at start, not at the first email.
+        crate::notify::email::Mailer::new(url, from)?;
+    }
+    Ok(DeliveryConfig {
+        enabled: cli.delivery.or(file.enabled).unwrap_or(true),
+        smtp_url,
+        email_from,
+        concurrency,
+        lease,
+        webhook_timeout,
     })
 }
 
@@ -642,6 +748,74 @@ mod tests {
             Ok(Some(Command::Provision { dry_run: true, customer: Some(_) }))
         ));
         assert!(matches!(parse(&["provision"]), Ok(Some(Command::Provision { dry_run: false, customer: None }))));
+    }
+
+    #[test]
+    fn delivery_from_flags_over_the_file_with_defaults_and_the_smtp_password_hidden() {
+        let dir = std::env::temp_dir().join(format!("ew-delivery-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("worker.toml");
+        std::fs::write(
+            &file,
+            "database_url = \"x\"\n[delivery]\nsmtp_url = \"smtps://mailer:hunter2@mail.example.org:465\"\n\
+             email_from = \"Billing <billing@example.org>\"\nconcurrency = 3\nlease = \"30s\"\n",
+        )
+        .unwrap();
+        let c = Config::from_cli(&cli(&["--config", file.to_str().unwrap(), "--webhook-timeout", "2s"])).unwrap();
+        let d = &c.delivery;
+        let unset = |var: &str| std::env::var_os(var).is_none();
+        if unset("ENTITLEMENTS_DELIVERY") {
+            assert!(d.enabled, "on by default");
+        }
+        if unset("ENTITLEMENTS_DELIVERY_CONCURRENCY") {
+            assert_eq!(d.concurrency, 3);
+        }
+        if unset("ENTITLEMENTS_DELIVERY_LEASE") {
+            assert_eq!(d.lease, Duration::from_secs(30));
+        }
+        assert_eq!(d.webhook_timeout, Duration::from_secs(2), "the flag");
+        if unset("ENTITLEMENTS_SMTP_URL") && unset("ENTITLEMENTS_EMAIL_FROM") {
+            assert_eq!(d.smtp_url.as_ref().map(Secret::expose), Some("smtps://mailer:hunter2@mail.example.org:465"));
+            assert_eq!(d.email_from.as_deref(), Some("Billing <billing@example.org>"));
+        }
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+
+        if unset("ENTITLEMENTS_DELIVERY_CONCURRENCY")
+            && unset("ENTITLEMENTS_DELIVERY_LEASE")
+            && unset("ENTITLEMENTS_WEBHOOK_TIMEOUT")
+            && unset("ENTITLEMENTS_SMTP_URL")
+            && unset("ENTITLEMENTS_EMAIL_FROM")
+        {
+            std::fs::write(&file, "database_url = \"x\"\n").unwrap();
+            let d = Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).unwrap().delivery;
+            assert_eq!(
+                (d.concurrency, d.lease, d.webhook_timeout),
+                (8, Duration::from_secs(60), Duration::from_secs(10))
+            );
+            assert!(d.smtp_url.is_none() && d.email_from.is_none());
+
+            let refused = |toml: &str| {
+                std::fs::write(&file, format!("database_url = \"x\"\n[delivery]\n{toml}\n")).unwrap();
+                Config::from_cli(&cli(&["--config", file.to_str().unwrap()])).unwrap_err().to_string()
+            };
+            refused("lease = \"5s\"");
+            refused("concurrency = 0");
+            refused("webhook_timeout = \"off\"");
+            refused("timeout = \"1s\"");
+            let err = refused("smtp_url = \"smtp://u:hunter2@127.0.0.1:2525\"");
+            assert!(err.contains("ENTITLEMENTS_EMAIL_FROM") && !err.contains("hunter2"), "{err}");
+            let err = refused("smtp_url = \"ftp://u:hunter2@127.0.0.1\"\nemail_from = \"a@example.org\"");
+            assert!(err.contains("ENTITLEMENTS_SMTP_URL") && !err.contains("hunter2"), "{err}");
+            let err = refused("smtp_url = \"smtp://127.0.0.1:2525\"\nemail_from = \"not an address\"");
+            assert!(err.contains("ENTITLEMENTS_EMAIL_FROM"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("entitlements-worker").chain(args.iter().copied())).map(|c| c.command)
+        };
+        assert!(matches!(parse(&["deliver"]), Ok(Some(Command::Deliver))));
     }
 
     #[test]

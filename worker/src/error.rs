@@ -59,6 +59,10 @@ pub enum Error {
     /// A provisioning pass in which some servers failed (`entitlements-worker provision`).
     #[error("provisioning: {0}")]
     ProvisionFailed(String),
+    /// A delivery pass in which some deliveries failed (`entitlements-worker deliver`); each
+    /// failure is recorded with its delivery (entitlements.delivery_failed).
+    #[error("delivery: {0}")]
+    DeliveryFailed(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

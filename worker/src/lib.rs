@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod provision;
 pub mod scheduler;
 pub mod stripe;
@@ -76,6 +77,24 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
             }
             Ok(())
         }
+        Command::Deliver => {
+            let connections = (config.delivery.concurrency as u32).clamp(COMMAND_CONNECTIONS, 16);
+            let pool = db::connect(config.database_url.expose(), connections).await?;
+            let report = notify::run_once(pool, connections as usize, &config.delivery, &config.worker_id).await?;
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            if let Some(error) = report.claim_error {
+                return Err(Error::DeliveryFailed(format!("could not claim deliveries: {error}")));
+            }
+            if report.failed > 0 {
+                return Err(Error::DeliveryFailed(format!(
+                    "{} of {} deliveries failed: {}",
+                    report.failed,
+                    report.claimed,
+                    report.errors.join("; ")
+                )));
+            }
+            Ok(())
+        }
         Command::Check => {
             let pool = db::connect(config.database_url.expose(), COMMAND_CONNECTIONS).await?;
             let version = db::extension_version(&pool).await?;
@@ -86,9 +105,9 @@ pub async fn run(config: Config, command: Option<Command>) -> Result<()> {
     }
 }
 
-/// The daemon: HTTP and the scheduler (and any other background loop, spawned on
-/// `ctx.tracker`) until SIGTERM / Ctrl-C; then stop intake, let in-flight work finish for
-/// up to `shutdown_timeout`, and return.
+/// The daemon: HTTP, the scheduler, delivery of outbox events (and any other background
+/// loop, spawned on `ctx.tracker`) until SIGTERM / Ctrl-C; then stop intake, let in-flight
+/// work finish for up to `shutdown_timeout`, and return.
 pub async fn serve(ctx: Context) -> Result<()> {
     let listener = http::bind(&ctx.config.listen_addr).await?;
     tokio::spawn(cancel_on_signal(ctx.shutdown.clone()));
@@ -98,6 +117,7 @@ pub async fn serve(ctx: Context) -> Result<()> {
     }
     stripe::spawn(&ctx)?;
     provision::spawn(&ctx).await?;
+    notify::spawn(&ctx)?;
     let http = {
         let ctx = ctx.clone();
         ctx.tracker.clone().spawn(async move {

@@ -50,6 +50,14 @@ pub const PROVISION_APPLIES: &str = "entitlements_provision_applies_total";
 /// Histogram, seconds: from a server's creation to the first time it is reported ready.
 pub const SERVER_TIME_TO_READY: &str = "entitlements_server_time_to_ready_seconds";
 
+// Delivery of outbox events (notify/).
+/// Counter, by `channel` (webhook, email) and `outcome` (delivered, failed, dead, lease_lost,
+/// unrecorded): attempts and what became of them.
+pub const DELIVERIES: &str = "entitlements_deliveries_total";
+/// Histogram, seconds, by `channel`: one attempt, from the request (or SMTP connect) to the
+/// answer.
+pub const DELIVERY_LATENCY: &str = "entitlements_delivery_latency_seconds";
+
 /// Seconds a new server takes to be ready: image pulls, volumes, a database and a certificate.
 const TIME_TO_READY_BUCKETS: &[f64] = &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
@@ -99,6 +107,11 @@ fn describe() {
     describe_gauge!(SERVERS, "Servers by phase (entitlements.provision_stats).");
     describe_counter!(PROVISION_FAILURES, "Provisioning attempts that failed (retried with backoff in the database).");
     describe_counter!(PROVISION_APPLIES, "Write calls to the Kubernetes API, by verb and kind.");
+    describe_counter!(
+        DELIVERIES,
+        "Delivery attempts of outbox events by channel and outcome (delivered, failed, dead, lease_lost, unrecorded)."
+    );
+    describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "Duration of one delivery attempt, by channel.");
     describe_histogram!(
         SERVER_TIME_TO_READY,
         Unit::Seconds,
