@@ -37,3 +37,9 @@ fi
 if ! python3 -m pip show localstripe 2>/dev/null | grep -qx "Version: 1.15.10" || ! command -v localstripe >/dev/null; then
     python3 -m pip install -q --root-user-action=ignore "localstripe==1.15.10"
 fi
+
+# The delivery tests send email to PyPI aiosmtpd, a real SMTP server started per test
+# (tests/src/smtp.rs runs it with python3).
+if ! python3 -m pip show aiosmtpd 2>/dev/null | grep -qx "Version: 1.4.6"; then
+    python3 -m pip install -q --root-user-action=ignore "aiosmtpd==1.4.6"
+fi

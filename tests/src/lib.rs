@@ -13,19 +13,26 @@
 //!   computed here (hmac/sha2), independently of the worker's code.
 //! - [`FakeHttp`]: a scripted HTTP/1.1 server that records what it was asked.
 //! - [`KubeFake`]: a fake Kubernetes API server (and controllers) on a real socket.
+//! - [`SmtpServer`]: PyPI aiosmtpd on a free port, every message it is given parsed and kept.
+//! - [`WebhookReceiver`]: an app's webhook endpoint that verifies Standard Webhooks signatures
+//!   (hmac/sha2/base64 here, independently of the worker) and answers as scripted.
 //! - [`eventually`], [`TestDb::wait_until`], [`race`]: waiting for a condition with a bound,
 //!   never a fixed sleep; sessions that start racing together.
 mod db;
 mod http;
 pub mod kube_fake;
 mod localstripe;
+mod smtp;
 pub mod stripe;
 mod wait;
+pub mod webhooks;
 mod worker;
 
 pub use db::{admin_url, demo_catalog, has_feature, sqlstate, subscribe, TestDb, DEMO_CATALOG};
 pub use http::{free_addr, free_port, get_json, http_get, FakeHttp, Request};
 pub use kube_fake::{Calls, Fault, FaultKind, FieldManager, KubeFake, RequestRecord};
 pub use localstripe::LocalStripe;
+pub use smtp::{Message, SmtpServer};
 pub use wait::{eventually, race, WAIT};
+pub use webhooks::{Answer, Received, WebhookReceiver};
 pub use worker::{sample, worker_bin, worker_command, Worker, WORKER_SETTINGS};

@@ -9,7 +9,7 @@ use tokio::process::{Child, Command};
 
 /// Every setting the worker reads from the environment: cleared for each worker a test starts
 /// (nothing inherited changes what a test sees), and each documented in `--help`.
-pub const WORKER_SETTINGS: [&str; 27] = [
+pub const WORKER_SETTINGS: [&str; 33] = [
     "DATABASE_URL",
     "ENTITLEMENTS_CONFIG",
     "ENTITLEMENTS_LISTEN_ADDR",
@@ -37,6 +37,12 @@ pub const WORKER_SETTINGS: [&str; 27] = [
     "ENTITLEMENTS_PROVISION_CONCURRENCY",
     "ENTITLEMENTS_PROVISION_REQUEUE",
     "ENTITLEMENTS_NAMESPACE_STUCK_AFTER",
+    "ENTITLEMENTS_DELIVERY",
+    "ENTITLEMENTS_SMTP_URL",
+    "ENTITLEMENTS_EMAIL_FROM",
+    "ENTITLEMENTS_DELIVERY_CONCURRENCY",
+    "ENTITLEMENTS_DELIVERY_LEASE",
+    "ENTITLEMENTS_WEBHOOK_TIMEOUT",
 ];
 
 /// The installed binary (`make install`), or ENTITLEMENTS_WORKER_BIN.
