@@ -816,6 +816,20 @@ mod tests {
             Cli::try_parse_from(std::iter::once("entitlements-worker").chain(args.iter().copied())).map(|c| c.command)
         };
         assert!(matches!(parse(&["deliver"]), Ok(Some(Command::Deliver))));
+
+        let help = <Cli as clap::CommandFactory>::command().render_long_help().to_string();
+        for needle in [
+            "env: ENTITLEMENTS_DELIVERY=",
+            "ENTITLEMENTS_SMTP_URL",
+            "ENTITLEMENTS_EMAIL_FROM",
+            "ENTITLEMENTS_DELIVERY_CONCURRENCY",
+            "ENTITLEMENTS_DELIVERY_LEASE",
+            "ENTITLEMENTS_WEBHOOK_TIMEOUT",
+            "[delivery]",
+            "deliver ",
+        ] {
+            assert!(help.contains(needle), "--help mentions {needle}:\n{help}");
+        }
     }
 
     #[test]
