@@ -3,7 +3,7 @@
 -- Provisioning, database side (issue #10): servers, their desired state at read time, the
 -- worker's claim/report/failed, secrets, the outbox, and who may do what.
 begin;
-select plan(76);
+select plan(84);
 create role ops login;
 grant entitlements_admin to ops;
 create role mallory login;
@@ -71,8 +71,11 @@ update entitlements.subscriptions set status = 'past_due' where id = :'sub3';
 select is((select desired from entitlements.servers where id = :'srv3'), 'running', 'past_due within grace: still running');
 -- Grace (3 days) ran out a week ago; no task ran.
 update entitlements.subscriptions set status_changed_at = now() - interval '10 days' where id = :'sub3';
--- (The server is as old as the subscription: retention never counts from before it existed.)
+-- (The server is as old as the subscription: retention never counts from before it existed.
+-- Its creation never changes, so the test steps around the trigger that says so.)
+set local session_replication_role = replica;
 update entitlements.server_records set created_at = now() - interval '10 days' where id = :'srv3';
+set local session_replication_role = origin;
 select is((select desired from entitlements.servers where id = :'srv3'), 'suspended',
           'past_due beyond grace: suspended at once, no job needed');
 insert into entitlements.settings (server_retention) values ('5 days');
@@ -145,6 +148,10 @@ select is((select array[phase, (next_attempt_at = now() + interval '5 seconds'):
           array['provisioning', 'true'], 'and looked at again after it');
 select throws_ok($$select entitlements.provision_report(gen_random_uuid(), 'w1', 1, 'bogus', '[]', null)$$, '22023', NULL,
                  'an unknown phase is refused');
+select throws_ok(format('select entitlements.provision_report(%L, %L, 1, %L, %L, null)', :'srv1', 'w1', 'ready', '{"a": 1}'),
+                 '22023', NULL, 'conditions must be an array');
+select throws_ok($$select entitlements.provision_failed(gen_random_uuid(), 'w1', 'x')$$, 'P0002', NULL,
+                 'a failure of an unknown server is refused');
 select throws_ok($$select * from entitlements.provision_claim('w1', '0 seconds', 1)$$, '22023', NULL,
                  'a lease shorter than a second is refused');
 reset role;
@@ -192,7 +199,15 @@ select throws_ok($$select entitlements.create_server('00000000-0000-0000-0000-00
                  '23505', NULL, 'a terminated server''s name is never reused');
 set local role ops;
 select throws_ok($$delete from entitlements.server_records$$, '42501', NULL, 'server records are never deleted, not even by admins');
+select throws_ok(format('update entitlements.server_records set name = %L where id = %L', 'renamed', :'srv1'), '22023', NULL,
+                 'a server''s name never changes (nor its customer, domains or creation)');
+select throws_ok(format('update entitlements.server_records set phase = %L where id = %L', 'pending', :'srv3'), '22023', NULL,
+                 'terminated is final');
+select throws_ok($$select * from entitlements.server_domains$$, '42501', NULL, 'the domain bookkeeping is the extension''s own');
 reset role;
+select lives_ok(format('select entitlements.create_server(%L, %L, %L)', :u3, 'takes-domain',
+                       (select domains[1] from entitlements.server_records where id = :'srv3')),
+                'a terminated server''s domain is free again');
 
 -- As a signed-in user ------------------------------------------------------------------------
 set local role authenticated;
@@ -217,9 +232,20 @@ select is((select count(*)::int from entitlements.outbox where customer_id <> '0
 select throws_ok($$insert into entitlements.outbox (kind, customer_id, dedup_key) values ('server.ready', '00000000-0000-0000-0000-00000000e002', 'forged')$$,
                  '42501', NULL, 'and a user cannot forge one');
 select throws_ok($$select * from entitlements.provision_claim('me', '1 minute', 10)$$, '42501', NULL, 'nor claim servers');
-select throws_ok(format('select entitlements.retry_server(%L)', :'srv2'), 'P0002', NULL, 'nor retry another''s (not even seen)');
+select throws_ok(format('select entitlements.retry_server(%L)', :'srv2'), '42501', NULL, 'nor retry a server');
 select throws_ok($$select entitlements._feature_config('00000000-0000-0000-0000-00000000e001', 'resources')$$, '42501', NULL,
                  'nor read another customer''s resources');
+reset role;
+-- A tenant admin administers its tenant's customers, but not where servers stand.
+update entitlements.customers set tenant_id = '00000000-0000-0000-0000-0000000000f1' where id = :u1;
+insert into entitlements.admins (user_id, tenant_id) values ('00000000-0000-0000-0000-00000000ad01', '00000000-0000-0000-0000-0000000000f1');
+set local role authenticated;
+select set_config('request.jwt.claims', '{"sub": "00000000-0000-0000-0000-00000000ad01", "role": "authenticated"}', true)
+    is not null as c \gset
+select ok(entitlements.is_admin_of(:u1), 'a tenant admin of u1''s tenant');
+update entitlements.server_records set phase = 'terminated' where customer_id = :u1;
+select is((select count(*)::int from entitlements.server_records where customer_id = :u1 and phase = 'terminated'), 0,
+          'cannot free a slot by marking a server terminated (RLS: global admins only)');
 reset role;
 set local role mallory;
 select throws_ok($$select * from entitlements.servers$$, '42501', NULL, 'a plain login role reads no servers');

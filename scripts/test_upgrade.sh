@@ -52,7 +52,7 @@ SQL
 
 # What 0.2.0 adds to the data: a table that starts empty and a column that starts NULL
 # (checked after the upgrade); the rows are compared without them.
-NEW_TABLES=(entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets)
+NEW_TABLES=(entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts)
 NEW_COLUMNS=(entitlements.stripe_events.dead_at)
 # Every table's rows of the extension's schema (partitions too) and of the app table, in a
 # stable order, as one line per table.

@@ -2469,8 +2469,10 @@ select pg_catalog.pg_extension_config_dump('entitlements.outbox', '');
 alter table entitlements.outbox enable row level security;
 create policy outbox_read on entitlements.outbox for select
     using (entitlements.can_see_customer(customer_id) or entitlements.is_admin());
+-- Written only by the extension's functions as a global admin (the worker's role): the
+-- dedup key is global, so a tenant admin could otherwise pre-empt another tenant's event.
 create policy outbox_admin on entitlements.outbox for insert
-    with check (entitlements.is_admin_of(customer_id));
+    with check (entitlements.is_admin());
 
 -- Record an event once; true when it is new.
 create function entitlements._outbox_record(kind text, customer uuid, dedup_key text, payload jsonb)
@@ -2578,8 +2580,10 @@ create policy server_records_read on entitlements.server_records for select
     using (entitlements.can_see_customer(customer_id));
 create policy server_records_add on entitlements.server_records for insert
     with check (entitlements._may_add_server(customer_id));
+-- Global admins (the worker's role) only: a tenant admin could otherwise move a server's
+-- state under another tenant's (a terminated server back to life, a slot freed).
 create policy server_records_admin on entitlements.server_records for update
-    using (entitlements.is_admin_of(customer_id)) with check (entitlements.is_admin_of(customer_id));
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
 alter table entitlements.server_secrets enable row level security;
 create policy server_secrets_admin on entitlements.server_secrets for all
     using (entitlements.is_admin()) with check (entitlements.is_admin());
@@ -2633,7 +2637,7 @@ begin
         else
             resources := r.applied_resources;
             desired := case when entitlements._server_access_lost_at(r.customer_id, r.created_at)
-                                 + (entitlements._settings()).server_retention <= now()
+                                 <= now() - (entitlements._settings()).server_retention
                             then 'terminated' else 'suspended' end;
         end if;
     end if;
@@ -2653,10 +2657,40 @@ comment on view entitlements.servers is
 
 -- Adding servers --------------------------------------------------------------------------
 
--- Every insert, direct or not: the customer must have `resources` now, and fewer live servers
--- than its plan's `servers`; a domain is one live server's only. Serialized per customer.
+-- Live servers' domains, one row each: the key makes a domain one live server's only under
+-- any isolation level (a check of server_records would race).
+create table entitlements.server_domains (
+    domain    text primary key,
+    server_id uuid not null references entitlements.server_records (id)
+);
+-- One row per customer, bumped by every server added, so that two transactions adding servers
+-- for one customer meet on it: READ COMMITTED waits and then counts the other's server;
+-- REPEATABLE READ and SERIALIZABLE fail with 40001 instead of both counting from a snapshot.
+create table entitlements.server_counts (
+    customer_id uuid primary key references entitlements.customers (id),
+    added       bigint not null
+);
+comment on table entitlements.server_domains is 'Domains of live servers (the extension''s own bookkeeping).';
+comment on table entitlements.server_counts is 'Servers ever added per customer (serializes adding them).';
+select pg_catalog.pg_extension_config_dump('entitlements.server_domains', '');
+select pg_catalog.pg_extension_config_dump('entitlements.server_counts', '');
+-- Owner only: written by the definer triggers below, read by nobody else.
+alter table entitlements.server_domains enable row level security;
+alter table entitlements.server_counts enable row level security;
+
+-- A whole number from a resources document, or `default` when it has none (a grant may hold
+-- any JSON: a server that cannot use it fails in the worker, naming it).
+create function entitlements._resource_count(resources jsonb, key text, fallback bigint)
+returns bigint language sql immutable parallel safe
+return case when jsonb_typeof(resources -> key) = 'number' then greatest(floor((resources ->> key)::numeric), 0)::bigint
+            else fallback end;
+
+-- Every insert, direct or not: the caller may act for the customer (else nothing about it is
+-- told), the customer has `resources` now and fewer live servers than `servers`. Definer: it
+-- counts every live server, which RLS may hide from the caller; it reads only the new row of
+-- the extension's own table. RLS then decides whether the caller may add it.
 create function entitlements._server_check_insert()
-returns trigger language plpgsql
+returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -2664,10 +2698,14 @@ declare
     v_allowed bigint;
     v_live bigint;
 begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._server_check_insert');
     if entitlements._bulk_loading() then
         return new; -- pg_restore: the restored servers were within their plans
     end if;
-    perform pg_advisory_xact_lock(hashtextextended('entitlements.servers ' || new.customer_id::text, 0));
+    perform entitlements._require(entitlements._may_meter(new.customer_id), 'adding a server',
+                                  'the customer, an owner or admin of the organization, or an entitlements admin');
+    insert into entitlements.server_counts as c (customer_id, added) values (new.customer_id, 1)
+    on conflict (customer_id) do update set added = c.added + 1;
     -- This statement's own writes (a subscribe that adds the first server) must be seen.
     perform entitlements._cache_touch();
     v_resources := entitlements._feature_config(new.customer_id, 'resources');
@@ -2675,7 +2713,7 @@ begin
         raise exception 'customer % has no plan that includes a server', new.customer_id
             using errcode = 'PT403', hint = 'Subscribe to a plan with "resources" first.';
     end if;
-    v_allowed := coalesce((v_resources ->> 'servers')::bigint, 1);
+    v_allowed := entitlements._resource_count(v_resources, 'servers', 1);
     select count(*) into v_live from entitlements.server_records r
      where r.customer_id = new.customer_id and r.phase not in ('terminating', 'terminated');
     if v_live >= v_allowed then
@@ -2683,12 +2721,9 @@ begin
             using errcode = 'PT429', detail = format('The plan''s resources.servers is %s.', v_allowed),
                   hint = 'Upgrade to a plan with more servers, or wait until a terminated one is gone.';
     end if;
-    if cardinality(new.domains) > coalesce((v_resources ->> 'domains')::bigint, 1) then
+    if cardinality(new.domains) > entitlements._resource_count(v_resources, 'domains', 1) then
         raise exception '% domains given; the plan allows %', cardinality(new.domains),
-            coalesce((v_resources ->> 'domains')::bigint, 1) using errcode = 'PT429';
-    end if;
-    if entitlements._server_domain_taken(new.domains) then
-        raise exception 'a domain of % is already served by another server', new.domains using errcode = '23505';
+            entitlements._resource_count(v_resources, 'domains', 1) using errcode = 'PT429';
     end if;
     return new;
 end
@@ -2696,18 +2731,9 @@ $$;
 create trigger server_records_check before insert on entitlements.server_records
     for each row execute function entitlements._server_check_insert();
 
--- Definer: a domain must be free among every customer's live servers, which RLS hides from
--- the caller. Reads only builtin values.
-create function entitlements._server_domain_taken(domains text[])
-returns boolean language sql stable security definer
-set search_path = pg_catalog, pg_temp
-as $$
-    select exists (select 1 from entitlements.server_records r
-                    where r.domains && _server_domain_taken.domains and r.phase <> 'terminated')
-$$;
-
--- Definer: the secrets are made as the server is, by a table nobody else may write.
-create function entitlements._server_make_secrets()
+-- Definer: a new server's secrets (made once, never again) and its domains, in tables nobody
+-- else may write.
+create function entitlements._server_made()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -2716,10 +2742,15 @@ declare
     v_seed bytea := sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text
                                       || gen_random_uuid()::text, 'UTF8'));
 begin
-    perform entitlements._require_own_table(tg_relid, 'entitlements._server_make_secrets');
+    perform entitlements._require_own_table(tg_relid, 'entitlements._server_made');
     if entitlements._bulk_loading() then
-        return null; -- the dump restores the secrets
+        return null; -- the dump restores the secrets and domains
     end if;
+    begin
+        insert into entitlements.server_domains (domain, server_id) select d, new.id from unnest(new.domains) d;
+    exception when unique_violation then
+        raise exception 'a domain of % is already served by another server', new.domains using errcode = '23505';
+    end;
     insert into entitlements.server_secrets (server_id, signing_key, registration_shared_secret, macaroon_secret_key)
     values (new.id,
             -- Synapse's signing key file: algorithm, key id, unpadded base64 of the seed.
@@ -2730,8 +2761,38 @@ begin
     return null;
 end
 $$;
-create trigger server_records_secrets after insert on entitlements.server_records
-    for each row execute function entitlements._server_make_secrets();
+create trigger server_records_made after insert on entitlements.server_records
+    for each row execute function entitlements._server_made();
+
+-- What a server is never changes (its customer, name, domains, creation), and terminated is
+-- final: the worker and admins change only where it stands. A terminated server's domains
+-- are free again. Definer: it writes server_domains.
+create function entitlements._server_changed()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._server_changed');
+    if entitlements._bulk_loading() then
+        return new;
+    end if;
+    if (new.id, new.customer_id, new.name, new.domains, new.created_at)
+       is distinct from (old.id, old.customer_id, old.name, old.domains, old.created_at) then
+        raise exception 'a server''s id, customer, name, domains and creation never change'
+            using errcode = '22023', hint = 'Add another server instead (create_server).';
+    end if;
+    if old.phase = 'terminated' and new.phase <> 'terminated' then
+        raise exception 'server % is terminated; a terminated server stays terminated', old.name
+            using errcode = '22023';
+    end if;
+    if new.phase = 'terminated' and old.phase <> 'terminated' then
+        delete from entitlements.server_domains d where d.server_id = old.id;
+    end if;
+    return new;
+end
+$$;
+create trigger server_records_changed before update on entitlements.server_records
+    for each row execute function entitlements._server_changed();
 
 -- Add a server (create_server and the first server of a subscription); wakes the worker.
 create function entitlements._server_add(customer uuid, name text, domain text)
@@ -2765,7 +2826,8 @@ begin
         raise exception 'server name "%" is taken', v_name
             using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
     end;
-    perform pg_notify('entitlements_provision', v_id::text);
+    -- No payload: the worker only needs waking, and anyone may LISTEN.
+    perform pg_notify('entitlements_provision', '');
     return v_id;
 end
 $$;
@@ -2954,7 +3016,15 @@ declare
 begin
     perform entitlements._require_admin('provision_report');
     perform entitlements._require_not_null(server_id, 'server_id');
+    perform entitlements._require_not_null(holder, 'holder');
     perform entitlements._require_not_null(generation, 'generation');
+    if jsonb_typeof(conditions) is distinct from 'array' and conditions is not null then
+        raise exception 'conditions must be a JSON array, got %', jsonb_typeof(conditions) using errcode = '22023';
+    end if;
+    if jsonb_typeof(applied_resources) is distinct from 'object' and applied_resources is not null then
+        raise exception 'applied_resources must be a JSON object, got %', jsonb_typeof(applied_resources)
+            using errcode = '22023';
+    end if;
     if phase is null or phase not in ('provisioning', 'ready', 'suspended', 'terminating', 'terminated') then
         raise exception 'phase must be provisioning, ready, suspended, terminating or terminated, got %',
             coalesce(phase, 'NULL') using errcode = '22023';
@@ -3017,8 +3087,12 @@ declare
 begin
     perform entitlements._require_admin('provision_failed');
     perform entitlements._require_not_null(server_id, 'server_id');
+    perform entitlements._require_not_null(holder, 'holder');
     -- Row, then lease: provision_claim's order.
     perform 1 from entitlements.server_records s where s.id = server_id for update;
+    if not found then
+        raise exception 'server % does not exist', server_id using errcode = 'P0002';
+    end if;
     delete from entitlements.leases l
      where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
     if not found then
@@ -3033,9 +3107,6 @@ begin
            updated_at = now()
      where s.id = server_id
     returning * into r;
-    if not found then
-        raise exception 'server % does not exist', server_id using errcode = 'P0002';
-    end if;
     if r.phase = 'failed' then
         perform entitlements._outbox_record('server.failed', r.customer_id,
             format('server.failed:%s:%s', r.id, entitlements._us(r.updated_at)),
@@ -3053,27 +3124,25 @@ create function entitlements.retry_server(server uuid)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-    v_customer uuid;
 begin
+    perform entitlements._require_admin('retry_server');
     perform entitlements._require_not_null(server, 'server');
-    select r.customer_id into v_customer from entitlements.server_records r where r.id = server;
-    if not found then
+    if not exists (select 1 from entitlements.server_records r where r.id = server) then
         raise exception 'server % does not exist', server using errcode = 'P0002';
     end if;
-    perform entitlements._require_admin_of('retry_server', v_customer);
     update entitlements.server_records r
        set phase = case when r.phase = 'failed' then 'pending' else r.phase end,
            attempts = 0, next_attempt_at = now(), updated_at = now()
      where r.id = server and r.phase <> 'terminated';
     if found then
-        perform pg_notify('entitlements_provision', server::text);
+        perform pg_notify('entitlements_provision', '');
     end if;
     return found;
 end
 $$;
 comment on function entitlements.retry_server(uuid) is
-    'Try a failed (or backing-off) server again now, attempts counted from zero; false once terminated.';
+    'Try a failed (or backing-off) server again now, attempts counted from zero; false once terminated. '
+    'Global admins only.';
 
 -- What the worker would work on for one customer now, without leasing: provision --dry-run.
 create function entitlements.server_specs(customer uuid)
@@ -3213,6 +3282,7 @@ grant insert, update, delete on entitlements.features, entitlements.plans, entit
     to entitlements_api, entitlements_admin;
 -- Servers: added through create_server (the rest of a row is the worker's, through the admin
 -- functions), never deleted (a name is never reused); the secrets are for global admins.
+-- Updates and events: global admins only (RLS), the worker's role or a listed admin.
 grant insert (customer_id, name, domains), update on entitlements.server_records to entitlements_api, entitlements_admin;
 grant insert on entitlements.outbox to entitlements_api, entitlements_admin;
 -- A task run is recorded and pruned, never rewritten.
@@ -3243,6 +3313,7 @@ declare
 begin
     -- grant execute on all functions in schema entitlements to entitlements_api, entitlements_admin;
 revoke select on entitlements.server_secrets from entitlements_api;
+revoke select on entitlements.server_domains, entitlements.server_counts from entitlements_api, entitlements_admin;
     for o in
         select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
           from pg_depend d
@@ -3265,7 +3336,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
     entitlements._require_own_table(oid, text), entitlements._catalog_snapshot(),
     entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
-    entitlements._access_token_claims(jsonb), entitlements._server_make_secrets(),
+    entitlements._access_token_claims(jsonb), entitlements._server_made(), entitlements._server_changed(),
     entitlements._server_check_insert(), entitlements._server_first(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),

@@ -19,8 +19,10 @@ select pg_catalog.pg_extension_config_dump('entitlements.outbox', '');
 alter table entitlements.outbox enable row level security;
 create policy outbox_read on entitlements.outbox for select
     using (entitlements.can_see_customer(customer_id) or entitlements.is_admin());
+-- Written only by the extension's functions as a global admin (the worker's role): the
+-- dedup key is global, so a tenant admin could otherwise pre-empt another tenant's event.
 create policy outbox_admin on entitlements.outbox for insert
-    with check (entitlements.is_admin_of(customer_id));
+    with check (entitlements.is_admin());
 
 -- Record an event once; true when it is new.
 create function entitlements._outbox_record(kind text, customer uuid, dedup_key text, payload jsonb)

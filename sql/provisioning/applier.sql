@@ -143,7 +143,15 @@ declare
 begin
     perform entitlements._require_admin('provision_report');
     perform entitlements._require_not_null(server_id, 'server_id');
+    perform entitlements._require_not_null(holder, 'holder');
     perform entitlements._require_not_null(generation, 'generation');
+    if jsonb_typeof(conditions) is distinct from 'array' and conditions is not null then
+        raise exception 'conditions must be a JSON array, got %', jsonb_typeof(conditions) using errcode = '22023';
+    end if;
+    if jsonb_typeof(applied_resources) is distinct from 'object' and applied_resources is not null then
+        raise exception 'applied_resources must be a JSON object, got %', jsonb_typeof(applied_resources)
+            using errcode = '22023';
+    end if;
     if phase is null or phase not in ('provisioning', 'ready', 'suspended', 'terminating', 'terminated') then
         raise exception 'phase must be provisioning, ready, suspended, terminating or terminated, got %',
             coalesce(phase, 'NULL') using errcode = '22023';
@@ -206,8 +214,12 @@ declare
 begin
     perform entitlements._require_admin('provision_failed');
     perform entitlements._require_not_null(server_id, 'server_id');
+    perform entitlements._require_not_null(holder, 'holder');
     -- Row, then lease: provision_claim's order.
     perform 1 from entitlements.server_records s where s.id = server_id for update;
+    if not found then
+        raise exception 'server % does not exist', server_id using errcode = 'P0002';
+    end if;
     delete from entitlements.leases l
      where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
     if not found then
@@ -222,9 +234,6 @@ begin
            updated_at = now()
      where s.id = server_id
     returning * into r;
-    if not found then
-        raise exception 'server % does not exist', server_id using errcode = 'P0002';
-    end if;
     if r.phase = 'failed' then
         perform entitlements._outbox_record('server.failed', r.customer_id,
             format('server.failed:%s:%s', r.id, entitlements._us(r.updated_at)),
@@ -242,27 +251,25 @@ create function entitlements.retry_server(server uuid)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-    v_customer uuid;
 begin
+    perform entitlements._require_admin('retry_server');
     perform entitlements._require_not_null(server, 'server');
-    select r.customer_id into v_customer from entitlements.server_records r where r.id = server;
-    if not found then
+    if not exists (select 1 from entitlements.server_records r where r.id = server) then
         raise exception 'server % does not exist', server using errcode = 'P0002';
     end if;
-    perform entitlements._require_admin_of('retry_server', v_customer);
     update entitlements.server_records r
        set phase = case when r.phase = 'failed' then 'pending' else r.phase end,
            attempts = 0, next_attempt_at = now(), updated_at = now()
      where r.id = server and r.phase <> 'terminated';
     if found then
-        perform pg_notify('entitlements_provision', server::text);
+        perform pg_notify('entitlements_provision', '');
     end if;
     return found;
 end
 $$;
 comment on function entitlements.retry_server(uuid) is
-    'Try a failed (or backing-off) server again now, attempts counted from zero; false once terminated.';
+    'Try a failed (or backing-off) server again now, attempts counted from zero; false once terminated. '
+    'Global admins only.';
 
 -- What the worker would work on for one customer now, without leasing: provision --dry-run.
 create function entitlements.server_specs(customer uuid)

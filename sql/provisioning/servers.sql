@@ -91,8 +91,10 @@ create policy server_records_read on entitlements.server_records for select
     using (entitlements.can_see_customer(customer_id));
 create policy server_records_add on entitlements.server_records for insert
     with check (entitlements._may_add_server(customer_id));
+-- Global admins (the worker's role) only: a tenant admin could otherwise move a server's
+-- state under another tenant's (a terminated server back to life, a slot freed).
 create policy server_records_admin on entitlements.server_records for update
-    using (entitlements.is_admin_of(customer_id)) with check (entitlements.is_admin_of(customer_id));
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
 alter table entitlements.server_secrets enable row level security;
 create policy server_secrets_admin on entitlements.server_secrets for all
     using (entitlements.is_admin()) with check (entitlements.is_admin());
@@ -146,7 +148,7 @@ begin
         else
             resources := r.applied_resources;
             desired := case when entitlements._server_access_lost_at(r.customer_id, r.created_at)
-                                 + (entitlements._settings()).server_retention <= now()
+                                 <= now() - (entitlements._settings()).server_retention
                             then 'terminated' else 'suspended' end;
         end if;
     end if;
@@ -166,10 +168,40 @@ comment on view entitlements.servers is
 
 -- Adding servers --------------------------------------------------------------------------
 
--- Every insert, direct or not: the customer must have `resources` now, and fewer live servers
--- than its plan's `servers`; a domain is one live server's only. Serialized per customer.
+-- Live servers' domains, one row each: the key makes a domain one live server's only under
+-- any isolation level (a check of server_records would race).
+create table entitlements.server_domains (
+    domain    text primary key,
+    server_id uuid not null references entitlements.server_records (id)
+);
+-- One row per customer, bumped by every server added, so that two transactions adding servers
+-- for one customer meet on it: READ COMMITTED waits and then counts the other's server;
+-- REPEATABLE READ and SERIALIZABLE fail with 40001 instead of both counting from a snapshot.
+create table entitlements.server_counts (
+    customer_id uuid primary key references entitlements.customers (id),
+    added       bigint not null
+);
+comment on table entitlements.server_domains is 'Domains of live servers (the extension''s own bookkeeping).';
+comment on table entitlements.server_counts is 'Servers ever added per customer (serializes adding them).';
+select pg_catalog.pg_extension_config_dump('entitlements.server_domains', '');
+select pg_catalog.pg_extension_config_dump('entitlements.server_counts', '');
+-- Owner only: written by the definer triggers below, read by nobody else.
+alter table entitlements.server_domains enable row level security;
+alter table entitlements.server_counts enable row level security;
+
+-- A whole number from a resources document, or `default` when it has none (a grant may hold
+-- any JSON: a server that cannot use it fails in the worker, naming it).
+create function entitlements._resource_count(resources jsonb, key text, fallback bigint)
+returns bigint language sql immutable parallel safe
+return case when jsonb_typeof(resources -> key) = 'number' then greatest(floor((resources ->> key)::numeric), 0)::bigint
+            else fallback end;
+
+-- Every insert, direct or not: the caller may act for the customer (else nothing about it is
+-- told), the customer has `resources` now and fewer live servers than `servers`. Definer: it
+-- counts every live server, which RLS may hide from the caller; it reads only the new row of
+-- the extension's own table. RLS then decides whether the caller may add it.
 create function entitlements._server_check_insert()
-returns trigger language plpgsql
+returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -177,10 +209,14 @@ declare
     v_allowed bigint;
     v_live bigint;
 begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._server_check_insert');
     if entitlements._bulk_loading() then
         return new; -- pg_restore: the restored servers were within their plans
     end if;
-    perform pg_advisory_xact_lock(hashtextextended('entitlements.servers ' || new.customer_id::text, 0));
+    perform entitlements._require(entitlements._may_meter(new.customer_id), 'adding a server',
+                                  'the customer, an owner or admin of the organization, or an entitlements admin');
+    insert into entitlements.server_counts as c (customer_id, added) values (new.customer_id, 1)
+    on conflict (customer_id) do update set added = c.added + 1;
     -- This statement's own writes (a subscribe that adds the first server) must be seen.
     perform entitlements._cache_touch();
     v_resources := entitlements._feature_config(new.customer_id, 'resources');
@@ -188,7 +224,7 @@ begin
         raise exception 'customer % has no plan that includes a server', new.customer_id
             using errcode = 'PT403', hint = 'Subscribe to a plan with "resources" first.';
     end if;
-    v_allowed := coalesce((v_resources ->> 'servers')::bigint, 1);
+    v_allowed := entitlements._resource_count(v_resources, 'servers', 1);
     select count(*) into v_live from entitlements.server_records r
      where r.customer_id = new.customer_id and r.phase not in ('terminating', 'terminated');
     if v_live >= v_allowed then
@@ -196,12 +232,9 @@ begin
             using errcode = 'PT429', detail = format('The plan''s resources.servers is %s.', v_allowed),
                   hint = 'Upgrade to a plan with more servers, or wait until a terminated one is gone.';
     end if;
-    if cardinality(new.domains) > coalesce((v_resources ->> 'domains')::bigint, 1) then
+    if cardinality(new.domains) > entitlements._resource_count(v_resources, 'domains', 1) then
         raise exception '% domains given; the plan allows %', cardinality(new.domains),
-            coalesce((v_resources ->> 'domains')::bigint, 1) using errcode = 'PT429';
-    end if;
-    if entitlements._server_domain_taken(new.domains) then
-        raise exception 'a domain of % is already served by another server', new.domains using errcode = '23505';
+            entitlements._resource_count(v_resources, 'domains', 1) using errcode = 'PT429';
     end if;
     return new;
 end
@@ -209,18 +242,9 @@ $$;
 create trigger server_records_check before insert on entitlements.server_records
     for each row execute function entitlements._server_check_insert();
 
--- Definer: a domain must be free among every customer's live servers, which RLS hides from
--- the caller. Reads only builtin values.
-create function entitlements._server_domain_taken(domains text[])
-returns boolean language sql stable security definer
-set search_path = pg_catalog, pg_temp
-as $$
-    select exists (select 1 from entitlements.server_records r
-                    where r.domains && _server_domain_taken.domains and r.phase <> 'terminated')
-$$;
-
--- Definer: the secrets are made as the server is, by a table nobody else may write.
-create function entitlements._server_make_secrets()
+-- Definer: a new server's secrets (made once, never again) and its domains, in tables nobody
+-- else may write.
+create function entitlements._server_made()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -229,10 +253,15 @@ declare
     v_seed bytea := sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text
                                       || gen_random_uuid()::text, 'UTF8'));
 begin
-    perform entitlements._require_own_table(tg_relid, 'entitlements._server_make_secrets');
+    perform entitlements._require_own_table(tg_relid, 'entitlements._server_made');
     if entitlements._bulk_loading() then
-        return null; -- the dump restores the secrets
+        return null; -- the dump restores the secrets and domains
     end if;
+    begin
+        insert into entitlements.server_domains (domain, server_id) select d, new.id from unnest(new.domains) d;
+    exception when unique_violation then
+        raise exception 'a domain of % is already served by another server', new.domains using errcode = '23505';
+    end;
     insert into entitlements.server_secrets (server_id, signing_key, registration_shared_secret, macaroon_secret_key)
     values (new.id,
             -- Synapse's signing key file: algorithm, key id, unpadded base64 of the seed.
@@ -243,8 +272,38 @@ begin
     return null;
 end
 $$;
-create trigger server_records_secrets after insert on entitlements.server_records
-    for each row execute function entitlements._server_make_secrets();
+create trigger server_records_made after insert on entitlements.server_records
+    for each row execute function entitlements._server_made();
+
+-- What a server is never changes (its customer, name, domains, creation), and terminated is
+-- final: the worker and admins change only where it stands. A terminated server's domains
+-- are free again. Definer: it writes server_domains.
+create function entitlements._server_changed()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._server_changed');
+    if entitlements._bulk_loading() then
+        return new;
+    end if;
+    if (new.id, new.customer_id, new.name, new.domains, new.created_at)
+       is distinct from (old.id, old.customer_id, old.name, old.domains, old.created_at) then
+        raise exception 'a server''s id, customer, name, domains and creation never change'
+            using errcode = '22023', hint = 'Add another server instead (create_server).';
+    end if;
+    if old.phase = 'terminated' and new.phase <> 'terminated' then
+        raise exception 'server % is terminated; a terminated server stays terminated', old.name
+            using errcode = '22023';
+    end if;
+    if new.phase = 'terminated' and old.phase <> 'terminated' then
+        delete from entitlements.server_domains d where d.server_id = old.id;
+    end if;
+    return new;
+end
+$$;
+create trigger server_records_changed before update on entitlements.server_records
+    for each row execute function entitlements._server_changed();
 
 -- Add a server (create_server and the first server of a subscription); wakes the worker.
 create function entitlements._server_add(customer uuid, name text, domain text)
@@ -278,7 +337,8 @@ begin
         raise exception 'server name "%" is taken', v_name
             using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
     end;
-    perform pg_notify('entitlements_provision', v_id::text);
+    -- No payload: the worker only needs waking, and anyone may LISTEN.
+    perform pg_notify('entitlements_provision', '');
     return v_id;
 end
 $$;

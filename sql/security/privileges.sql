@@ -30,6 +30,7 @@ grant insert, update, delete on entitlements.features, entitlements.plans, entit
     to entitlements_api, entitlements_admin;
 -- Servers: added through create_server (the rest of a row is the worker's, through the admin
 -- functions), never deleted (a name is never reused); the secrets are for global admins.
+-- Updates and events: global admins only (RLS), the worker's role or a listed admin.
 grant insert (customer_id, name, domains), update on entitlements.server_records to entitlements_api, entitlements_admin;
 grant insert on entitlements.outbox to entitlements_api, entitlements_admin;
 -- A task run is recorded and pruned, never rewritten.
@@ -37,6 +38,7 @@ grant insert, delete on entitlements.task_runs to entitlements_api, entitlements
 grant usage on all sequences in schema entitlements to entitlements_api, entitlements_admin;
 grant execute on all functions in schema entitlements to entitlements_api, entitlements_admin;
 revoke select on entitlements.server_secrets from entitlements_api;
+revoke select on entitlements.server_domains, entitlements.server_counts from entitlements_api, entitlements_admin;
 
 -- Owner only: SECURITY DEFINER triggers (nobody may attach them elsewhere; a trigger that
 -- fires needs no EXECUTE), and what reads around RLS without asking who calls.
@@ -44,7 +46,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._touch_subscription(), entitlements._cache_touch_trigger(), entitlements._audit_log_is_append_only(),
     entitlements._require_own_table(oid, text), entitlements._catalog_snapshot(),
     entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
-    entitlements._access_token_claims(jsonb), entitlements._server_make_secrets(),
+    entitlements._access_token_claims(jsonb), entitlements._server_made(), entitlements._server_changed(),
     entitlements._server_check_insert(), entitlements._server_first(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),

@@ -36,6 +36,10 @@ struct SnapshotKey {
     curcid: pg_sys::CommandId,
     completions: u64,
     lxid: pg_sys::LocalTransactionId,
+    /// ROLLBACK TO SAVEPOINT starts a new subtransaction: what was cached inside the one
+    /// rolled back must not be served, even when nothing else in the snapshot moved (no
+    /// command counted, no transaction finished anywhere in the meantime).
+    subxact: pg_sys::SubTransactionId,
 }
 
 pub struct CustomerEntry {
@@ -102,6 +106,7 @@ fn snapshot_key() -> Option<SnapshotKey> {
             curcid: s.curcid,
             completions: s.snapXactCompletionCount,
             lxid: (*pg_sys::MyProc).lxid,
+            subxact: pg_sys::GetCurrentSubTransactionId(),
         })
     }
 }
