@@ -52,8 +52,8 @@ SQL
 
 # What 0.2.0 adds to the data: a table that starts empty and a column that starts NULL
 # (checked after the upgrade); the rows are compared without them.
-NEW_TABLES=(entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts)
-NEW_COLUMNS=(entitlements.stripe_events.dead_at)
+NEW_TABLES=(entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts)
+NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale)
 # Every table's rows of the extension's schema (partitions too) and of the app table, in a
 # stable order, as one line per table.
 fingerprint() {

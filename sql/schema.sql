@@ -129,7 +129,10 @@ create table entitlements.customers (
     email              text,
     metadata           jsonb not null default '{}' check (entitlements._valid_json(metadata, 'customers.metadata')),
     created_at         timestamptz not null default now(),
-    updated_at         timestamptz not null default now()
+    updated_at         timestamptz not null default now(),
+    -- How notifications address the customer (outbox/delivery.sql).
+    display_name       text check (length(display_name) <= 200),
+    locale             text check (locale ~ '^[a-z]{2}(-[A-Z]{2})?$')
 );
 create index customers_tenant on entitlements.customers (tenant_id) where tenant_id is not null;
 

@@ -87,7 +87,9 @@ extension_sql_file!(
     name = "consume",
     requires = ["ledger", metering::counting::consume_fast, metering::counting::take_pending]
 );
-extension_sql_file!("../../sql/outbox/outbox.sql", name = "outbox", requires = ["members"]);
+extension_sql_file!("../../sql/outbox/outbox.sql", name = "outbox", requires = ["members", "leases"]);
+extension_sql_file!("../../sql/outbox/delivery.sql", name = "delivery", requires = ["outbox"]);
+extension_sql_file!("../../sql/outbox/events.sql", name = "outbox_events", requires = ["delivery", "grants"]);
 extension_sql_file!(
     "../../sql/provisioning/servers.sql",
     name = "servers",

@@ -22,7 +22,11 @@ create table entitlements.settings (
     -- it is terminated, failures before it is 'failed', the domain suffix of default domains.
     server_retention    interval not null default interval '30 days' check (server_retention >= interval '0'),
     server_max_attempts integer not null default 8 check (server_max_attempts between 1 and 1000),
-    server_domain       text not null default 'matrix.example.com' check (entitlements._valid_domain(server_domain))
+    server_domain       text not null default 'matrix.example.com' check (entitlements._valid_domain(server_domain)),
+    -- Notifications (outbox/): failed sends before a delivery is dead; how long events whose
+    -- deliveries all ended are kept.
+    delivery_max_attempts integer not null default 10 check (delivery_max_attempts between 1 and 1000),
+    outbox_keep         interval not null default interval '30 days' check (outbox_keep >= interval '1 day')
 );
 comment on table entitlements.settings is
     'Retention periods and queue limits (one row; absent = defaults). Admins only; every change is audited.';
@@ -38,7 +42,7 @@ set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select s from entitlements.settings s),
                     row(true, null, interval '90 days', interval '13 months', 3, 20, now(),
-                        interval '30 days', 8, 'matrix.example.com')::entitlements.settings)
+                        interval '30 days', 8, 'matrix.example.com', 10, interval '30 days')::entitlements.settings)
 $$;
 
 create function entitlements._task_usage_partitions()
@@ -66,6 +70,7 @@ as $$
 declare
     v_settings entitlements.settings := entitlements._settings();
     v_events bigint;
+    v_outbox bigint;
     v_audit bigint := 0::bigint;
     v_cutoff timestamptz;
 begin
@@ -73,6 +78,11 @@ begin
     delete from entitlements.stripe_events e
      where coalesce(e.applied_at, e.dead_at) < now() - v_settings.stripe_events_keep;
     get diagnostics v_events = row_count;
+    -- Events whose deliveries all ended (their deliveries and attempts go with them).
+    delete from entitlements.outbox o
+     where o.created_at < now() - v_settings.outbox_keep
+       and not exists (select 1 from entitlements.deliveries d where d.event_id = o.id and d.status = 'pending');
+    get diagnostics v_outbox = row_count;
     if v_settings.audit_log_keep is not null then
         v_cutoff := now() - v_settings.audit_log_keep;
         perform set_config('entitlements.audit_retention', 'on', true);
@@ -85,7 +95,8 @@ begin
                     jsonb_build_object('deleted', v_audit, 'before', v_cutoff), 'retention');
         end if;
     end if;
-    return jsonb_build_object('rows_touched', v_events + v_audit, 'stripe_events_deleted', v_events,
+    return jsonb_build_object('rows_touched', v_events + v_outbox + v_audit, 'stripe_events_deleted', v_events,
+                              'outbox_events_deleted', v_outbox,
                               'audit_rows_deleted', v_audit, 'stripe_events_keep', v_settings.stripe_events_keep::text,
                               'audit_log_keep', coalesce(v_settings.audit_log_keep::text, 'forever'));
 end

@@ -16,6 +16,7 @@ create index outbox_customer on entitlements.outbox (customer_id, created_at);
 comment on table entitlements.outbox is
     'Events to deliver (server.ready, server.failed, ...), once per dedup_key. A customer reads its own.';
 select pg_catalog.pg_extension_config_dump('entitlements.outbox', '');
+select pg_catalog.pg_extension_config_dump('entitlements.outbox_id_seq', '');
 alter table entitlements.outbox enable row level security;
 create policy outbox_read on entitlements.outbox for select
     using (entitlements.can_see_customer(customer_id) or entitlements.is_admin());

@@ -39,6 +39,12 @@ grant usage on all sequences in schema entitlements to entitlements_api, entitle
 grant execute on all functions in schema entitlements to entitlements_api, entitlements_admin;
 revoke select on entitlements.server_secrets from entitlements_api;
 revoke select on entitlements.server_domains, entitlements.server_counts from entitlements_api, entitlements_admin;
+-- Notifications: endpoints (their secrets), templates and attempts are for admins (RLS); a
+-- customer reads its own events and emails.
+grant insert, update on entitlements.webhook_endpoints, entitlements.email_templates to entitlements_api, entitlements_admin;
+grant delete on entitlements.email_templates to entitlements_api, entitlements_admin;
+grant insert, update on entitlements.deliveries to entitlements_api, entitlements_admin;
+grant insert on entitlements.delivery_attempts to entitlements_api, entitlements_admin;
 
 -- Owner only: SECURITY DEFINER triggers (nobody may attach them elsewhere; a trigger that
 -- fires needs no EXECUTE), and what reads around RLS without asking who calls.
@@ -47,7 +53,8 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._require_own_table(oid, text), entitlements._catalog_snapshot(),
     entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
     entitlements._access_token_claims(jsonb), entitlements._server_made(), entitlements._server_changed(),
-    entitlements._server_check_insert(), entitlements._server_first(),
+    entitlements._server_check_insert(), entitlements._server_first(), entitlements._outbox_fan_out(),
+    entitlements._subscription_events(), entitlements._grant_events(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),
