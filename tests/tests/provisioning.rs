@@ -124,11 +124,13 @@ fn first_patch(kube: &KubeFake, from: usize, needle: &str) -> Option<usize> {
 }
 
 async fn outbox(db: &TestDb, customer: Uuid) -> Vec<String> {
-    sqlx::query_scalar("select kind from entitlements.outbox where customer_id = $1 and kind like 'server.%' order by id")
-        .bind(customer)
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "select kind from entitlements.outbox where customer_id = $1 and kind like 'server.%' order by id",
+    )
+    .bind(customer)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
 }
 
 /// Subscribe → ready; upgrade (quota first); downgrade (workload first, the volume kept);
