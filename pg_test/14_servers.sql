@@ -3,7 +3,7 @@
 -- Provisioning, database side (issue #10): servers, their desired state at read time, the
 -- worker's claim/report/failed, secrets, the outbox, and who may do what.
 begin;
-select plan(84);
+select plan(86);
 create role ops login;
 grant entitlements_admin to ops;
 create role mallory login;
@@ -17,7 +17,7 @@ select entitlements.apply_catalog($${
        "data_storage": "10Gi", "media_storage": "20Gi", "users": 50, "domains": 1}}},
     {"key": "big", "name": "Big", "public": true,
      "entitlements": {"chat": true, "resources": {"servers": 2, "cpu": "4", "memory": "8Gi",
-       "data_storage": "50Gi", "media_storage": "200Gi", "users": 500, "domains": 2}}}
+       "data_storage": "50Gi", "media_storage": "200Gi", "users": 500, "domains": 2, "custom_domain": true}}}
   ]}$$::jsonb) is not null as applied \gset
 
 \set u1 '''00000000-0000-0000-0000-00000000e001'''
@@ -205,9 +205,12 @@ select throws_ok(format('update entitlements.server_records set phase = %L where
                  'terminated is final');
 select throws_ok($$select * from entitlements.server_domains$$, '42501', NULL, 'the domain bookkeeping is the extension''s own');
 reset role;
-select lives_ok(format('select entitlements.create_server(%L, %L, %L)', :u3, 'takes-domain',
-                       (select domains[1] from entitlements.server_records where id = :'srv3')),
-                'a terminated server''s domain is free again');
+select is((select count(*)::int from entitlements.server_domains where server_id = :'srv3'), 0,
+          'a terminated server''s domains are free again');
+select throws_ok(format('select entitlements.create_server(%L, %L, %L)', :u3, 'x9', 'chat.other.example.net'), 'PT403', NULL,
+                 'a custom domain needs a plan with custom_domain');
+select throws_ok(format('select entitlements.create_server(%L, %L, %L)', :u2, 'x8', :'name1' || '.matrix.example.com'),
+                 'PT403', NULL, 'and nobody answers for another server''s name under the platform''s domain');
 
 -- As a signed-in user ------------------------------------------------------------------------
 set local role authenticated;

@@ -3,7 +3,7 @@
 -- Notifications (issue #11, first slice): events written by the changes that cause them,
 -- fanned out to webhook endpoints and emails, claimed and recorded by the worker.
 begin;
-select plan(40);
+select plan(42);
 \ir fixtures/catalog.sql
 create role ops2 login;
 grant entitlements_admin to ops2;
@@ -47,11 +47,15 @@ select entitlements.remove_webhook_endpoint(:'ep_all') as removed \gset
 select entitlements.subscribe(:c2, 'pro') is not null as s2 \gset
 select is((select count(*)::int from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
             where o.customer_id = :c2), 1, 'a removed endpoint gets nothing new (and c2 has no email)');
+select is((select count(*)::int from entitlements.deliveries where endpoint_id = :'ep_all' and status = 'pending'), 0,
+          'and what it still had to receive is dead');
 
 -- Templates -----------------------------------------------------------------------------------------
 select is(entitlements._render_template('Hi {{ customer_name }}, {{plan}}{{missing}}!',
                                         '{"customer_name": "A<b>", "plan": "pro"}', true),
           'Hi A&lt;b&gt;, pro!', 'placeholders, HTML-escaped in HTML, unknown ones empty');
+select is(entitlements._render_template('{{customer_name}} on {{plan}}', '{"customer_name": "{{plan}}", "plan": "pro"}', false),
+          '{{plan}} on pro', 'a value is never expanded itself');
 select is((entitlements._email_template('subscription.created', 'de')).subject, 'Welcome to {{plan}}',
           'the shipped template when admins wrote none');
 insert into entitlements.email_templates (kind, locale, subject, body_text) values ('subscription.created', 'de', 'Willkommen', 'Hallo');

@@ -1530,7 +1530,10 @@ begin
     delete from entitlements.stripe_events e
      where coalesce(e.applied_at, e.dead_at) < now() - v_settings.stripe_events_keep;
     get diagnostics v_events = row_count;
-    -- Events whose deliveries all ended (their deliveries and attempts go with them).
+    -- A delivery nobody sent within the retention (no SMTP configured, say) ends dead, so that
+    -- its event can go too; then events whose deliveries all ended (theirs go with them).
+    update entitlements.deliveries d set status = 'dead', last_error = 'not delivered within settings.outbox_keep'
+     where d.status = 'pending' and d.created_at < now() - v_settings.outbox_keep;
     delete from entitlements.outbox o
      where o.created_at < now() - v_settings.outbox_keep
        and not exists (select 1 from entitlements.deliveries d where d.event_id = o.id and d.status = 'pending');
@@ -2463,9 +2466,9 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'feature_config_wrapper';
 
--- The outbox: facts worth telling someone about (a server became ready, a server failed),
--- written in the transaction of the change that caused them, once per dedup key. Delivery
--- (email, app webhooks) is the worker's, and is not built yet: until then the rows wait here.
+-- The outbox: facts worth telling someone about (a subscription started, a server became
+-- ready), written in the transaction of the change that caused them, once per dedup key.
+-- Delivery (app webhooks, email) is outbox/delivery.sql's and the worker's.
 
 create table entitlements.outbox (
     id          bigint generated always as identity primary key,
@@ -2638,14 +2641,19 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform entitlements._require_admin('remove_webhook_endpoint');
-    -- Kept (disabled) for the deliveries that name it.
+    -- Kept (disabled) for the deliveries that name it; what it still had to receive is dead.
     update entitlements.webhook_endpoints e set enabled = false, updated_at = now()
      where e.id = endpoint and e.enabled;
-    return found;
+    if not found then
+        return false;
+    end if;
+    update entitlements.deliveries d set status = 'dead', last_error = 'the endpoint was removed'
+     where d.endpoint_id = endpoint and d.status = 'pending';
+    return true;
 end
 $$;
 comment on function entitlements.remove_webhook_endpoint(uuid) is
-    'Stop sending to an endpoint (its past deliveries stay). Global admins only.';
+    'Stop sending to an endpoint: its pending deliveries end dead, its past ones stay. Global admins only.';
 
 -- The templates shipped with the extension (English), used where no row of email_templates
 -- has the kind in that locale.
@@ -2703,18 +2711,22 @@ returns text language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_out text := template;
-    v_key text;
+    -- One pass: the text between placeholders, and the placeholders in order, so a value that
+    -- itself contains {{...}} is never expanded.
+    v_pattern constant text := '\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}';
+    v_parts text[] := regexp_split_to_array(template, v_pattern);
+    v_keys text[] := array(select m[1] from regexp_matches(template, v_pattern, 'g') m);
+    v_out text := v_parts[1];
     v_value text;
 begin
-    for v_key in select distinct m[1] from regexp_matches(template, '\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}', 'g') m loop
-        v_value := coalesce(case jsonb_typeof(vars -> v_key) when 'string' then vars ->> v_key
-                                                            else (vars -> v_key)::text end, '');
+    for i in 1 .. coalesce(cardinality(v_keys), 0) loop
+        v_value := coalesce(case jsonb_typeof(vars -> v_keys[i]) when 'string' then vars ->> v_keys[i]
+                                                                else (vars -> v_keys[i])::text end, '');
         if html then
             v_value := replace(replace(replace(replace(replace(v_value, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
                                        '"', '&quot;'), '''', '&#39;');
         end if;
-        v_out := regexp_replace(v_out, '\{\{\s*' || v_key || '\s*\}\}', replace(v_value, '\', '\\'), 'g');
+        v_out := v_out || v_value || v_parts[i + 1];
     end loop;
     return v_out;
 end
@@ -2979,10 +2991,12 @@ begin
                                             format('subscription.created:%s', new.id), v_payload);
         return null;
     end if;
-    if new.status = 'canceled' and old.status <> 'canceled'
-       or new.cancel_at_period_end and not old.cancel_at_period_end then
+    -- Canceled once per cancellation: at period end, or at once; not again when a cancellation
+    -- at period end takes effect. Undone and made again, it is a new one.
+    if (new.cancel_at_period_end and not old.cancel_at_period_end and old.status <> 'canceled')
+       or (new.status = 'canceled' and old.status <> 'canceled' and not old.cancel_at_period_end) then
         perform entitlements._outbox_record('subscription.canceled', new.customer_id,
-            format('subscription.canceled:%s:%s', new.id, new.status), v_payload);
+            format('subscription.canceled:%s:%s', new.id, v_tx), v_payload);
     end if;
     if new.status = 'past_due' and old.status <> 'past_due' then
         perform entitlements._outbox_record('payment.failed', new.customer_id,
@@ -3160,7 +3174,8 @@ $$;
 -- What a server should be now, the resources it should have, and a generation: a number
 -- that changes whenever either (or its domains) does. 'running' while the customer's
 -- `resources` resolve; 'suspended' when they do not; 'terminated' once that has lasted
--- settings.server_retention, and for good once the worker started deleting.
+-- settings.server_retention, and for good once the worker started deleting (a server that
+-- fails while being deleted stays terminating, provisioning/applier.sql).
 create function entitlements._server_state(r entitlements.server_records,
                                            out desired text, out resources jsonb, out generation bigint)
 language plpgsql stable
@@ -3237,6 +3252,7 @@ declare
     v_resources jsonb;
     v_allowed bigint;
     v_live bigint;
+    v_platform text := (entitlements._settings()).server_domain;
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._server_check_insert');
     if entitlements._bulk_loading() then
@@ -3260,6 +3276,15 @@ begin
         raise exception 'customer % already has % server(s), as many as its plan allows', new.customer_id, v_live
             using errcode = 'PT429', detail = format('The plan''s resources.servers is %s.', v_allowed),
                   hint = 'Upgrade to a plan with more servers, or wait until a terminated one is gone.';
+    end if;
+    -- Under the platform's domain a server answers only for its own name; other domains need a
+    -- plan with custom_domain (their ownership is the customer's to prove to DNS).
+    if exists (select 1 from unnest(new.domains) d
+                where d <> new.name || '.' || v_platform
+                  and (d like '%.' || v_platform or (v_resources -> 'custom_domain') is distinct from 'true'::jsonb)) then
+        raise exception 'server % may answer only for %.%', new.name, new.name, v_platform
+            using errcode = 'PT403',
+                  hint = 'Other domains need a plan with custom_domain; under the platform''s domain only the server''s own name.';
     end if;
     if cardinality(new.domains) > entitlements._resource_count(v_resources, 'domains', 1) then
         raise exception '% domains given; the plan allows %', cardinality(new.domains),
@@ -3349,6 +3374,7 @@ begin
         raise exception 'invalid server name "%": 1 to 40 of a-z, 0-9 and "-", starting and ending with a letter or digit',
             name using errcode = '22023';
     end if;
+    perform entitlements._valid_domains(array[v_domain]);
     if exists (select 1 from entitlements.server_records r where r.name = v_name) then
         raise exception 'server name "%" is taken', v_name
             using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
@@ -3403,7 +3429,13 @@ begin
     end if;
     perform entitlements._cache_touch();
     if entitlements._feature_config(new.customer_id, 'resources') is not null then
-        perform entitlements._server_add(new.customer_id, null, null);
+        begin
+            perform entitlements._server_add(new.customer_id, null, null);
+        exception when sqlstate 'PT429' then
+            -- A concurrent transaction gave the customer its first server meanwhile: the
+            -- subscription change stands, without a second one.
+            null;
+        end;
     end if;
     return null;
 end
@@ -3482,6 +3514,10 @@ begin
            -- A resync walks the resting servers in id order from the worker's cursor, so each is
            -- looked at once per resync without writing anything to remember it.
            and (resync_after is null or s.phase not in ('ready', 'suspended') or s.id > resync_after)
+           -- Otherwise a resting server is claimed only when it is not converged (decided here,
+           -- so that no converged row is locked by an idle poll).
+           and (include_converged or s.phase not in ('ready', 'suspended')
+                or s.observed_generation is distinct from (entitlements._server_state(s)).generation)
          -- Servers with work first (a resync must not starve them), then the resting by id.
          order by s.phase in ('ready', 'suspended'),
                   case when s.phase in ('ready', 'suspended') then s.id end,
@@ -3489,8 +3525,6 @@ begin
            for update of s skip locked
     loop
         v_work := entitlements._server_work(r);
-        continue when not include_converged and r.observed_generation = v_work.generation
-                      and r.phase in ('ready', 'suspended');
         insert into entitlements.leases as l (name, holder, until)
         values (entitlements._server_lease_name(r.id), holder, clock_timestamp() + lease)
         on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
@@ -3643,14 +3677,18 @@ begin
        set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
            next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(s.attempts, 12)))
                                      * (0.75 + random() * 0.5),
-           phase = case when s.attempts + 1 >= v_max or coalesce(permanent, false) then 'failed' else s.phase end,
+           -- A server being deleted stays terminating (retried, its error kept): failed would let
+           -- its desired state follow the customer's access again.
+           phase = case when (s.attempts + 1 >= v_max or coalesce(permanent, false)) and s.phase <> 'terminating'
+                        then 'failed' else s.phase end,
            updated_at = now()
      where s.id = server_id
     returning * into r;
     if r.phase = 'failed' then
         perform entitlements._outbox_record('server.failed', r.customer_id,
             format('server.failed:%s:%s', r.id, entitlements._us(r.updated_at)),
-            jsonb_build_object('server_id', r.id, 'name', r.name, 'attempts', r.attempts, 'error', r.last_error));
+            -- The error stays in servers.last_error (admins): it is the cluster's text, not the customer's.
+            jsonb_build_object('server_id', r.id, 'name', r.name, 'domains', to_jsonb(r.domains), 'attempts', r.attempts));
         return null;
     end if;
     return r.next_attempt_at;

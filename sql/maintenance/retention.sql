@@ -78,7 +78,10 @@ begin
     delete from entitlements.stripe_events e
      where coalesce(e.applied_at, e.dead_at) < now() - v_settings.stripe_events_keep;
     get diagnostics v_events = row_count;
-    -- Events whose deliveries all ended (their deliveries and attempts go with them).
+    -- A delivery nobody sent within the retention (no SMTP configured, say) ends dead, so that
+    -- its event can go too; then events whose deliveries all ended (theirs go with them).
+    update entitlements.deliveries d set status = 'dead', last_error = 'not delivered within settings.outbox_keep'
+     where d.status = 'pending' and d.created_at < now() - v_settings.outbox_keep;
     delete from entitlements.outbox o
      where o.created_at < now() - v_settings.outbox_keep
        and not exists (select 1 from entitlements.deliveries d where d.event_id = o.id and d.status = 'pending');

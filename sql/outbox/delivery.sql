@@ -133,14 +133,19 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform entitlements._require_admin('remove_webhook_endpoint');
-    -- Kept (disabled) for the deliveries that name it.
+    -- Kept (disabled) for the deliveries that name it; what it still had to receive is dead.
     update entitlements.webhook_endpoints e set enabled = false, updated_at = now()
      where e.id = endpoint and e.enabled;
-    return found;
+    if not found then
+        return false;
+    end if;
+    update entitlements.deliveries d set status = 'dead', last_error = 'the endpoint was removed'
+     where d.endpoint_id = endpoint and d.status = 'pending';
+    return true;
 end
 $$;
 comment on function entitlements.remove_webhook_endpoint(uuid) is
-    'Stop sending to an endpoint (its past deliveries stay). Global admins only.';
+    'Stop sending to an endpoint: its pending deliveries end dead, its past ones stay. Global admins only.';
 
 -- The templates shipped with the extension (English), used where no row of email_templates
 -- has the kind in that locale.
@@ -198,18 +203,22 @@ returns text language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_out text := template;
-    v_key text;
+    -- One pass: the text between placeholders, and the placeholders in order, so a value that
+    -- itself contains {{...}} is never expanded.
+    v_pattern constant text := '\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}';
+    v_parts text[] := regexp_split_to_array(template, v_pattern);
+    v_keys text[] := array(select m[1] from regexp_matches(template, v_pattern, 'g') m);
+    v_out text := v_parts[1];
     v_value text;
 begin
-    for v_key in select distinct m[1] from regexp_matches(template, '\{\{\s*([a-z_][a-z0-9_]*)\s*\}\}', 'g') m loop
-        v_value := coalesce(case jsonb_typeof(vars -> v_key) when 'string' then vars ->> v_key
-                                                            else (vars -> v_key)::text end, '');
+    for i in 1 .. coalesce(cardinality(v_keys), 0) loop
+        v_value := coalesce(case jsonb_typeof(vars -> v_keys[i]) when 'string' then vars ->> v_keys[i]
+                                                                else (vars -> v_keys[i])::text end, '');
         if html then
             v_value := replace(replace(replace(replace(replace(v_value, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'),
                                        '"', '&quot;'), '''', '&#39;');
         end if;
-        v_out := regexp_replace(v_out, '\{\{\s*' || v_key || '\s*\}\}', replace(v_value, '\', '\\'), 'g');
+        v_out := v_out || v_value || v_parts[i + 1];
     end loop;
     return v_out;
 end

@@ -32,10 +32,12 @@ begin
                                             format('subscription.created:%s', new.id), v_payload);
         return null;
     end if;
-    if new.status = 'canceled' and old.status <> 'canceled'
-       or new.cancel_at_period_end and not old.cancel_at_period_end then
+    -- Canceled once per cancellation: at period end, or at once; not again when a cancellation
+    -- at period end takes effect. Undone and made again, it is a new one.
+    if (new.cancel_at_period_end and not old.cancel_at_period_end and old.status <> 'canceled')
+       or (new.status = 'canceled' and old.status <> 'canceled' and not old.cancel_at_period_end) then
         perform entitlements._outbox_record('subscription.canceled', new.customer_id,
-            format('subscription.canceled:%s:%s', new.id, new.status), v_payload);
+            format('subscription.canceled:%s:%s', new.id, v_tx), v_payload);
     end if;
     if new.status = 'past_due' and old.status <> 'past_due' then
         perform entitlements._outbox_record('payment.failed', new.customer_id,

@@ -1,6 +1,6 @@
--- The outbox: facts worth telling someone about (a server became ready, a server failed),
--- written in the transaction of the change that caused them, once per dedup key. Delivery
--- (email, app webhooks) is the worker's, and is not built yet: until then the rows wait here.
+-- The outbox: facts worth telling someone about (a subscription started, a server became
+-- ready), written in the transaction of the change that caused them, once per dedup key.
+-- Delivery (app webhooks, email) is outbox/delivery.sql's and the worker's.
 
 create table entitlements.outbox (
     id          bigint generated always as identity primary key,

@@ -69,6 +69,10 @@ begin
            -- A resync walks the resting servers in id order from the worker's cursor, so each is
            -- looked at once per resync without writing anything to remember it.
            and (resync_after is null or s.phase not in ('ready', 'suspended') or s.id > resync_after)
+           -- Otherwise a resting server is claimed only when it is not converged (decided here,
+           -- so that no converged row is locked by an idle poll).
+           and (include_converged or s.phase not in ('ready', 'suspended')
+                or s.observed_generation is distinct from (entitlements._server_state(s)).generation)
          -- Servers with work first (a resync must not starve them), then the resting by id.
          order by s.phase in ('ready', 'suspended'),
                   case when s.phase in ('ready', 'suspended') then s.id end,
@@ -76,8 +80,6 @@ begin
            for update of s skip locked
     loop
         v_work := entitlements._server_work(r);
-        continue when not include_converged and r.observed_generation = v_work.generation
-                      and r.phase in ('ready', 'suspended');
         insert into entitlements.leases as l (name, holder, until)
         values (entitlements._server_lease_name(r.id), holder, clock_timestamp() + lease)
         on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
@@ -230,14 +232,18 @@ begin
        set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
            next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(s.attempts, 12)))
                                      * (0.75 + random() * 0.5),
-           phase = case when s.attempts + 1 >= v_max or coalesce(permanent, false) then 'failed' else s.phase end,
+           -- A server being deleted stays terminating (retried, its error kept): failed would let
+           -- its desired state follow the customer's access again.
+           phase = case when (s.attempts + 1 >= v_max or coalesce(permanent, false)) and s.phase <> 'terminating'
+                        then 'failed' else s.phase end,
            updated_at = now()
      where s.id = server_id
     returning * into r;
     if r.phase = 'failed' then
         perform entitlements._outbox_record('server.failed', r.customer_id,
             format('server.failed:%s:%s', r.id, entitlements._us(r.updated_at)),
-            jsonb_build_object('server_id', r.id, 'name', r.name, 'attempts', r.attempts, 'error', r.last_error));
+            -- The error stays in servers.last_error (admins): it is the cluster's text, not the customer's.
+            jsonb_build_object('server_id', r.id, 'name', r.name, 'domains', to_jsonb(r.domains), 'attempts', r.attempts));
         return null;
     end if;
     return r.next_attempt_at;

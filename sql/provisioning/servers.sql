@@ -131,7 +131,8 @@ $$;
 -- What a server should be now, the resources it should have, and a generation: a number
 -- that changes whenever either (or its domains) does. 'running' while the customer's
 -- `resources` resolve; 'suspended' when they do not; 'terminated' once that has lasted
--- settings.server_retention, and for good once the worker started deleting.
+-- settings.server_retention, and for good once the worker started deleting (a server that
+-- fails while being deleted stays terminating, provisioning/applier.sql).
 create function entitlements._server_state(r entitlements.server_records,
                                            out desired text, out resources jsonb, out generation bigint)
 language plpgsql stable
@@ -208,6 +209,7 @@ declare
     v_resources jsonb;
     v_allowed bigint;
     v_live bigint;
+    v_platform text := (entitlements._settings()).server_domain;
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._server_check_insert');
     if entitlements._bulk_loading() then
@@ -231,6 +233,15 @@ begin
         raise exception 'customer % already has % server(s), as many as its plan allows', new.customer_id, v_live
             using errcode = 'PT429', detail = format('The plan''s resources.servers is %s.', v_allowed),
                   hint = 'Upgrade to a plan with more servers, or wait until a terminated one is gone.';
+    end if;
+    -- Under the platform's domain a server answers only for its own name; other domains need a
+    -- plan with custom_domain (their ownership is the customer's to prove to DNS).
+    if exists (select 1 from unnest(new.domains) d
+                where d <> new.name || '.' || v_platform
+                  and (d like '%.' || v_platform or (v_resources -> 'custom_domain') is distinct from 'true'::jsonb)) then
+        raise exception 'server % may answer only for %.%', new.name, new.name, v_platform
+            using errcode = 'PT403',
+                  hint = 'Other domains need a plan with custom_domain; under the platform''s domain only the server''s own name.';
     end if;
     if cardinality(new.domains) > entitlements._resource_count(v_resources, 'domains', 1) then
         raise exception '% domains given; the plan allows %', cardinality(new.domains),
@@ -320,6 +331,7 @@ begin
         raise exception 'invalid server name "%": 1 to 40 of a-z, 0-9 and "-", starting and ending with a letter or digit',
             name using errcode = '22023';
     end if;
+    perform entitlements._valid_domains(array[v_domain]);
     if exists (select 1 from entitlements.server_records r where r.name = v_name) then
         raise exception 'server name "%" is taken', v_name
             using errcode = '23505', hint = 'Names are never reused, even after a server is terminated.';
@@ -374,7 +386,13 @@ begin
     end if;
     perform entitlements._cache_touch();
     if entitlements._feature_config(new.customer_id, 'resources') is not null then
-        perform entitlements._server_add(new.customer_id, null, null);
+        begin
+            perform entitlements._server_add(new.customer_id, null, null);
+        exception when sqlstate 'PT429' then
+            -- A concurrent transaction gave the customer its first server meanwhile: the
+            -- subscription change stands, without a second one.
+            null;
+        end;
     end if;
     return null;
 end

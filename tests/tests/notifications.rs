@@ -40,12 +40,6 @@ async fn a_subscription_is_told_to_the_app_and_the_customer() {
         .await
         .unwrap();
 
-    // A rollback writes no event.
-    let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("select entitlements.subscribe($1, 'pro')").bind(customer).execute(&mut *tx).await.unwrap();
-    tx.rollback().await.unwrap();
-    assert_eq!(db.count("select count(*) from entitlements.outbox").await, 0, "a rolled-back change tells nothing");
-
     let smtp_url = smtp.url();
     let worker = deliverer(
         &db,
@@ -53,6 +47,10 @@ async fn a_subscription_is_told_to_the_app_and_the_customer() {
         &[("ENTITLEMENTS_SMTP_URL", &smtp_url), ("ENTITLEMENTS_EMAIL_FROM", "Billing <billing@example.com>")],
     )
     .await;
+    // A change rolled back tells nobody anything (checked at the end: one of each arrives).
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("select entitlements.subscribe($1, 'pro')").bind(customer).execute(&mut *tx).await.unwrap();
+    tx.rollback().await.unwrap();
     let sub: Uuid = sqlx::query_scalar("select entitlements.subscribe($1, 'pro')")
         .bind(customer)
         .fetch_one(&db.pool)
@@ -83,6 +81,8 @@ async fn a_subscription_is_told_to_the_app_and_the_customer() {
     )
     .await;
     assert_eq!(db.count("select count(*) from entitlements.delivery_attempts where ok").await, 2);
+    assert_eq!(ids_of(&receiver, "subscription.created").len(), 1, "the rolled-back subscription was never sent");
+    assert_eq!(smtp.attempts().len(), 1, "nor mailed");
 
     // The customer reads its own events; the app's endpoint URL is not theirs to see.
     let mut me = db.session().await;

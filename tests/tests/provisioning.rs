@@ -313,6 +313,8 @@ async fn failures_back_off_then_fail_until_retried() {
     subscribe(&db, first, "host").await;
     let (server, _) = server_of(&db, first).await;
     wait_phase(&db, &worker, server, "ready").await;
+    let faulted: Vec<u16> = kube.requests().iter().map(|r| r.status).filter(|s| [409, 429].contains(s)).collect();
+    assert_eq!(faulted, [409, 429], "both faults were met (and retried past)");
 
     // A StatefulSet the API always refuses: 3 attempts with growing waits, then failed.
     kube.inject(Fault::status(500, "/statefulsets/", 1_000_000));
@@ -432,8 +434,7 @@ async fn dry_run_prints_the_objects_without_kubernetes() {
     // the database Cluster, Service, StatefulSet, Ingress.
     assert_eq!(yaml.matches("\n---\n").count() + 1, 16, "one document per object:\n{yaml}");
 
-    // Another customer's UUID with no servers prints nothing; a non-admin database role
-    // cannot read the secrets it would print.
+    // A customer without servers prints nothing.
     let nobody = worker_command()
         .args(["provision", "--dry-run", "--customer", &Uuid::new_v4().to_string()])
         .env("DATABASE_URL", &db.url)

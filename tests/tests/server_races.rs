@@ -10,7 +10,7 @@ async fn hosting_db(name: &str) -> TestDb {
     let catalog = json!({
         "features": [],
         "plans": [{"key": "host", "name": "Host", "public": true,
-                   "entitlements": {"resources": {"servers": 2, "cpu": "1", "memory": "1Gi"}}}]
+                   "entitlements": {"resources": {"servers": 2, "cpu": "1", "memory": "1Gi", "custom_domain": true}}}]
     });
     sqlx::query("select entitlements.apply_catalog($1)").bind(catalog).execute(&db.pool).await.unwrap();
     db
