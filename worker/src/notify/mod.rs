@@ -1,6 +1,6 @@
 //! Delivery of outbox events (issue #11): every event the extension writes in the caller's
 //! transaction fans out into deliveries, one per destination (an app's webhook endpoint, the
-//! customer's email). This module sends them, following /work/notes/outbox-contract.md:
+//! customer's email). This module sends them (the SQL side: sql/outbox/delivery.sql):
 //!
 //! - [`store`] claims due deliveries with a lease (`entitlements.delivery_claim`, FOR UPDATE
 //!   SKIP LOCKED, so two workers never send one delivery at once) and reports each attempt
