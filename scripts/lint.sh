@@ -19,18 +19,21 @@ PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 echo "== lint: plpgsql_check (performance, extra and security warnings)"
 "${PSQL[@]}" -d postgres -c "drop database if exists lint" -c "create database lint" >/dev/null
 "${PSQL[@]}" -d lint -c "create extension plpgsql_check" -c "create extension pg_entitlements" >/dev/null
-# Trigger functions are checked against a table they are attached to.
+# Trigger functions are checked against a table they are attached to, with its transition tables.
 "${PSQL[@]}" -d lint -At -F ' | ' > /tmp/plpgsql_check.found <<'SQL'
 with fns as (
     select p.oid, p.oid::regprocedure::text as fn,
            (select t.tgrelid from pg_trigger t where t.tgfoid = p.oid order by t.tgrelid limit 1) as relid,
+           (select t.tgoldtable from pg_trigger t where t.tgfoid = p.oid order by t.tgrelid limit 1) as oldtable,
+           (select t.tgnewtable from pg_trigger t where t.tgfoid = p.oid order by t.tgrelid limit 1) as newtable,
            p.prorettype = 'trigger'::regtype as is_trigger
       from pg_proc p join pg_language l on l.oid = p.prolang
      where p.pronamespace = 'entitlements'::regnamespace and l.lanname = 'plpgsql')
 select f.fn, c.level, c.message
   from fns f
   cross join lateral plpgsql_check_function_tb(f.oid, coalesce(f.relid, 0),
-        performance_warnings => true, extra_warnings => true, security_warnings => true) c
+        performance_warnings => true, extra_warnings => true, security_warnings => true,
+        oldtable => f.oldtable, newtable => f.newtable) c
  where not f.is_trigger or f.relid is not null
  order by 1, 2, 3;
 SQL

@@ -54,6 +54,12 @@ SQL
 # (checked after the upgrade); the rows are compared without them.
 NEW_TABLES=(entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts)
 NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale)
+# Columns the upgrade fills in or rewrites on purpose, compared apart (below).
+# The thresholds it sets are a catalog change: audited (one more audit row, compared apart) and
+# a new cache version, so that running backends load them.
+MIGRATED_COLUMNS=(entitlements.features.thresholds entitlements.usage_counters.stripes entitlements.usage_counters.cap
+                  entitlements.cache_version.version entitlements.cache_version.bumped_by)
+AUDIT_BEFORE=""   # audit rows up to this id are compared; set before the upgrade
 # Every table's rows of the extension's schema (partitions too) and of the app table, in a
 # stable order, as one line per table.
 fingerprint() {
@@ -64,14 +70,17 @@ fingerprint() {
                   and c.relkind in ('r', 'p') order by 1"); do
         if [[ " ${NEW_TABLES[*]} " == *" $t "* ]]; then continue; fi
         cols=""
-        for c in "${NEW_COLUMNS[@]}"; do
+        for c in "${NEW_COLUMNS[@]}" "${MIGRATED_COLUMNS[@]}"; do
             if [ "${c%.*}" = "$t" ]; then cols+="${cols:+, }'${c##*.}'"; fi
         done
         printf '%s %s\n' "$t" "$(psql_in "$1" -At -c \
             "select count(*) || ' ' || coalesce(md5(string_agg(r, '|' order by r)), '-')
-               from (select (to_jsonb(x) - array[$cols]::text[])::text as r from $t x) s")"
+               from (select (to_jsonb(x) - array[$cols]::text[])::text as r from $t x
+                      where '$t' <> 'entitlements.audit_log' or (to_jsonb(x) ->> 'id')::bigint <= ${AUDIT_BEFORE:-0}) s")"
     done
 }
+AUDIT_BEFORE=$(psql_in "$OLD" -At -c "select coalesce(max(id), 0) from entitlements.audit_log")
+VERSION_BEFORE=$(psql_in "$OLD" -At -c "select version from entitlements.cache_version")
 fingerprint "$OLD" > "$WORK/rows.before"
 grep -q '^entitlements.usage_ledger_20[0-9_]* [1-9]' "$WORK/rows.before" \
     || fail "the fixture wrote no usage into a monthly ledger partition"
@@ -206,6 +215,21 @@ for c in "${NEW_COLUMNS[@]}"; do
     [ "$(psql_in "$OLD" -At -c "select count(*) from ${c%.*} where ${c##*.} is not null")" = 0 ] \
         || fail "$c is not NULL after the upgrade"
 done
+# Metered features get the default thresholds (80%, 100%); open windows' caps are closed so
+# their next count splits them by the thresholds; each stripe knows how many there are.
+[ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.features
+        where thresholds is distinct from case when kind = 'metered' then '{80,100}'::numeric[] end")" = 0 ] \
+    || fail "features.thresholds not filled in by the upgrade"
+[ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.usage_counters c
+        where c.cap > c.used or c.stripes <> (select count(*) from entitlements.usage_counters o
+              where (o.customer_id, o.feature_key, o.period, o.window_start)
+                  = (c.customer_id, c.feature_key, c.period, c.window_start))")" = 0 ] \
+    || fail "usage_counters caps not closed or stripes not counted by the upgrade"
+[ "$(psql_in "$OLD" -At -c "select version > $VERSION_BEFORE from entitlements.cache_version")" = t ] \
+    || fail "the upgrade changed the catalog without a new cache version"
+[ "$(psql_in "$OLD" -At -c "select string_agg(table_name || ' ' || action, ',') from entitlements.audit_log
+                            where id > $AUDIT_BEFORE")" = "entitlements.features update" ] \
+    || fail "the upgrade should leave exactly one audit row, for the thresholds"
 psql_in "$OLD" -At -e > "$WORK/check.log" 2>&1 <<'SQL' || { cat "$WORK/check.log" >&2; fail "0.2.0 on the upgraded data"; }
 \set ON_ERROR_STOP 1
 create function pg_temp.ok(cond boolean, what text) returns void language plpgsql as $$

@@ -1199,8 +1199,11 @@ declare
     v_out      entitlements.usage;
     v_best     numeric;
     v_windows  jsonb := '{}'::jsonb;
+    v_thresholds numeric[];
+    v_crossed  jsonb := '[]'::jsonb;
 begin
     perform entitlements._meter_check_input(p_customer, p_feature, p_amount, p_mode);
+    select f.thresholds into v_thresholds from entitlements.features f where f.key = p_feature;
     if p_key is not null and p_mode <> 'check' then
         v_keyed := entitlements._meter_claim_key(p_customer, p_key, p_feature, p_amount);
         v_replay := not v_keyed;
@@ -1213,7 +1216,12 @@ begin
         v_end := entitlements._ts(v_lim.resets_at_us);
         v_windows := v_windows || jsonb_build_object(v_lim.period, v_w);
         v_one := entitlements._meter_limit(p_customer, p_feature, p_amount, p_mode, v_replay, v_lim.period, v_w, v_end,
-                                           v_limit, v_lim.overage, v_windows);
+                                           v_limit, v_lim.overage, v_windows, v_thresholds);
+        if cardinality(v_one.crossed) > 0 then
+            v_crossed := v_crossed || jsonb_build_object('period', v_lim.period, 'window_start', v_w,
+                                                         'resets_at', v_end, 'limit', v_limit,
+                                                         'used', v_one.total, 'thresholds', to_jsonb(v_one.crossed));
+        end if;
         if v_one.refused and p_mode = 'check' then
             v_out.allowed := false;
         elsif v_one.refused then
@@ -1259,6 +1267,8 @@ begin
                                                billing_window, overage, unit_price_cents, cost_cents, actor)
         values (statement_timestamp(), p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price,
                 v_cost, entitlements.current_user_id());
+        -- Only now, with every limit counted: a refusal by a later limit writes no event.
+        perform entitlements._quota_events(p_customer, p_feature, v_crossed);
     end if;
     return v_out;
 end
@@ -1418,7 +1428,7 @@ $$;
 
 -- May the counters or the ledger (or one of its partitions) be written without the
 -- executor? Only in the shapes that code was written for.
-create function entitlements._direct_writes_fit(rel oid)
+create or replace function entitlements._direct_writes_fit(rel oid)
 returns boolean language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
@@ -1428,7 +1438,7 @@ as $$
         || 'window_start timestamp with time zone not null, window_end timestamp with time zone, '
         || 'stripe smallint not null, used numeric not null default 0, cap numeric not null, '
         || 'basis numeric not null, stamp bigint, valid_until timestamp with time zone, '
-        || 'sole boolean not null default false',
+        || 'sole boolean not null default false, stripes smallint not null default 1',
         -- usage_ledger, and each of its partitions (made alike, on the heap)
         'partitioned: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
         || 'at timestamp with time zone not null, customer_id uuid not null, '
@@ -2004,18 +2014,20 @@ $$;
 
 create or replace function entitlements._meter_take_stripe(p_customer uuid, p_feature text, p_amount numeric, p_period text,
                                                 p_window timestamptz, p_window_end timestamptz, p_limit numeric,
-                                                out stripe smallint, out grow boolean)
+                                                p_thresholds numeric[], out stripe smallint, out grow boolean)
 language plpgsql volatile
 as $$
 declare
     max_stripes constant int := 16;
+    v_bound numeric := entitlements._quota_bound(p_limit, p_thresholds, 0);
 begin
     grow := false;
-    if p_amount <= p_limit then
-        -- First use of this window: stripe 0 takes the whole quota in one statement.
+    if p_amount < v_bound then
+        -- First use of this window: stripe 0 takes the whole quota (up to the first
+        -- threshold) in one statement.
         insert into entitlements.usage_counters
                (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
-        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, p_limit, p_limit)
+        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, v_bound, p_limit)
         on conflict do nothing
         returning usage_counters.stripe into stripe;
     end if;
@@ -2025,7 +2037,7 @@ begin
             grow := exists (select 1 from entitlements.usage_counters s
                              where s.customer_id = p_customer and s.feature_key = p_feature
                                and s.period = p_period and s.window_start = p_window
-                               and s.basis = p_limit and s.used + p_amount <= s.cap);
+                               and s.basis = p_limit and s.used + p_amount < s.cap);
             insert into entitlements.usage_counters
                    (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
             values (p_customer, p_feature, p_period, p_window, p_window_end, 0, 0, 0, p_limit)
@@ -2046,7 +2058,7 @@ begin
                and c.stripe = (select s.stripe from entitlements.usage_counters s
                                 where s.customer_id = p_customer and s.feature_key = p_feature
                                   and s.period = p_period and s.window_start = p_window
-                                  and s.basis = p_limit and s.used + p_amount <= s.cap
+                                  and s.basis = p_limit and s.used + p_amount < s.cap
                                 order by s.stripe
                                 for update skip locked
                                 limit 1)
@@ -2063,7 +2075,7 @@ $$;
 
 create or replace function entitlements._meter_rebalance(p_customer uuid, p_feature text, p_amount numeric, p_period text,
                                               p_window timestamptz, p_window_end timestamptz, p_limit numeric,
-                                              p_total numeric, p_stripes int, p_grow boolean)
+                                              p_thresholds numeric[], p_total numeric, p_stripes int, p_grow boolean)
 returns void language plpgsql volatile
 as $$
 declare
@@ -2080,14 +2092,14 @@ begin
         on conflict do nothing;
         v_n := least(v_n * 2, max_stripes);
     end if;
-    v_rem := greatest(p_limit - p_total - p_amount, 0);
+    v_rem := greatest(entitlements._quota_bound(p_limit, p_thresholds, p_total + p_amount) - p_total - p_amount, 0);
     v_share := case when p_limit = 'Infinity' then 'Infinity' else floor(v_rem / v_n) end;
     update entitlements.usage_counters c
        set used = c.used + case when c.stripe = 0 then p_amount else 0 end,
            cap = case when p_limit = 'Infinity' then 'Infinity'
                       when c.stripe = 0 then c.used + p_amount + v_rem - v_share * (v_n - 1)
                       else c.used + v_share end,
-           basis = p_limit
+           basis = p_limit, stripes = v_n
      where c.customer_id = p_customer and c.feature_key = p_feature
        and c.period = p_period and c.window_start = p_window;
 end
@@ -2295,16 +2307,20 @@ as $$
 declare
     v_item jsonb;
     v_feature entitlements.features;
+    v_thresholds numeric[];
     v_created text[] := '{}'::text[];
     v_updated text[] := '{}'::text[];
 begin
     for v_item in select * from jsonb_array_elements(features) loop
         select * into v_feature from entitlements.features f where f.key = v_item ->> 'key';
+        v_thresholds := case when jsonb_typeof(v_item -> 'thresholds') = 'array'
+                             then array(select t::numeric from jsonb_array_elements_text(v_item -> 'thresholds') t) end;
         if not found then
-            insert into entitlements.features (key, kind, unit)
-            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit');
+            insert into entitlements.features (key, kind, unit, thresholds)
+            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit', v_thresholds);
             v_created := v_created || (v_item ->> 'key');
-        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit' then
+        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit'
+              or v_feature.thresholds is distinct from v_thresholds then
             if v_feature.kind <> v_item ->> 'kind' and (
                    exists (select 1 from entitlements.plan_entitlements e
                             where e.feature_key = v_feature.key and e.plan_key <> all (plan_keys))
@@ -2314,7 +2330,7 @@ begin
                     using errcode = '22023', hint = 'Use a new feature key for the new kind.';
             end if;
             update entitlements.features f
-               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', updated_at = now()
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds, updated_at = now()
              where f.key = v_feature.key;
             v_updated := v_updated || v_feature.key;
         end if;
@@ -2404,9 +2420,9 @@ $$;
 create or replace function entitlements._meter_limit(p_customer uuid, p_feature text, p_amount numeric, p_mode text,
                                           p_replay boolean, p_period text, p_window timestamptz,
                                           p_window_end timestamptz, p_limit numeric, p_overage text,
-                                          p_windows jsonb,
+                                          p_windows jsonb, p_thresholds numeric[],
                                           out stripe smallint, out total numeric, out refused boolean,
-                                          out over numeric)
+                                          out over numeric, out crossed numeric[])
 language plpgsql volatile
 as $$
 declare
@@ -2419,7 +2435,8 @@ begin
         refused := p_overage = 'block' and total + p_amount > p_limit and not p_replay;
         return;
     end if;
-    v_take := entitlements._meter_take_stripe(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit);
+    v_take := entitlements._meter_take_stripe(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit,
+                                              p_thresholds);
     stripe := v_take.stripe;
     if stripe is not null then
         total := entitlements._meter_window_total(p_customer, p_feature, p_period, p_window);
@@ -2443,7 +2460,9 @@ begin
     end if;
     over := greatest(0, total + p_amount - greatest(total, p_limit));
     perform entitlements._meter_rebalance(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit,
-                                          total, v_n, v_take.grow);
+                                          p_thresholds, total, v_n, v_take.grow);
+    crossed := array(select t from unnest(p_thresholds) t
+                      where total < t * p_limit / 100 and t * p_limit / 100 <= total + p_amount order by t);
     stripe := 0;
     total := total + p_amount;
 end
@@ -2473,7 +2492,8 @@ AS 'MODULE_PATHNAME', 'feature_config_wrapper';
 create table entitlements.outbox (
     id          bigint generated always as identity primary key,
     kind        text not null check (kind ~ '^[a-z_]+(\.[a-z_]+)+$'),
-    customer_id uuid references entitlements.customers (id),
+    -- Not a reference: a default plan meters ids that have no customers row (quota.threshold).
+    customer_id uuid,
     -- The same fact is one event: 'server.ready:<server>:<generation>'.
     dedup_key   text not null unique check (length(dedup_key) between 1 and 500),
     payload     jsonb not null default '{}' check (jsonb_typeof(payload) = 'object'
@@ -3763,6 +3783,96 @@ comment on function entitlements.provision_stats() is
     'Servers needing work (queue_depth), failed, and how many are in each phase. Admins only.';
 
 
+-- Usage thresholds (issue #11) ------------------------------------------------------------
+-- quota.threshold events from the slow path of metering (sql/metering/meter.sql).
+
+alter table entitlements.features
+    add column thresholds numeric[] check (cardinality(thresholds) <= 10 and 0 < all (thresholds) and 1000 >= all (thresholds));
+-- What the catalog now writes for a metered feature that names none.
+update entitlements.features set thresholds = '{80,100}' where kind = 'metered';
+
+alter table entitlements.usage_counters add column stripes smallint not null default 1;
+-- Caps added up to the limit; now they stop at the next threshold. Closing the open ones
+-- sends each window's next count to the slow path, which splits it again.
+update entitlements.usage_counters c
+   set stripes = n.stripes, cap = least(c.cap, c.used)
+  from (select customer_id, feature_key, period, window_start, count(*)::smallint as stripes
+          from entitlements.usage_counters group by 1, 2, 3, 4) n
+ where n.customer_id = c.customer_id and n.feature_key = c.feature_key
+   and n.period = c.period and n.window_start = c.window_start;
+
+-- How far a window's stripes may count before the slow path must look: the limit, or the
+-- first threshold above `used` when that comes sooner. A count on a stripe needs room
+-- strictly below its cap and the caps add up to this bound, so no count on a stripe can
+-- reach a threshold: every crossing happens on the slow path, which holds every stripe of
+-- the window and so sees its exact total (_meter_limit).
+create function entitlements._quota_bound(p_limit numeric, p_thresholds numeric[], p_used numeric)
+returns numeric language sql immutable parallel safe
+return least(p_limit, (select min(t * p_limit / 100) from unnest(p_thresholds) t where t * p_limit / 100 > p_used));
+
+-- A feature's thresholds changed (apply_catalog): close the caps of its open windows, so
+-- the next count of each goes to the slow path and splits them by the new thresholds.
+-- SECURITY DEFINER: the catalog is written as the admin, who may not write counters.
+create function entitlements._features_thresholds_changed()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    update entitlements.usage_counters c set cap = c.used
+      from new_rows n join old_rows o on o.key = n.key
+     where c.feature_key = n.key and n.thresholds is distinct from o.thresholds
+       and c.cap > c.used and (c.window_end is null or c.window_end > statement_timestamp());
+    return null;
+end
+$$;
+create trigger features_thresholds_changed after update on entitlements.features
+    referencing old table as old_rows new table as new_rows
+    for each statement execute function entitlements._features_thresholds_changed();
+
+-- quota.threshold, once per limit, window and threshold (the dedup key), for the
+-- crossings _meter_limit found: `crossed` holds, per limit, its window and thresholds.
+create function entitlements._quota_events(p_customer uuid, p_feature text, p_crossed jsonb)
+returns void language plpgsql volatile
+as $$
+declare
+    v_limit jsonb;
+    v_t numeric;
+begin
+    for v_limit in select * from jsonb_array_elements(p_crossed) loop
+        for v_t in select t::numeric from jsonb_array_elements_text(v_limit -> 'thresholds') t loop
+            perform entitlements._outbox_record(
+                'quota.threshold', p_customer,
+                format('quota:%s:%s:%s:%s:%s', p_customer, p_feature, v_limit ->> 'period',
+                       to_char((v_limit ->> 'window_start')::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                       v_t),
+                jsonb_build_object('feature', p_feature, 'period', v_limit -> 'period', 'threshold', v_t,
+                                   'limit', v_limit -> 'limit', 'used', v_limit -> 'used',
+                                   'window_start', v_limit -> 'window_start', 'resets_at', v_limit -> 'resets_at'));
+        end loop;
+    end loop;
+end
+$$;
+
+create or replace function entitlements._catalog_snapshot()
+returns jsonb language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return (
+        select jsonb_build_object(
+            'features', coalesce((select jsonb_agg(jsonb_build_object('key', f.key, 'kind', f.kind, 'unit', f.unit,
+                                                                  'thresholds', f.thresholds::text[]) order by f.key)
+                                    from entitlements.features f), '[]'),
+            'plans', coalesce((select jsonb_agg(jsonb_build_object(
+                        'key', p.key, 'name', p.name, 'price_cents', p.price_cents, 'public', p.public,
+                        'active', p.active, 'is_default', p.is_default, 'grace_days', p.grace_days,
+                        'entitlements', coalesce((select jsonb_object_agg(e.feature_key, e.spec)
+                                                    from entitlements.plan_entitlements e
+                                                   where e.plan_key = p.key), '{}')) order by p.position, p.key)
+                                 from entitlements.plans p), '[]')));
+end
+$$;
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
@@ -3926,9 +4036,13 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),
-    entitlements._meter_limit(uuid, text, numeric, text, boolean, text, timestamptz, timestamptz, numeric, text, jsonb),
-    entitlements._meter_take_stripe(uuid, text, numeric, text, timestamptz, timestamptz, numeric),
-    entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric, integer, boolean),
+    entitlements._meter_limit(uuid, text, numeric, text, boolean, text, timestamptz, timestamptz, numeric, text, jsonb,
+                              numeric[]),
+    entitlements._meter_take_stripe(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric[]),
+    entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric[], numeric,
+                                  integer, boolean),
+    entitlements._quota_bound(numeric, numeric[], numeric), entitlements._quota_events(uuid, text, jsonb),
+    entitlements._features_thresholds_changed(),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
     entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], text)

@@ -80,7 +80,10 @@ create table entitlements.features (
     kind        text not null check (kind in ('flag', 'limit', 'metered', 'concurrency', 'config')),
     unit        text,
     created_at  timestamptz not null default now(),
-    updated_at  timestamptz not null default now()
+    updated_at  timestamptz not null default now(),
+    -- Percentages of each limit of a metered feature whose crossing sends quota.threshold,
+    -- once per window (metering/meter.sql); NULL for other kinds.
+    thresholds  numeric[] check (cardinality(thresholds) <= 10 and 0 < all (thresholds) and 1000 >= all (thresholds))
 );
 comment on table entitlements.features is
     'What can be sold: flags, static limits, metered quotas, concurrency slots and config values.';

@@ -183,6 +183,9 @@ pub struct Feature {
     pub key: String,
     pub kind: Kind,
     pub unit: Option<String>,
+    /// Usage thresholds of a metered feature (percent, as decimal text): where its stripes
+    /// stop so that `_meter` sees each crossing (sql/metering/meter.sql, `_quota_bound`).
+    pub thresholds: Vec<String>,
 }
 
 pub struct Plan {

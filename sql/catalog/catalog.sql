@@ -12,16 +12,20 @@ as $$
 declare
     v_item jsonb;
     v_feature entitlements.features;
+    v_thresholds numeric[];
     v_created text[] := '{}'::text[];
     v_updated text[] := '{}'::text[];
 begin
     for v_item in select * from jsonb_array_elements(features) loop
         select * into v_feature from entitlements.features f where f.key = v_item ->> 'key';
+        v_thresholds := case when jsonb_typeof(v_item -> 'thresholds') = 'array'
+                             then array(select t::numeric from jsonb_array_elements_text(v_item -> 'thresholds') t) end;
         if not found then
-            insert into entitlements.features (key, kind, unit)
-            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit');
+            insert into entitlements.features (key, kind, unit, thresholds)
+            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit', v_thresholds);
             v_created := v_created || (v_item ->> 'key');
-        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit' then
+        elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit'
+              or v_feature.thresholds is distinct from v_thresholds then
             if v_feature.kind <> v_item ->> 'kind' and (
                    exists (select 1 from entitlements.plan_entitlements e
                             where e.feature_key = v_feature.key and e.plan_key <> all (plan_keys))
@@ -31,7 +35,7 @@ begin
                     using errcode = '22023', hint = 'Use a new feature key for the new kind.';
             end if;
             update entitlements.features f
-               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', updated_at = now()
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds, updated_at = now()
              where f.key = v_feature.key;
             v_updated := v_updated || v_feature.key;
         end if;

@@ -22,7 +22,8 @@ as $$
 begin
     return (
         select jsonb_build_object(
-            'features', coalesce((select jsonb_agg(jsonb_build_object('key', f.key, 'kind', f.kind, 'unit', f.unit) order by f.key)
+            'features', coalesce((select jsonb_agg(jsonb_build_object('key', f.key, 'kind', f.kind, 'unit', f.unit,
+                                                                  'thresholds', f.thresholds::text[]) order by f.key)
                                     from entitlements.features f), '[]'),
             'plans', coalesce((select jsonb_agg(jsonb_build_object(
                         'key', p.key, 'name', p.name, 'price_cents', p.price_cents, 'public', p.public,

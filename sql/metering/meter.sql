@@ -103,6 +103,34 @@ begin
 end
 $$;
 
+-- How far a window's stripes may count before the slow path must look: the limit, or the
+-- first threshold above `used` when that comes sooner. A count on a stripe needs room
+-- strictly below its cap and the caps add up to this bound, so no count on a stripe can
+-- reach a threshold: every crossing happens on the slow path, which holds every stripe of
+-- the window and so sees its exact total (_meter_limit).
+create function entitlements._quota_bound(p_limit numeric, p_thresholds numeric[], p_used numeric)
+returns numeric language sql immutable parallel safe
+return least(p_limit, (select min(t * p_limit / 100) from unnest(p_thresholds) t where t * p_limit / 100 > p_used));
+
+-- A feature's thresholds changed (apply_catalog): close the caps of its open windows, so
+-- the next count of each goes to the slow path and splits them by the new thresholds.
+-- SECURITY DEFINER: the catalog is written as the admin, who may not write counters.
+create function entitlements._features_thresholds_changed()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    update entitlements.usage_counters c set cap = c.used
+      from new_rows n join old_rows o on o.key = n.key
+     where c.feature_key = n.key and n.thresholds is distinct from o.thresholds
+       and c.cap > c.used and (c.window_end is null or c.window_end > statement_timestamp());
+    return null;
+end
+$$;
+create trigger features_thresholds_changed after update on entitlements.features
+    referencing old table as old_rows new table as new_rows
+    for each statement execute function entitlements._features_thresholds_changed();
+
 -- What a window has counted so far, over all its stripes.
 create function entitlements._meter_window_total(p_customer uuid, p_feature text, p_period text, p_window timestamptz)
 returns numeric language sql stable
@@ -125,18 +153,20 @@ $$;
 -- path, a convoy that lasts as long as the load.
 create function entitlements._meter_take_stripe(p_customer uuid, p_feature text, p_amount numeric, p_period text,
                                                 p_window timestamptz, p_window_end timestamptz, p_limit numeric,
-                                                out stripe smallint, out grow boolean)
+                                                p_thresholds numeric[], out stripe smallint, out grow boolean)
 language plpgsql volatile
 as $$
 declare
     max_stripes constant int := 16;
+    v_bound numeric := entitlements._quota_bound(p_limit, p_thresholds, 0);
 begin
     grow := false;
-    if p_amount <= p_limit then
-        -- First use of this window: stripe 0 takes the whole quota in one statement.
+    if p_amount < v_bound then
+        -- First use of this window: stripe 0 takes the whole quota (up to the first
+        -- threshold) in one statement.
         insert into entitlements.usage_counters
                (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
-        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, p_limit, p_limit)
+        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, v_bound, p_limit)
         on conflict do nothing
         returning usage_counters.stripe into stripe;
     end if;
@@ -146,7 +176,7 @@ begin
             grow := exists (select 1 from entitlements.usage_counters s
                              where s.customer_id = p_customer and s.feature_key = p_feature
                                and s.period = p_period and s.window_start = p_window
-                               and s.basis = p_limit and s.used + p_amount <= s.cap);
+                               and s.basis = p_limit and s.used + p_amount < s.cap);
             insert into entitlements.usage_counters
                    (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
             values (p_customer, p_feature, p_period, p_window, p_window_end, 0, 0, 0, p_limit)
@@ -167,7 +197,7 @@ begin
                and c.stripe = (select s.stripe from entitlements.usage_counters s
                                 where s.customer_id = p_customer and s.feature_key = p_feature
                                   and s.period = p_period and s.window_start = p_window
-                                  and s.basis = p_limit and s.used + p_amount <= s.cap
+                                  and s.basis = p_limit and s.used + p_amount < s.cap
                                 order by s.stripe
                                 for update skip locked
                                 limit 1)
@@ -183,12 +213,12 @@ end
 $$;
 
 -- The slow path, after a refusal-free check, holding every stripe: count on stripe 0 and
--- split what remains evenly; the caps add up to the limit (or to the usage, once over it,
--- so every later request comes here). Contended (`p_grow`): double the stripes first, up
--- to 16, so fewer wait next time.
+-- split what remains evenly; the caps add up to the limit or the next threshold before it
+-- (_quota_bound), or to the usage once over it, so every later request comes here.
+-- Contended (`p_grow`): double the stripes first, up to 16, so fewer wait next time.
 create function entitlements._meter_rebalance(p_customer uuid, p_feature text, p_amount numeric, p_period text,
                                               p_window timestamptz, p_window_end timestamptz, p_limit numeric,
-                                              p_total numeric, p_stripes int, p_grow boolean)
+                                              p_thresholds numeric[], p_total numeric, p_stripes int, p_grow boolean)
 returns void language plpgsql volatile
 as $$
 declare
@@ -205,14 +235,14 @@ begin
         on conflict do nothing;
         v_n := least(v_n * 2, max_stripes);
     end if;
-    v_rem := greatest(p_limit - p_total - p_amount, 0);
+    v_rem := greatest(entitlements._quota_bound(p_limit, p_thresholds, p_total + p_amount) - p_total - p_amount, 0);
     v_share := case when p_limit = 'Infinity' then 'Infinity' else floor(v_rem / v_n) end;
     update entitlements.usage_counters c
        set used = c.used + case when c.stripe = 0 then p_amount else 0 end,
            cap = case when p_limit = 'Infinity' then 'Infinity'
                       when c.stripe = 0 then c.used + p_amount + v_rem - v_share * (v_n - 1)
                       else c.used + v_share end,
-           basis = p_limit
+           basis = p_limit, stripes = v_n
      where c.customer_id = p_customer and c.feature_key = p_feature
        and c.period = p_period and c.window_start = p_window;
 end
@@ -279,13 +309,14 @@ $$;
 -- stripe of the window, then refuse (consume raises PT429; try answers `refused`, and
 -- _meter undoes what earlier limits counted) or count with the units beyond a non-blocking
 -- limit as `over` (NULL when the fast path counted), and rebalance. `total` is the
--- window's count after this call.
+-- window's count after this call; `crossed`, the thresholds (percent) this call crossed,
+-- exactly, since only the slow path can cross one (_quota_bound).
 create function entitlements._meter_limit(p_customer uuid, p_feature text, p_amount numeric, p_mode text,
                                           p_replay boolean, p_period text, p_window timestamptz,
                                           p_window_end timestamptz, p_limit numeric, p_overage text,
-                                          p_windows jsonb,
+                                          p_windows jsonb, p_thresholds numeric[],
                                           out stripe smallint, out total numeric, out refused boolean,
-                                          out over numeric)
+                                          out over numeric, out crossed numeric[])
 language plpgsql volatile
 as $$
 declare
@@ -298,7 +329,8 @@ begin
         refused := p_overage = 'block' and total + p_amount > p_limit and not p_replay;
         return;
     end if;
-    v_take := entitlements._meter_take_stripe(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit);
+    v_take := entitlements._meter_take_stripe(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit,
+                                              p_thresholds);
     stripe := v_take.stripe;
     if stripe is not null then
         total := entitlements._meter_window_total(p_customer, p_feature, p_period, p_window);
@@ -322,9 +354,35 @@ begin
     end if;
     over := greatest(0, total + p_amount - greatest(total, p_limit));
     perform entitlements._meter_rebalance(p_customer, p_feature, p_amount, p_period, p_window, p_window_end, p_limit,
-                                          total, v_n, v_take.grow);
+                                          p_thresholds, total, v_n, v_take.grow);
+    crossed := array(select t from unnest(p_thresholds) t
+                      where total < t * p_limit / 100 and t * p_limit / 100 <= total + p_amount order by t);
     stripe := 0;
     total := total + p_amount;
+end
+$$;
+
+-- quota.threshold, once per limit, window and threshold (the dedup key), for the
+-- crossings _meter_limit found: `crossed` holds, per limit, its window and thresholds.
+create function entitlements._quota_events(p_customer uuid, p_feature text, p_crossed jsonb)
+returns void language plpgsql volatile
+as $$
+declare
+    v_limit jsonb;
+    v_t numeric;
+begin
+    for v_limit in select * from jsonb_array_elements(p_crossed) loop
+        for v_t in select t::numeric from jsonb_array_elements_text(v_limit -> 'thresholds') t loop
+            perform entitlements._outbox_record(
+                'quota.threshold', p_customer,
+                format('quota:%s:%s:%s:%s:%s', p_customer, p_feature, v_limit ->> 'period',
+                       to_char((v_limit ->> 'window_start')::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                       v_t),
+                jsonb_build_object('feature', p_feature, 'period', v_limit -> 'period', 'threshold', v_t,
+                                   'limit', v_limit -> 'limit', 'used', v_limit -> 'used',
+                                   'window_start', v_limit -> 'window_start', 'resets_at', v_limit -> 'resets_at'));
+        end loop;
+    end loop;
 end
 $$;
 
@@ -358,8 +416,11 @@ declare
     v_out      entitlements.usage;
     v_best     numeric;
     v_windows  jsonb := '{}'::jsonb;
+    v_thresholds numeric[];
+    v_crossed  jsonb := '[]'::jsonb;
 begin
     perform entitlements._meter_check_input(p_customer, p_feature, p_amount, p_mode);
+    select f.thresholds into v_thresholds from entitlements.features f where f.key = p_feature;
     if p_key is not null and p_mode <> 'check' then
         v_keyed := entitlements._meter_claim_key(p_customer, p_key, p_feature, p_amount);
         v_replay := not v_keyed;
@@ -372,7 +433,12 @@ begin
         v_end := entitlements._ts(v_lim.resets_at_us);
         v_windows := v_windows || jsonb_build_object(v_lim.period, v_w);
         v_one := entitlements._meter_limit(p_customer, p_feature, p_amount, p_mode, v_replay, v_lim.period, v_w, v_end,
-                                           v_limit, v_lim.overage, v_windows);
+                                           v_limit, v_lim.overage, v_windows, v_thresholds);
+        if cardinality(v_one.crossed) > 0 then
+            v_crossed := v_crossed || jsonb_build_object('period', v_lim.period, 'window_start', v_w,
+                                                         'resets_at', v_end, 'limit', v_limit,
+                                                         'used', v_one.total, 'thresholds', to_jsonb(v_one.crossed));
+        end if;
         if v_one.refused and p_mode = 'check' then
             v_out.allowed := false;
         elsif v_one.refused then
@@ -418,6 +484,8 @@ begin
                                                billing_window, overage, unit_price_cents, cost_cents, actor)
         values (statement_timestamp(), p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price,
                 v_cost, entitlements.current_user_id());
+        -- Only now, with every limit counted: a refusal by a later limit writes no event.
+        perform entitlements._quota_events(p_customer, p_feature, v_crossed);
     end if;
     return v_out;
 end

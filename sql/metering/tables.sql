@@ -40,8 +40,9 @@ create table entitlements.usage_counters (
     window_end   timestamptz,
     stripe       smallint not null,
     used         numeric not null default 0,
-    -- This stripe may count up to `cap`; the caps were split from `basis`, the limit
-    -- when they were set ('Infinity' = unlimited). A changed limit forces a re-split.
+    -- This stripe may count while it stays below `cap`; the caps were split from `basis`,
+    -- the limit when they were set ('Infinity' = unlimited), and add up to the limit or
+    -- the next usage threshold before it. A changed limit forces a re-split.
     cap          numeric not null,
     basis        numeric not null,
     -- A shared memo of the rules, so a backend that has never seen this customer can
@@ -52,6 +53,9 @@ create table entitlements.usage_counters (
     stamp        bigint,
     valid_until  timestamptz,
     sole         boolean not null default false,
+    -- How many stripes the window has, as its last split left it (1 until then): a count
+    -- on the only stripe knows the window's total without summing (metering/stamps.rs).
+    stripes      smallint not null default 1,
     primary key (customer_id, feature_key, period, window_start, stripe)
 );
 comment on table entitlements.usage_counters is

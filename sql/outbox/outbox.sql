@@ -5,7 +5,8 @@
 create table entitlements.outbox (
     id          bigint generated always as identity primary key,
     kind        text not null check (kind ~ '^[a-z_]+(\.[a-z_]+)+$'),
-    customer_id uuid references entitlements.customers (id),
+    -- Not a reference: a default plan meters ids that have no customers row (quota.threshold).
+    customer_id uuid,
     -- The same fact is one event: 'server.ready:<server>:<generation>'.
     dedup_key   text not null unique check (length(dedup_key) between 1 and 500),
     payload     jsonb not null default '{}' check (jsonb_typeof(payload) = 'object'

@@ -58,9 +58,13 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),
-    entitlements._meter_limit(uuid, text, numeric, text, boolean, text, timestamptz, timestamptz, numeric, text, jsonb),
-    entitlements._meter_take_stripe(uuid, text, numeric, text, timestamptz, timestamptz, numeric),
-    entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric, integer, boolean),
+    entitlements._meter_limit(uuid, text, numeric, text, boolean, text, timestamptz, timestamptz, numeric, text, jsonb,
+                              numeric[]),
+    entitlements._meter_take_stripe(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric[]),
+    entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric[], numeric,
+                                  integer, boolean),
+    entitlements._quota_bound(numeric, numeric[], numeric), entitlements._quota_events(uuid, text, jsonb),
+    entitlements._features_thresholds_changed(),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
     entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], text)

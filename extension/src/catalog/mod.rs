@@ -254,15 +254,46 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
         .map(|(i, p)| normalize_plan(i, p, &mut plans))
         .collect::<Result<Vec<_>>>()?;
     if plans.uses_resources && !plans.kinds.contains_key(IMPLICIT_RESOURCES) {
-        features.push(json!({"key": IMPLICIT_RESOURCES, "kind": "config", "unit": null}));
+        features.push(json!({"key": IMPLICIT_RESOURCES, "kind": "config", "unit": null, "thresholds": null}));
     }
     Ok(json!({"features": features, "plans": normalized}))
 }
 
-/// One entry of `features`: key (declared once), kind, unit.
+/// Usage alerts of a metered feature when nothing else is said: 80% and 100% of each limit.
+pub const DEFAULT_THRESHOLDS: [u32; 2] = [80, 100];
+/// At most this many thresholds per feature, each a percentage of the limit up to MAX_THRESHOLD
+/// (above 100 only overage `allow` or `bill` can reach).
+const MAX_THRESHOLDS: usize = 10;
+const MAX_THRESHOLD: f64 = 1000.0;
+
+/// A metered feature's `thresholds` (percentages of each limit that send `quota.threshold`
+/// once per window), sorted and without repeats; `[]` sends none. Other kinds have none.
+fn thresholds(path: &str, kind: &str, obj: &Map<String, Value>) -> Result<Value> {
+    let field = format!("{path}.thresholds");
+    let given = match obj.get("thresholds") {
+        None | Some(Value::Null) if kind == "metered" => return Ok(json!(DEFAULT_THRESHOLDS)),
+        None | Some(Value::Null) => return Ok(Value::Null),
+        Some(_) if kind != "metered" => return Err(bad(&field, "only metered features have thresholds")),
+        Some(Value::Array(a)) if a.len() <= MAX_THRESHOLDS => a,
+        Some(_) => return Err(bad(&field, format!("expected an array of at most {MAX_THRESHOLDS} percentages"))),
+    };
+    let mut out: Vec<f64> = Vec::with_capacity(given.len());
+    for (i, t) in given.iter().enumerate() {
+        match t.as_f64() {
+            Some(p) if p > 0.0 && p <= MAX_THRESHOLD => out.push(p),
+            _ => return Err(bad(&format!("{field}[{i}]"), "expected a percentage above 0 and at most 1000")),
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out.dedup();
+    // Whole percentages stay integers (80, not 80.0), as they were written.
+    Ok(out.into_iter().map(|p| if p.fract() == 0.0 { json!(p as i64) } else { json!(p) }).collect())
+}
+
+/// One entry of `features`: key (declared once), kind, unit, thresholds.
 fn normalize_feature(path: &str, f: &Value, declared: &mut HashSet<String>) -> Result<Value> {
     let o = as_object(path, f)?;
-    check_fields(path, o, &["key", "kind", "unit", "description"])?;
+    check_fields(path, o, &["key", "kind", "unit", "description", "thresholds"])?;
     let key = key_field(path, o)?;
     if !declared.insert(key.clone()) {
         return Err(bad(path, format!("feature \"{key}\" is declared twice")));
@@ -271,7 +302,8 @@ fn normalize_feature(path: &str, f: &Value, declared: &mut HashSet<String>) -> R
         Some(Value::String(k)) if KINDS.contains(&k.as_str()) => k.clone(),
         _ => return Err(bad(&format!("{path}.kind"), format!("expected one of {}", KINDS.join(", ")))),
     };
-    Ok(json!({"key": key, "kind": kind, "unit": opt_string(path, o, "unit")?}))
+    let thresholds = thresholds(path, &kind, o)?;
+    Ok(json!({"key": key, "kind": kind, "unit": opt_string(path, o, "unit")?, "thresholds": thresholds}))
 }
 
 const PLAN_FIELDS: [&str; 13] = [
@@ -441,6 +473,10 @@ mod tests {
         assert!(m.contains("$.plans[1].default"), "{m}");
         let m = err(json!({"plans": [{"key": "Bad Key"}]}));
         assert!(m.contains("$.plans[0].key"), "{m}");
+        let m = err(json!({"features": [{"key": "q", "kind": "metered", "thresholds": [80, 0]}]}));
+        assert!(m.contains("$.features[0].thresholds[1]"), "{m}");
+        let m = err(json!({"features": [{"key": "f", "kind": "flag", "thresholds": [80]}]}));
+        assert!(m.contains("only metered"), "{m}");
     }
 
     #[pgrx::pg_test]
@@ -454,6 +490,10 @@ mod tests {
         );
         assert_eq!(n["plans"][0]["entitlements"]["s"], json!({"limit": null, "per_unit": false}));
         assert_eq!(n["features"][2]["key"], "resources");
+        assert_eq!(n["features"][0]["thresholds"], json!([80, 100]), "metered: 80% and 100% by default");
+        assert_eq!(n["features"][1]["thresholds"], Value::Null);
+        let t = json!({"features": [{"key": "m", "kind": "metered", "thresholds": [100, 50.5, 100]}]});
+        assert_eq!(normalize(&t, &Map::new()).unwrap()["features"][0]["thresholds"], json!([50.5, 100]));
         // Normalizing the normalized spec again gives the same spec: apply_catalog relies on it.
         let again =
             normalize_spec("$", "metered", &json!([{"period": "month", "limit": 10, "overage": "block"}])).unwrap();

@@ -347,7 +347,12 @@ fn load_catalog(owner: pg_sys::Oid, version: i64) -> Result<Catalog> {
         let key = f["key"].as_str().ok_or_else(|| corrupt("feature key"))?.to_owned();
         let kind = Kind::parse(f["kind"].as_str().unwrap_or_default()).ok_or_else(|| corrupt("feature kind"))?;
         feature_index.insert(key.clone(), features.len());
-        features.push(Feature { key, kind, unit: f["unit"].as_str().map(str::to_owned) });
+        // As text, so the bound a new window gets is computed in numeric exactly as _meter's.
+        let thresholds = f["thresholds"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        features.push(Feature { key, kind, unit: f["unit"].as_str().map(str::to_owned), thresholds });
     }
     let mut plans = HashMap::new();
     let mut default_plan = None;

@@ -44,7 +44,7 @@ macro_rules! count_on_stripe_sql {
             where s.customer_id operator(pg_catalog.=) $1 and s.feature_key operator(pg_catalog.=) $2
               and s.period operator(pg_catalog.=) $3 and s.window_start operator(pg_catalog.=) $4
               and s.basis operator(pg_catalog.=) $6
-              and s.used operator(pg_catalog.+) $5 operator(pg_catalog.<=) s.cap
+              and s.used operator(pg_catalog.+) $5 operator(pg_catalog.<) s.cap
             order by (s.stripe operator(pg_catalog.+) $7) operator(pg_catalog.%) 16
               for update skip locked
             limit 1)
@@ -130,12 +130,19 @@ const WINDOW_TOTAL: Statement = Statement {
     args: &[pg_sys::UUIDOID, pg_sys::TEXTOID, pg_sys::TEXTOID, pg_sys::TIMESTAMPTZOID],
 };
 
-/// First use of a window: stripe 0 takes the whole quota and counts `amount`, as
-/// `_meter` would. A conflict means the window exists but had no free stripe with room.
+/// First use of a window: stripe 0 takes the whole quota up to the first usage threshold
+/// (`_quota_bound`) and counts `amount`, as `_meter` would. No row: the window exists but
+/// had no free stripe with room (a conflict), or `amount` reaches a threshold, which only
+/// `_meter` crosses.
 const OPEN_WINDOW: Statement = Statement {
     sql: "insert into entitlements.usage_counters
                  (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis, stamp, valid_until, sole)
-          values ($1, $2, $3, $4, $5, 0, $6, $7, $7, $8, $9, $10)
+          select $1, $2, $3, $4, $5, 0, $6, b.bound, $7, $8, $9, $10
+            from (select least($7, (
+                         select pg_catalog.min(t operator(pg_catalog.*) $7 operator(pg_catalog./) 100)
+                           from pg_catalog.unnest($11::pg_catalog.numeric[]) t
+                          where t operator(pg_catalog.*) $7 operator(pg_catalog./) 100 operator(pg_catalog.>) 0)) as bound) b
+           where $6 operator(pg_catalog.<) b.bound
           on conflict do nothing
           returning used",
     args: &[
@@ -149,6 +156,7 @@ const OPEN_WINDOW: Statement = Statement {
         pg_sys::INT8OID,
         pg_sys::TIMESTAMPTZOID,
         pg_sys::BOOLOID,
+        pg_sys::TEXTARRAYOID,
     ],
 };
 
@@ -272,13 +280,14 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
 
     let cat = cache::catalog()?;
     let Some(idx) = cat.feature_index.get(feature).copied() else { return Ok(None) };
+    let thresholds = cat.features[idx].thresholds.clone();
     let Some((windows, valid_until)) = cache::with_customer(id, now, |_, _, r| {
         limits::windows(r.values[idx].as_ref(), now, r).map(|w| (w, r.valid_until))
     })?
     else {
         return Ok(None);
     };
-    let stamp = Stamp { version, valid_until, sole: windows.len() == 1 };
+    let stamp = Stamp { version, valid_until, sole: windows.len() == 1, thresholds };
     let counted = crate::postgres::run_as(owner, || {
         Spi::connect(|_| -> Result<Option<Outcome>> {
             let Some((best, recorded)) = count_all(customer, feature, amount, &windows, &stamp, home, actor)? else {
@@ -299,6 +308,8 @@ struct Stamp {
     version: Option<i64>,
     valid_until: Micros,
     sole: bool,
+    /// The feature's usage thresholds: a new window's stripe stops at the first one.
+    thresholds: Vec<String>,
 }
 
 /// The shortcut for customers this backend has not resolved: count on the stamped
@@ -340,7 +351,7 @@ fn count_on_stamped(
         ];
         spi::run(&RECORD, args, false)?;
     }
-    let used = if c.cap == c.basis {
+    let used = if c.stripes == 1 {
         c.used
     } else {
         let rows = spi::run(&WINDOW_TOTAL, vec![arg(customer), arg(feature), arg(period), arg(start)], false)?;
@@ -400,6 +411,7 @@ fn count_all(
                 arg(stamp.version),
                 arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
                 arg(stamp.sole),
+                arg(stamp.thresholds.iter().map(String::as_str).collect::<Vec<_>>()),
             ];
             let rows = spi::run(&OPEN_WINDOW, args, false)?;
             total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();

@@ -25,6 +25,7 @@ use pgrx::{pg_sys, AnyNumeric, FromDatum, IntoDatum, Uuid};
 pub struct Counted {
     pub basis: AnyNumeric,
     pub cap: AnyNumeric,
+    pub stripes: i16,
     pub used: AnyNumeric,
     pub window_end: Option<Micros>,
     pub period: String,
@@ -82,6 +83,7 @@ struct Columns {
     stamp: usize,
     valid_until: usize,
     sole: usize,
+    stripes: usize,
 }
 
 unsafe fn columns(desc: pg_sys::TupleDesc) -> Option<Columns> {
@@ -98,6 +100,7 @@ unsafe fn columns(desc: pg_sys::TupleDesc) -> Option<Columns> {
         stamp: column(desc, c"stamp")?,
         valid_until: column(desc, c"valid_until")?,
         sole: column(desc, c"sole")?,
+        stripes: column(desc, c"stripes")?,
     })
 }
 
@@ -172,10 +175,12 @@ unsafe fn find_and_count(
         let period = String::from_datum(values[cols.period], nulls[cols.period])?;
         let window_start = i64::from_datum(values[cols.window_start], nulls[cols.window_start])?;
         let window_end = i64::from_datum(values[cols.window_end], nulls[cols.window_end]);
+        let stripes = i16::from_datum(values[cols.stripes], nulls[cols.stripes])?;
         let after = used + amount.clone();
-        (after <= cap).then_some((found, after, cap, basis, period, window_start, window_end))
+        // Strictly below: reaching the cap is the slow path's (a usage threshold may be there).
+        (after < cap).then_some((found, after, cap, basis, stripes, period, window_start, window_end))
     };
-    let Some((found, after, cap, basis, period, window_start, window_end)) = read() else {
+    let Some((found, after, cap, basis, stripes, period, window_start, window_end)) = read() else {
         return Err(Miss::NotStamped);
     };
 
@@ -220,6 +225,7 @@ unsafe fn find_and_count(
     Ok(Counted {
         basis,
         cap,
+        stripes,
         used: after,
         window_end: window_end.map(clock::from_pg),
         period,
