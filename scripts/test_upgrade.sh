@@ -54,6 +54,8 @@ SQL
 # (checked after the upgrade); the rows are compared without them.
 NEW_TABLES=(entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts)
 NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale)
+# Tables new in 0.2.0 that the upgrade fills from 0.1.0's rows, compared apart (below).
+FILLED_TABLES=(entitlements.access_notices)
 # Columns the upgrade fills in or rewrites on purpose, compared apart (below).
 # The thresholds it sets are a catalog change: audited (one more audit row, compared apart) and
 # a new cache version, so that running backends load them.
@@ -68,7 +70,7 @@ fingerprint() {
                  join pg_namespace n on n.oid = c.relnamespace
                 where (n.nspname = 'entitlements' or c.oid = 'public.upgrade_notes'::regclass)
                   and c.relkind in ('r', 'p') order by 1"); do
-        if [[ " ${NEW_TABLES[*]} " == *" $t "* ]]; then continue; fi
+        if [[ " ${NEW_TABLES[*]} ${FILLED_TABLES[*]} " == *" $t "* ]]; then continue; fi
         cols=""
         for c in "${NEW_COLUMNS[@]}" "${MIGRATED_COLUMNS[@]}"; do
             if [ "${c%.*}" = "$t" ]; then cols+="${cols:+, }'${c##*.}'"; fi
@@ -225,6 +227,11 @@ done
               where (o.customer_id, o.feature_key, o.period, o.window_start)
                   = (c.customer_id, c.feature_key, c.period, c.window_start))")" = 0 ] \
     || fail "usage_counters caps not closed or stripes not counted by the upgrade"
+# Every subscription has its access notice, as a fresh install would have made it.
+[ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.subscriptions s
+        full join entitlements.access_notices n on n.subscription_id = s.id
+        where n.subscription_id is null or s.id is null or n.state <> 'granting'")" = 0 ] \
+    || fail "access_notices not filled in by the upgrade"
 [ "$(psql_in "$OLD" -At -c "select version > $VERSION_BEFORE from entitlements.cache_version")" = t ] \
     || fail "the upgrade changed the catalog without a new cache version"
 [ "$(psql_in "$OLD" -At -c "select string_agg(table_name || ' ' || action, ',') from entitlements.audit_log

@@ -1092,7 +1092,8 @@ as $$
         (3, 'health_snapshot', interval '1 minute', 'Counts an operator wants on one page; touches nothing.'),
         (4, 'prune_task_runs', interval '1 hour', 'Task runs older than entitlements.task_runs_keep go.'),
         (5, 'usage_partitions', interval '6 hours', 'Ledger partitions made ahead and old months rolled up; closed counters and old idempotency keys deleted.'),
-        (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, delivered notifications, and (when configured) audit rows, past their retention go.')
+        (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, delivered notifications, and (when configured) audit rows, past their retention go.'),
+        (7, 'time_events', interval '1 minute', 'Trials about to end (trial.ending) and access that ended by time alone (access.suspended), told once each.')
       ) t(n, name, every, description)
      order by t.n
 $$;
@@ -1504,7 +1505,8 @@ set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select s from entitlements.settings s),
                     row(true, null, interval '90 days', interval '13 months', 3, 20, now(),
-                        interval '30 days', 8, 'matrix.example.com', 10, interval '30 days')::entitlements.settings)
+                        interval '30 days', 8, 'matrix.example.com', 10, interval '30 days',
+                        interval '3 days')::entitlements.settings)
 $$;
 
 create or replace function entitlements._task_usage_partitions()
@@ -2677,7 +2679,7 @@ comment on function entitlements.remove_webhook_endpoint(uuid) is
 
 -- The templates shipped with the extension (English), used where no row of email_templates
 -- has the kind in that locale.
-create function entitlements.default_email_templates()
+create or replace function entitlements.default_email_templates()
 returns setof entitlements.email_templates language sql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
@@ -2700,7 +2702,19 @@ as $$
          '<p>Hello {{customer_name}},</p><p>your Matrix server {{name}} is suspended until access is restored. Its data is kept.</p>'),
         ('server.failed', 'We could not set up your server {{name}}',
          E'Hello {{customer_name}},\n\nsetting up your Matrix server {{name}} failed. We are on it.',
-         '<p>Hello {{customer_name}},</p><p>setting up your Matrix server {{name}} failed. We are on it.</p>')
+         '<p>Hello {{customer_name}},</p><p>setting up your Matrix server {{name}} failed. We are on it.</p>'),
+        ('trial.ending', 'Your {{plan}} trial ends soon',
+         E'Hello {{customer_name}},\n\nyour {{plan}} trial ends on {{trial_end}}. Subscribe to keep your features.',
+         '<p>Hello {{customer_name}},</p><p>your {{plan}} trial ends on {{trial_end}}. Subscribe to keep your features.</p>'),
+        ('access.suspended', 'Your {{plan}} access is paused',
+         E'Hello {{customer_name}},\n\nyour {{plan}} features are no longer available ({{reason}}). Renew to get them back.',
+         '<p>Hello {{customer_name}},</p><p>your {{plan}} features are no longer available ({{reason}}). Renew to get them back.</p>'),
+        ('access.restored', 'Your {{plan}} access is back',
+         E'Hello {{customer_name}},\n\nyour {{plan}} features are available again.',
+         '<p>Hello {{customer_name}},</p><p>your {{plan}} features are available again.</p>'),
+        ('quota.threshold', 'You have used {{threshold}}% of your {{feature}}',
+         E'Hello {{customer_name}},\n\nyou have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.',
+         '<p>Hello {{customer_name}},</p><p>you have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.</p>')
       ) as t(kind, subject, body_text, body_html)
 $$;
 comment on function entitlements.default_email_templates() is
@@ -2754,7 +2768,7 @@ $$;
 
 -- Definer: an event written by any permitted path fans out to endpoints and emails the
 -- writer may not read (secrets, other rows); it reads only the new outbox row.
-create function entitlements._outbox_fan_out()
+create or replace function entitlements._outbox_fan_out()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -2768,10 +2782,11 @@ begin
       from entitlements.webhook_endpoints e
      where e.enabled and (new.kind = any (e.event_kinds) or '*' = any (e.event_kinds));
     insert into entitlements.deliveries (event_id, channel, target)
-    select new.id, 'email', c.email
-      from entitlements.customers c
-     where c.id = new.customer_id and c.email is not null
-       and (entitlements._email_template(new.kind, c.locale)).kind is not null;
+    select new.id, 'email', x.email
+      from (select entitlements._customer_email(new.customer_id) as email) x
+     where x.email is not null
+       and (entitlements._email_template(new.kind, (select c.locale from entitlements.customers c
+                                                      where c.id = new.customer_id))).kind is not null;
     -- Apps may LISTEN for events (no customer id: anyone may LISTEN; the row is behind RLS).
     perform pg_notify('entitlements_events', jsonb_build_object('id', new.id, 'kind', new.kind)::text);
     perform pg_notify('entitlements_outbox', '');
@@ -2990,7 +3005,7 @@ comment on function entitlements.retry_delivery(bigint) is
 
 -- Definer: the event is written whoever made the change (a tenant admin, the Stripe applier);
 -- it reads only the old and new rows of the extension's own table.
-create function entitlements._subscription_events()
+create or replace function entitlements._subscription_events()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -3009,8 +3024,14 @@ begin
     if tg_op = 'INSERT' then
         perform entitlements._outbox_record('subscription.created', new.customer_id,
                                             format('subscription.created:%s', new.id), v_payload);
+        perform entitlements._access_notice(new);
         return null;
     end if;
+    -- Access lost or back by this change (access.sql). When the old row had already lapsed
+    -- by time (the expiry task tidying it up), that is why.
+    perform entitlements._access_notice(new,
+        case when entitlements._lapsed(old, (select p.grace_days from entitlements.plans p where p.key = old.plan_key))
+             then entitlements._access_lost_reason(old.status, old.cancel_at_period_end) end);
     -- Canceled once per cancellation: at period end, or at once; not again when a cancellation
     -- at period end takes effect. Undone and made again, it is a new one.
     if (new.cancel_at_period_end and not old.cancel_at_period_end and old.status <> 'canceled')
@@ -3873,6 +3894,221 @@ begin
 end
 $$;
 
+-- Access notices and profiles (issue #11) -------------------------------------------------------
+-- The same statements as sql/subscriptions/profile.sql and sql/outbox/access.sql.
+
+alter table entitlements.settings
+    add column trial_ending_notice interval not null default interval '3 days'
+        check (trial_ending_notice between interval '0' and interval '60 days');
+
+-- How notifications address a customer: email, display name, locale. Admins write customers
+-- directly; a user sets their own (and an organization's owners and admins the
+-- organization's) through set_profile, which touches those three columns and nothing else.
+
+-- SECURITY DEFINER: customers' RLS lets only admins write. Its arguments are text and uuid,
+-- and every check asks about the real caller (the outer role, the trusted user id).
+create function entitlements.set_profile(customer uuid, email text, display_name text default null,
+                                         locale text default null)
+returns void language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if customer is null then
+        raise exception 'customer must not be NULL' using errcode = '22004';
+    end if;
+    perform entitlements._require(
+        customer = entitlements.current_user_id()
+        or entitlements._role_is_privileged(entitlements._outer_role())
+        or entitlements._is_listed_admin_of(customer)
+        or coalesce(entitlements._my_org_role(customer) in ('owner', 'admin'), false),
+        'set_profile', 'the customer themself, an owner or admin of the organization, or an entitlements admin of it');
+    if email is not null and (length(email) > 254 or email !~ '^[^@\s<>(),;:"\[\]\\]+@[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?\.[A-Za-z]{2,}$') then
+        raise exception 'invalid email address "%"', left(email, 80) using errcode = '22023';
+    end if;
+    if display_name is not null and (length(display_name) > 200 or display_name ~ '[[:cntrl:]]') then
+        raise exception 'a display name is at most 200 characters, without control characters' using errcode = '22023';
+    end if;
+    if locale is not null and locale !~ '^[a-z]{2}(-[A-Z]{2})?$' then
+        raise exception 'invalid locale "%": expected a language code such as "en" or "pt-BR"', left(locale, 20)
+            using errcode = '22023';
+    end if;
+    insert into entitlements.customers as c (id, email, display_name, locale)
+    values (customer, nullif(email, ''), nullif(display_name, ''), locale)
+    on conflict (id) do update
+       set email = excluded.email, display_name = excluded.display_name, locale = excluded.locale, updated_at = now()
+     where (c.email, c.display_name, c.locale) is distinct from (excluded.email, excluded.display_name, excluded.locale);
+end
+$$;
+comment on function entitlements.set_profile(uuid, text, text, text) is
+    'Set the email, display name and locale notifications use (NULL clears). The customer themself, an owner or admin of the organization, or an admin.';
+
+-- Where a customer's email goes: on Supabase, the auth.users email when the user has one,
+-- else customers.email. This runs as the owner (in the outbox's fan-out), so auth.users is
+-- read only when it is Supabase's own: a plain table without row security, `id uuid` and
+-- `email` text or varchar, owned by supabase_auth_admin or a superuser. Anything else (a
+-- view, a policy, a column of someone's own type) could run code someone else wrote.
+create function entitlements._customer_email(customer uuid)
+returns text language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_email text;
+begin
+    if exists (select 1 from pg_class c
+                 join pg_namespace n on n.oid = c.relnamespace
+                 join pg_roles r on r.oid = c.relowner
+                where n.nspname = 'auth' and c.relname = 'users' and c.relkind = 'r' and not c.relrowsecurity
+                  and (r.rolname = 'supabase_auth_admin' or r.rolsuper)
+                  and (select a.atttypid from pg_attribute a
+                        where a.attrelid = c.oid and a.attname = 'id' and not a.attisdropped) = 'uuid'::regtype
+                  and (select a.atttypid from pg_attribute a
+                        where a.attrelid = c.oid and a.attname = 'email' and not a.attisdropped)
+                      in ('text'::regtype, 'varchar'::regtype)) then
+        execute 'select u.email::text from auth.users u where u.id = $1' into v_email using customer;
+    end if;
+    return coalesce(nullif(v_email, ''), (select c.email from entitlements.customers c where c.id = customer));
+end
+$$;
+
+-- Access notices: access.suspended when a subscription stops granting, access.restored when a
+-- suspended one grants again, trial.ending some days before a trial ends.
+--
+-- Access ends either by a write (a status change, an immediate cancel: the subscriptions
+-- trigger in events.sql tells it in that transaction) or by time alone (a trial, a period or
+-- past_due grace that ran out: the time_events task tells it, whether or not anything
+-- tidied the row up). Each subscription has one row here with what was last told, and each
+-- telling locks and moves that row, so every change is told once however many workers run
+-- the task and whichever of the two paths comes first.
+
+create table entitlements.access_notices (
+    subscription_id uuid primary key references entitlements.subscriptions (id) on delete cascade,
+    customer_id     uuid not null,
+    -- pending: has not granted yet (incomplete); granting; suspended: access.suspended told.
+    state           text not null check (state in ('pending', 'granting', 'suspended')),
+    -- When it stops granting, as of its last change (entitlements._grants_until): NULL never.
+    until           timestamptz,
+    -- access events told: each one's dedup key carries its number.
+    told            integer not null default 0,
+    -- The trial end a trial.ending was told for.
+    trial_told_for  timestamptz,
+    updated_at      timestamptz not null default now()
+);
+create index access_notices_due on entitlements.access_notices (until) where state = 'granting';
+comment on table entitlements.access_notices is
+    'What was last told about each subscription''s access (access.suspended / access.restored, trial.ending). Admins read.';
+select pg_catalog.pg_extension_config_dump('entitlements.access_notices', '');
+alter table entitlements.access_notices enable row level security;
+create policy access_notices_admin on entitlements.access_notices for select using (entitlements.is_admin());
+
+-- Why a subscription in this state stopped granting.
+create function entitlements._access_lost_reason(status text, cancel_at_period_end boolean)
+returns text language sql immutable parallel safe
+return case when status = 'trialing' then 'trial_ended'
+            when status = 'active' then 'period_ended'
+            when status = 'past_due' then 'grace_ended'
+            when status = 'canceled' and cancel_at_period_end then 'period_ended'
+            else status end;
+
+-- Bring a subscription's notice up to date with its row `s` (as of now), telling what
+-- changed: access.suspended (`reason`, else why `s` itself stopped) or access.restored; the
+-- kind told, or NULL. Runs as the owner: from the subscriptions trigger (definer) and the task.
+create function entitlements._access_notice(s entitlements.subscriptions, reason text default null)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_until timestamptz := entitlements._grants_until(
+        s, (select p.grace_days from entitlements.plans p where p.key = s.plan_key));
+    v_granting boolean := v_until is null or v_until > now();
+    v_n entitlements.access_notices;
+    v_kind text;
+begin
+    select * into v_n from entitlements.access_notices n where n.subscription_id = s.id for update;
+    if not found then
+        insert into entitlements.access_notices (subscription_id, customer_id, state, until)
+        values (s.id, s.customer_id, case when v_granting then 'granting' else 'pending' end, v_until);
+        return null;
+    end if;
+    v_kind := case when v_granting and v_n.state = 'suspended' then 'access.restored'
+                   when not v_granting and v_n.state = 'granting' then 'access.suspended' end;
+    update entitlements.access_notices n
+       set until = v_until,
+           state = case when v_granting then 'granting' when v_kind is not null then 'suspended' else n.state end,
+           told = n.told + (v_kind is not null)::int, updated_at = now()
+     where n.subscription_id = s.id
+       and (n.until is distinct from v_until or v_kind is not null or (v_granting and n.state = 'pending'));
+    if v_kind is not null then
+        perform entitlements._outbox_record(v_kind, s.customer_id, format('%s:%s:%s', v_kind, s.id, v_n.told + 1),
+            jsonb_build_object('subscription_id', s.id, 'plan', s.plan_key, 'status', s.status)
+            || case when v_kind = 'access.suspended'
+                    then jsonb_build_object('reason', coalesce(reason, entitlements._access_lost_reason(s.status, s.cancel_at_period_end)),
+                                            'access_ended_at', case when v_until > '-infinity' then v_until else now() end)
+                    else '{}' end);
+    end if;
+    return v_kind;
+end
+$$;
+
+-- The time_events task: trials about to end (settings.trial_ending_notice ahead) and access
+-- that ended by time alone, each told once. Rows another transaction holds are skipped: it
+-- is a writer of that subscription (whose trigger tells it) or another run of this task.
+-- Definer: the notices are the extension's own bookkeeping, written by no role; the caller
+-- must be an admin (run_task's check, asked again of the real caller).
+create function entitlements._task_time_events()
+returns jsonb language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_notice interval := (entitlements._settings()).trial_ending_notice;
+    v_s entitlements.subscriptions;
+    v_trials bigint := 0::bigint;
+    v_ended bigint := 0::bigint;
+begin
+    perform entitlements._require_caller_admin('time_events');
+    for v_s in
+        select s.* from entitlements.subscriptions s
+          join entitlements.access_notices n on n.subscription_id = s.id
+         where s.status = 'trialing' and s.trial_end > now() and s.trial_end <= now() + v_notice
+           and n.trial_told_for is distinct from s.trial_end
+           for update of n skip locked
+    loop
+        update entitlements.access_notices n set trial_told_for = v_s.trial_end, updated_at = now()
+         where n.subscription_id = v_s.id;
+        perform entitlements._outbox_record('trial.ending', v_s.customer_id,
+            format('trial_ending:%s:%s', v_s.id, to_char(v_s.trial_end at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
+            jsonb_build_object('subscription_id', v_s.id, 'plan', v_s.plan_key, 'trial_end', v_s.trial_end,
+                               'days_left', ceil(extract(epoch from v_s.trial_end - now()) / 86400)));
+        v_trials := v_trials + 1;
+    end loop;
+
+    -- Due by the instant kept at the last change; past_due rows always, since their grace
+    -- is the plan's now (a catalog change may have shortened it).
+    for v_s in
+        select s.* from entitlements.subscriptions s
+          join entitlements.access_notices n on n.subscription_id = s.id
+         where n.state = 'granting' and (n.until <= now() or s.status = 'past_due')
+           for update of n skip locked
+    loop
+        if entitlements._access_notice(v_s) is not null then
+            v_ended := v_ended + 1;
+        end if;
+    end loop;
+    return jsonb_build_object('rows_touched', v_trials + v_ended, 'trials_ending', v_trials, 'access_ended', v_ended);
+end
+$$;
+
+-- What 0.1.0's subscriptions are now: granting, or suspended if they granted once (an
+-- incomplete one never did). Nothing is told for them.
+insert into entitlements.access_notices (subscription_id, customer_id, state, until)
+select s.id, s.customer_id,
+       case when g.until is null or g.until > now() then 'granting'
+            when s.status in ('incomplete', 'incomplete_expired') then 'pending'
+            else 'suspended' end,
+       g.until
+  from entitlements.subscriptions s
+  join entitlements.plans p on p.key = s.plan_key
+ cross join lateral (select entitlements._grants_until(s, p.grace_days) as until) g;
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
@@ -4043,6 +4279,8 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
                                   integer, boolean),
     entitlements._quota_bound(numeric, numeric[], numeric), entitlements._quota_events(uuid, text, jsonb),
     entitlements._features_thresholds_changed(),
+    -- Access notices run as the owner, from the subscriptions trigger and the time_events task.
+    entitlements._access_notice(entitlements.subscriptions, text), entitlements._customer_email(uuid),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
     entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], text)

@@ -21,6 +21,12 @@ create table bench.ledger (
 );
 create index on bench.ledger (customer_id, at);
 
+-- The hot customer never runs out in a full run (every round counts consume twice, with and
+-- without usage thresholds): 100,000,000 more on both sides.
+select entitlements.boost_quota(bench.cid(20000), 'api_requests', 100000000, reason => 'bench: hot customer')
+       is not null;
+update bench.counters set lim = lim + 100000000 where customer_id = bench.cid(20000);
+
 -- The race check: customer 31000 may make exactly 1,000 calls this month.
 select entitlements.override_feature(bench.cid(31000), 'api_requests', '{"limit": 1000, "period": "month"}',
                                      reason => 'overshoot check') is not null;

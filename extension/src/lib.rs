@@ -50,6 +50,7 @@ extension_sql_file!(
     requires = ["catalog", checks::feature_limit]
 );
 extension_sql_file!("../../sql/subscriptions/members.sql", name = "members", requires = ["subscriptions"]);
+extension_sql_file!("../../sql/subscriptions/profile.sql", name = "profile", requires = ["members"]);
 extension_sql_file!("../../sql/grants/grants.sql", name = "grants", requires = ["members"]);
 extension_sql_file!("../../sql/metering/tables.sql", name = "metering_tables", requires = ["grants"]);
 extension_sql_file!(
@@ -87,9 +88,10 @@ extension_sql_file!(
     name = "consume",
     requires = ["ledger", metering::counting::consume_fast, metering::counting::take_pending]
 );
-extension_sql_file!("../../sql/outbox/outbox.sql", name = "outbox", requires = ["members", "leases"]);
+extension_sql_file!("../../sql/outbox/outbox.sql", name = "outbox", requires = ["profile", "leases"]);
 extension_sql_file!("../../sql/outbox/delivery.sql", name = "delivery", requires = ["outbox"]);
-extension_sql_file!("../../sql/outbox/events.sql", name = "outbox_events", requires = ["delivery", "grants"]);
+extension_sql_file!("../../sql/outbox/access.sql", name = "access_notices", requires = ["delivery", "retention"]);
+extension_sql_file!("../../sql/outbox/events.sql", name = "outbox_events", requires = ["access_notices", "grants"]);
 extension_sql_file!(
     "../../sql/provisioning/servers.sql",
     name = "servers",

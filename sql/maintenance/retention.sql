@@ -26,7 +26,10 @@ create table entitlements.settings (
     -- Notifications (outbox/): failed sends before a delivery is dead; how long events whose
     -- deliveries all ended are kept.
     delivery_max_attempts integer not null default 10 check (delivery_max_attempts between 1 and 1000),
-    outbox_keep         interval not null default interval '30 days' check (outbox_keep >= interval '1 day')
+    outbox_keep         interval not null default interval '30 days' check (outbox_keep >= interval '1 day'),
+    -- How long before a trial ends trial.ending is sent (outbox/access.sql).
+    trial_ending_notice interval not null default interval '3 days'
+                        check (trial_ending_notice between interval '0' and interval '60 days')
 );
 comment on table entitlements.settings is
     'Retention periods and queue limits (one row; absent = defaults). Admins only; every change is audited.';
@@ -36,13 +39,15 @@ create policy settings_admin on entitlements.settings for all
     using (entitlements.is_admin()) with check (entitlements.is_admin());
 select entitlements.enable_audit('entitlements.settings');
 
+-- The settings row, or the columns' defaults (in column order) when there is none.
 create function entitlements._settings()
 returns entitlements.settings language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select s from entitlements.settings s),
                     row(true, null, interval '90 days', interval '13 months', 3, 20, now(),
-                        interval '30 days', 8, 'matrix.example.com', 10, interval '30 days')::entitlements.settings)
+                        interval '30 days', 8, 'matrix.example.com', 10, interval '30 days',
+                        interval '3 days')::entitlements.settings)
 $$;
 
 create function entitlements._task_usage_partitions()

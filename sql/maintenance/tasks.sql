@@ -57,7 +57,8 @@ as $$
         (3, 'health_snapshot', interval '1 minute', 'Counts an operator wants on one page; touches nothing.'),
         (4, 'prune_task_runs', interval '1 hour', 'Task runs older than entitlements.task_runs_keep go.'),
         (5, 'usage_partitions', interval '6 hours', 'Ledger partitions made ahead and old months rolled up; closed counters and old idempotency keys deleted.'),
-        (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, delivered notifications, and (when configured) audit rows, past their retention go.')
+        (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, delivered notifications, and (when configured) audit rows, past their retention go.'),
+        (7, 'time_events', interval '1 minute', 'Trials about to end (trial.ending) and access that ended by time alone (access.suspended), told once each.')
       ) t(n, name, every, description)
      order by t.n
 $$;

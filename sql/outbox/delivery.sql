@@ -172,7 +172,19 @@ as $$
          '<p>Hello {{customer_name}},</p><p>your Matrix server {{name}} is suspended until access is restored. Its data is kept.</p>'),
         ('server.failed', 'We could not set up your server {{name}}',
          E'Hello {{customer_name}},\n\nsetting up your Matrix server {{name}} failed. We are on it.',
-         '<p>Hello {{customer_name}},</p><p>setting up your Matrix server {{name}} failed. We are on it.</p>')
+         '<p>Hello {{customer_name}},</p><p>setting up your Matrix server {{name}} failed. We are on it.</p>'),
+        ('trial.ending', 'Your {{plan}} trial ends soon',
+         E'Hello {{customer_name}},\n\nyour {{plan}} trial ends on {{trial_end}}. Subscribe to keep your features.',
+         '<p>Hello {{customer_name}},</p><p>your {{plan}} trial ends on {{trial_end}}. Subscribe to keep your features.</p>'),
+        ('access.suspended', 'Your {{plan}} access is paused',
+         E'Hello {{customer_name}},\n\nyour {{plan}} features are no longer available ({{reason}}). Renew to get them back.',
+         '<p>Hello {{customer_name}},</p><p>your {{plan}} features are no longer available ({{reason}}). Renew to get them back.</p>'),
+        ('access.restored', 'Your {{plan}} access is back',
+         E'Hello {{customer_name}},\n\nyour {{plan}} features are available again.',
+         '<p>Hello {{customer_name}},</p><p>your {{plan}} features are available again.</p>'),
+        ('quota.threshold', 'You have used {{threshold}}% of your {{feature}}',
+         E'Hello {{customer_name}},\n\nyou have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.',
+         '<p>Hello {{customer_name}},</p><p>you have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.</p>')
       ) as t(kind, subject, body_text, body_html)
 $$;
 comment on function entitlements.default_email_templates() is
@@ -240,10 +252,11 @@ begin
       from entitlements.webhook_endpoints e
      where e.enabled and (new.kind = any (e.event_kinds) or '*' = any (e.event_kinds));
     insert into entitlements.deliveries (event_id, channel, target)
-    select new.id, 'email', c.email
-      from entitlements.customers c
-     where c.id = new.customer_id and c.email is not null
-       and (entitlements._email_template(new.kind, c.locale)).kind is not null;
+    select new.id, 'email', x.email
+      from (select entitlements._customer_email(new.customer_id) as email) x
+     where x.email is not null
+       and (entitlements._email_template(new.kind, (select c.locale from entitlements.customers c
+                                                      where c.id = new.customer_id))).kind is not null;
     -- Apps may LISTEN for events (no customer id: anyone may LISTEN; the row is behind RLS).
     perform pg_notify('entitlements_events', jsonb_build_object('id', new.id, 'kind', new.kind)::text);
     perform pg_notify('entitlements_outbox', '');

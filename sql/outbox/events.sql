@@ -7,6 +7,8 @@
 --   subscription.canceled   it was canceled (now or at period end)
 --   payment.failed          it became past_due (a payment failed)
 --   entitlements.changed    a grant was given or revoked
+--   access.suspended        it stopped granting, access.restored it grants again (access.sql;
+--                           by time alone: the time_events task), trial.ending (the task)
 --   server.*                provisioning/applier.sql
 
 -- Definer: the event is written whoever made the change (a tenant admin, the Stripe applier);
@@ -30,8 +32,14 @@ begin
     if tg_op = 'INSERT' then
         perform entitlements._outbox_record('subscription.created', new.customer_id,
                                             format('subscription.created:%s', new.id), v_payload);
+        perform entitlements._access_notice(new);
         return null;
     end if;
+    -- Access lost or back by this change (access.sql). When the old row had already lapsed
+    -- by time (the expiry task tidying it up), that is why.
+    perform entitlements._access_notice(new,
+        case when entitlements._lapsed(old, (select p.grace_days from entitlements.plans p where p.key = old.plan_key))
+             then entitlements._access_lost_reason(old.status, old.cancel_at_period_end) end);
     -- Canceled once per cancellation: at period end, or at once; not again when a cancellation
     -- at period end takes effect. Undone and made again, it is a new one.
     if (new.cancel_at_period_end and not old.cancel_at_period_end and old.status <> 'canceled')

@@ -65,6 +65,8 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
                                   integer, boolean),
     entitlements._quota_bound(numeric, numeric[], numeric), entitlements._quota_events(uuid, text, jsonb),
     entitlements._features_thresholds_changed(),
+    -- Access notices run as the owner, from the subscriptions trigger and the time_events task.
+    entitlements._access_notice(entitlements.subscriptions, text), entitlements._customer_email(uuid),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
     entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], text)

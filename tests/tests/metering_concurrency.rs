@@ -1,6 +1,7 @@
 //! Metering under real concurrency: many sessions racing on one customer's last units
 //! never overshoot, every limit of a feature binds together, an idempotency key sent by
-//! many sessions at once counts once, counters equal the ledger, and concurrency slots
+//! many sessions at once counts once, counters equal the ledger, each usage threshold is
+//! announced once however many sessions race across it, and concurrency slots
 //! are shared across sessions and freed by commit and by a crashed backend.
 use integration_tests::*;
 use sqlx::{Connection, Executor};
@@ -65,6 +66,36 @@ async fn racing_sessions_never_overshoot() {
         .await
         .unwrap();
     assert!(stripes > 1, "contention spread the count over stripes (got {stripes})");
+}
+
+/// The thresholds of quota.threshold events written for `customer`, in order.
+async fn thresholds_crossed(db: &TestDb, customer: Uuid) -> Vec<f64> {
+    sqlx::query_scalar(
+        "select (payload ->> 'threshold')::float8 from entitlements.outbox
+          where kind = 'quota.threshold' and customer_id = $1 order by id",
+    )
+    .bind(customer)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_sessions_cross_each_threshold_once() {
+    let db = TestDb::create("meter_thresholds").await;
+    let customer = Uuid::new_v4();
+    db.override_feature(customer, "api_requests", serde_json::json!([{"limit": 1000, "period": "day"}])).await;
+    // 32 sessions × 25 = 800: exactly onto the 80% line, by whichever count lands last,
+    // with the sessions' own stripes and stamps in play.
+    let (ok, refused) = race_to_consume(&db, customer, 32, 25).await;
+    assert_eq!((ok, refused), (800, 0));
+    assert_eq!(thresholds_crossed(&db, customer).await, vec![80.0], "80% once, as soon as it is reached");
+    // Across 100%: 200 more go through, the rest are refused.
+    let (ok, refused) = race_to_consume(&db, customer, 32, 10).await;
+    assert_eq!((ok, refused), (200, 120));
+    assert_eq!(thresholds_crossed(&db, customer).await, vec![80.0, 100.0], "then 100% once");
+    assert_eq!(used(&db, customer).await, 1000.0);
+    assert_eq!(db.usage_drift().await, 0, "counters equal the ledger");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
