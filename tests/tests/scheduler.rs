@@ -7,7 +7,7 @@ use sqlx::Connection;
 fn scheduled_worker(db: &TestDb, id: &str, schedule: &str) -> tokio::process::Command {
     // The housekeeping tasks (partitions, retention) stay out of these tests' way unless named.
     let mut schedule = schedule.to_owned();
-    for quiet in ["usage_partitions", "retention"] {
+    for quiet in ["usage_partitions", "retention", "time_events"] {
         if !schedule.contains(quiet) {
             schedule.push_str(&format!(",{quiet}=off"));
         }
