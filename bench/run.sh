@@ -7,6 +7,9 @@ DATA=${BENCH_PGDATA:-/tmp/pg_entitlements-bench}
 RUNS=${BENCH_RUNS:-7}
 BASE_RUNS=${BENCH_BASE_RUNS:-3}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
+# Which parts to run (all by default), e.g. BENCH_PARTS=metering; the setup always runs.
+PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 
 scripts/cluster.sh stop "$DATA"
 rm -rf "$DATA"
@@ -19,6 +22,7 @@ scripts/cluster.sh start "$DATA" "$PORT"
 "${PSQL[@]}" -d bench -f bench/has_feature/baseline.sql >/dev/null
 "${PSQL[@]}" -d bench -f bench/has_feature/rls.sql >/dev/null
 
+if part has_feature; then
 echo "== has_feature: identical answers"
 diff=$("${PSQL[@]}" -d bench -At -c "
     select count(*) from (select bench.cid(i) c from generate_series(1, 1000) i
@@ -51,8 +55,10 @@ awk -v o="$open_ms" -v e="$ext_ms" -v b="$base_ms" 'BEGIN {
     printf "%-34s %10.1f %14.3f %16.3f\n", "PL/pgSQL baseline", b, b * 1000 / r, (b - o) * 1000 / r
     printf "ratio (baseline / extension): %.0fx per row overall, %.0fx net of the scan\n", b / e, (b - o) / (e - o)
 }'
+fi
 
 # --- Metering: consume() against the hand-written counter, same clients, same run ---------
+if part metering; then
 SECONDS_PER_RUN=${BENCH_SECONDS:-20}
 CLIENTS=${BENCH_CLIENTS:-16}
 "${PSQL[@]}" -d bench -f bench/metering/setup.sql >/dev/null
@@ -122,18 +128,25 @@ read -r counted ledger drift < <("${PSQL[@]}" -d bench -At -F ' ' -c "
            (select count(*) from entitlements.usage_drift())")
 echo "counted $counted, ledger rows $ledger, windows where counters differ from the ledger: $drift"
 [ "$counted" = 1000 ] && [ "$ledger" = 1000 ] && [ "$drift" = 0 ] || { echo "FAIL: overshoot or drift" >&2; exit 1; }
+fi
 
 # --- The per-backend cache's memory: its estimate against the measured (issue #8) -----------
+if part cache; then
 echo "== cache memory: estimate (cache_stats) against the backend's RssAnon"
 bench/cache/memory.sh "$PORT" bench
+fi
 
 # --- Webhook intake (issue #4): signed deliveries through a real worker ----------------------
+if part webhooks; then
 BENCH_PGPORT=$PORT bench/webhooks/run.sh
+fi
 
 # --- Provisioning (issue #10): 1,000 servers against the fake Kubernetes API ------------------
+if part provisioning; then
 # Converge and resync through the installed worker (`make install`), beside a naive loop that
 # applies everything; the test creates its own database in this cluster and fails if the resync
 # writes anything.
 echo "== provisioning: converge and resync of 1,000 servers against the fake API, beside a naive apply-everything loop"
 ENTITLEMENTS_TEST_ADMIN_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
     cargo test --release -p integration-tests --test provision_bench -- --ignored --nocapture
+fi
