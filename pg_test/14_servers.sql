@@ -3,7 +3,7 @@
 -- Provisioning, database side (issue #10): servers, their desired state at read time, the
 -- worker's claim/report/failed, secrets, the outbox, and who may do what.
 begin;
-select plan(86);
+select plan(87);
 create role ops login;
 grant entitlements_admin to ops;
 create role mallory login;
@@ -161,8 +161,10 @@ set local role ops;
 select count(*) from entitlements.provision_claim('w9', '1 minute', 100, true) \gset
 select is((select count(*)::int from entitlements.leases where holder = 'w9'), 1,
           'a resync claims only the one server no other worker holds (and that is due)');
-select ok(entitlements.provision_failed(:'srv2', 'w1', 'API answered 500')
-              between now() + interval '0.75 seconds' and now() + interval '1.25 seconds',
+select is((entitlements.provision_failed(:'srv2', 'w9', 'a late report')).outcome, 'lease_lost',
+          'a worker without the lease records nothing, and hears so');
+select ok((select f.outcome = 'retry' and f.next_attempt_at between now() + interval '0.75 seconds' and now() + interval '1.25 seconds'
+             from entitlements.provision_failed(:'srv2', 'w1', 'API answered 500') f),
           'the first failure waits a second, +-25%');
 select is((select array[attempts::text, last_error, phase] from entitlements.servers where id = :'srv2'),
           array['1', 'API answered 500', 'pending'], 'the attempt and its error are kept');
@@ -171,8 +173,8 @@ update entitlements.server_records set next_attempt_at = now() where id = :'srv2
 set local role ops;
 select is((select count(*)::int from entitlements.provision_claim('w1', '1 minute', 100) where server_id = :'srv2'), 1,
           'due again after the backoff');
-select is(entitlements.provision_failed(:'srv2', 'w1', 'API answered 500 again'), null::timestamptz,
-          'after settings.server_max_attempts failures: NULL');
+select is(entitlements.provision_failed(:'srv2', 'w1', 'API answered 500 again'), row('final', null)::entitlements.failure,
+          'after settings.server_max_attempts failures: final');
 select is((select phase from entitlements.servers where id = :'srv2'), 'failed', 'the server is failed');
 select is((select count(*)::int from entitlements.outbox where kind = 'server.failed'), 1, 'server.failed is in the outbox');
 select is((select count(*)::int from entitlements.provision_claim('w1', '1 minute', 100, true) where server_id = :'srv2'), 0,
@@ -182,7 +184,7 @@ select is((select array[phase, attempts::text] from entitlements.servers where i
           'pending again, attempts from zero');
 select count(*) from entitlements.provision_claim('w1', '1 minute', 100) \gset
 select is(entitlements.provision_failed(:'srv2', 'w1', 'resources: cpu is not a quantity', permanent => true),
-          null::timestamptz, 'a permanent failure (bad data, not a flaky API)');
+          row('final', null)::entitlements.failure, 'a permanent failure (bad data, not a flaky API)');
 select is((select array[phase, attempts::text] from entitlements.servers where id = :'srv2'), array['failed', '1'],
           'fails the server at once');
 select ok(entitlements.retry_server(:'srv2'), 'and an admin retries it the same way');

@@ -3,7 +3,7 @@
 -- Notifications (issue #11, first slice): events written by the changes that cause them,
 -- fanned out to webhook endpoints and emails, claimed and recorded by the worker.
 begin;
-select plan(42);
+select plan(46);
 \ir fixtures/catalog.sql
 create role ops2 login;
 grant entitlements_admin to ops2;
@@ -77,16 +77,18 @@ select is((select array[ok::text, status_code::text, latency_ms::text] from enti
 select is(entitlements.delivery_done(:d_email, 'w2', 200, 1), false, 'a worker without the lease records nothing');
 select min(d.id) as d_hook from entitlements.deliveries d
  where d.channel = 'webhook' and d.status = 'pending' and exists (select 1 from entitlements.leases l where l.name = 'delivery:' || d.id and l.holder = 'w1') \gset
-select ok(entitlements.delivery_failed(:d_hook, 'w1', 'HTTP 500', 500, 30)
-              between now() + interval '0.75 seconds' and now() + interval '1.25 seconds', 'a failure waits a second, +-25%');
+select is((entitlements.delivery_failed(:d_hook, 'w2', 'HTTP 500', 500, 30)).outcome, 'lease_lost',
+          'a worker without the lease records no failure, and hears so');
+select ok((select f.outcome = 'retry' and f.next_attempt_at between now() + interval '0.75 seconds' and now() + interval '1.25 seconds'
+             from entitlements.delivery_failed(:d_hook, 'w1', 'HTTP 500', 500, 30) f), 'a failure waits a second, +-25%');
 reset role;
 update entitlements.settings set delivery_max_attempts = 2;
 insert into entitlements.settings (delivery_max_attempts) select 2 where not exists (select 1 from entitlements.settings);
 update entitlements.deliveries set next_attempt_at = now() where id = :d_hook;
 set local role ops2;
 select count(*) from entitlements.delivery_claim('w1', '1 minute', 100, array['webhook']) \gset
-select is(entitlements.delivery_failed(:d_hook, 'w1', 'HTTP 500 again', 500, 30), null::timestamptz,
-          'after settings.delivery_max_attempts: dead (NULL)');
+select is(entitlements.delivery_failed(:d_hook, 'w1', 'HTTP 500 again', 500, 30), row('final', null)::entitlements.failure,
+          'after settings.delivery_max_attempts: dead (final)');
 select is((select array[status, attempts::text, last_error] from entitlements.deliveries where id = :d_hook),
           array['dead', '2', 'HTTP 500 again'], 'the dead letter keeps its error');
 select is((select count(*)::int from entitlements.delivery_claim('w3', '1 minute', 100) where delivery_id = :d_hook), 0,
@@ -94,6 +96,12 @@ select is((select count(*)::int from entitlements.delivery_claim('w3', '1 minute
 select ok(entitlements.retry_delivery(:d_hook), 'an admin retries it');
 select is((select array[status, attempts::text] from entitlements.deliveries where id = :d_hook), array['pending', '0'],
           'pending again');
+select count(*) from entitlements.delivery_claim('w1', '1 minute', 100, array['webhook']) \gset
+select is(entitlements.delivery_failed(:d_hook, 'w1', 'SMTP: 550 no such user', 550, 30, permanent => true),
+          row('final', null)::entitlements.failure, 'a permanent failure (an SMTP 5xx) is final at once');
+select is((select array[status, attempts::text] from entitlements.deliveries where id = :d_hook), array['dead', '1'],
+          'dead after one attempt');
+select ok(entitlements.retry_delivery(:d_hook), 'and retried the same way');
 select throws_ok($$select entitlements.delivery_failed(-1, 'w1', 'x')$$, 'P0002', NULL, 'an unknown delivery is refused');
 select throws_ok($$select * from entitlements.delivery_claim('w1', '0 seconds', 1)$$, '22023', NULL, 'a lease under a second is refused');
 select throws_ok($$select entitlements.add_webhook_endpoint('ftp://x', array['*'])$$, '22023', NULL, 'an endpoint is http(s)');

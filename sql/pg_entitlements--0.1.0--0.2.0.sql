@@ -1624,6 +1624,17 @@ $$;
 comment on function entitlements.release_lease(text, text) is
     'Give a lease back (only its holder can); false when it was not theirs any more.';
 
+-- A failed attempt of leased work (a delivery, a server), as its holder reports it:
+-- 'retry' at next_attempt_at, 'final' (dead or failed: an admin brings it back), or
+-- 'lease_lost' (the lease ran out and someone else may have it: nothing was recorded).
+create type entitlements.failure as (outcome text, next_attempt_at timestamptz);
+
+-- How long after the n-th failure to try again: 2^n seconds up to an hour, ±25% jitter so
+-- that what failed together is not retried together.
+create function entitlements._backoff(failures integer)
+returns interval language sql volatile parallel safe
+return least(interval '1 hour', interval '1 second' * power(2, least(failures, 12))) * (0.75 + random() * 0.5);
+
 -- The cache's size against its budget (extension/src/checks/) ---------
 CREATE  FUNCTION "cache_stats"() RETURNS jsonb /* JsonB */
 STRICT VOLATILE PARALLEL UNSAFE
@@ -2942,9 +2953,10 @@ comment on function entitlements.delivery_done(bigint, text, integer, integer) i
 
 -- A failed attempt: the next waits 2^attempts seconds (at most an hour), +-25%; after
 -- settings.delivery_max_attempts the delivery is dead (NULL returned) until retry_delivery.
-create function entitlements.delivery_failed(delivery_id bigint, holder text, error text,
-                                             status_code integer default null, latency_ms integer default null)
-returns timestamptz language plpgsql volatile
+create or replace function entitlements.delivery_failed(delivery_id bigint, holder text, error text,
+                                             status_code integer default null, latency_ms integer default null,
+                                             permanent boolean default false)
+returns entitlements.failure language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -2953,21 +2965,21 @@ declare
 begin
     if not entitlements._delivery_attempt(delivery_id, holder, false, status_code, latency_ms,
                                           coalesce(error, 'unknown error')) then
-        return (select x.next_attempt_at from entitlements.deliveries x where x.id = delivery_id);
+        return row('lease_lost', null)::entitlements.failure;
     end if;
     update entitlements.deliveries x
        set attempts = x.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(x.attempts, 12)))
-                                     * (0.75 + random() * 0.5),
-           status = case when x.attempts + 1 >= v_max then 'dead' else x.status end
+           next_attempt_at = now() + entitlements._backoff(x.attempts),
+           status = case when x.attempts + 1 >= v_max or coalesce(permanent, false) then 'dead' else x.status end
      where x.id = delivery_id
     returning * into d;
-    return case when d.status = 'dead' then null else d.next_attempt_at end;
+    return case when d.status = 'dead' then row('final', null)::entitlements.failure
+                else row('retry', d.next_attempt_at)::entitlements.failure end;
 end
 $$;
-comment on function entitlements.delivery_failed(bigint, text, text, integer, integer) is
-    'The worker records a failed attempt (backoff with jitter); after settings.delivery_max_attempts the '
-    'delivery is dead and NULL is returned. Admins only.';
+comment on function entitlements.delivery_failed(bigint, text, text, integer, integer, boolean) is
+    'The worker records a failed attempt: retry (backoff with jitter), final (dead: after '
+    'settings.delivery_max_attempts, or at once when permanent, e.g. an SMTP 5xx), or lease_lost (not recorded). Admins only.';
 
 create function entitlements.retry_delivery(delivery_id bigint)
 returns boolean language plpgsql volatile
@@ -3691,9 +3703,9 @@ comment on function entitlements.provision_report(uuid, text, bigint, text, json
 -- servers failing together do not retry together. After settings.server_max_attempts
 -- failures, or at once when `permanent` (a mistake in the server's own data that retrying
 -- cannot mend), the server is 'failed' (NULL returned) until retry_server.
-create function entitlements.provision_failed(server_id uuid, holder text, error text,
+create or replace function entitlements.provision_failed(server_id uuid, holder text, error text,
                                               permanent boolean default false)
-returns timestamptz language plpgsql volatile
+returns entitlements.failure language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -3712,12 +3724,11 @@ begin
      where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
     if not found then
         -- Someone else has the server now; their outcome counts.
-        return (select s.next_attempt_at from entitlements.server_records s where s.id = server_id);
+        return row('lease_lost', null)::entitlements.failure;
     end if;
     update entitlements.server_records s
        set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(s.attempts, 12)))
-                                     * (0.75 + random() * 0.5),
+           next_attempt_at = now() + entitlements._backoff(s.attempts),
            -- A server being deleted stays terminating (retried, its error kept): failed would let
            -- its desired state follow the customer's access again.
            phase = case when (s.attempts + 1 >= v_max or coalesce(permanent, false)) and s.phase <> 'terminating'
@@ -3730,14 +3741,14 @@ begin
             format('server.failed:%s:%s', r.id, entitlements._us(r.updated_at)),
             -- The error stays in servers.last_error (admins): it is the cluster's text, not the customer's.
             jsonb_build_object('server_id', r.id, 'name', r.name, 'domains', to_jsonb(r.domains), 'attempts', r.attempts));
-        return null;
+        return row('final', null)::entitlements.failure;
     end if;
-    return r.next_attempt_at;
+    return row('retry', r.next_attempt_at)::entitlements.failure;
 end
 $$;
 comment on function entitlements.provision_failed(uuid, text, text, boolean) is
-    'The worker records a failed attempt (backoff with jitter); after settings.server_max_attempts (or at '
-    'once when permanent) the server is failed and NULL is returned. Admins only.';
+    'The worker records a failed attempt: retry (backoff with jitter), final (the server is failed: after '
+    'settings.server_max_attempts, or at once when permanent), or lease_lost (not recorded). Admins only.';
 
 create function entitlements.retry_server(server uuid)
 returns boolean language plpgsql volatile

@@ -51,3 +51,14 @@ end
 $$;
 comment on function entitlements.release_lease(text, text) is
     'Give a lease back (only its holder can); false when it was not theirs any more.';
+
+-- A failed attempt of leased work (a delivery, a server), as its holder reports it:
+-- 'retry' at next_attempt_at, 'final' (dead or failed: an admin brings it back), or
+-- 'lease_lost' (the lease ran out and someone else may have it: nothing was recorded).
+create type entitlements.failure as (outcome text, next_attempt_at timestamptz);
+
+-- How long after the n-th failure to try again: 2^n seconds up to an hour, ±25% jitter so
+-- that what failed together is not retried together.
+create function entitlements._backoff(failures integer)
+returns interval language sql volatile parallel safe
+return least(interval '1 hour', interval '1 second' * power(2, least(failures, 12))) * (0.75 + random() * 0.5);

@@ -413,8 +413,9 @@ comment on function entitlements.delivery_done(bigint, text, integer, integer) i
 -- A failed attempt: the next waits 2^attempts seconds (at most an hour), +-25%; after
 -- settings.delivery_max_attempts the delivery is dead (NULL returned) until retry_delivery.
 create function entitlements.delivery_failed(delivery_id bigint, holder text, error text,
-                                             status_code integer default null, latency_ms integer default null)
-returns timestamptz language plpgsql volatile
+                                             status_code integer default null, latency_ms integer default null,
+                                             permanent boolean default false)
+returns entitlements.failure language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -423,21 +424,21 @@ declare
 begin
     if not entitlements._delivery_attempt(delivery_id, holder, false, status_code, latency_ms,
                                           coalesce(error, 'unknown error')) then
-        return (select x.next_attempt_at from entitlements.deliveries x where x.id = delivery_id);
+        return row('lease_lost', null)::entitlements.failure;
     end if;
     update entitlements.deliveries x
        set attempts = x.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(x.attempts, 12)))
-                                     * (0.75 + random() * 0.5),
-           status = case when x.attempts + 1 >= v_max then 'dead' else x.status end
+           next_attempt_at = now() + entitlements._backoff(x.attempts),
+           status = case when x.attempts + 1 >= v_max or coalesce(permanent, false) then 'dead' else x.status end
      where x.id = delivery_id
     returning * into d;
-    return case when d.status = 'dead' then null else d.next_attempt_at end;
+    return case when d.status = 'dead' then row('final', null)::entitlements.failure
+                else row('retry', d.next_attempt_at)::entitlements.failure end;
 end
 $$;
-comment on function entitlements.delivery_failed(bigint, text, text, integer, integer) is
-    'The worker records a failed attempt (backoff with jitter); after settings.delivery_max_attempts the '
-    'delivery is dead and NULL is returned. Admins only.';
+comment on function entitlements.delivery_failed(bigint, text, text, integer, integer, boolean) is
+    'The worker records a failed attempt: retry (backoff with jitter), final (dead: after '
+    'settings.delivery_max_attempts, or at once when permanent, e.g. an SMTP 5xx), or lease_lost (not recorded). Admins only.';
 
 create function entitlements.retry_delivery(delivery_id bigint)
 returns boolean language plpgsql volatile

@@ -207,7 +207,7 @@ comment on function entitlements.provision_report(uuid, text, bigint, text, json
 -- cannot mend), the server is 'failed' (NULL returned) until retry_server.
 create function entitlements.provision_failed(server_id uuid, holder text, error text,
                                               permanent boolean default false)
-returns timestamptz language plpgsql volatile
+returns entitlements.failure language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -226,12 +226,11 @@ begin
      where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
     if not found then
         -- Someone else has the server now; their outcome counts.
-        return (select s.next_attempt_at from entitlements.server_records s where s.id = server_id);
+        return row('lease_lost', null)::entitlements.failure;
     end if;
     update entitlements.server_records s
        set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(s.attempts, 12)))
-                                     * (0.75 + random() * 0.5),
+           next_attempt_at = now() + entitlements._backoff(s.attempts),
            -- A server being deleted stays terminating (retried, its error kept): failed would let
            -- its desired state follow the customer's access again.
            phase = case when (s.attempts + 1 >= v_max or coalesce(permanent, false)) and s.phase <> 'terminating'
@@ -244,14 +243,14 @@ begin
             format('server.failed:%s:%s', r.id, entitlements._us(r.updated_at)),
             -- The error stays in servers.last_error (admins): it is the cluster's text, not the customer's.
             jsonb_build_object('server_id', r.id, 'name', r.name, 'domains', to_jsonb(r.domains), 'attempts', r.attempts));
-        return null;
+        return row('final', null)::entitlements.failure;
     end if;
-    return r.next_attempt_at;
+    return row('retry', r.next_attempt_at)::entitlements.failure;
 end
 $$;
 comment on function entitlements.provision_failed(uuid, text, text, boolean) is
-    'The worker records a failed attempt (backoff with jitter); after settings.server_max_attempts (or at '
-    'once when permanent) the server is failed and NULL is returned. Admins only.';
+    'The worker records a failed attempt: retry (backoff with jitter), final (the server is failed: after '
+    'settings.server_max_attempts, or at once when permanent), or lease_lost (not recorded). Admins only.';
 
 create function entitlements.retry_server(server uuid)
 returns boolean language plpgsql volatile

@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-/// argv: port, output file, how many messages to refuse (451) before accepting.
+/// argv: port, output file, how many messages to refuse before accepting, the refusal.
 const SERVER: &str = r#"
 import email, email.policy, json, sys, threading
 from aiosmtpd.controller import Controller
 
-port, out, refuse = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, out, refuse, refusal = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 seen = [0]
 
 def text_of(msg, subtype):
@@ -46,7 +46,7 @@ class Handler:
         }
         with open(out, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        return "250 2.0.0 Message accepted" if accepted else "451 4.3.0 Try again later"
+        return "250 2.0.0 Message accepted" if accepted else refusal
 
 controller = Controller(Handler(), hostname="127.0.0.1", port=port)
 controller.start()
@@ -117,6 +117,11 @@ impl SmtpServer {
     /// Start one that answers the first `n` messages `451 4.3.0 Try again later` (recorded,
     /// with `accepted: false`), then accepts.
     pub async fn start_refusing(n: usize) -> SmtpServer {
+        SmtpServer::start_refusing_with(n, "451 4.3.0 Try again later").await
+    }
+
+    /// Start one that answers the first `n` messages with `refusal` (an SMTP reply line).
+    pub async fn start_refusing_with(n: usize, refusal: &str) -> SmtpServer {
         let port = free_port();
         let file = std::env::temp_dir().join(format!("pe-smtp-{}-{port}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&file);
@@ -127,6 +132,7 @@ impl SmtpServer {
             .arg(port.to_string())
             .arg(&file)
             .arg(n.to_string())
+            .arg(refusal)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -156,3 +156,48 @@ async fn retried_and_resent_after_a_crash_with_the_same_id() {
     let accepted = receiver.accepted_ids().into_iter().filter(|i| *i == second_ids[0]).count();
     assert_eq!(accepted, 1, "accepted once");
 }
+
+#[tokio::test]
+async fn an_smtp_refusal_is_final_and_its_text_stays_out_of_the_log() {
+    let db = TestDb::create("notify_smtp_5xx").await;
+    let smtp = SmtpServer::start_refusing_with(1, "550 5.1.1 <ann@example.com>: Recipient address rejected").await;
+    let customer = Uuid::new_v4();
+    sqlx::query("insert into entitlements.customers (id, email) values ($1, 'ann@example.com')")
+        .bind(customer)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let smtp_url = smtp.url();
+    let worker = deliverer(
+        &db,
+        "w-smtp-5xx",
+        &[("ENTITLEMENTS_SMTP_URL", &smtp_url), ("ENTITLEMENTS_EMAIL_FROM", "billing@example.com")],
+    )
+    .await;
+    sqlx::query("select entitlements.subscribe($1, 'pro')").bind(customer).execute(&db.pool).await.unwrap();
+    let (attempts, error): (i32, String) = eventually(WAIT, "the email delivery ends dead", || async {
+        sqlx::query_as::<_, (i32, String)>(
+            "select d.attempts, d.last_error from entitlements.deliveries d
+              where d.channel = 'email' and d.status = 'dead'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(attempts, 1, "a 5xx is not retried");
+    assert!(error.contains("Recipient address rejected"), "the reply is kept for admins: {error}");
+    let status: Option<i32> =
+        sqlx::query_scalar("select status_code from entitlements.delivery_attempts order by id desc limit 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, Some(550));
+    let log = worker.stop().await;
+    assert!(log.contains("SMTP reply 550"), "the log names the code:\n{log}");
+    assert!(
+        !log.contains("ann@example.com") && !log.contains("Recipient address rejected"),
+        "but not the reply:\n{log}"
+    );
+    assert_eq!(smtp.attempts().len(), 1, "the server was asked once");
+}

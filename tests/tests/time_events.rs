@@ -87,7 +87,9 @@ async fn a_trial_that_ends_on_its_own_is_told_once_by_two_workers() {
     .unwrap();
     assert_eq!((reason.as_str(), ended), ("trial_ended", true), "why, and as of the trial end");
     let workers: i64 = db
-        .count("select count(distinct worker) from entitlements.task_runs where task = 'time_events' and outcome = 'ok'")
+        .count(
+            "select count(distinct worker) from entitlements.task_runs where task = 'time_events' and outcome = 'ok'",
+        )
         .await;
     assert_eq!(workers, 2, "both workers ran the task");
 }

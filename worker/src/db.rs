@@ -174,3 +174,27 @@ mod tests {
         assert!(!super::older("0.3.0", "0.2.0"));
     }
 }
+
+/// What the extension made of a failed attempt of leased work (`entitlements.failure`, from
+/// `delivery_failed` and `provision_failed`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Failure {
+    /// Recorded; tried again in this many seconds.
+    Retry(f64),
+    /// Recorded for the last time: dead or failed until an admin retries it.
+    Final,
+    /// Not recorded: the lease had run out, and another worker may hold the work now.
+    LeaseLost,
+}
+
+impl Failure {
+    /// From the row's outcome and the seconds until its next attempt.
+    pub fn from_row(outcome: &str, retry_in: Option<f64>) -> Result<Failure> {
+        match (outcome, retry_in) {
+            ("retry", Some(secs)) => Ok(Failure::Retry(secs)),
+            ("final", _) => Ok(Failure::Final),
+            ("lease_lost", _) => Ok(Failure::LeaseLost),
+            _ => Err(Error::Database(sqlx::Error::Protocol(format!("unexpected failure outcome {outcome:?}")))),
+        }
+    }
+}

@@ -69,7 +69,7 @@ impl Mailer {
     }
 
     /// Send one delivery: accepted by the SMTP server is done; a refusal (with its SMTP
-    /// code), a transport error or a bad address is a failed attempt.
+    /// code; final when 5xx), a transport error or a bad address is a failed attempt.
     pub async fn send(&self, delivery: &Delivery) -> Attempt {
         let message = match self.message(delivery) {
             Ok(m) => m,
@@ -80,7 +80,13 @@ impl Mailer {
             Err(e) => {
                 let code = e.status().map(|c| i32::from(u16::from(c)));
                 let error = if e.is_timeout() { format!("SMTP: timed out: {e}") } else { format!("SMTP: {e}") };
-                Attempt::failed(code, error)
+                // 5xx: the server refuses for good (no such mailbox, rejected as spam); 4xx and
+                // no answer are worth another try.
+                if e.is_permanent() {
+                    Attempt::refused(code, error)
+                } else {
+                    Attempt::failed(code, error)
+                }
             }
         }
     }
@@ -167,6 +173,7 @@ mod tests {
                         let answer: &[u8] = match verb.as_str() {
                             "EHLO" | "HELO" => b"250 test\r\n",
                             "RCPT" if line.contains("refused.org") => b"550 5.1.1 no such user\r\n",
+                            "RCPT" if line.contains("busy.org") => b"451 4.3.0 try again later\r\n",
                             "DATA" => {
                                 data = Some(String::new());
                                 b"354 go ahead\r\n"
@@ -186,7 +193,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sends_over_plain_smtp_and_a_refusal_keeps_its_code() {
+    async fn sends_over_plain_smtp_and_a_refusal_keeps_its_code_and_5xx_is_final() {
         let (port, received) = smtp_server().await;
         let m = mailer(&format!("smtp://127.0.0.1:{port}"));
         assert_eq!(m.send(&email()).await, Attempt::done(Some(250)));
@@ -198,6 +205,12 @@ mod tests {
         let attempt = m.send(&refused).await;
         assert_eq!(attempt.status, Some(550));
         assert!(attempt.error.as_deref().unwrap_or("").contains("no such user"), "{attempt:?}");
+        assert!(attempt.permanent, "a 5xx refusal is final: {attempt:?}");
+
+        let mut busy = email();
+        busy.target = "someone@busy.org".into();
+        let attempt = m.send(&busy).await;
+        assert_eq!((attempt.status, attempt.permanent), (Some(451), false), "a 4xx is worth another try: {attempt:?}");
 
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
         let attempt = mailer(&format!("smtp://127.0.0.1:{closed}")).send(&email()).await;

@@ -24,6 +24,7 @@ pub mod store;
 pub mod webhook;
 
 use crate::config::DeliveryConfig;
+use crate::db::Failure;
 use crate::metrics::{DELIVERIES, DELIVERY_LATENCY};
 use crate::{Context, Error, Result};
 use serde::Serialize;
@@ -50,15 +51,21 @@ pub struct Attempt {
     /// The HTTP status, or the SMTP reply code; None when there was no answer.
     pub status: Option<i32>,
     pub error: Option<String>,
+    /// A refusal that retrying cannot change (an SMTP 5xx): the delivery is dead at once.
+    pub permanent: bool,
 }
 
 impl Attempt {
     pub fn done(status: Option<i32>) -> Attempt {
-        Attempt { status, error: None }
+        Attempt { status, error: None, permanent: false }
     }
 
     pub fn failed(status: Option<i32>, error: impl Into<String>) -> Attempt {
-        Attempt { status, error: Some(error.into()) }
+        Attempt { status, error: Some(error.into()), permanent: false }
+    }
+
+    pub fn refused(status: Option<i32>, error: impl Into<String>) -> Attempt {
+        Attempt { status, error: Some(error.into()), permanent: true }
     }
 }
 
@@ -277,20 +284,35 @@ impl Deliverer {
                     }
                 }
             }
-            Some(error) => match store::failed(&self.pool, id, &self.holder, error, attempt.status, latency_ms).await {
-                Ok(Some(retry_in)) => {
-                    tracing::warn!(delivery = id, event = delivery.event_id, kind = %delivery.kind, channel, %target, status = attempt.status, attempt = delivery.attempts + 1, %error, retry_in_seconds = retry_in.max(0.0), "delivery failed");
-                    Outcome::Failed(error.clone())
+            Some(error) => {
+                let failed = store::FailedAttempt { error, status: attempt.status, permanent: attempt.permanent };
+                // An SMTP server's reply may quote the address: the full text is recorded for
+                // admins (delivery_attempts), the log gets the code only.
+                let shown = match delivery.channel {
+                    Channel::Webhook => error.clone(),
+                    Channel::Email => {
+                        attempt.status.map_or("SMTP: no answer".to_owned(), |c| format!("SMTP reply {c}"))
+                    }
+                };
+                match store::failed(&self.pool, id, &self.holder, &failed, latency_ms).await {
+                    Ok(Failure::Retry(retry_in)) => {
+                        tracing::warn!(delivery = id, event = delivery.event_id, kind = %delivery.kind, channel, %target, status = attempt.status, attempt = delivery.attempts + 1, error = %shown, retry_in_seconds = retry_in.max(0.0), "delivery failed");
+                        Outcome::Failed(shown)
+                    }
+                    Ok(Failure::Final) => {
+                        tracing::error!(delivery = id, event = delivery.event_id, kind = %delivery.kind, channel, %target, status = attempt.status, attempt = delivery.attempts + 1, error = %shown, permanent = attempt.permanent, "delivery failed for good; entitlements.retry_delivery brings it back");
+                        Outcome::Dead(shown)
+                    }
+                    Ok(Failure::LeaseLost) => {
+                        tracing::warn!(delivery = id, channel, error = %shown, "delivery failed, but the lease had run out: not recorded (another worker may send it)");
+                        Outcome::LeaseLost
+                    }
+                    Err(e) => {
+                        tracing::error!(delivery = id, channel, error = %shown, db_error = %e, "could not record a failed delivery");
+                        Outcome::Unrecorded(format!("{shown}; not recorded: {e}"))
+                    }
                 }
-                Ok(None) => {
-                    tracing::error!(delivery = id, event = delivery.event_id, kind = %delivery.kind, channel, %target, status = attempt.status, attempt = delivery.attempts + 1, %error, "delivery failed for good; entitlements.retry_delivery brings it back");
-                    Outcome::Dead(error.clone())
-                }
-                Err(e) => {
-                    tracing::error!(delivery = id, channel, %error, db_error = %e, "could not record a failed delivery");
-                    Outcome::Unrecorded(format!("{error}; not recorded: {e}"))
-                }
-            },
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! returns. Every decision (which deliveries are due, the backoff, when a delivery is dead)
 //! is the extension's.
 use crate::config::Secret;
+use crate::db::Failure;
 use crate::{Error, Result};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -142,28 +143,36 @@ pub async fn done(
     Ok(recorded.unwrap_or(false))
 }
 
-/// Record a failed attempt (`entitlements.delivery_failed`): the seconds until the next
-/// one, or None when the delivery is now dead (an admin's `entitlements.retry_delivery`
-/// brings it back).
+/// Record a failed attempt (`entitlements.delivery_failed`). `permanent`: retrying cannot
+/// help (an SMTP 5xx refusal); the delivery is dead at once.
 pub async fn failed(
     pool: &PgPool,
     delivery_id: i64,
     holder: &str,
-    error: &str,
-    status_code: Option<i32>,
+    attempt: &FailedAttempt<'_>,
     latency_ms: i32,
-) -> Result<Option<f64>> {
-    let next: Option<f64> = sqlx::query_scalar(
-        "select extract(epoch from entitlements.delivery_failed($1, $2, $3, $4, $5) - now())::float8",
+) -> Result<Failure> {
+    let (outcome, retry_in): (String, Option<f64>) = sqlx::query_as(
+        "select f.outcome, extract(epoch from f.next_attempt_at - now())::float8
+           from entitlements.delivery_failed($1, $2, $3, $4, $5, $6) f",
     )
     .bind(delivery_id)
     .bind(holder)
-    .bind(error)
-    .bind(status_code)
+    .bind(attempt.error)
+    .bind(attempt.status)
     .bind(latency_ms)
+    .bind(attempt.permanent)
     .fetch_one(pool)
     .await?;
-    Ok(next)
+    Failure::from_row(&outcome, retry_in)
+}
+
+/// A failed attempt as recorded: the error (kept for admins), the HTTP status or SMTP code,
+/// and whether retrying could help.
+pub struct FailedAttempt<'a> {
+    pub error: &'a str,
+    pub status: Option<i32>,
+    pub permanent: bool,
 }
 
 #[cfg(test)]

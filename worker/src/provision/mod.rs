@@ -18,6 +18,7 @@ pub mod store;
 pub mod subset;
 
 use crate::config::ProvisionConfig;
+use crate::db::Failure;
 use crate::metrics::{PROVISION_FAILURES, PROVISION_QUEUE_DEPTH, SERVERS, SERVER_TIME_TO_READY};
 use crate::{Context, Error, Result};
 use apply::Cluster;
@@ -200,11 +201,14 @@ impl Worker {
                     store::failed(&self.pool, &server, &self.holder, &message, permanent).await
                 };
                 match next {
-                    Ok(Some(secs)) => {
+                    Ok(Failure::Retry(secs)) => {
                         tracing::warn!(server = %server.name, error = %message, retry_in_seconds = secs, "provisioning failed")
                     }
-                    Ok(None) => {
+                    Ok(Failure::Final) => {
                         tracing::error!(server = %server.name, error = %message, "provisioning failed for good; entitlements.retry_server brings it back")
+                    }
+                    Ok(Failure::LeaseLost) => {
+                        tracing::warn!(server = %server.name, error = %message, "provisioning failed, but the lease had run out: not recorded (another worker may have the server)")
                     }
                     Err(db) => {
                         tracing::error!(server = %server.name, error = %message, db_error = %db, "could not record a failure")

@@ -3,6 +3,7 @@
 //! `provision_stats`) and the row a claim returns, turned into a [`ServerSpec`]. Every
 //! decision (desired state, backoff, when a server is `failed`) is the extension's.
 use super::render::{Desired, Observed, Resources, ServerSecrets, ServerSpec};
+use crate::db::Failure;
 use crate::{Error, Result};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -270,25 +271,22 @@ pub async fn report(pool: &PgPool, server: &Claimed, holder: &str, report: &Repo
     Ok(recorded.unwrap_or(false))
 }
 
-/// Record a failed attempt (`entitlements.provision_failed`): the seconds until the next
-/// one, or None when the server is now `failed` (an admin's `retry_server` brings it back).
-/// `permanent`: a mistake in the row that retrying cannot mend; the server is failed at once.
-pub async fn failed(
-    pool: &PgPool,
-    server: &Claimed,
-    holder: &str,
-    error: &str,
-    permanent: bool,
-) -> Result<Option<f64>> {
-    let next: Option<f64> =
-        sqlx::query_scalar("select extract(epoch from entitlements.provision_failed($1, $2, $3, $4) - now())::float8")
-            .bind(server.server_id)
-            .bind(holder)
-            .bind(error)
-            .bind(permanent)
-            .fetch_one(pool)
-            .await?;
-    Ok(next)
+/// Record a failed attempt (`entitlements.provision_failed`): retried after the backoff,
+/// final (the server is `failed`; an admin's `retry_server` brings it back), or not recorded
+/// because the lease ran out. `permanent`: a mistake in the row that retrying cannot mend;
+/// the server is failed at once.
+pub async fn failed(pool: &PgPool, server: &Claimed, holder: &str, error: &str, permanent: bool) -> Result<Failure> {
+    let (outcome, retry_in): (String, Option<f64>) = sqlx::query_as(
+        "select f.outcome, extract(epoch from f.next_attempt_at - now())::float8
+           from entitlements.provision_failed($1, $2, $3, $4) f",
+    )
+    .bind(server.server_id)
+    .bind(holder)
+    .bind(error)
+    .bind(permanent)
+    .fetch_one(pool)
+    .await?;
+    Failure::from_row(&outcome, retry_in)
 }
 
 /// Whether the server has never been ready (`servers.ready_at` is NULL): only then does its
