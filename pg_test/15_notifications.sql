@@ -3,7 +3,7 @@
 -- Notifications (issue #11, first slice): events written by the changes that cause them,
 -- fanned out to webhook endpoints and emails, claimed and recorded by the worker.
 begin;
-select plan(46);
+select plan(48);
 \ir fixtures/catalog.sql
 create role ops2 login;
 grant entitlements_admin to ops2;
@@ -101,6 +101,14 @@ select is(entitlements.delivery_failed(:d_hook, 'w1', 'SMTP: 550 no such user', 
           row('final', null)::entitlements.failure, 'a permanent failure (an SMTP 5xx) is final at once');
 select is((select array[status, attempts::text] from entitlements.deliveries where id = :d_hook), array['dead', '1'],
           'dead after one attempt');
+select is(entitlements.delivery_stats(),
+          (select jsonb_build_object(
+                      'pending', jsonb_build_object('webhook', count(*) filter (where status = 'pending' and channel = 'webhook'),
+                                                    'email', count(*) filter (where status = 'pending' and channel = 'email')),
+                      'dead', jsonb_build_object('webhook', count(*) filter (where status = 'dead' and channel = 'webhook'),
+                                                 'email', count(*) filter (where status = 'dead' and channel = 'email')))
+             from entitlements.deliveries),
+          'delivery_stats counts pending deliveries and dead letters per channel');
 select ok(entitlements.retry_delivery(:d_hook), 'and retried the same way');
 select throws_ok($$select entitlements.delivery_failed(-1, 'w1', 'x')$$, 'P0002', NULL, 'an unknown delivery is refused');
 select throws_ok($$select * from entitlements.delivery_claim('w1', '0 seconds', 1)$$, '22023', NULL, 'a lease under a second is refused');
@@ -121,6 +129,7 @@ select is((select count(*)::int from entitlements.deliveries where channel = 'we
 select throws_ok($$select entitlements.add_webhook_endpoint('https://evil.example.com', array['*'])$$, '42501', NULL,
                  'a user cannot register an endpoint');
 select throws_ok($$select * from entitlements.delivery_claim('me', '1 minute', 10)$$, '42501', NULL, 'nor claim deliveries');
+select throws_ok($$select entitlements.delivery_stats()$$, '42501', NULL, 'nor read the queue''s figures');
 select throws_ok($$insert into entitlements.email_templates (kind, subject, body_text) values ('subscription.created', 'x', 'y')$$,
                  '42501', NULL, 'nor write templates');
 reset role;

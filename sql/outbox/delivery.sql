@@ -62,6 +62,7 @@ create table entitlements.deliveries (
 );
 create index deliveries_due on entitlements.deliveries (next_attempt_at) where status = 'pending';
 create index deliveries_event on entitlements.deliveries (event_id);
+create index deliveries_dead on entitlements.deliveries (channel) where status = 'dead';
 comment on table entitlements.deliveries is
     'One per event and destination: pending, delivered or dead (retry_delivery). A customer reads its own.';
 select pg_catalog.pg_extension_config_dump('entitlements.deliveries', '');
@@ -439,6 +440,27 @@ $$;
 comment on function entitlements.delivery_failed(bigint, text, text, integer, integer, boolean) is
     'The worker records a failed attempt: retry (backoff with jitter), final (dead: after '
     'settings.delivery_max_attempts, or at once when permanent, e.g. an SMTP 5xx), or lease_lost (not recorded). Admins only.';
+
+-- What waits: deliveries pending (due or backing off) and dead letters, per channel, for the
+-- worker's gauges (entitlements_deliveries_pending / _dead) and an admin's glance.
+create function entitlements.delivery_stats()
+returns jsonb language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('delivery_stats');
+    return (
+        select jsonb_build_object(
+            'pending', jsonb_build_object('webhook', count(*) filter (where d.status = 'pending' and d.channel = 'webhook'),
+                                          'email', count(*) filter (where d.status = 'pending' and d.channel = 'email')),
+            'dead', jsonb_build_object('webhook', count(*) filter (where d.status = 'dead' and d.channel = 'webhook'),
+                                       'email', count(*) filter (where d.status = 'dead' and d.channel = 'email')))
+          from entitlements.deliveries d
+         where d.status in ('pending', 'dead'));
+end
+$$;
+comment on function entitlements.delivery_stats() is
+    'Deliveries pending and dead, per channel. Admins only.';
 
 create function entitlements.retry_delivery(delivery_id bigint)
 returns boolean language plpgsql volatile

@@ -193,6 +193,9 @@ async fn an_smtp_refusal_is_final_and_its_text_stays_out_of_the_log() {
             .await
             .unwrap();
     assert_eq!(status, Some(550));
+    let metrics = worker.metrics().await;
+    assert_eq!(sample(&metrics, "entitlements_deliveries_dead", &[("channel", "email")]), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "entitlements_deliveries_pending", &[("channel", "email")]), Some(0.0), "{metrics}");
     let log = worker.stop().await;
     assert!(log.contains("SMTP reply 550"), "the log names the code:\n{log}");
     assert!(

@@ -79,6 +79,13 @@ pub async fn stripe_dead_letters(pool: &PgPool) -> Result<i64> {
     Ok(n)
 }
 
+/// Deliveries pending and dead per channel (`entitlements.delivery_stats`):
+/// `{"pending": {"webhook": n, "email": n}, "dead": {...}}`.
+pub async fn delivery_stats(pool: &PgPool) -> Result<serde_json::Value> {
+    let v = sqlx::query_scalar::<_, serde_json::Value>("select entitlements.delivery_stats()").fetch_one(pool).await?;
+    Ok(v)
+}
+
 /// LISTEN on `channel` until `shutdown`, waking `wake` on every notification. On a
 /// connection of its own (outside the pool, whose connections are budgeted in context.rs);
 /// a lost connection is re-established and also wakes (notifications may have been missed

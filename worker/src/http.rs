@@ -1,7 +1,7 @@
 //! HTTP surface: `GET /livez` (the process serves), `GET /readyz` (and reaches the
 //! database), `GET /healthz` (the details), `GET /metrics`. Other modules add their routes
 //! in `router`.
-use crate::metrics::{DATABASE_UP, WEBHOOKS_DEAD_LETTERS};
+use crate::metrics::{DATABASE_UP, DELIVERIES_DEAD, DELIVERIES_PENDING, WEBHOOKS_DEAD_LETTERS};
 use crate::{db, Context, Error, Result};
 use axum::{extract::State, http::header, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
@@ -83,8 +83,24 @@ async fn dead_letters(ctx: &Context) -> Option<i64> {
     Some(n)
 }
 
+/// The notification queue's gauges, read from the database at each scrape (any replica
+/// answers for all of them); left as they were when it cannot be read in time.
+async fn delivery_gauges(ctx: &Context) {
+    let Ok(Ok(stats)) = tokio::time::timeout(Duration::from_secs(2), db::delivery_stats(&ctx.pool)).await else {
+        return;
+    };
+    for (state, gauge) in [("pending", DELIVERIES_PENDING), ("dead", DELIVERIES_DEAD)] {
+        for channel in ["webhook", "email"] {
+            if let Some(n) = stats[state][channel].as_f64() {
+                metrics::gauge!(gauge, "channel" => channel).set(n);
+            }
+        }
+    }
+}
+
 async fn prometheus(State(ctx): State<Context>) -> impl IntoResponse {
     dead_letters(&ctx).await;
+    delivery_gauges(&ctx).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.metrics.render())
 }
 

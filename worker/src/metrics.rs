@@ -57,6 +57,9 @@ pub const DELIVERIES: &str = "entitlements_deliveries_total";
 /// Histogram, seconds, by `channel`: one attempt, from the request (or SMTP connect) to the
 /// answer.
 pub const DELIVERY_LATENCY: &str = "entitlements_delivery_latency_seconds";
+/// Gauges by channel: deliveries waiting to be sent, and dead letters (read at each scrape).
+pub const DELIVERIES_PENDING: &str = "entitlements_deliveries_pending";
+pub const DELIVERIES_DEAD: &str = "entitlements_deliveries_dead";
 
 /// Seconds a new server takes to be ready: image pulls, volumes, a database and a certificate.
 const TIME_TO_READY_BUCKETS: &[f64] = &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
@@ -112,6 +115,8 @@ fn describe() {
         "Delivery attempts of outbox events by channel and outcome (delivered, failed, dead, lease_lost, unrecorded)."
     );
     describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "Duration of one delivery attempt, by channel.");
+    describe_gauge!(DELIVERIES_PENDING, "Notification deliveries waiting to be sent (due or backing off), by channel.");
+    describe_gauge!(DELIVERIES_DEAD, "Notification deliveries dead until entitlements.retry_delivery, by channel.");
     describe_histogram!(
         SERVER_TIME_TO_READY,
         Unit::Seconds,
