@@ -24,7 +24,6 @@ use pgrx::{pg_sys, AnyNumeric, FromDatum, IntoDatum, Uuid};
 /// Stripe 0 of the window after counting on it.
 pub struct Counted {
     pub basis: AnyNumeric,
-    pub cap: AnyNumeric,
     pub stripes: i16,
     pub used: AnyNumeric,
     pub window_end: Option<Micros>,
@@ -178,9 +177,9 @@ unsafe fn find_and_count(
         let stripes = i16::from_datum(values[cols.stripes], nulls[cols.stripes])?;
         let after = used + amount.clone();
         // Strictly below: reaching the cap is the slow path's (a usage threshold may be there).
-        (after < cap).then_some((found, after, cap, basis, stripes, period, window_start, window_end))
+        (after < cap).then_some((found, after, basis, stripes, period, window_start, window_end))
     };
-    let Some((found, after, cap, basis, stripes, period, window_start, window_end)) = read() else {
+    let Some((found, after, basis, stripes, period, window_start, window_end)) = read() else {
         return Err(Miss::NotStamped);
     };
 
@@ -224,7 +223,6 @@ unsafe fn find_and_count(
     }
     Ok(Counted {
         basis,
-        cap,
         stripes,
         used: after,
         window_end: window_end.map(clock::from_pg),
