@@ -5,7 +5,7 @@
 -- crosses it, in its transaction; the stripes stop at the next threshold so that the
 -- crossing is always seen exactly (sql/metering/meter.sql, _quota_bound).
 begin;
-select plan(23);
+select plan(26);
 \ir fixtures/catalog.sql
 
 \set c1 '''00000000-0000-0000-0000-0000000a0001'''
@@ -14,6 +14,8 @@ select plan(23);
 \set c4 '''00000000-0000-0000-0000-0000000a0004'''
 \set c5 '''00000000-0000-0000-0000-0000000a0005'''
 \set c6 '''00000000-0000-0000-0000-0000000a0006'''
+\set c7 '''00000000-0000-0000-0000-0000000a0007'''
+\set c8 '''00000000-0000-0000-0000-0000000a0008'''
 
 create function pg_temp.crossed(c uuid) returns numeric[] language sql as $$
     select coalesce(array_agg((payload ->> 'threshold')::numeric order by id), '{}')
@@ -44,9 +46,9 @@ select is((select (payload ->> 'resets_at')::timestamptz from entitlements.outbo
           (entitlements.check(:c1, 'minutes')).resets_at, 'and when the window resets');
 select is((select dedup_key from entitlements.outbox
             where kind = 'quota.threshold' and customer_id = :c1 and (payload ->> 'threshold')::numeric = 100),
-          format('quota:%s:minutes:month:%s:100', :c1,
+          format('quota:%s:minutes:month:%s:60:100', :c1,
                  to_char(date_trunc('month', now() at time zone 'UTC'), 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
-          'one event per customer, feature, window and threshold');
+          'one event per customer, feature, window, limit and threshold');
 select is((select sum(used) from entitlements.usage_counters where customer_id = :c1), 60::numeric,
           'and the count is the count');
 
@@ -69,6 +71,26 @@ select entitlements.override_feature(:c4, 'minutes', '[{"limit": 100, "period": 
 select is((entitlements.try_consume(:c4, 'minutes', 90)).allowed, false, 'the month refuses 90 of 10 ...');
 select is(pg_temp.crossed(:c4), '{}', '... so the day''s 80% it would have crossed is not sent');
 
+-- A refusal by a later limit takes back what an earlier one counted, and its split: the day's
+-- 80% (8 of 10) is still told when it is reached.
+select entitlements.override_feature(:c7, 'minutes', '[{"limit": 10, "period": "day"}, {"limit": 8, "period": "month"}]',
+                                     reason => 'refused after a split') is not null as g \gset
+select entitlements.consume(:c7, 'minutes', 7) is not null as x \gset
+select is((entitlements.try_consume(:c7, 'minutes', 2)).allowed, false, 'the month refuses 9 of 8');
+select entitlements.try_consume(:c7, 'minutes', 1) is not null as x \gset
+select is((select array_agg(x order by x) from (select (payload ->> 'period') || ' ' || (payload ->> 'threshold') as x
+                                                    from entitlements.outbox
+                                                   where kind = 'quota.threshold' and customer_id = :c7) e),
+          array['day 80', 'month 100', 'month 80'], 'the day''s 80% is told when 8 of 10 are used');
+
+-- A plan change in the window: the new limit's thresholds are told too ------------------------------
+select entitlements.consume(:c8, 'minutes', 48) is not null as x \gset
+select entitlements.subscribe(:c8, 'pro') is not null as s \gset
+select entitlements.consume(:c8, 'minutes', 200) is not null as x \gset
+select is((select array_agg((payload ->> 'limit') || ' ' || (payload ->> 'threshold') order by id) from entitlements.outbox
+            where kind = 'quota.threshold' and customer_id = :c8),
+          array['60 80', '300 80'], 'free''s 80% (48 of 60), then pro''s (248 of 300)');
+
 -- The catalog decides: other thresholds, none, above 100% with overage ---------------------------
 update pg_temp.fixture_catalog set doc = jsonb_set(doc, '{features,1}',
     '{"key": "minutes", "kind": "metered", "unit": "minute", "thresholds": [50, 150]}');
@@ -80,10 +102,10 @@ select entitlements.apply_catalog((select doc from pg_temp.fixture_catalog)) ->>
 select is((select thresholds from entitlements.features where key = 'minutes'), '{50,150}'::numeric[],
           'the catalog sets a feature''s thresholds');
 select is((select count(*)::int from entitlements.usage_counters
-            where feature_key = 'minutes' and cap > used and window_end > now()), 0,
-          'changing them closes the open windows'' caps, so the next count splits them again');
+            where feature_key = 'minutes' and split = entitlements._thresholds_key('{50,150}') and window_end > now()), 0,
+          'the open windows were split under the old thresholds ...');
 select entitlements.consume(:c5, 'minutes', 60) is not null as x \gset
-select is(pg_temp.crossed(:c5), '{50}', 'the new threshold applies to the window already open (160 of 300)');
+select is(pg_temp.crossed(:c5), '{50}', '... and the new threshold applies to them (160 of 300)');
 select count(entitlements.consume(:c5, 'minutes')) from generate_series(1, 300) \gset
 select is(pg_temp.crossed(:c5), '{50,150}', 'above the limit with overage allowed: 150% (460 of 300)');
 update pg_temp.fixture_catalog set doc = jsonb_set(doc, '{features,1,thresholds}', '[]');

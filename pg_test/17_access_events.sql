@@ -4,7 +4,7 @@
 -- subscriptions trigger) or by time alone (told by the time_events task), trial.ending, each
 -- told once; and how a customer sets the address its notifications go to.
 begin;
-select plan(34);
+select plan(42);
 \ir fixtures/catalog.sql
 create role mallory3 login;
 
@@ -71,6 +71,9 @@ select entitlements.subscribe(:c3, 'pro', 'trialing', trial_end => now() + inter
 select pg_temp.age(:'t3', interval '11 days');
 select entitlements.run_task('expire_subscriptions') is not null as tidy \gset
 select is(pg_temp.told(:c3), '{"access.suspended trial_ended"}', 'tidied up by the expiry task: told by the write');
+select is((select (payload ->> 'access_ended_at')::timestamptz from entitlements.outbox
+            where kind = 'access.suspended' and customer_id = :c3),
+          (select trial_end from entitlements.subscriptions where id = :'t3'), 'as of the trial end all the same');
 select entitlements.run_task('time_events') is not null as again \gset
 select is(pg_temp.told(:c3), '{"access.suspended trial_ended"}', 'and not again by time_events');
 
@@ -78,6 +81,8 @@ select is(pg_temp.told(:c3), '{"access.suspended trial_ended"}', 'and not again 
 select entitlements.subscribe(:c4, 'pro', period_end => now() + interval '20 days') as s4 \gset
 update entitlements.subscriptions set status = 'unpaid' where id = :'s4';
 select is(pg_temp.told(:c4), '{"access.suspended unpaid"}', 'unpaid: access.suspended in the same transaction');
+select is((select (payload ->> 'access_ended_at')::timestamptz from entitlements.outbox
+            where kind = 'access.suspended' and customer_id = :c4), now(), 'as of the change');
 update entitlements.subscriptions set status = 'active' where id = :'s4';
 select is(pg_temp.told(:c4), '{"access.suspended unpaid",access.restored}', 'active again: access.restored');
 update entitlements.subscriptions set status = 'paused' where id = :'s4';
@@ -111,6 +116,10 @@ select throws_ok(format($$select entitlements.set_profile(%L, 'not an address')$
                  'a malformed email is refused');
 select throws_ok(format($$select entitlements.set_profile(%L, 'a@b.co', E'bell\x07')$$, :c4), '22023', NULL,
                  'a display name with control characters too');
+select throws_ok(format($$select entitlements.set_profile(%L, 'a@b.co', E'evil\u202Egnp.exe')$$, :c4), '22023', NULL,
+                 'or with a right-to-left override');
+select throws_ok(format($$select entitlements.set_profile(%L, E'a\u0001b@example.com')$$, :c4), '22023', NULL,
+                 'an address with a control character in it is refused');
 select is((select tenant_id from entitlements.customers where id = :c4), null, 'nothing else of the row changed');
 reset role;
 select entitlements.subscribe(:org, 'team') is not null as o \gset
@@ -126,11 +135,27 @@ select throws_ok(format($$select entitlements.set_profile(%L, 'x@example.com')$$
                  'a plain login role cannot call it');
 reset role;
 
+-- Joining and leaving an organization change the member's entitlements --------------------------
+select is((select array[payload ->> 'change', payload ->> 'organization_id', payload ->> 'role'] from entitlements.outbox
+            where kind = 'entitlements.changed' and customer_id = :c4),
+          array['joined', :org::text, 'admin'], 'a new member hears entitlements.changed (joined)');
+select entitlements.remove_member(:org, :c4) is null as r \gset
+select is((select array_agg(payload ->> 'change' order by id) from entitlements.outbox
+            where kind = 'entitlements.changed' and customer_id = :c4),
+          array['joined', 'left'], 'and leaving (left)');
+
 -- Supabase's auth.users email, only when it is Supabase's table ------------------------------------
 create schema auth;
 create table auth.users (id uuid primary key, email varchar(255));
 insert into auth.users values (:c4, 'auth@example.com');
 select is(entitlements._customer_email(:c4), 'auth@example.com', 'auth.users'' email first (owned by a superuser)');
+create function auth.pred() returns boolean language sql immutable as 'select true';
+create index users_odd on auth.users (id) where auth.pred();
+select is(entitlements._customer_email(:c4), 'me@example.com',
+          'not when an index calls a function outside pg_catalog (the planner would run it as the owner)');
+drop index auth.users_odd;
+create index users_plain on auth.users (lower(email)) where email is not null;
+select is(entitlements._customer_email(:c4), 'auth@example.com', 'built-in expressions and predicates are fine');
 alter table auth.users owner to mallory3;
 select is(entitlements._customer_email(:c4), 'me@example.com', 'a look-alike owned by anyone else is ignored');
 

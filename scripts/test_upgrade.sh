@@ -53,13 +53,14 @@ SQL
 # What 0.2.0 adds to the data: a table that starts empty and a column that starts NULL
 # (checked after the upgrade); the rows are compared without them.
 NEW_TABLES=(entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts)
-NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale)
+NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale
+             entitlements.usage_counters.split)
 # Tables new in 0.2.0 that the upgrade fills from 0.1.0's rows, compared apart (below).
 FILLED_TABLES=(entitlements.access_notices)
 # Columns the upgrade fills in or rewrites on purpose, compared apart (below).
 # The thresholds it sets are a catalog change: audited (one more audit row, compared apart) and
 # a new cache version, so that running backends load them.
-MIGRATED_COLUMNS=(entitlements.features.thresholds entitlements.usage_counters.stripes entitlements.usage_counters.cap
+MIGRATED_COLUMNS=(entitlements.features.thresholds entitlements.usage_counters.stripes
                   entitlements.cache_version.version entitlements.cache_version.bumped_by)
 AUDIT_BEFORE=""   # audit rows up to this id are compared; set before the upgrade
 # Every table's rows of the extension's schema (partitions too) and of the app table, in a
@@ -217,16 +218,16 @@ for c in "${NEW_COLUMNS[@]}"; do
     [ "$(psql_in "$OLD" -At -c "select count(*) from ${c%.*} where ${c##*.} is not null")" = 0 ] \
         || fail "$c is not NULL after the upgrade"
 done
-# Metered features get the default thresholds (80%, 100%); open windows' caps are closed so
-# their next count splits them by the thresholds; each stripe knows how many there are.
+# Metered features get the default thresholds (80%, 100%); each stripe knows how many there
+# are (and no window has a split yet: its next count splits it by the thresholds).
 [ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.features
         where thresholds is distinct from case when kind = 'metered' then '{80,100}'::numeric[] end")" = 0 ] \
     || fail "features.thresholds not filled in by the upgrade"
 [ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.usage_counters c
-        where c.cap > c.used or c.stripes <> (select count(*) from entitlements.usage_counters o
+        where c.stripes <> (select count(*) from entitlements.usage_counters o
               where (o.customer_id, o.feature_key, o.period, o.window_start)
                   = (c.customer_id, c.feature_key, c.period, c.window_start))")" = 0 ] \
-    || fail "usage_counters caps not closed or stripes not counted by the upgrade"
+    || fail "usage_counters stripes not counted by the upgrade"
 # Every subscription has its access notice, as a fresh install would have made it.
 [ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.subscriptions s
         full join entitlements.access_notices n on n.subscription_id = s.id

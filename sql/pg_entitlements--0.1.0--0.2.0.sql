@@ -1197,6 +1197,7 @@ declare
     v_billing  timestamptz;
     v_done_w   timestamptz[] := '{}'::timestamptz[];
     v_done_s   smallint[] := '{}'::smallint[];
+    v_done_slow boolean[] := '{}'::boolean[];
     v_out      entitlements.usage;
     v_best     numeric;
     v_windows  jsonb := '{}'::jsonb;
@@ -1226,7 +1227,7 @@ begin
         if v_one.refused and p_mode = 'check' then
             v_out.allowed := false;
         elsif v_one.refused then
-            perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s,
+            perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s, v_done_slow,
                                              case when v_keyed then p_key end);
             return row(false, v_limit, v_one.total, greatest(v_limit - v_one.total, 0), v_end)::entitlements.usage;
         elsif v_one.stripe is not null then
@@ -1234,6 +1235,7 @@ begin
             v_periods := v_periods || v_lim.period::text;
             v_done_w := v_done_w || v_w;
             v_done_s := v_done_s || v_one.stripe;
+            v_done_slow := v_done_slow || (v_one.over is not null);
             v_billing := case when v_lim.period = 'billing_period' then v_w else v_billing end;
             if v_one.over is not null then
                 v_over := greatest(v_over, v_one.over);
@@ -1258,7 +1260,8 @@ begin
         if p_mode = 'consume' then
             perform entitlements._meter_raise_not_included(p_customer, p_feature, p_amount, v_windows);
         end if;
-        perform entitlements._meter_undo(p_customer, p_feature, p_amount, '{}', '{}', '{}', case when v_keyed then p_key end);
+        perform entitlements._meter_undo(p_customer, p_feature, p_amount, '{}', '{}', '{}', '{}',
+                                         case when v_keyed then p_key end);
         return row(false, 0, 0, 0, null)::entitlements.usage;
     end if;
 
@@ -1439,7 +1442,7 @@ as $$
         || 'window_start timestamp with time zone not null, window_end timestamp with time zone, '
         || 'stripe smallint not null, used numeric not null default 0, cap numeric not null, '
         || 'basis numeric not null, stamp bigint, valid_until timestamp with time zone, '
-        || 'sole boolean not null default false, stripes smallint not null default 1',
+        || 'sole boolean not null default false, stripes smallint not null default 1, split bigint',
         -- usage_ledger, and each of its partitions (made alike, on the heap)
         'partitioned: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
         || 'at timestamp with time zone not null, customer_id uuid not null, '
@@ -1634,6 +1637,22 @@ create type entitlements.failure as (outcome text, next_attempt_at timestamptz);
 create function entitlements._backoff(failures integer)
 returns interval language sql volatile parallel safe
 return least(interval '1 hour', interval '1 second' * power(2, least(failures, 12))) * (0.75 + random() * 0.5);
+
+-- A claim's lease on one item (a delivery, a server): taken only when nobody holds it, the
+-- claimer included (take_lease would renew the claimer's own), so an item is worked on once
+-- at a time even within one worker. The caller checked who asks and the lease's length.
+create function entitlements._take_free_lease(name text, holder text, lease interval)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into entitlements.leases as l (name, holder, until)
+    values (_take_free_lease.name, _take_free_lease.holder, clock_timestamp() + lease)
+    on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
+     where l.until < clock_timestamp();
+    return found;
+end
+$$;
 
 -- The cache's size against its budget (extension/src/checks/) ---------
 CREATE  FUNCTION "cache_stats"() RETURNS jsonb /* JsonB */
@@ -2033,14 +2052,15 @@ as $$
 declare
     max_stripes constant int := 16;
     v_bound numeric := entitlements._quota_bound(p_limit, p_thresholds, 0);
+    v_split bigint := entitlements._thresholds_key(p_thresholds);
 begin
     grow := false;
     if p_amount < v_bound then
         -- First use of this window: stripe 0 takes the whole quota (up to the first
         -- threshold) in one statement.
         insert into entitlements.usage_counters
-               (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
-        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, v_bound, p_limit)
+               (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis, split)
+        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, v_bound, p_limit, v_split)
         on conflict do nothing
         returning usage_counters.stripe into stripe;
     end if;
@@ -2050,7 +2070,7 @@ begin
             grow := exists (select 1 from entitlements.usage_counters s
                              where s.customer_id = p_customer and s.feature_key = p_feature
                                and s.period = p_period and s.window_start = p_window
-                               and s.basis = p_limit and s.used + p_amount < s.cap);
+                               and s.basis = p_limit and s.split = v_split and s.used + p_amount < s.cap);
             insert into entitlements.usage_counters
                    (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
             values (p_customer, p_feature, p_period, p_window, p_window_end, 0, 0, 0, p_limit)
@@ -2071,7 +2091,7 @@ begin
                and c.stripe = (select s.stripe from entitlements.usage_counters s
                                 where s.customer_id = p_customer and s.feature_key = p_feature
                                   and s.period = p_period and s.window_start = p_window
-                                  and s.basis = p_limit and s.used + p_amount < s.cap
+                                  and s.basis = p_limit and s.split = v_split and s.used + p_amount < s.cap
                                 order by s.stripe
                                 for update skip locked
                                 limit 1)
@@ -2112,7 +2132,7 @@ begin
            cap = case when p_limit = 'Infinity' then 'Infinity'
                       when c.stripe = 0 then c.used + p_amount + v_rem - v_share * (v_n - 1)
                       else c.used + v_share end,
-           basis = p_limit, stripes = v_n
+           basis = p_limit, stripes = v_n, split = entitlements._thresholds_key(p_thresholds)
      where c.customer_id = p_customer and c.feature_key = p_feature
        and c.period = p_period and c.window_start = p_window;
 end
@@ -2153,14 +2173,19 @@ end
 $$;
 
 create or replace function entitlements._meter_undo(p_customer uuid, p_feature text, p_amount numeric, p_periods text[],
-                                         p_windows timestamptz[], p_stripes smallint[], p_key text)
+                                         p_windows timestamptz[], p_stripes smallint[], p_resplit boolean[],
+                                         p_key text)
 returns void language plpgsql volatile
 as $$
 begin
     for i in 1 .. coalesce(array_length(p_periods, 1), 0) loop
-        update entitlements.usage_counters c set used = c.used - p_amount
+        update entitlements.usage_counters c
+           set used = c.used - case when c.stripe = p_stripes[i] then p_amount else 0 end,
+               cap = case when p_resplit[i] then c.used - case when c.stripe = p_stripes[i] then p_amount else 0 end
+                          else c.cap end
          where c.customer_id = p_customer and c.feature_key = p_feature
-           and c.period = p_periods[i] and c.window_start = p_windows[i] and c.stripe = p_stripes[i];
+           and c.period = p_periods[i] and c.window_start = p_windows[i]
+           and (c.stripe = p_stripes[i] or p_resplit[i]);
     end loop;
     if p_key is not null then
         delete from entitlements.usage_idempotency k
@@ -2832,7 +2857,7 @@ returns text language sql immutable parallel safe strict
 return 'delivery:' || delivery::text;
 
 -- Claim due deliveries of these channels with a lease, each with what to send.
-create function entitlements.delivery_claim(holder text, lease interval, max_deliveries integer,
+create or replace function entitlements.delivery_claim(holder text, lease interval, max_deliveries integer,
                                             channels text[] default array['webhook', 'email'])
 returns setof entitlements.delivery_work language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -2864,11 +2889,7 @@ begin
          limit max_deliveries
            for update of x skip locked
     loop
-        insert into entitlements.leases as l (name, holder, until)
-        values (entitlements._delivery_lease_name(d.id), holder, clock_timestamp() + lease)
-        on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
-         where l.until < clock_timestamp();
-        continue when not found;
+        continue when not entitlements._take_free_lease(entitlements._delivery_lease_name(d.id), holder, lease);
         select * into o from entitlements.outbox where id = d.event_id;
         v_work := null;
         v_work.delivery_id := d.id;
@@ -2906,7 +2927,7 @@ comment on function entitlements.delivery_claim(text, interval, integer, text[])
     'sign and POST) or rendered email. The worker''s; admins only.';
 
 -- Record an attempt and give the lease back; false (nothing recorded) when the lease was lost.
-create function entitlements._delivery_attempt(delivery_id bigint, holder text, ok boolean, status_code integer,
+create or replace function entitlements._delivery_attempt(delivery_id bigint, holder text, ok boolean, status_code integer,
                                                latency_ms integer, error text)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -2923,9 +2944,7 @@ begin
     if not found then
         raise exception 'delivery % does not exist', delivery_id using errcode = 'P0002';
     end if;
-    delete from entitlements.leases l
-     where l.name = entitlements._delivery_lease_name(delivery_id) and l.holder = _delivery_attempt.holder;
-    if not found then
+    if not entitlements.release_lease(entitlements._delivery_lease_name(delivery_id), holder) then
         return false;
     end if;
     insert into entitlements.delivery_attempts (delivery_id, ok, status_code, latency_ms, error, worker)
@@ -3560,7 +3579,7 @@ create function entitlements._server_lease_name(server uuid)
 returns text language sql immutable parallel safe strict
 return 'server:' || server::text;
 
-create function entitlements.provision_claim(holder text, lease interval, max_servers integer,
+create or replace function entitlements.provision_claim(holder text, lease interval, max_servers integer,
                                              include_converged boolean default false, resync_after uuid default null)
 returns setof entitlements.server_work language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -3600,11 +3619,7 @@ begin
            for update of s skip locked
     loop
         v_work := entitlements._server_work(r);
-        insert into entitlements.leases as l (name, holder, until)
-        values (entitlements._server_lease_name(r.id), holder, clock_timestamp() + lease)
-        on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
-         where l.until < clock_timestamp();
-        continue when not found;
+        continue when not entitlements._take_free_lease(entitlements._server_lease_name(r.id), holder, lease);
         return next v_work;
         max_servers := max_servers - 1;
         exit when max_servers = 0;
@@ -3653,7 +3668,7 @@ end
 $$;
 
 -- Report an attempt that did not fail. False, and nothing changed, when holder lost the lease.
-create function entitlements.provision_report(server_id uuid, holder text, generation bigint, phase text,
+create or replace function entitlements.provision_report(server_id uuid, holder text, generation bigint, phase text,
                                               conditions jsonb, applied_resources jsonb,
                                               requeue_after interval default null)
 returns boolean language plpgsql volatile
@@ -3687,9 +3702,7 @@ begin
     if not found then
         raise exception 'server % does not exist', server_id using errcode = 'P0002';
     end if;
-    delete from entitlements.leases l
-     where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_report.holder;
-    if not found then
+    if not entitlements.release_lease(entitlements._server_lease_name(server_id), holder) then
         return false;
     end if;
     -- Only what changed is written: a converged server resynced costs no row version (and no
@@ -3742,9 +3755,7 @@ begin
     if not found then
         raise exception 'server % does not exist', server_id using errcode = 'P0002';
     end if;
-    delete from entitlements.leases l
-     where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
-    if not found then
+    if not entitlements.release_lease(entitlements._server_lease_name(server_id), holder) then
         -- Someone else has the server now; their outcome counts.
         return row('lease_lost', null)::entitlements.failure;
     end if;
@@ -3814,7 +3825,7 @@ comment on function entitlements.server_specs(uuid) is
     'What each of a customer''s servers should be now (as provision_claim gives it, without a lease). Admins only.';
 
 -- For /metrics: servers needing work, servers by phase.
-create function entitlements.provision_stats()
+create or replace function entitlements.provision_stats()
 returns jsonb language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
@@ -3826,10 +3837,11 @@ begin
                                               and (s.observed_generation is distinct from s.generation
                                                    or s.phase not in ('ready', 'suspended'))),
             'failed', count(*) filter (where s.phase = 'failed'),
-            'phases', (select jsonb_object_agg(ph.name, (select count(*) from entitlements.server_records x
-                                                            where x.phase = ph.name))
+            'phases', (select jsonb_object_agg(ph.name, coalesce(c.n, 0))
                          from unnest(array['pending', 'provisioning', 'ready', 'suspended', 'terminating',
-                                           'terminated', 'failed']) as ph(name)))
+                                           'terminated', 'failed']) as ph(name)
+                         left join (select x.phase, count(*) as n from entitlements.server_records x
+                                     group by x.phase) c on c.phase = ph.name))
           from entitlements.servers s);
 end
 $$;
@@ -3845,11 +3857,11 @@ alter table entitlements.features
 -- What the catalog now writes for a metered feature that names none.
 update entitlements.features set thresholds = '{80,100}' where kind = 'metered';
 
-alter table entitlements.usage_counters add column stripes smallint not null default 1;
--- Caps added up to the limit; now they stop at the next threshold. Closing the open ones
--- sends each window's next count to the slow path, which splits it again.
+-- Caps added up to the limit; now they stop at the next threshold. No window has a `split`
+-- yet, so each one's next count takes the slow path, which splits it again.
+alter table entitlements.usage_counters add column stripes smallint not null default 1, add column split bigint;
 update entitlements.usage_counters c
-   set stripes = n.stripes, cap = least(c.cap, c.used)
+   set stripes = n.stripes
   from (select customer_id, feature_key, period, window_start, count(*)::smallint as stripes
           from entitlements.usage_counters group by 1, 2, 3, 4) n
  where n.customer_id = c.customer_id and n.feature_key = c.feature_key
@@ -3864,28 +3876,14 @@ create function entitlements._quota_bound(p_limit numeric, p_thresholds numeric[
 returns numeric language sql immutable parallel safe
 return least(p_limit, (select min(t * p_limit / 100) from unnest(p_thresholds) t where t * p_limit / 100 > p_used));
 
--- A feature's thresholds changed (apply_catalog): close the caps of its open windows, so
--- the next count of each goes to the slow path and splits them by the new thresholds.
--- SECURITY DEFINER: the catalog is written as the admin, who may not write counters.
-create function entitlements._features_thresholds_changed()
-returns trigger language plpgsql security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    update entitlements.usage_counters c set cap = c.used
-      from new_rows n join old_rows o on o.key = n.key
-     where c.feature_key = n.key and n.thresholds is distinct from o.thresholds
-       and c.cap > c.used and (c.window_end is null or c.window_end > statement_timestamp());
-    return null;
-end
-$$;
-create trigger features_thresholds_changed after update on entitlements.features
-    referencing old table as old_rows new table as new_rows
-    for each statement execute function entitlements._features_thresholds_changed();
+-- Which thresholds a window's caps were split under (usage_counters.split).
+create function entitlements._thresholds_key(p_thresholds numeric[])
+returns bigint language sql immutable parallel safe
+return hashtextextended(coalesce(p_thresholds::text, ''), 0);
 
 -- quota.threshold, once per limit, window and threshold (the dedup key), for the
 -- crossings _meter_limit found: `crossed` holds, per limit, its window and thresholds.
-create function entitlements._quota_events(p_customer uuid, p_feature text, p_crossed jsonb)
+create or replace function entitlements._quota_events(p_customer uuid, p_feature text, p_crossed jsonb)
 returns void language plpgsql volatile
 as $$
 declare
@@ -3896,9 +3894,9 @@ begin
         for v_t in select t::numeric from jsonb_array_elements_text(v_limit -> 'thresholds') t loop
             perform entitlements._outbox_record(
                 'quota.threshold', p_customer,
-                format('quota:%s:%s:%s:%s:%s', p_customer, p_feature, v_limit ->> 'period',
+                format('quota:%s:%s:%s:%s:%s:%s', p_customer, p_feature, v_limit ->> 'period',
                        to_char((v_limit ->> 'window_start')::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                       v_t),
+                       v_limit ->> 'limit', v_t),
                 jsonb_build_object('feature', p_feature, 'period', v_limit -> 'period', 'threshold', v_t,
                                    'limit', v_limit -> 'limit', 'used', v_limit -> 'used',
                                    'window_start', v_limit -> 'window_start', 'resets_at', v_limit -> 'resets_at'));
@@ -3915,7 +3913,9 @@ begin
     return (
         select jsonb_build_object(
             'features', coalesce((select jsonb_agg(jsonb_build_object('key', f.key, 'kind', f.kind, 'unit', f.unit,
-                                                                  'thresholds', f.thresholds::text[]) order by f.key)
+                                                                  'thresholds', f.thresholds::text[],
+                                                                  'thresholds_key', entitlements._thresholds_key(f.thresholds))
+                                                     order by f.key)
                                     from entitlements.features f), '[]'),
             'plans', coalesce((select jsonb_agg(jsonb_build_object(
                         'key', p.key, 'name', p.name, 'price_cents', p.price_cents, 'public', p.public,
@@ -3940,7 +3940,7 @@ alter table entitlements.settings
 
 -- SECURITY DEFINER: customers' RLS lets only admins write. Its arguments are text and uuid,
 -- and every check asks about the real caller (the outer role, the trusted user id).
-create function entitlements.set_profile(customer uuid, email text, display_name text default null,
+create or replace function entitlements.set_profile(customer uuid, email text, display_name text default null,
                                          locale text default null)
 returns void language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -3955,11 +3955,18 @@ begin
         or entitlements._is_listed_admin_of(customer)
         or coalesce(entitlements._my_org_role(customer) in ('owner', 'admin'), false),
         'set_profile', 'the customer themself, an owner or admin of the organization, or an entitlements admin of it');
-    if email is not null and (length(email) > 254 or email !~ '^[^@\s<>(),;:"\[\]\\]+@[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?\.[A-Za-z]{2,}$') then
+    -- A plain address (RFC 5322 atext, dots, an ASCII domain): what an SMTP server takes.
+    if email is not null and (length(email) > 254
+                              or email !~ '^[A-Za-z0-9!#$%&''*+/=?^_`{|}~.-]+@[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?\.[A-Za-z]{2,}$') then
         raise exception 'invalid email address "%"', left(email, 80) using errcode = '22023';
     end if;
-    if display_name is not null and (length(display_name) > 200 or display_name ~ '[[:cntrl:]]') then
-        raise exception 'a display name is at most 200 characters, without control characters' using errcode = '22023';
+    -- No control, format or line-separator characters (a right-to-left override, say): the
+    -- name goes into an email's To: header.
+    if display_name is not null
+       and (length(display_name) > 200
+            or display_name ~ '[[:cntrl:]\u0080-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]') then
+        raise exception 'a display name is at most 200 characters, without control or formatting characters'
+            using errcode = '22023';
     end if;
     if locale is not null and locale !~ '^[a-z]{2}(-[A-Z]{2})?$' then
         raise exception 'invalid locale "%": expected a language code such as "en" or "pt-BR"', left(locale, 20)
@@ -3980,7 +3987,7 @@ comment on function entitlements.set_profile(uuid, text, text, text) is
 -- read only when it is Supabase's own: a plain table without row security, `id uuid` and
 -- `email` text or varchar, owned by supabase_auth_admin or a superuser. Anything else (a
 -- view, a policy, a column of someone's own type) could run code someone else wrote.
-create function entitlements._customer_email(customer uuid)
+create or replace function entitlements._customer_email(customer uuid)
 returns text language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
@@ -3996,7 +4003,20 @@ begin
                         where a.attrelid = c.oid and a.attname = 'id' and not a.attisdropped) = 'uuid'::regtype
                   and (select a.atttypid from pg_attribute a
                         where a.attrelid = c.oid and a.attname = 'email' and not a.attisdropped)
-                      in ('text'::regtype, 'varchar'::regtype)) then
+                      in ('text'::regtype, 'varchar'::regtype)
+                  and not c.relhassubclass
+                  and not exists (
+                      select 1 from pg_depend d
+                       where ((d.classid = 'pg_class'::regclass
+                               and d.objid in (select i.indexrelid from pg_index i where i.indrelid = c.oid))
+                           or (d.classid = 'pg_constraint'::regclass
+                               and d.objid in (select k.oid from pg_constraint k where k.conrelid = c.oid))
+                           or (d.classid = 'pg_statistic_ext'::regclass
+                               and d.objid in (select x.oid from pg_statistic_ext x where x.stxrelid = c.oid)))
+                         and ((d.refclassid = 'pg_proc'::regclass
+                               and (select p.pronamespace from pg_proc p where p.oid = d.refobjid) <> 'pg_catalog'::regnamespace)
+                           or (d.refclassid = 'pg_operator'::regclass
+                               and (select o.oprnamespace from pg_operator o where o.oid = d.refobjid) <> 'pg_catalog'::regnamespace)))) then
         execute 'select u.email::text from auth.users u where u.id = $1' into v_email using customer;
     end if;
     return coalesce(nullif(v_email, ''), (select c.email from entitlements.customers c where c.id = customer));
@@ -4045,7 +4065,7 @@ return case when status = 'trialing' then 'trial_ended'
 -- Bring a subscription's notice up to date with its row `s` (as of now), telling what
 -- changed: access.suspended (`reason`, else why `s` itself stopped) or access.restored; the
 -- kind told, or NULL. Runs as the owner: from the subscriptions trigger (definer) and the task.
-create function entitlements._access_notice(s entitlements.subscriptions, reason text default null)
+create or replace function entitlements._access_notice(s entitlements.subscriptions, reason text default null)
 returns text language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -4075,7 +4095,11 @@ begin
             jsonb_build_object('subscription_id', s.id, 'plan', s.plan_key, 'status', s.status)
             || case when v_kind = 'access.suspended'
                     then jsonb_build_object('reason', coalesce(reason, entitlements._access_lost_reason(s.status, s.cancel_at_period_end)),
-                                            'access_ended_at', case when v_until > '-infinity' then v_until else now() end)
+                                            -- When time ended it, the instant kept at the last
+                                            -- change (told late, by the task or by the write
+                                            -- that tidied the row up); else now, by this write.
+                                            'access_ended_at', case when v_n.until > '-infinity' and v_n.until <= now()
+                                                                    then v_n.until else now() end)
                     else '{}' end);
     end if;
     return v_kind;
@@ -4087,7 +4111,7 @@ $$;
 -- is a writer of that subscription (whose trigger tells it) or another run of this task.
 -- Definer: the notices are the extension's own bookkeeping, written by no role; the caller
 -- must be an admin (run_task's check, asked again of the real caller).
-create function entitlements._task_time_events()
+create or replace function entitlements._task_time_events()
 returns jsonb language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -4103,7 +4127,7 @@ begin
           join entitlements.access_notices n on n.subscription_id = s.id
          where s.status = 'trialing' and s.trial_end > now() and s.trial_end <= now() + v_notice
            and n.trial_told_for is distinct from s.trial_end
-           for update of n skip locked
+           for update of n skip locked for share of s skip locked
     loop
         update entitlements.access_notices n set trial_told_for = v_s.trial_end, updated_at = now()
          where n.subscription_id = v_s.id;
@@ -4120,7 +4144,7 @@ begin
         select s.* from entitlements.subscriptions s
           join entitlements.access_notices n on n.subscription_id = s.id
          where n.state = 'granting' and (n.until <= now() or s.status = 'past_due')
-           for update of n skip locked
+           for update of n skip locked for share of s skip locked
     loop
         if entitlements._access_notice(v_s) is not null then
             v_ended := v_ended + 1;
@@ -4141,6 +4165,30 @@ select s.id, s.customer_id,
   from entitlements.subscriptions s
   join entitlements.plans p on p.key = s.plan_key
  cross join lateral (select entitlements._grants_until(s, p.grace_days) as until) g;
+
+-- Membership events (issue #11): the same as sql/outbox/events.sql.
+-- Joining or leaving an organization changes the member's entitlements (they get the
+-- organization's): entitlements.changed for the member, once per change and transaction.
+create function entitlements._member_events()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_row entitlements.members := case when tg_op = 'DELETE' then old else new end;
+    v_change text := case tg_op when 'INSERT' then 'joined' when 'DELETE' then 'left' else 'role_changed' end;
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._member_events');
+    if entitlements._bulk_loading() or (tg_op = 'UPDATE' and new.role is not distinct from old.role) then
+        return null;
+    end if;
+    perform entitlements._outbox_record('entitlements.changed', v_row.user_id,
+        format('entitlements.changed:member:%s:%s:%s:%s', v_row.organization_id, v_row.user_id, v_change, txid_current()),
+        jsonb_build_object('change', v_change, 'organization_id', v_row.organization_id, 'role', v_row.role));
+    return null;
+end
+$$;
+create trigger members_events after insert or update or delete on entitlements.members
+    for each row execute function entitlements._member_events();
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
@@ -4301,7 +4349,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
     entitlements._access_token_claims(jsonb), entitlements._server_made(), entitlements._server_changed(),
     entitlements._server_check_insert(), entitlements._server_first(), entitlements._outbox_fan_out(),
-    entitlements._subscription_events(), entitlements._grant_events(),
+    entitlements._subscription_events(), entitlements._grant_events(), entitlements._member_events(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),
@@ -4311,12 +4359,12 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric[], numeric,
                                   integer, boolean),
     entitlements._quota_bound(numeric, numeric[], numeric), entitlements._quota_events(uuid, text, jsonb),
-    entitlements._features_thresholds_changed(),
+    entitlements._thresholds_key(numeric[]),
     -- Access notices run as the owner, from the subscriptions trigger and the time_events task.
     entitlements._access_notice(entitlements.subscriptions, text), entitlements._customer_email(uuid),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
-    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], text)
+    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text)
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

@@ -186,6 +186,10 @@ pub struct Feature {
     /// Usage thresholds of a metered feature (percent, as decimal text): where its stripes
     /// stop so that `_meter` sees each crossing (sql/metering/meter.sql, `_quota_bound`).
     pub thresholds: Vec<String>,
+    /// Which thresholds these are (`_thresholds_key`): a window's stripes count only when
+    /// they were split under the same. None: SQL older than this library (before ALTER
+    /// EXTENSION ... UPDATE), whose counters have no `split`; `_meter` counts then.
+    pub thresholds_key: Option<i64>,
 }
 
 pub struct Plan {

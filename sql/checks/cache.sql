@@ -23,7 +23,9 @@ begin
     return (
         select jsonb_build_object(
             'features', coalesce((select jsonb_agg(jsonb_build_object('key', f.key, 'kind', f.kind, 'unit', f.unit,
-                                                                  'thresholds', f.thresholds::text[]) order by f.key)
+                                                                  'thresholds', f.thresholds::text[],
+                                                                  'thresholds_key', entitlements._thresholds_key(f.thresholds))
+                                                     order by f.key)
                                     from entitlements.features f), '[]'),
             'plans', coalesce((select jsonb_agg(jsonb_build_object(
                         'key', p.key, 'name', p.name, 'price_cents', p.price_cents, 'public', p.public,

@@ -62,3 +62,19 @@ create type entitlements.failure as (outcome text, next_attempt_at timestamptz);
 create function entitlements._backoff(failures integer)
 returns interval language sql volatile parallel safe
 return least(interval '1 hour', interval '1 second' * power(2, least(failures, 12))) * (0.75 + random() * 0.5);
+
+-- A claim's lease on one item (a delivery, a server): taken only when nobody holds it, the
+-- claimer included (take_lease would renew the claimer's own), so an item is worked on once
+-- at a time even within one worker. The caller checked who asks and the lease's length.
+create function entitlements._take_free_lease(name text, holder text, lease interval)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into entitlements.leases as l (name, holder, until)
+    values (_take_free_lease.name, _take_free_lease.holder, clock_timestamp() + lease)
+    on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
+     where l.until < clock_timestamp();
+    return found;
+end
+$$;

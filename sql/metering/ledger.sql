@@ -153,7 +153,7 @@ as $$
         || 'window_start timestamp with time zone not null, window_end timestamp with time zone, '
         || 'stripe smallint not null, used numeric not null default 0, cap numeric not null, '
         || 'basis numeric not null, stamp bigint, valid_until timestamp with time zone, '
-        || 'sole boolean not null default false, stripes smallint not null default 1',
+        || 'sole boolean not null default false, stripes smallint not null default 1, split bigint',
         -- usage_ledger, and each of its partitions (made alike, on the heap)
         'partitioned: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
         || 'at timestamp with time zone not null, customer_id uuid not null, '

@@ -112,24 +112,10 @@ create function entitlements._quota_bound(p_limit numeric, p_thresholds numeric[
 returns numeric language sql immutable parallel safe
 return least(p_limit, (select min(t * p_limit / 100) from unnest(p_thresholds) t where t * p_limit / 100 > p_used));
 
--- A feature's thresholds changed (apply_catalog): close the caps of its open windows, so
--- the next count of each goes to the slow path and splits them by the new thresholds.
--- SECURITY DEFINER: the catalog is written as the admin, who may not write counters.
-create function entitlements._features_thresholds_changed()
-returns trigger language plpgsql security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    update entitlements.usage_counters c set cap = c.used
-      from new_rows n join old_rows o on o.key = n.key
-     where c.feature_key = n.key and n.thresholds is distinct from o.thresholds
-       and c.cap > c.used and (c.window_end is null or c.window_end > statement_timestamp());
-    return null;
-end
-$$;
-create trigger features_thresholds_changed after update on entitlements.features
-    referencing old table as old_rows new table as new_rows
-    for each statement execute function entitlements._features_thresholds_changed();
+-- Which thresholds a window's caps were split under (usage_counters.split).
+create function entitlements._thresholds_key(p_thresholds numeric[])
+returns bigint language sql immutable parallel safe
+return hashtextextended(coalesce(p_thresholds::text, ''), 0);
 
 -- What a window has counted so far, over all its stripes.
 create function entitlements._meter_window_total(p_customer uuid, p_feature text, p_period text, p_window timestamptz)
@@ -159,14 +145,15 @@ as $$
 declare
     max_stripes constant int := 16;
     v_bound numeric := entitlements._quota_bound(p_limit, p_thresholds, 0);
+    v_split bigint := entitlements._thresholds_key(p_thresholds);
 begin
     grow := false;
     if p_amount < v_bound then
         -- First use of this window: stripe 0 takes the whole quota (up to the first
         -- threshold) in one statement.
         insert into entitlements.usage_counters
-               (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
-        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, v_bound, p_limit)
+               (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis, split)
+        values (p_customer, p_feature, p_period, p_window, p_window_end, 0, p_amount, v_bound, p_limit, v_split)
         on conflict do nothing
         returning usage_counters.stripe into stripe;
     end if;
@@ -176,7 +163,7 @@ begin
             grow := exists (select 1 from entitlements.usage_counters s
                              where s.customer_id = p_customer and s.feature_key = p_feature
                                and s.period = p_period and s.window_start = p_window
-                               and s.basis = p_limit and s.used + p_amount < s.cap);
+                               and s.basis = p_limit and s.split = v_split and s.used + p_amount < s.cap);
             insert into entitlements.usage_counters
                    (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis)
             values (p_customer, p_feature, p_period, p_window, p_window_end, 0, 0, 0, p_limit)
@@ -197,7 +184,7 @@ begin
                and c.stripe = (select s.stripe from entitlements.usage_counters s
                                 where s.customer_id = p_customer and s.feature_key = p_feature
                                   and s.period = p_period and s.window_start = p_window
-                                  and s.basis = p_limit and s.used + p_amount < s.cap
+                                  and s.basis = p_limit and s.split = v_split and s.used + p_amount < s.cap
                                 order by s.stripe
                                 for update skip locked
                                 limit 1)
@@ -242,7 +229,7 @@ begin
            cap = case when p_limit = 'Infinity' then 'Infinity'
                       when c.stripe = 0 then c.used + p_amount + v_rem - v_share * (v_n - 1)
                       else c.used + v_share end,
-           basis = p_limit, stripes = v_n
+           basis = p_limit, stripes = v_n, split = entitlements._thresholds_key(p_thresholds)
      where c.customer_id = p_customer and c.feature_key = p_feature
        and c.period = p_period and c.window_start = p_window;
 end
@@ -286,16 +273,24 @@ end
 $$;
 
 -- try_consume refused: take back what earlier periods of this call counted (their stripes
--- are still ours) and give the idempotency key back, so nothing is left written.
+-- are still ours) and give the idempotency key back, so nothing is left written. A window
+-- this call split again (`p_resplit`: the slow path, which holds all its stripes) had its
+-- caps set for the usage with this call's amount, which may be past a threshold the usage
+-- without it has not reached: its caps are closed, so its next count splits it again.
 create function entitlements._meter_undo(p_customer uuid, p_feature text, p_amount numeric, p_periods text[],
-                                         p_windows timestamptz[], p_stripes smallint[], p_key text)
+                                         p_windows timestamptz[], p_stripes smallint[], p_resplit boolean[],
+                                         p_key text)
 returns void language plpgsql volatile
 as $$
 begin
     for i in 1 .. coalesce(array_length(p_periods, 1), 0) loop
-        update entitlements.usage_counters c set used = c.used - p_amount
+        update entitlements.usage_counters c
+           set used = c.used - case when c.stripe = p_stripes[i] then p_amount else 0 end,
+               cap = case when p_resplit[i] then c.used - case when c.stripe = p_stripes[i] then p_amount else 0 end
+                          else c.cap end
          where c.customer_id = p_customer and c.feature_key = p_feature
-           and c.period = p_periods[i] and c.window_start = p_windows[i] and c.stripe = p_stripes[i];
+           and c.period = p_periods[i] and c.window_start = p_windows[i]
+           and (c.stripe = p_stripes[i] or p_resplit[i]);
     end loop;
     if p_key is not null then
         delete from entitlements.usage_idempotency k
@@ -362,8 +357,9 @@ begin
 end
 $$;
 
--- quota.threshold, once per limit, window and threshold (the dedup key), for the
--- crossings _meter_limit found: `crossed` holds, per limit, its window and thresholds.
+-- quota.threshold, once per limit, window and threshold (the dedup key; a new limit in the
+-- same window, after a plan change, is told again), for the crossings _meter_limit found:
+-- `crossed` holds, per limit, its window and thresholds.
 create function entitlements._quota_events(p_customer uuid, p_feature text, p_crossed jsonb)
 returns void language plpgsql volatile
 as $$
@@ -375,9 +371,9 @@ begin
         for v_t in select t::numeric from jsonb_array_elements_text(v_limit -> 'thresholds') t loop
             perform entitlements._outbox_record(
                 'quota.threshold', p_customer,
-                format('quota:%s:%s:%s:%s:%s', p_customer, p_feature, v_limit ->> 'period',
+                format('quota:%s:%s:%s:%s:%s:%s', p_customer, p_feature, v_limit ->> 'period',
                        to_char((v_limit ->> 'window_start')::timestamptz at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-                       v_t),
+                       v_limit ->> 'limit', v_t),
                 jsonb_build_object('feature', p_feature, 'period', v_limit -> 'period', 'threshold', v_t,
                                    'limit', v_limit -> 'limit', 'used', v_limit -> 'used',
                                    'window_start', v_limit -> 'window_start', 'resets_at', v_limit -> 'resets_at'));
@@ -413,6 +409,7 @@ declare
     v_billing  timestamptz;
     v_done_w   timestamptz[] := '{}'::timestamptz[];
     v_done_s   smallint[] := '{}'::smallint[];
+    v_done_slow boolean[] := '{}'::boolean[];
     v_out      entitlements.usage;
     v_best     numeric;
     v_windows  jsonb := '{}'::jsonb;
@@ -442,7 +439,7 @@ begin
         if v_one.refused and p_mode = 'check' then
             v_out.allowed := false;
         elsif v_one.refused then
-            perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s,
+            perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s, v_done_slow,
                                              case when v_keyed then p_key end);
             return row(false, v_limit, v_one.total, greatest(v_limit - v_one.total, 0), v_end)::entitlements.usage;
         elsif v_one.stripe is not null then
@@ -450,6 +447,7 @@ begin
             v_periods := v_periods || v_lim.period::text;
             v_done_w := v_done_w || v_w;
             v_done_s := v_done_s || v_one.stripe;
+            v_done_slow := v_done_slow || (v_one.over is not null);
             v_billing := case when v_lim.period = 'billing_period' then v_w else v_billing end;
             if v_one.over is not null then
                 v_over := greatest(v_over, v_one.over);
@@ -474,7 +472,8 @@ begin
         if p_mode = 'consume' then
             perform entitlements._meter_raise_not_included(p_customer, p_feature, p_amount, v_windows);
         end if;
-        perform entitlements._meter_undo(p_customer, p_feature, p_amount, '{}', '{}', '{}', case when v_keyed then p_key end);
+        perform entitlements._meter_undo(p_customer, p_feature, p_amount, '{}', '{}', '{}', '{}',
+                                         case when v_keyed then p_key end);
         return row(false, 0, 0, 0, null)::entitlements.usage;
     end if;
 

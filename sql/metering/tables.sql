@@ -56,6 +56,9 @@ create table entitlements.usage_counters (
     -- How many stripes the window has, as its last split left it (1 until then): a count
     -- on the only stripe knows the window's total without summing (metering/stamps.rs).
     stripes      smallint not null default 1,
+    -- The thresholds the caps were split under (_thresholds_key): a count on a stripe needs
+    -- the feature's current ones, so a window split under others is split again first.
+    split        bigint,
     primary key (customer_id, feature_key, period, window_start, stripe)
 );
 comment on table entitlements.usage_counters is

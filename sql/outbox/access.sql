@@ -70,7 +70,11 @@ begin
             jsonb_build_object('subscription_id', s.id, 'plan', s.plan_key, 'status', s.status)
             || case when v_kind = 'access.suspended'
                     then jsonb_build_object('reason', coalesce(reason, entitlements._access_lost_reason(s.status, s.cancel_at_period_end)),
-                                            'access_ended_at', case when v_until > '-infinity' then v_until else now() end)
+                                            -- When time ended it, the instant kept at the last
+                                            -- change (told late, by the task or by the write
+                                            -- that tidied the row up); else now, by this write.
+                                            'access_ended_at', case when v_n.until > '-infinity' and v_n.until <= now()
+                                                                    then v_n.until else now() end)
                     else '{}' end);
     end if;
     return v_kind;
@@ -80,6 +84,8 @@ $$;
 -- The time_events task: trials about to end (settings.trial_ending_notice ahead) and access
 -- that ended by time alone, each told once. Rows another transaction holds are skipped: it
 -- is a writer of that subscription (whose trigger tells it) or another run of this task.
+-- The subscription is locked too (shared), so what is told is its latest committed row,
+-- never one a concurrent renewal has just replaced.
 -- Definer: the notices are the extension's own bookkeeping, written by no role; the caller
 -- must be an admin (run_task's check, asked again of the real caller).
 create function entitlements._task_time_events()
@@ -98,7 +104,7 @@ begin
           join entitlements.access_notices n on n.subscription_id = s.id
          where s.status = 'trialing' and s.trial_end > now() and s.trial_end <= now() + v_notice
            and n.trial_told_for is distinct from s.trial_end
-           for update of n skip locked
+           for update of n skip locked for share of s skip locked
     loop
         update entitlements.access_notices n set trial_told_for = v_s.trial_end, updated_at = now()
          where n.subscription_id = v_s.id;
@@ -115,7 +121,7 @@ begin
         select s.* from entitlements.subscriptions s
           join entitlements.access_notices n on n.subscription_id = s.id
          where n.state = 'granting' and (n.until <= now() or s.status = 'past_due')
-           for update of n skip locked
+           for update of n skip locked for share of s skip locked
     loop
         if entitlements._access_notice(v_s) is not null then
             v_ended := v_ended + 1;

@@ -323,11 +323,7 @@ begin
          limit max_deliveries
            for update of x skip locked
     loop
-        insert into entitlements.leases as l (name, holder, until)
-        values (entitlements._delivery_lease_name(d.id), holder, clock_timestamp() + lease)
-        on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
-         where l.until < clock_timestamp();
-        continue when not found;
+        continue when not entitlements._take_free_lease(entitlements._delivery_lease_name(d.id), holder, lease);
         select * into o from entitlements.outbox where id = d.event_id;
         v_work := null;
         v_work.delivery_id := d.id;
@@ -382,9 +378,7 @@ begin
     if not found then
         raise exception 'delivery % does not exist', delivery_id using errcode = 'P0002';
     end if;
-    delete from entitlements.leases l
-     where l.name = entitlements._delivery_lease_name(delivery_id) and l.holder = _delivery_attempt.holder;
-    if not found then
+    if not entitlements.release_lease(entitlements._delivery_lease_name(delivery_id), holder) then
         return false;
     end if;
     insert into entitlements.delivery_attempts (delivery_id, ok, status_code, latency_ms, error, worker)

@@ -6,7 +6,8 @@
 --   subscription.updated    its plan, status, quantity or period changed
 --   subscription.canceled   it was canceled (now or at period end)
 --   payment.failed          it became past_due (a payment failed)
---   entitlements.changed    a grant was given or revoked
+--   entitlements.changed    a grant was given or revoked; a member joined or left an
+--                           organization (the member's entitlements follow the organization's)
 --   access.suspended        it stopped granting, access.restored it grants again (access.sql;
 --                           by time alone: the time_events task), trial.ending (the task)
 --   server.*                provisioning/applier.sql
@@ -89,3 +90,26 @@ end
 $$;
 create trigger grants_events after insert or update on entitlements.grants
     for each row execute function entitlements._grant_events();
+
+-- Joining or leaving an organization changes the member's entitlements (they get the
+-- organization's): entitlements.changed for the member, once per change and transaction.
+create function entitlements._member_events()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_row entitlements.members := case when tg_op = 'DELETE' then old else new end;
+    v_change text := case tg_op when 'INSERT' then 'joined' when 'DELETE' then 'left' else 'role_changed' end;
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._member_events');
+    if entitlements._bulk_loading() or (tg_op = 'UPDATE' and new.role is not distinct from old.role) then
+        return null;
+    end if;
+    perform entitlements._outbox_record('entitlements.changed', v_row.user_id,
+        format('entitlements.changed:member:%s:%s:%s:%s', v_row.organization_id, v_row.user_id, v_change, txid_current()),
+        jsonb_build_object('change', v_change, 'organization_id', v_row.organization_id, 'role', v_row.role));
+    return null;
+end
+$$;
+create trigger members_events after insert or update or delete on entitlements.members
+    for each row execute function entitlements._member_events();

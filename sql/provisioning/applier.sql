@@ -80,11 +80,7 @@ begin
            for update of s skip locked
     loop
         v_work := entitlements._server_work(r);
-        insert into entitlements.leases as l (name, holder, until)
-        values (entitlements._server_lease_name(r.id), holder, clock_timestamp() + lease)
-        on conflict on constraint leases_pkey do update set holder = excluded.holder, until = excluded.until
-         where l.until < clock_timestamp();
-        continue when not found;
+        continue when not entitlements._take_free_lease(entitlements._server_lease_name(r.id), holder, lease);
         return next v_work;
         max_servers := max_servers - 1;
         exit when max_servers = 0;
@@ -167,9 +163,7 @@ begin
     if not found then
         raise exception 'server % does not exist', server_id using errcode = 'P0002';
     end if;
-    delete from entitlements.leases l
-     where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_report.holder;
-    if not found then
+    if not entitlements.release_lease(entitlements._server_lease_name(server_id), holder) then
         return false;
     end if;
     -- Only what changed is written: a converged server resynced costs no row version (and no
@@ -222,9 +216,7 @@ begin
     if not found then
         raise exception 'server % does not exist', server_id using errcode = 'P0002';
     end if;
-    delete from entitlements.leases l
-     where l.name = entitlements._server_lease_name(server_id) and l.holder = provision_failed.holder;
-    if not found then
+    if not entitlements.release_lease(entitlements._server_lease_name(server_id), holder) then
         -- Someone else has the server now; their outcome counts.
         return row('lease_lost', null)::entitlements.failure;
     end if;
@@ -306,10 +298,11 @@ begin
                                               and (s.observed_generation is distinct from s.generation
                                                    or s.phase not in ('ready', 'suspended'))),
             'failed', count(*) filter (where s.phase = 'failed'),
-            'phases', (select jsonb_object_agg(ph.name, (select count(*) from entitlements.server_records x
-                                                            where x.phase = ph.name))
+            'phases', (select jsonb_object_agg(ph.name, coalesce(c.n, 0))
                          from unnest(array['pending', 'provisioning', 'ready', 'suspended', 'terminating',
-                                           'terminated', 'failed']) as ph(name)))
+                                           'terminated', 'failed']) as ph(name)
+                         left join (select x.phase, count(*) as n from entitlements.server_records x
+                                     group by x.phase) c on c.phase = ph.name))
           from entitlements.servers s);
 end
 $$;

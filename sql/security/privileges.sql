@@ -54,7 +54,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._normalize_catalog_json(jsonb, jsonb), entitlements._normalize_feature_value_json(text, jsonb),
     entitlements._access_token_claims(jsonb), entitlements._server_made(), entitlements._server_changed(),
     entitlements._server_check_insert(), entitlements._server_first(), entitlements._outbox_fan_out(),
-    entitlements._subscription_events(), entitlements._grant_events(),
+    entitlements._subscription_events(), entitlements._grant_events(), entitlements._member_events(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),
@@ -64,12 +64,12 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._meter_rebalance(uuid, text, numeric, text, timestamptz, timestamptz, numeric, numeric[], numeric,
                                   integer, boolean),
     entitlements._quota_bound(numeric, numeric[], numeric), entitlements._quota_events(uuid, text, jsonb),
-    entitlements._features_thresholds_changed(),
+    entitlements._thresholds_key(numeric[]),
     -- Access notices run as the owner, from the subscriptions trigger and the time_events task.
     entitlements._access_notice(entitlements.subscriptions, text), entitlements._customer_email(uuid),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
-    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], text)
+    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text)
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

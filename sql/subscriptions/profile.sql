@@ -19,11 +19,18 @@ begin
         or entitlements._is_listed_admin_of(customer)
         or coalesce(entitlements._my_org_role(customer) in ('owner', 'admin'), false),
         'set_profile', 'the customer themself, an owner or admin of the organization, or an entitlements admin of it');
-    if email is not null and (length(email) > 254 or email !~ '^[^@\s<>(),;:"\[\]\\]+@[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?\.[A-Za-z]{2,}$') then
+    -- A plain address (RFC 5322 atext, dots, an ASCII domain): what an SMTP server takes.
+    if email is not null and (length(email) > 254
+                              or email !~ '^[A-Za-z0-9!#$%&''*+/=?^_`{|}~.-]+@[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?\.[A-Za-z]{2,}$') then
         raise exception 'invalid email address "%"', left(email, 80) using errcode = '22023';
     end if;
-    if display_name is not null and (length(display_name) > 200 or display_name ~ '[[:cntrl:]]') then
-        raise exception 'a display name is at most 200 characters, without control characters' using errcode = '22023';
+    -- No control, format or line-separator characters (a right-to-left override, say): the
+    -- name goes into an email's To: header.
+    if display_name is not null
+       and (length(display_name) > 200
+            or display_name ~ '[[:cntrl:]\u0080-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]') then
+        raise exception 'a display name is at most 200 characters, without control or formatting characters'
+            using errcode = '22023';
     end if;
     if locale is not null and locale !~ '^[a-z]{2}(-[A-Z]{2})?$' then
         raise exception 'invalid locale "%": expected a language code such as "en" or "pt-BR"', left(locale, 20)
@@ -40,10 +47,12 @@ comment on function entitlements.set_profile(uuid, text, text, text) is
     'Set the email, display name and locale notifications use (NULL clears). The customer themself, an owner or admin of the organization, or an admin.';
 
 -- Where a customer's email goes: on Supabase, the auth.users email when the user has one,
--- else customers.email. This runs as the owner (in the outbox's fan-out), so auth.users is
--- read only when it is Supabase's own: a plain table without row security, `id uuid` and
--- `email` text or varchar, owned by supabase_auth_admin or a superuser. Anything else (a
--- view, a policy, a column of someone's own type) could run code someone else wrote.
+-- else customers.email. This runs as the owner (in the outbox's fan-out), and planning or
+-- running a query on a table can run code its owner wrote: a view's, a policy's, a column
+-- type's, and an index's predicate or expression, which the planner evaluates. So auth.users
+-- is read only when it is a plain table without row security, `id uuid` and `email` text or
+-- varchar, owned by supabase_auth_admin or a superuser, whose indexes, constraints and
+-- statistics use no function or operator outside pg_catalog (Supabase's own use none).
 create function entitlements._customer_email(customer uuid)
 returns text language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -60,7 +69,20 @@ begin
                         where a.attrelid = c.oid and a.attname = 'id' and not a.attisdropped) = 'uuid'::regtype
                   and (select a.atttypid from pg_attribute a
                         where a.attrelid = c.oid and a.attname = 'email' and not a.attisdropped)
-                      in ('text'::regtype, 'varchar'::regtype)) then
+                      in ('text'::regtype, 'varchar'::regtype)
+                  and not c.relhassubclass
+                  and not exists (
+                      select 1 from pg_depend d
+                       where ((d.classid = 'pg_class'::regclass
+                               and d.objid in (select i.indexrelid from pg_index i where i.indrelid = c.oid))
+                           or (d.classid = 'pg_constraint'::regclass
+                               and d.objid in (select k.oid from pg_constraint k where k.conrelid = c.oid))
+                           or (d.classid = 'pg_statistic_ext'::regclass
+                               and d.objid in (select x.oid from pg_statistic_ext x where x.stxrelid = c.oid)))
+                         and ((d.refclassid = 'pg_proc'::regclass
+                               and (select p.pronamespace from pg_proc p where p.oid = d.refobjid) <> 'pg_catalog'::regnamespace)
+                           or (d.refclassid = 'pg_operator'::regclass
+                               and (select o.oprnamespace from pg_operator o where o.oid = d.refobjid) <> 'pg_catalog'::regnamespace)))) then
         execute 'select u.email::text from auth.users u where u.id = $1' into v_email using customer;
     end if;
     return coalesce(nullif(v_email, ''), (select c.email from entitlements.customers c where c.id = customer));

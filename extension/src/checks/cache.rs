@@ -352,7 +352,8 @@ fn load_catalog(owner: pg_sys::Oid, version: i64) -> Result<Catalog> {
             .as_array()
             .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        features.push(Feature { key, kind, unit: f["unit"].as_str().map(str::to_owned), thresholds });
+        let thresholds_key = f["thresholds_key"].as_i64();
+        features.push(Feature { key, kind, unit: f["unit"].as_str().map(str::to_owned), thresholds, thresholds_key });
     }
     let mut plans = HashMap::new();
     let mut default_plan = None;

@@ -43,7 +43,7 @@ macro_rules! count_on_stripe_sql {
            select s.stripe from entitlements.usage_counters s
             where s.customer_id operator(pg_catalog.=) $1 and s.feature_key operator(pg_catalog.=) $2
               and s.period operator(pg_catalog.=) $3 and s.window_start operator(pg_catalog.=) $4
-              and s.basis operator(pg_catalog.=) $6
+              and s.basis operator(pg_catalog.=) $6 and s.split operator(pg_catalog.=) $11
               and s.used operator(pg_catalog.+) $5 operator(pg_catalog.<) s.cap
             order by (s.stripe operator(pg_catalog.+) $7) operator(pg_catalog.%) 16
               for update skip locked
@@ -69,6 +69,7 @@ const COUNT_ON_STRIPE: Statement = Statement {
         pg_sys::INT8OID,
         pg_sys::TIMESTAMPTZOID,
         pg_sys::BOOLOID,
+        pg_sys::INT8OID,
     ],
 };
 
@@ -81,7 +82,7 @@ const COUNT_AND_RECORD: Statement = Statement {
         "), logged as (
              insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods, billing_window, actor)
              select pg_catalog.statement_timestamp(), $1, $2, $5, array[$3],
-                    case when $3 operator(pg_catalog.=) 'billing_period' then $4 end, $11
+                    case when $3 operator(pg_catalog.=) 'billing_period' then $4 end, $12
                from counted)
          select k.total from counted k"
     ),
@@ -96,6 +97,7 @@ const COUNT_AND_RECORD: Statement = Statement {
         pg_sys::INT8OID,
         pg_sys::TIMESTAMPTZOID,
         pg_sys::BOOLOID,
+        pg_sys::INT8OID,
         pg_sys::UUIDOID,
     ],
 };
@@ -136,8 +138,8 @@ const WINDOW_TOTAL: Statement = Statement {
 /// `_meter` crosses.
 const OPEN_WINDOW: Statement = Statement {
     sql: "insert into entitlements.usage_counters
-                 (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis, stamp, valid_until, sole)
-          select $1, $2, $3, $4, $5, 0, $6, b.bound, $7, $8, $9, $10
+                 (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis, stamp, valid_until, sole, split)
+          select $1, $2, $3, $4, $5, 0, $6, b.bound, $7, $8, $9, $10, $12
             from (select least($7, (
                          select pg_catalog.min(t operator(pg_catalog.*) $7 operator(pg_catalog./) 100)
                            from pg_catalog.unnest($11::pg_catalog.numeric[]) t
@@ -157,6 +159,7 @@ const OPEN_WINDOW: Statement = Statement {
         pg_sys::TIMESTAMPTZOID,
         pg_sys::BOOLOID,
         pg_sys::TEXTARRAYOID,
+        pg_sys::INT8OID,
     ],
 };
 
@@ -280,6 +283,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
 
     let cat = cache::catalog()?;
     let Some(idx) = cat.feature_index.get(feature).copied() else { return Ok(None) };
+    let Some(split) = cat.features[idx].thresholds_key else { return Ok(None) };
     let thresholds = cat.features[idx].thresholds.clone();
     let Some((windows, valid_until)) = cache::with_customer(id, now, |_, _, r| {
         limits::windows(r.values[idx].as_ref(), now, r).map(|w| (w, r.valid_until))
@@ -287,7 +291,7 @@ fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Optio
     else {
         return Ok(None);
     };
-    let stamp = Stamp { version, valid_until, sole: windows.len() == 1, thresholds };
+    let stamp = Stamp { version, valid_until, sole: windows.len() == 1, thresholds, split };
     let counted = crate::postgres::run_as(owner, || {
         Spi::connect(|_| -> Result<Option<Outcome>> {
             let Some((best, recorded)) = count_all(customer, feature, amount, &windows, &stamp, home, actor)? else {
@@ -310,6 +314,8 @@ struct Stamp {
     sole: bool,
     /// The feature's usage thresholds: a new window's stripe stops at the first one.
     thresholds: Vec<String>,
+    /// Which they are (usage_counters.split): counted only on stripes split under them.
+    split: i64,
 }
 
 /// The shortcut for customers this backend has not resolved: count on the stamped
@@ -390,6 +396,7 @@ fn count_all(
             arg(stamp.version),
             arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
             arg(stamp.sole),
+            arg(stamp.split),
         ];
         let rows = if windows.len() == 1 {
             args.push(arg(actor));
@@ -412,6 +419,7 @@ fn count_all(
                 arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
                 arg(stamp.sole),
                 arg(stamp.thresholds.iter().map(String::as_str).collect::<Vec<_>>()),
+                arg(stamp.split),
             ];
             let rows = spi::run(&OPEN_WINDOW, args, false)?;
             total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
