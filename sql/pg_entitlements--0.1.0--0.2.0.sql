@@ -569,6 +569,12 @@ begin
     perform entitlements._require_not_null(subscription, 'subscription');
     select * into v_sub from entitlements.subscriptions s where s.id = subscription for update;
     if not found then
+        -- Row security lets a customer read its subscription but not lock it for a change:
+        -- that is a refusal, not a missing row.
+        if exists (select 1 from entitlements.subscriptions s where s.id = subscription) then
+            raise exception 'permission denied: changing a subscription requires an entitlements admin of this customer'
+                using errcode = '42501';
+        end if;
         raise exception 'subscription % does not exist', subscription using errcode = 'P0002';
     end if;
     perform entitlements._require_admin_of('changing a subscription', v_sub.customer_id);
@@ -4189,6 +4195,78 @@ end
 $$;
 create trigger members_events after insert or update or delete on entitlements.members
     for each row execute function entitlements._member_events();
+
+create or replace function entitlements.renew(subscription uuid, period_end timestamptz)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+begin
+    v_sub := entitlements._subscription_for_update(subscription);
+    if v_sub.source <> 'manual' then
+        raise exception 'subscription % is synced from Stripe, which renews it', v_sub.id using errcode = '55000';
+    end if;
+    if v_sub.status not in ('trialing', 'active', 'past_due', 'unpaid', 'incomplete') then
+        raise exception 'a % subscription cannot be renewed', v_sub.status
+            using errcode = '55000',
+                  hint = case when v_sub.status = 'paused' then 'Resume it with entitlements.set_status(subscription, ''active'', reason).'
+                              else 'Start a new one with entitlements.subscribe().' end;
+    end if;
+    if period_end is null or not isfinite(period_end) or period_end <= now() then
+        raise exception 'period_end must be a finite instant after now, got %', coalesce(period_end::text, 'NULL')
+            using errcode = '22023';
+    end if;
+    perform set_config('entitlements.reason', 'renew', true);
+    update entitlements.subscriptions s
+       set status = 'active', current_period_start = now(), current_period_end = period_end,
+           -- A trial converted before its end ends now.
+           trial_end = case when s.status = 'trialing' and s.trial_end > now() then now() else s.trial_end end
+     where s.id = v_sub.id;
+    perform set_config('entitlements.reason', '', true);
+end
+$$;
+comment on function entitlements.renew(uuid, timestamptz) is
+    'Start the next paid period of a manual subscription, now until period_end; a trial becomes active. Admins of the customer.';
+
+create or replace function entitlements.set_status(subscription uuid, status text, reason text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+begin
+    perform entitlements._require_not_null(status, 'status');
+    if status in ('trialing', 'canceled') then
+        raise exception 'set_status does not set %', status
+            using errcode = '22023',
+                  hint = case when status = 'canceled' then 'Use entitlements.cancel(subscription, at_period_end).'
+                              else 'Start a trial with entitlements.subscribe(customer, plan, ''trialing'', trial_end => ...).' end;
+    end if;
+    if not status = any (entitlements.subscription_statuses()) then
+        raise exception 'unknown subscription status "%"', status
+            using errcode = '22023', hint = 'one of ' || array_to_string(entitlements.subscription_statuses(), ', ');
+    end if;
+    if reason is null or btrim(reason) = '' then
+        raise exception 'a reason is required to set a status' using errcode = '22023';
+    end if;
+    v_sub := entitlements._subscription_for_update(subscription);
+    if v_sub.source <> 'manual' then
+        raise exception 'subscription % is synced from Stripe, which sets its status', v_sub.id using errcode = '55000';
+    end if;
+    if v_sub.status in ('canceled', 'incomplete_expired') then
+        raise exception 'subscription % has ended (%); start a new one instead', v_sub.id, v_sub.status using errcode = '55000';
+    end if;
+    if v_sub.status = set_status.status then
+        return;
+    end if;
+    perform set_config('entitlements.reason', reason, true);
+    update entitlements.subscriptions s set status = set_status.status where s.id = v_sub.id;
+    perform set_config('entitlements.reason', '', true);
+end
+$$;
+comment on function entitlements.set_status(uuid, text, text) is
+    'Set a manual subscription''s status (past_due, unpaid, paused, incomplete, incomplete_expired, active), with a reason. Admins of the customer.';
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
