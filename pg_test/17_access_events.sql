@@ -4,7 +4,7 @@
 -- subscriptions trigger) or by time alone (told by the time_events task), trial.ending, each
 -- told once; and how a customer sets the address its notifications go to.
 begin;
-select plan(42);
+select plan(43);
 \ir fixtures/catalog.sql
 create role mallory3 login;
 
@@ -144,20 +144,25 @@ select is((select array_agg(payload ->> 'change' order by id) from entitlements.
             where kind = 'entitlements.changed' and customer_id = :c4),
           array['joined', 'left'], 'and leaving (left)');
 
--- Supabase's auth.users email, only when it is Supabase's table ------------------------------------
+-- Supabase's auth.users email, copied by the trigger the operator attaches --------------------------
 create schema auth;
 create table auth.users (id uuid primary key, email varchar(255));
+create trigger entitlements_email after insert or update of email on auth.users
+    for each row execute function entitlements.sync_auth_email();
 insert into auth.users values (:c4, 'auth@example.com');
-select is(entitlements._customer_email(:c4), 'auth@example.com', 'auth.users'' email first (owned by a superuser)');
-create function auth.pred() returns boolean language sql immutable as 'select true';
-create index users_odd on auth.users (id) where auth.pred();
-select is(entitlements._customer_email(:c4), 'me@example.com',
-          'not when an index calls a function outside pg_catalog (the planner would run it as the owner)');
-drop index auth.users_odd;
-create index users_plain on auth.users (lower(email)) where email is not null;
-select is(entitlements._customer_email(:c4), 'auth@example.com', 'built-in expressions and predicates are fine');
-alter table auth.users owner to mallory3;
-select is(entitlements._customer_email(:c4), 'me@example.com', 'a look-alike owned by anyone else is ignored');
+select is(entitlements._customer_email(:c4), 'auth@example.com', 'the auth.users address first');
+update auth.users set email = 'new@example.com' where id = :c4;
+select is(entitlements._customer_email(:c4), 'new@example.com', 'kept up to date');
+select is(entitlements._customer_email(:c1), null, 'no address at all: none');
+create table public.not_auth (id uuid, email text);
+create trigger wrong after insert on public.not_auth for each row execute function entitlements.sync_auth_email();
+select throws_ok($$insert into public.not_auth values (gen_random_uuid(), 'x@example.com')$$, '39P01', NULL,
+                 'the trigger refuses to run on any other table');
+set local role mallory3;
+create temp table mine (id uuid, email text);
+select throws_ok($$create trigger t after insert on mine for each row execute function entitlements.sync_auth_email()$$,
+                 '42501', NULL, 'and nobody but the owner may attach it');
+reset role;
 
 select * from finish();
 rollback;

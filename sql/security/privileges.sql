@@ -67,6 +67,8 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._thresholds_key(numeric[]),
     -- Access notices run as the owner, from the subscriptions trigger and the time_events task.
     entitlements._access_notice(entitlements.subscriptions, text), entitlements._customer_email(uuid),
+    -- Attached to auth.users by the operator; anyone else attaching it could redirect emails.
+    entitlements.sync_auth_email(),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
     entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text)

@@ -28,7 +28,9 @@ begin
     -- name goes into an email's To: header.
     if display_name is not null
        and (length(display_name) > 200
-            or display_name ~ '[[:cntrl:]\u0080-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]') then
+            or display_name ~ ('[[:cntrl:]\u0080-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f'
+                               '\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\U000110bd\U0001d173-\U0001d17a'
+                               '\U000e0000-\U000e007f]')) then
         raise exception 'a display name is at most 200 characters, without control or formatting characters'
             using errcode = '22023';
     end if;
@@ -46,45 +48,55 @@ $$;
 comment on function entitlements.set_profile(uuid, text, text, text) is
     'Set the email, display name and locale notifications use (NULL clears). The customer themself, an owner or admin of the organization, or an admin.';
 
--- Where a customer's email goes: on Supabase, the auth.users email when the user has one,
--- else customers.email. This runs as the owner (in the outbox's fan-out), and planning or
--- running a query on a table can run code its owner wrote: a view's, a policy's, a column
--- type's, and an index's predicate or expression, which the planner evaluates. So auth.users
--- is read only when it is a plain table without row security, `id uuid` and `email` text or
--- varchar, owned by supabase_auth_admin or a superuser, whose indexes, constraints and
--- statistics use no function or operator outside pg_catalog (Supabase's own use none).
-create function entitlements._customer_email(customer uuid)
-returns text language plpgsql stable
+-- On Supabase, a user's address is auth.users.email. It is copied here by a trigger the
+-- operator attaches to auth.users (README, Notifications), never read from there by the
+-- extension: planning a query on another role's table can run that role's code (an index
+-- predicate, a policy), and the fan-out runs as the extension owner.
+create table entitlements.auth_emails (
+    user_id    uuid primary key,
+    email      text check (length(email) <= 320),
+    updated_at timestamptz not null default now()
+);
+comment on table entitlements.auth_emails is
+    'Supabase auth.users emails, copied by entitlements.sync_auth_email(); notifications prefer them. A user reads their own.';
+select pg_catalog.pg_extension_config_dump('entitlements.auth_emails', '');
+alter table entitlements.auth_emails enable row level security;
+create policy auth_emails_read on entitlements.auth_emails for select
+    using (user_id = entitlements.current_user_id() or entitlements.is_admin());
+
+-- The trigger for auth.users: `create trigger entitlements_email after insert or update of email
+-- on auth.users for each row execute function entitlements.sync_auth_email();`. It reads
+-- only `id` and `email`, and only when they are uuid and text or varchar (no type someone
+-- wrote), and refuses to run on any other table.
+create function entitlements.sync_auth_email()
+returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
-declare
-    v_email text;
 begin
-    if exists (select 1 from pg_class c
-                 join pg_namespace n on n.oid = c.relnamespace
-                 join pg_roles r on r.oid = c.relowner
-                where n.nspname = 'auth' and c.relname = 'users' and c.relkind = 'r' and not c.relrowsecurity
-                  and (r.rolname = 'supabase_auth_admin' or r.rolsuper)
-                  and (select a.atttypid from pg_attribute a
-                        where a.attrelid = c.oid and a.attname = 'id' and not a.attisdropped) = 'uuid'::regtype
-                  and (select a.atttypid from pg_attribute a
-                        where a.attrelid = c.oid and a.attname = 'email' and not a.attisdropped)
-                      in ('text'::regtype, 'varchar'::regtype)
-                  and not c.relhassubclass
-                  and not exists (
-                      select 1 from pg_depend d
-                       where ((d.classid = 'pg_class'::regclass
-                               and d.objid in (select i.indexrelid from pg_index i where i.indrelid = c.oid))
-                           or (d.classid = 'pg_constraint'::regclass
-                               and d.objid in (select k.oid from pg_constraint k where k.conrelid = c.oid))
-                           or (d.classid = 'pg_statistic_ext'::regclass
-                               and d.objid in (select x.oid from pg_statistic_ext x where x.stxrelid = c.oid)))
-                         and ((d.refclassid = 'pg_proc'::regclass
-                               and (select p.pronamespace from pg_proc p where p.oid = d.refobjid) <> 'pg_catalog'::regnamespace)
-                           or (d.refclassid = 'pg_operator'::regclass
-                               and (select o.oprnamespace from pg_operator o where o.oid = d.refobjid) <> 'pg_catalog'::regnamespace)))) then
-        execute 'select u.email::text from auth.users u where u.id = $1' into v_email using customer;
+    if tg_table_schema <> 'auth' or tg_table_name <> 'users' or tg_level <> 'ROW' or tg_op not in ('INSERT', 'UPDATE')
+       or (select a.atttypid from pg_attribute a
+            where a.attrelid = tg_relid and a.attname = 'id' and not a.attisdropped) is distinct from 'uuid'::regtype
+       or (select a.atttypid from pg_attribute a
+            where a.attrelid = tg_relid and a.attname = 'email' and not a.attisdropped)
+          not in ('text'::regtype, 'varchar'::regtype) then
+        raise exception 'entitlements.sync_auth_email is an insert or update row trigger for auth.users (id uuid, email text)'
+            using errcode = '39P01';
     end if;
-    return coalesce(nullif(v_email, ''), (select c.email from entitlements.customers c where c.id = customer));
+    insert into entitlements.auth_emails as e (user_id, email)
+    values (new.id, nullif(left(new.email::text, 320), ''))
+    on conflict (user_id) do update set email = excluded.email, updated_at = now()
+     where e.email is distinct from excluded.email;
+    return null;
 end
+$$;
+comment on function entitlements.sync_auth_email() is
+    'A trigger for auth.users (Supabase): keeps entitlements.auth_emails, which notifications prefer to customers.email.';
+
+-- Where a customer's email goes: the Supabase address when one was copied, else customers.email.
+create function entitlements._customer_email(customer uuid)
+returns text language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce((select a.email from entitlements.auth_emails a where a.user_id = customer),
+                    (select c.email from entitlements.customers c where c.id = customer))
 $$;

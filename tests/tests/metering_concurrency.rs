@@ -194,3 +194,33 @@ async fn concurrency_slots_are_shared_and_never_leak() {
     assert!(freed, "the terminated backend's slot came back");
     b.execute("rollback").await.unwrap();
 }
+
+/// An error raised inside the common case's subtransaction (here a lock timeout while it
+/// waits on a window another transaction is opening) rolls the subtransaction back before
+/// it goes on: the session's next statement runs and its transactions end cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_inside_the_fast_path_leaves_the_session_usable() {
+    let db = TestDb::create("meter_fast_error").await;
+    let customer = Uuid::new_v4();
+    let mut opener = db.session().await;
+    opener.execute("begin").await.unwrap();
+    sqlx::query("select entitlements.consume($1, 'api_requests', 1, 'key-a')")
+        .bind(customer)
+        .execute(&mut opener)
+        .await
+        .unwrap();
+    let mut waiter = db.session().await;
+    waiter.execute("set lock_timeout = '200ms'").await.unwrap();
+    let err = sqlx::query("select entitlements.consume($1, 'api_requests')")
+        .bind(customer)
+        .execute(&mut waiter)
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("55P03"), "the lock timeout itself: {err}");
+    waiter.execute("select 1").await.expect("the next statement runs (not 25P02)");
+    waiter.execute("begin").await.unwrap();
+    waiter.execute("rollback").await.expect("a transaction ends cleanly");
+    opener.execute("rollback").await.unwrap();
+    sqlx::query("select entitlements.consume($1, 'api_requests')").bind(customer).execute(&mut waiter).await.unwrap();
+    assert_eq!(used(&db, customer).await, 1.0, "and counts once the window is free");
+}

@@ -381,60 +381,60 @@ fn count_all(
     home: i16,
     actor: Option<Uuid>,
 ) -> Result<Option<(Outcome, bool)>> {
-    let subxact = SubTransaction::begin();
-    let mut best: Option<(f64, Outcome)> = None;
-    let mut recorded = false;
-    for w in windows {
-        let mut args = vec![
-            arg(customer),
-            arg(feature),
-            arg(w.meter.period.as_str()),
-            arg(clock::to_timestamptz(w.start)),
-            arg(amount.clone()),
-            arg(basis(w.meter.limit)?),
-            arg(home),
-            arg(stamp.version),
-            arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
-            arg(stamp.sole),
-            arg(stamp.split),
-        ];
-        let rows = if windows.len() == 1 {
-            args.push(arg(actor));
-            spi::run(&COUNT_AND_RECORD, args, false)?
-        } else {
-            spi::run(&COUNT_ON_STRIPE, args, false)?
-        };
-        let mut total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
-        recorded = windows.len() == 1 && total.is_some();
-        if total.is_none() && w.meter.limit.is_none_or(|l| f64::try_from(amount.clone()).is_ok_and(|a| a <= l)) {
-            let args = vec![
+    SubTransaction::run(std::panic::AssertUnwindSafe(|| {
+        let mut best: Option<(f64, Outcome)> = None;
+        let mut recorded = false;
+        for w in windows {
+            let mut args = vec![
                 arg(customer),
                 arg(feature),
                 arg(w.meter.period.as_str()),
                 arg(clock::to_timestamptz(w.start)),
-                arg(w.resets_at.map(clock::to_timestamptz)),
                 arg(amount.clone()),
                 arg(basis(w.meter.limit)?),
+                arg(home),
                 arg(stamp.version),
                 arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
                 arg(stamp.sole),
-                arg(stamp.thresholds.iter().map(String::as_str).collect::<Vec<_>>()),
                 arg(stamp.split),
             ];
-            let rows = spi::run(&OPEN_WINDOW, args, false)?;
-            total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
+            let rows = if windows.len() == 1 {
+                args.push(arg(actor));
+                spi::run(&COUNT_AND_RECORD, args, false)?
+            } else {
+                spi::run(&COUNT_ON_STRIPE, args, false)?
+            };
+            let mut total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
+            recorded = windows.len() == 1 && total.is_some();
+            if total.is_none() && w.meter.limit.is_none_or(|l| f64::try_from(amount.clone()).is_ok_and(|a| a <= l)) {
+                let args = vec![
+                    arg(customer),
+                    arg(feature),
+                    arg(w.meter.period.as_str()),
+                    arg(clock::to_timestamptz(w.start)),
+                    arg(w.resets_at.map(clock::to_timestamptz)),
+                    arg(amount.clone()),
+                    arg(basis(w.meter.limit)?),
+                    arg(stamp.version),
+                    arg(clock::to_timestamptz_or_infinity(stamp.valid_until)),
+                    arg(stamp.sole),
+                    arg(stamp.thresholds.iter().map(String::as_str).collect::<Vec<_>>()),
+                    arg(stamp.split),
+                ];
+                let rows = spi::run(&OPEN_WINDOW, args, false)?;
+                total = (!rows.is_empty()).then(|| rows.get::<AnyNumeric>(0, 1)).flatten();
+            }
+            let Some(total) = total else {
+                return Ok(None);
+            };
+            let left =
+                w.meter.limit.map_or(f64::INFINITY, |l| l - f64::try_from(total.clone()).unwrap_or(f64::INFINITY));
+            if best.as_ref().is_none_or(|(b, _)| left < *b) {
+                best = Some((left, Outcome { limit: w.meter.limit, used: total, resets_at: w.resets_at }));
+            }
         }
-        let Some(total) = total else {
-            subxact.rollback();
-            return Ok(None);
-        };
-        let left = w.meter.limit.map_or(f64::INFINITY, |l| l - f64::try_from(total.clone()).unwrap_or(f64::INFINITY));
-        if best.as_ref().is_none_or(|(b, _)| left < *b) {
-            best = Some((left, Outcome { limit: w.meter.limit, used: total, resets_at: w.resets_at }));
-        }
-    }
-    subxact.commit();
-    Ok(best.map(|(_, o)| (o, recorded)))
+        Ok(best.map(|(_, o)| (o, recorded)))
+    }))
 }
 
 /// The limit the stripes' caps were split from, as `_meter` writes it.
@@ -498,8 +498,9 @@ fn corrupt(e: impl std::fmt::Display) -> crate::error::Error {
 }
 
 /// An internal subtransaction, as PL/pgSQL's BEGIN ... EXCEPTION block uses: its row
-/// locks and writes go away on rollback. An ERROR inside aborts the whole transaction,
-/// which ends the subtransaction too.
+/// locks and writes go away on rollback. Run the work with [`SubTransaction::run`], which
+/// rolls it back on an ERROR (a lock or statement timeout, a cancel, a deadlock) before the
+/// error goes on: left open, the caller's transaction could never end cleanly.
 struct SubTransaction {
     context: pg_sys::MemoryContext,
     owner: pg_sys::ResourceOwner,
@@ -533,6 +534,35 @@ impl SubTransaction {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(self.context);
             pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+
+    /// `work` inside a new subtransaction: committed when it answers Some, rolled back when
+    /// it answers None, returns an error, or raises.
+    fn run<T>(work: impl FnOnce() -> Result<Option<T>> + std::panic::UnwindSafe) -> Result<Option<T>> {
+        let subxact = SubTransaction::begin();
+        let (context, owner) = (subxact.context, subxact.owner);
+        let outcome = PgTryBuilder::new(work)
+            .catch_others(|e| {
+                // SAFETY: the subtransaction begun above is the current one (everything
+                // inside it has unwound); restore the caller's state as PL/pgSQL does.
+                unsafe {
+                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                    pg_sys::MemoryContextSwitchTo(context);
+                    pg_sys::CurrentResourceOwner = owner;
+                }
+                e.rethrow()
+            })
+            .execute();
+        match outcome {
+            Ok(Some(v)) => {
+                subxact.commit();
+                Ok(Some(v))
+            }
+            other => {
+                subxact.rollback();
+                other
+            }
         }
     }
 }

@@ -64,15 +64,17 @@ pub fn windows(value: Option<&Value>, now: Micros, r: &Resolved) -> Option<Vec<W
     } else {
         meters.clone()
     };
-    Some(
-        meters
-            .into_iter()
-            .map(|m| {
-                let (start, resets_at) = window(&m.period, now, r);
-                Window { meter: m, start, resets_at }
-            })
-            .collect(),
-    )
+    let mut windows: Vec<Window> = meters
+        .into_iter()
+        .map(|m| {
+            let (start, resets_at) = window(&m.period, now, r);
+            Window { meter: m, start, resets_at }
+        })
+        .collect();
+    // The binding order `_meter_limits` uses too: both paths lock windows in one order, so a
+    // consumer on one never waits in a cycle with a consumer on the other.
+    windows.sort_by_key(|w| period_rank(&w.meter.period));
+    Some(windows)
 }
 
 fn metered_index(cat: &Catalog, feature: &str) -> Result<usize> {
