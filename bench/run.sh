@@ -79,7 +79,7 @@ done
 # Usage thresholds (issue #11): api_requests has the default ones (80% and 100%, so a
 # window's stripes stop at 800,000); the same catalog with `"thresholds": []` is consume as
 # it was before them. Each round runs consume both ways, switching the catalog. A switch
-# closes the open windows' caps and voids their stamps, so after it every customer counts
+# re-splits the open windows (their split no longer matches) and voids their stamps, so after it every customer counts
 # twice untimed (the first call splits its window again, the second stamps it) and each
 # workload runs briefly: both sides are timed in their steady state.
 CATALOG_NO_THRESHOLDS=$(python3 -c 'import json
