@@ -140,10 +140,7 @@ const OPEN_WINDOW: Statement = Statement {
     sql: "insert into entitlements.usage_counters
                  (customer_id, feature_key, period, window_start, window_end, stripe, used, cap, basis, stamp, valid_until, sole, split)
           select $1, $2, $3, $4, $5, 0, $6, b.bound, $7, $8, $9, $10, $12
-            from (select least($7, (
-                         select pg_catalog.min(t operator(pg_catalog.*) $7 operator(pg_catalog./) 100)
-                           from pg_catalog.unnest($11::pg_catalog.numeric[]) t
-                          where t operator(pg_catalog.*) $7 operator(pg_catalog./) 100 operator(pg_catalog.>) 0)) as bound) b
+            from (select entitlements._quota_bound($7, $11::pg_catalog.numeric[], 0) as bound) b
            where $6 operator(pg_catalog.<) b.bound
           on conflict do nothing
           returning used",
