@@ -39,6 +39,37 @@ begin
 end
 $$;
 
+-- Time (sql/schema.sql, issue #12) -------------------------------------------------------
+-- The test clock: every instant the engine takes as "now" comes from these two.
+create function entitlements.now()
+returns timestamptz language c stable parallel safe
+as 'MODULE_PATHNAME', 'clock_now_wrapper';
+comment on function entitlements.now() is
+    'now(), or the test clock (entitlements.clock) when it is set.';
+
+create function entitlements._statement_now()
+returns timestamptz language c stable parallel safe
+as 'MODULE_PATHNAME', 'clock_statement_now_wrapper';
+
+-- Column defaults follow the clock.
+alter table entitlements.features alter column created_at set default entitlements.now();
+alter table entitlements.features alter column updated_at set default entitlements.now();
+alter table entitlements.plans alter column created_at set default entitlements.now();
+alter table entitlements.plans alter column updated_at set default entitlements.now();
+alter table entitlements.customers alter column created_at set default entitlements.now();
+alter table entitlements.customers alter column updated_at set default entitlements.now();
+alter table entitlements.subscriptions alter column status_changed_at set default entitlements.now();
+alter table entitlements.subscriptions alter column created_at set default entitlements.now();
+alter table entitlements.subscriptions alter column updated_at set default entitlements.now();
+alter table entitlements.members alter column created_at set default entitlements.now();
+alter table entitlements.grants alter column starts_at set default entitlements.now();
+alter table entitlements.grants alter column created_at set default entitlements.now();
+alter table entitlements.admins alter column created_at set default entitlements.now();
+alter table entitlements.stripe_events alter column received_at set default entitlements.now();
+alter table entitlements.stripe_events alter column next_attempt_at set default entitlements.now();
+alter table entitlements.stripe_subscriptions alter column updated_at set default entitlements.now();
+alter table entitlements.usage_idempotency alter column created_at set default entitlements.now();
+
 -- Checked input (sql/schema.sql) -----------------------------------------------------
 -- Every jsonb and instant the rules read is checked where it is written, by these
 -- functions in CHECK constraints (added below, once the functions exist).
@@ -450,14 +481,14 @@ begin
 
     -- The default moves before plans are written, so the single-default index holds.
     with moved as (
-        update entitlements.plans p set is_default = false, updated_at = now()
+        update entitlements.plans p set is_default = false, updated_at = entitlements.now()
          where p.is_default and p.key is distinct from v_default and p.key = any (v_keys)
         returning p.key)
     select coalesce(array_agg(key), '{}') into p_updated from moved;
 
     -- Plans missing from the document: inactive, never deleted; subscribers keep them.
     with gone as (
-        update entitlements.plans p set active = false, is_default = false, updated_at = now()
+        update entitlements.plans p set active = false, is_default = false, updated_at = entitlements.now()
          where p.active and p.key <> all (v_keys)
         returning p.key)
     select coalesce(array_agg(key order by key), '{}') into p_deactivated from gone;
@@ -481,6 +512,8 @@ begin
                                     'deactivated', to_jsonb(p_deactivated)));
 end
 $$;
+comment on function entitlements.apply_catalog(jsonb) is
+    'Idempotent upsert of features and plans from one document; returns what changed. Plans missing from the document become inactive.';
 
 -- Subscriptions and members (sql/subscriptions/) -----------------------------------
 
@@ -492,10 +525,10 @@ begin
     if entitlements._bulk_loading() then
         return new; -- pg_restore: keep the restored instants
     end if;
-    new.updated_at := now();
+    new.updated_at := entitlements.now();
     if tg_op = 'INSERT' or new.status is distinct from old.status then
         -- The past_due grace period counts from here.
-        new.status_changed_at := now();
+        new.status_changed_at := entitlements.now();
     end if;
     return new;
 end
@@ -538,26 +571,28 @@ begin
     end if;
     perform entitlements._finite(period_end, 'period_end');
     perform entitlements._finite(trial_end, 'trial_end');
-    if period_end <= now() then
+    if period_end <= entitlements.now() then
         raise exception 'period_end (%) must be in the future', period_end using errcode = '22023';
     end if;
-    if trial_end <= now() then
+    if trial_end <= entitlements.now() then
         raise exception 'trial_end (%) must be in the future', trial_end using errcode = '22023';
     end if;
     if status = 'trialing' and v_trial_end is null and v_plan.trial_days > 0 then
-        v_trial_end := now() + make_interval(days => v_plan.trial_days);
+        v_trial_end := entitlements.now() + make_interval(days => v_plan.trial_days);
     end if;
 
     insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
     insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
                                             current_period_end, trial_end, canceled_at, ended_at)
-    values (customer, plan, status, quantity, now(), period_end, v_trial_end,
-            case when status = 'canceled' then now() end,
-            case when status in ('canceled', 'incomplete_expired') then now() end)
+    values (customer, plan, status, quantity, entitlements.now(), period_end, v_trial_end,
+            case when status = 'canceled' then entitlements.now() end,
+            case when status in ('canceled', 'incomplete_expired') then entitlements.now() end)
     returning id into v_id;
     return v_id;
 end
 $$;
+comment on function entitlements.subscribe(uuid, text, text, timestamptz, timestamptz, integer) is
+    'Create a manual (non-Stripe) subscription; creates the customer if missing. Admins only.';
 
 create or replace function entitlements._subscription_for_update(subscription uuid)
 returns entitlements.subscriptions language plpgsql volatile
@@ -594,7 +629,7 @@ begin
     perform entitlements._require_admin_of('link_stripe_customer', customer);
     -- UPDATE first: an INSERT ... ON CONFLICT is held to the INSERT policy even when it
     -- updates, and a tenant admin may not insert a customer without a tenant.
-    update entitlements.customers c set stripe_customer_id = link_stripe_customer.stripe_customer_id, updated_at = now()
+    update entitlements.customers c set stripe_customer_id = link_stripe_customer.stripe_customer_id, updated_at = entitlements.now()
      where c.id = customer and c.stripe_customer_id is distinct from link_stripe_customer.stripe_customer_id;
     if not found and not exists (select 1 from entitlements.customers c where c.id = customer) then
         insert into entitlements.customers (id, stripe_customer_id) values (customer, stripe_customer_id);
@@ -718,7 +753,7 @@ begin
     -- user id is not an organization is checked by the trigger above.
     if not exists (select 1 from entitlements.customers c where c.id = organization and c.kind = 'organization') then
         insert into entitlements.customers as c (id, kind) values (organization, 'organization')
-        on conflict (id) do update set kind = 'organization', updated_at = now();
+        on conflict (id) do update set kind = 'organization', updated_at = entitlements.now();
     end if;
     insert into entitlements.members as m (organization_id, user_id, role) values (organization, user_id, role)
     on conflict on constraint members_pkey do update set role = excluded.role where m.role <> excluded.role;
@@ -778,7 +813,7 @@ set search_path = pg_catalog, pg_temp
 begin atomic
     select e.id, e.type, e.received_at, entitlements._stripe_event_subscription(e.payload)
       from entitlements.stripe_events e
-     where e.applied_at is null and e.dead_at is null and e.next_attempt_at <= now()
+     where e.applied_at is null and e.dead_at is null and e.next_attempt_at <= entitlements.now()
      order by e.created, e.received_at, e.id
      limit max_events;
 end;
@@ -797,8 +832,8 @@ begin
     perform entitlements._stripe_require_admin('stripe_event_failed');
     update entitlements.stripe_events e
        set attempts = e.attempts + 1, last_error = left(error, 2000),
-           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12))),
-           dead_at = case when e.attempts + 1 >= v_max then now() end
+           next_attempt_at = entitlements.now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12))),
+           dead_at = case when e.attempts + 1 >= v_max then entitlements.now() end
      where e.id = event_id and e.applied_at is null
     returning case when e.dead_at is null then e.next_attempt_at end into v_next;
     return v_next;
@@ -815,7 +850,7 @@ begin
     perform entitlements._stripe_require_admin('stripe_retry_event');
     perform entitlements._require_not_null(event_id, 'event_id');
     update entitlements.stripe_events e
-       set dead_at = null, attempts = 0, next_attempt_at = now()
+       set dead_at = null, attempts = 0, next_attempt_at = entitlements.now()
      where e.id = event_id and e.applied_at is null;
     if not found then
         if not exists (select 1 from entitlements.stripe_events e where e.id = event_id) then
@@ -866,7 +901,7 @@ $$;
 
 create or replace function entitlements._add_grant(
     customer uuid, kind text, feature text, value jsonb, expires_at timestamptz, reason text,
-    starts_at timestamptz default now())
+    starts_at timestamptz default entitlements.now())
 returns uuid language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -882,7 +917,7 @@ begin
     end if;
     perform entitlements._finite(expires_at, 'expires_at');
     perform entitlements._finite(starts_at, 'starts_at');
-    if expires_at is not null and expires_at <= greatest(starts_at, now()) then
+    if expires_at is not null and expires_at <= greatest(starts_at, entitlements.now()) then
         raise exception 'expires_at (%) must be in the future and after starts_at', expires_at using errcode = '22023';
     end if;
     perform entitlements._require_admin_of(kind || ' grant', customer);
@@ -986,7 +1021,7 @@ begin
     end if;
     perform entitlements._require_admin_of('revoke_grant', v_customer);
     perform set_config('entitlements.reason', reason, true);
-    update entitlements.grants g set revoked_at = now() where g.id = grant_id and g.revoked_at is null;
+    update entitlements.grants g set revoked_at = entitlements.now() where g.id = grant_id and g.revoked_at is null;
     perform set_config('entitlements.reason', '', true);
 end
 $$;
@@ -1025,7 +1060,7 @@ begin
            canceled_at = coalesce(s.canceled_at, s.current_period_end), ended_at = s.current_period_end
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'active'
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_lapsed = row_count;
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
@@ -1034,7 +1069,7 @@ begin
 
     perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
     update entitlements.grants g set revoked_at = g.expires_at
-     where g.revoked_at is null and g.expires_at <= now();
+     where g.revoked_at is null and g.expires_at <= entitlements.now();
     get diagnostics v_grants = row_count;
 
     if exists (select 1 from entitlements.features f where f.key = 'seats') then
@@ -1275,7 +1310,7 @@ begin
     if p_mode <> 'check' and not v_replay then
         insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, idempotency_key, periods,
                                                billing_window, overage, unit_price_cents, cost_cents, actor)
-        values (statement_timestamp(), p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price,
+        values (entitlements._statement_now(), p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price,
                 v_cost, entitlements.current_user_id());
         -- Only now, with every limit counted: a refusal by a later limit writes no event.
         perform entitlements._quota_events(p_customer, p_feature, v_crossed);
@@ -1323,7 +1358,7 @@ begin
         raise exception 'months_ahead must be between 0 and 120' using errcode = '22023';
     end if;
     for m in 0 .. months_ahead loop
-        v_start := date_trunc('month', now(), 'UTC') + make_interval(months => m);
+        v_start := date_trunc('month', entitlements.now(), 'UTC') + make_interval(months => m);
         v_end := v_start + interval '1 month';
         v_name := 'usage_ledger_' || to_char(v_start at time zone 'UTC', 'YYYY_MM');
         continue when to_regclass('entitlements.' || v_name) is not null;
@@ -1344,7 +1379,7 @@ begin
 end
 $$;
 
--- Retention: everything of the ledger before the month boundary at or before now() - keep
+-- Retention: everything of the ledger before the month boundary at or before entitlements.now() - keep
 -- goes: whole partitions are dropped, rows that fell into the default partition deleted;
 -- their lifetime usage moves to usage_rollup so lifetime counts still reconcile. Counters
 -- of windows closed by then and idempotency keys older than that go too. Returns how
@@ -1363,7 +1398,7 @@ begin
     if keep is null or keep < interval '1 month' then
         raise exception 'keep must be at least one month' using errcode = '22023';
     end if;
-    v_through := date_trunc('month', now() - keep, 'UTC');
+    v_through := date_trunc('month', entitlements.now() - keep, 'UTC');
     for v_part in
         select c.oid::regclass as rel,
                (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz as upper_bound
@@ -1489,7 +1524,7 @@ create table entitlements.settings (
     usage_keep          interval not null default interval '13 months' check (usage_keep >= interval '1 month'),
     usage_months_ahead  integer not null default 3 check (usage_months_ahead between 1 and 24),
     stripe_max_attempts integer not null default 20 check (stripe_max_attempts between 1 and 1000),
-    updated_at          timestamptz not null default now(),
+    updated_at          timestamptz not null default entitlements.now(),
     -- Provisioning (provisioning/): how long a server stays suspended without access before
     -- it is terminated, failures before it is 'failed', the domain suffix of default domains.
     server_retention    interval not null default interval '30 days' check (server_retention >= interval '0'),
@@ -1513,7 +1548,7 @@ returns entitlements.settings language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select s from entitlements.settings s),
-                    row(true, null, interval '90 days', interval '13 months', 3, 20, now(),
+                    row(true, null, interval '90 days', interval '13 months', 3, 20, entitlements.now(),
                         interval '30 days', 8, 'matrix.example.com', 10, interval '30 days',
                         interval '3 days')::entitlements.settings)
 $$;
@@ -1549,18 +1584,18 @@ declare
 begin
     perform entitlements._require_caller_admin('retention');
     delete from entitlements.stripe_events e
-     where coalesce(e.applied_at, e.dead_at) < now() - v_settings.stripe_events_keep;
+     where coalesce(e.applied_at, e.dead_at) < entitlements.now() - v_settings.stripe_events_keep;
     get diagnostics v_events = row_count;
     -- A delivery nobody sent within the retention (no SMTP configured, say) ends dead, so that
     -- its event can go too; then events whose deliveries all ended (theirs go with them).
     update entitlements.deliveries d set status = 'dead', last_error = 'not delivered within settings.outbox_keep'
-     where d.status = 'pending' and d.created_at < now() - v_settings.outbox_keep;
+     where d.status = 'pending' and d.created_at < entitlements.now() - v_settings.outbox_keep;
     delete from entitlements.outbox o
-     where o.created_at < now() - v_settings.outbox_keep
+     where o.created_at < entitlements.now() - v_settings.outbox_keep
        and not exists (select 1 from entitlements.deliveries d where d.event_id = o.id and d.status = 'pending');
     get diagnostics v_outbox = row_count;
     if v_settings.audit_log_keep is not null then
-        v_cutoff := now() - v_settings.audit_log_keep;
+        v_cutoff := entitlements.now() - v_settings.audit_log_keep;
         perform set_config('entitlements.audit_retention', 'on', true);
         delete from entitlements.audit_log a where a.at < v_cutoff;
         get diagnostics v_audit = row_count;
@@ -1838,7 +1873,7 @@ $$;
 
 create or replace function entitlements._lapsed(s entitlements.subscriptions, grace_days integer)
 returns boolean language sql stable parallel safe
-as $$ select g > '-infinity' and g <= now() from entitlements._grants_until(s, grace_days) g $$;
+as $$ select g > '-infinity' and g <= entitlements.now() from entitlements._grants_until(s, grace_days) g $$;
 
 create or replace function entitlements._task_expire_subscriptions()
 returns jsonb language plpgsql volatile
@@ -1858,7 +1893,7 @@ begin
            ended_at = coalesce(s.trial_end, s.current_period_end)
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'trialing'
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_trials = row_count;
 
     -- Canceled at period end, and the period is over: the cancellation is final.
@@ -1867,7 +1902,7 @@ begin
        set cancel_at_period_end = false, ended_at = coalesce(s.ended_at, s.current_period_end)
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'canceled' and s.cancel_at_period_end
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_cancels = row_count;
 
     -- past_due beyond the plan's grace period: unpaid, as Stripe does when retries run out.
@@ -1876,7 +1911,7 @@ begin
        set status = 'unpaid'
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'past_due'
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_grace = row_count;
     perform set_config('entitlements.reason', '', true);
 
@@ -1916,14 +1951,14 @@ as $$
         'organizations', (select count(*) from entitlements.customers c where c.kind = 'organization'),
         'members', (select count(*) from entitlements.members),
         'grants_open', (select count(*) from entitlements.grants g
-                         where g.revoked_at is null and (g.expires_at is null or g.expires_at > now())),
+                         where g.revoked_at is null and (g.expires_at is null or g.expires_at > entitlements.now())),
         'grants_expired_open', (select count(*) from entitlements.grants g
-                                 where g.revoked_at is null and g.expires_at <= now()),
+                                 where g.revoked_at is null and g.expires_at <= entitlements.now()),
         'plans_active', (select count(*) from entitlements.plans p where p.active),
-        'audit_rows_24h', (select count(*) from entitlements.audit_log a where a.at > now() - interval '24 hours'),
+        'audit_rows_24h', (select count(*) from entitlements.audit_log a where a.at > entitlements.now() - interval '24 hours'),
         'task_runs_failed_24h', (select coalesce(jsonb_object_agg(task, n), '{}')
                                    from (select t.task, count(*) as n from entitlements.task_runs t
-                                          where t.outcome = 'error' and t.started_at > now() - interval '24 hours'
+                                          where t.outcome = 'error' and t.started_at > entitlements.now() - interval '24 hours'
                                           group by t.task) x),
         'task_last_ok', (select coalesce(jsonb_object_agg(task, at), '{}')
                            from (select t.task, max(t.finished_at) as at from entitlements.task_runs t
@@ -1945,7 +1980,7 @@ as $$
                   select sum(l.amount) from entitlements.usage_ledger l
                    where l.customer_id = customer and l.feature_key = feature
                      and l.at >= coalesce((windows ->> (m ->> 'period'))::timestamptz,
-                                          entitlements._window_start(m ->> 'period', statement_timestamp()))), 0))
+                                          entitlements._window_start(m ->> 'period', entitlements._statement_now()))), 0))
      order by p.price_cents, p.key
      limit 1
 $$;
@@ -2374,7 +2409,7 @@ begin
                     using errcode = '22023', hint = 'Use a new feature key for the new kind.';
             end if;
             update entitlements.features f
-               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds, updated_at = now()
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds, updated_at = entitlements.now()
              where f.key = v_feature.key;
             v_updated := v_updated || v_feature.key;
         end if;
@@ -2405,7 +2440,7 @@ begin
            set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
                interval = r.interval, is_default = r.is_default, public = r.public, active = true,
                trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
-               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = now()
+               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = entitlements.now()
           from jsonb_populate_record(null::entitlements.plans, item) r
          where p.key = v_plan.key;
         v_changed := true;
@@ -2542,7 +2577,7 @@ create table entitlements.outbox (
     dedup_key   text not null unique check (length(dedup_key) between 1 and 500),
     payload     jsonb not null default '{}' check (jsonb_typeof(payload) = 'object'
                                                    and entitlements._valid_json(payload, 'outbox.payload')),
-    created_at  timestamptz not null default now()
+    created_at  timestamptz not null default entitlements.now()
 );
 create index outbox_customer on entitlements.outbox (customer_id, created_at);
 comment on table entitlements.outbox is
@@ -2586,8 +2621,8 @@ create table entitlements.webhook_endpoints (
     -- Standard Webhooks: 'whsec_' and the base64 of 24 to 64 random bytes.
     secret      text not null check (secret ~ '^whsec_[A-Za-z0-9+/]{32,88}={0,2}$'),
     enabled     boolean not null default true,
-    created_at  timestamptz not null default now(),
-    updated_at  timestamptz not null default now()
+    created_at  timestamptz not null default entitlements.now(),
+    updated_at  timestamptz not null default entitlements.now()
 );
 comment on table entitlements.webhook_endpoints is
     'App webhook endpoints (add_webhook_endpoint); payloads signed the Standard Webhooks way. Global admins only.';
@@ -2605,7 +2640,7 @@ create table entitlements.email_templates (
     subject    text not null check (length(subject) between 1 and 500),
     body_text  text not null check (length(body_text) between 1 and 100000),
     body_html  text check (length(body_html) <= 200000),
-    updated_at timestamptz not null default now(),
+    updated_at timestamptz not null default entitlements.now(),
     primary key (kind, locale)
 );
 comment on table entitlements.email_templates is
@@ -2626,10 +2661,10 @@ create table entitlements.deliveries (
     target          text not null check (length(target) <= 2000),
     status          text not null default 'pending' check (status in ('pending', 'delivered', 'dead')),
     attempts        integer not null default 0 check (attempts >= 0),
-    next_attempt_at timestamptz not null default now(),
+    next_attempt_at timestamptz not null default entitlements.now(),
     last_error      text check (length(last_error) <= 2000),
     delivered_at    timestamptz,
-    created_at      timestamptz not null default now(),
+    created_at      timestamptz not null default entitlements.now(),
     check ((channel = 'webhook') = (endpoint_id is not null))
 );
 create index deliveries_due on entitlements.deliveries (next_attempt_at) where status = 'pending';
@@ -2650,7 +2685,7 @@ create policy deliveries_admin on entitlements.deliveries for all
 create table entitlements.delivery_attempts (
     id          bigint generated always as identity primary key,
     delivery_id bigint not null references entitlements.deliveries (id) on delete cascade,
-    at          timestamptz not null default now(),
+    at          timestamptz not null default entitlements.now(),
     ok          boolean not null,
     status_code integer check (status_code between 100 and 599),
     latency_ms  integer check (latency_ms >= 0),
@@ -2700,14 +2735,14 @@ comment on function entitlements.add_webhook_endpoint(text, text[], text) is
     'Register an app webhook endpoint for these event kinds (* = all); the secret is generated when not given '
     '(read it from webhook_endpoints). Global admins only.';
 
-create function entitlements.remove_webhook_endpoint(endpoint uuid)
+create or replace function entitlements.remove_webhook_endpoint(endpoint uuid)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform entitlements._require_admin('remove_webhook_endpoint');
     -- Kept (disabled) for the deliveries that name it; what it still had to receive is dead.
-    update entitlements.webhook_endpoints e set enabled = false, updated_at = now()
+    update entitlements.webhook_endpoints e set enabled = false, updated_at = entitlements.now()
      where e.id = endpoint and e.enabled;
     if not found then
         return false;
@@ -2858,7 +2893,7 @@ create type entitlements.delivery_work as (
     attempts      integer
 );
 
-create function entitlements._delivery_lease_name(delivery bigint)
+create or replace function entitlements._delivery_lease_name(delivery bigint)
 returns text language sql immutable parallel safe strict
 return 'delivery:' || delivery::text;
 
@@ -2888,7 +2923,7 @@ begin
     end if;
     for d in
         select x.* from entitlements.deliveries x
-         where x.status = 'pending' and x.next_attempt_at <= now() and x.channel = any (channels)
+         where x.status = 'pending' and x.next_attempt_at <= entitlements.now() and x.channel = any (channels)
            and not exists (select 1 from entitlements.leases l
                             where l.name = entitlements._delivery_lease_name(x.id) and l.until >= clock_timestamp())
          order by x.next_attempt_at, x.id
@@ -2959,7 +2994,7 @@ begin
 end
 $$;
 
-create function entitlements.delivery_done(delivery_id bigint, holder text, status_code integer default null,
+create or replace function entitlements.delivery_done(delivery_id bigint, holder text, status_code integer default null,
                                            latency_ms integer default null)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -2969,7 +3004,7 @@ begin
         return false;
     end if;
     update entitlements.deliveries d
-       set status = 'delivered', delivered_at = now(), attempts = d.attempts + 1, last_error = null
+       set status = 'delivered', delivered_at = entitlements.now(), attempts = d.attempts + 1, last_error = null
      where d.id = delivery_id;
     return true;
 end
@@ -2995,7 +3030,7 @@ begin
     end if;
     update entitlements.deliveries x
        set attempts = x.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + entitlements._backoff(x.attempts),
+           next_attempt_at = entitlements.now() + entitlements._backoff(x.attempts),
            status = case when x.attempts + 1 >= v_max or coalesce(permanent, false) then 'dead' else x.status end
      where x.id = delivery_id
     returning * into d;
@@ -3028,7 +3063,7 @@ $$;
 comment on function entitlements.delivery_stats() is
     'Deliveries pending and dead, per channel. Admins only.';
 
-create function entitlements.retry_delivery(delivery_id bigint)
+create or replace function entitlements.retry_delivery(delivery_id bigint)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -3036,7 +3071,7 @@ begin
     perform entitlements._require_admin('retry_delivery');
     perform entitlements._require_not_null(delivery_id, 'delivery_id');
     update entitlements.deliveries d
-       set status = 'pending', attempts = 0, next_attempt_at = now()
+       set status = 'pending', attempts = 0, next_attempt_at = entitlements.now()
      where d.id = delivery_id and d.status <> 'delivered';
     if not found then
         if not exists (select 1 from entitlements.deliveries d where d.id = delivery_id) then
@@ -3193,11 +3228,11 @@ create table entitlements.server_records (
     applied_resources   jsonb check (jsonb_typeof(applied_resources) = 'object'
                                      and entitlements._valid_json(applied_resources, 'server_records.applied_resources')),
     attempts            integer not null default 0 check (attempts >= 0),
-    next_attempt_at     timestamptz not null default now() check (entitlements._finite(next_attempt_at, 'next_attempt_at')),
+    next_attempt_at     timestamptz not null default entitlements.now() check (entitlements._finite(next_attempt_at, 'next_attempt_at')),
     last_error          text check (length(last_error) <= 2000),
-    created_at          timestamptz not null default now(),
+    created_at          timestamptz not null default entitlements.now(),
     ready_at            timestamptz,
-    updated_at          timestamptz not null default now(),
+    updated_at          timestamptz not null default entitlements.now(),
     terminated_at       timestamptz
 );
 create index server_records_customer on entitlements.server_records (customer_id);
@@ -3213,7 +3248,7 @@ create table entitlements.server_secrets (
     signing_key                text not null,
     registration_shared_secret text not null,
     macaroon_secret_key        text not null,
-    created_at                 timestamptz not null default now()
+    created_at                 timestamptz not null default entitlements.now()
 );
 comment on table entitlements.server_secrets is
     'Synapse''s secrets of each server, made once and never regenerated. Global admins only; never audited.';
@@ -3249,23 +3284,23 @@ create policy server_secrets_admin on entitlements.server_secrets for all
 -- existed. A subscription whose plan has no resources stopped with its last change (a move
 -- to a smaller plan), unless it never changed. The retention before termination counts
 -- from here.
-create function entitlements._server_access_lost_at(customer uuid, server_created timestamptz)
+create or replace function entitlements._server_access_lost_at(customer uuid, server_created timestamptz)
 returns timestamptz language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
     select greatest(server_created, max(ended))
       from (select case when not exists (select 1 from entitlements.plan_entitlements e
                                            where e.plan_key = s.plan_key and e.feature_key = 'resources')
-                             then case when s.updated_at > s.created_at then least(s.updated_at, now()) end
+                             then case when s.updated_at > s.created_at then least(s.updated_at, entitlements.now()) end
                         when g = '-infinity' then coalesce(s.ended_at, s.canceled_at, s.status_changed_at)
-                        else least(coalesce(g, now()), now()) end
+                        else least(coalesce(g, entitlements.now()), entitlements.now()) end
               from entitlements.subscriptions s
               join entitlements.plans p on p.key = s.plan_key
              cross join lateral entitlements._grants_until(s, p.grace_days) g
              where s.customer_id = customer
                 or s.customer_id in (select m.organization_id from entitlements.members m where m.user_id = customer)
             union all
-            select least(coalesce(g.revoked_at, g.expires_at, now()), now())
+            select least(coalesce(g.revoked_at, g.expires_at, entitlements.now()), entitlements.now())
               from entitlements.grants g
              where g.customer_id = customer and g.feature_key = 'resources' and g.kind in ('feature', 'override'))
            as ends(ended)
@@ -3276,7 +3311,7 @@ $$;
 -- `resources` resolve; 'suspended' when they do not; 'terminated' once that has lasted
 -- settings.server_retention, and for good once the worker started deleting (a server that
 -- fails while being deleted stays terminating, provisioning/applier.sql).
-create function entitlements._server_state(r entitlements.server_records,
+create or replace function entitlements._server_state(r entitlements.server_records,
                                            out desired text, out resources jsonb, out generation bigint)
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -3292,7 +3327,7 @@ begin
         else
             resources := r.applied_resources;
             desired := case when entitlements._server_access_lost_at(r.customer_id, r.created_at)
-                                 <= now() - (entitlements._settings()).server_retention
+                                 <= entitlements.now() - (entitlements._settings()).server_retention
                             then 'terminated' else 'suspended' end;
         end if;
     end if;
@@ -3581,7 +3616,7 @@ as $$
       from entitlements._server_state(r) st
 $$;
 
-create function entitlements._server_lease_name(server uuid)
+create or replace function entitlements._server_lease_name(server uuid)
 returns text language sql immutable parallel safe strict
 return 'server:' || server::text;
 
@@ -3606,7 +3641,7 @@ begin
     end if;
     for r in
         select s.* from entitlements.server_records s
-         where s.phase not in ('terminated', 'failed') and s.next_attempt_at <= now()
+         where s.phase not in ('terminated', 'failed') and s.next_attempt_at <= entitlements.now()
            -- Not while anyone's lease lasts, the claimer's own included: a server is worked on
            -- once at a time, even within one worker.
            and not exists (select 1 from entitlements.leases l
@@ -3719,17 +3754,17 @@ begin
            applied_resources = coalesce(provision_report.applied_resources, r.applied_resources),
            observed_generation = case when v_converged then provision_report.generation else r.observed_generation end,
            attempts = 0, last_error = null,
-           next_attempt_at = now() + coalesce(requeue_after, interval '0'),
-           ready_at = case when provision_report.phase = 'ready' then coalesce(r.ready_at, now()) else r.ready_at end,
-           terminated_at = case when provision_report.phase = 'terminated' then coalesce(r.terminated_at, now()) end,
-           updated_at = now()
+           next_attempt_at = entitlements.now() + coalesce(requeue_after, interval '0'),
+           ready_at = case when provision_report.phase = 'ready' then coalesce(r.ready_at, entitlements.now()) else r.ready_at end,
+           terminated_at = case when provision_report.phase = 'terminated' then coalesce(r.terminated_at, entitlements.now()) end,
+           updated_at = entitlements.now()
      where r.id = server_id
        and ((r.phase, r.conditions, r.applied_resources, r.observed_generation, r.attempts, r.last_error)
             is distinct from
             (provision_report.phase, coalesce(provision_report.conditions, '[]'),
              coalesce(provision_report.applied_resources, r.applied_resources),
              case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
-            or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after));
+            or (requeue_after > interval '0' and r.next_attempt_at < entitlements.now() + requeue_after));
     if phase is distinct from v_old.phase and phase in ('ready', 'suspended', 'terminated') then
         perform entitlements._server_event(v_old, phase);
     end if;
@@ -3767,12 +3802,12 @@ begin
     end if;
     update entitlements.server_records s
        set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + entitlements._backoff(s.attempts),
+           next_attempt_at = entitlements.now() + entitlements._backoff(s.attempts),
            -- A server being deleted stays terminating (retried, its error kept): failed would let
            -- its desired state follow the customer's access again.
            phase = case when (s.attempts + 1 >= v_max or coalesce(permanent, false)) and s.phase <> 'terminating'
                         then 'failed' else s.phase end,
-           updated_at = now()
+           updated_at = entitlements.now()
      where s.id = server_id
     returning * into r;
     if r.phase = 'failed' then
@@ -3789,7 +3824,7 @@ comment on function entitlements.provision_failed(uuid, text, text, boolean) is
     'The worker records a failed attempt: retry (backoff with jitter), final (the server is failed: after '
     'settings.server_max_attempts, or at once when permanent), or lease_lost (not recorded). Admins only.';
 
-create function entitlements.retry_server(server uuid)
+create or replace function entitlements.retry_server(server uuid)
 returns boolean language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -3801,7 +3836,7 @@ begin
     end if;
     update entitlements.server_records r
        set phase = case when r.phase = 'failed' then 'pending' else r.phase end,
-           attempts = 0, next_attempt_at = now(), updated_at = now()
+           attempts = 0, next_attempt_at = entitlements.now(), updated_at = entitlements.now()
      where r.id = server and r.phase <> 'terminated';
     if found then
         perform pg_notify('entitlements_provision', '');
@@ -3946,7 +3981,7 @@ alter table entitlements.settings
 
 -- SECURITY DEFINER: customers' RLS lets only admins write. Its arguments are text and uuid,
 -- and every check asks about the real caller (the outer role, the trusted user id).
-create function entitlements.set_profile(customer uuid, email text, display_name text default null,
+create or replace function entitlements.set_profile(customer uuid, email text, display_name text default null,
                                          locale text default null)
 returns void language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
@@ -3983,7 +4018,7 @@ begin
     insert into entitlements.customers as c (id, email, display_name, locale)
     values (customer, nullif(email, ''), nullif(display_name, ''), locale)
     on conflict (id) do update
-       set email = excluded.email, display_name = excluded.display_name, locale = excluded.locale, updated_at = now()
+       set email = excluded.email, display_name = excluded.display_name, locale = excluded.locale, updated_at = entitlements.now()
      where (c.email, c.display_name, c.locale) is distinct from (excluded.email, excluded.display_name, excluded.locale);
 end
 $$;
@@ -3997,7 +4032,7 @@ comment on function entitlements.set_profile(uuid, text, text, text) is
 create table entitlements.auth_emails (
     user_id    uuid primary key,
     email      text check (length(email) <= 320),
-    updated_at timestamptz not null default now()
+    updated_at timestamptz not null default entitlements.now()
 );
 comment on table entitlements.auth_emails is
     'Supabase auth.users emails, copied by entitlements.sync_auth_email(); notifications prefer them. A user reads their own.';
@@ -4010,7 +4045,7 @@ create policy auth_emails_read on entitlements.auth_emails for select
 -- on auth.users for each row execute function entitlements.sync_auth_email();`. It reads
 -- only `id` and `email`, and only when they are uuid and text or varchar (no type someone
 -- wrote), and refuses to run on any other table.
-create function entitlements.sync_auth_email()
+create or replace function entitlements.sync_auth_email()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
 as $$
@@ -4026,7 +4061,7 @@ begin
     end if;
     insert into entitlements.auth_emails as e (user_id, email)
     values (new.id, nullif(left(new.email::text, 320), ''))
-    on conflict (user_id) do update set email = excluded.email, updated_at = now()
+    on conflict (user_id) do update set email = excluded.email, updated_at = entitlements.now()
      where e.email is distinct from excluded.email;
     return null;
 end
@@ -4064,7 +4099,7 @@ create table entitlements.access_notices (
     told            integer not null default 0,
     -- The trial end a trial.ending was told for.
     trial_told_for  timestamptz,
-    updated_at      timestamptz not null default now()
+    updated_at      timestamptz not null default entitlements.now()
 );
 create index access_notices_due on entitlements.access_notices (until) where state = 'granting';
 comment on table entitlements.access_notices is
@@ -4074,7 +4109,7 @@ alter table entitlements.access_notices enable row level security;
 create policy access_notices_admin on entitlements.access_notices for select using (entitlements.is_admin());
 
 -- Why a subscription in this state stopped granting.
-create function entitlements._access_lost_reason(status text, cancel_at_period_end boolean)
+create or replace function entitlements._access_lost_reason(status text, cancel_at_period_end boolean)
 returns text language sql immutable parallel safe
 return case when status = 'trialing' then 'trial_ended'
             when status = 'active' then 'period_ended'
@@ -4092,7 +4127,7 @@ as $$
 declare
     v_until timestamptz := entitlements._grants_until(
         s, (select p.grace_days from entitlements.plans p where p.key = s.plan_key));
-    v_granting boolean := v_until is null or v_until > now();
+    v_granting boolean := v_until is null or v_until > entitlements.now();
     v_n entitlements.access_notices;
     v_kind text;
 begin
@@ -4107,7 +4142,7 @@ begin
     update entitlements.access_notices n
        set until = v_until,
            state = case when v_granting then 'granting' when v_kind is not null then 'suspended' else n.state end,
-           told = n.told + (v_kind is not null)::int, updated_at = now()
+           told = n.told + (v_kind is not null)::int, updated_at = entitlements.now()
      where n.subscription_id = s.id
        and (n.until is distinct from v_until or v_kind is not null or (v_granting and n.state = 'pending'));
     if v_kind is not null then
@@ -4118,8 +4153,8 @@ begin
                                             -- When time ended it, the instant kept at the last
                                             -- change (told late, by the task or by the write
                                             -- that tidied the row up); else now, by this write.
-                                            'access_ended_at', case when v_n.until > '-infinity' and v_n.until <= now()
-                                                                    then v_n.until else now() end)
+                                            'access_ended_at', case when v_n.until > '-infinity' and v_n.until <= entitlements.now()
+                                                                    then v_n.until else entitlements.now() end)
                     else '{}' end);
     end if;
     return v_kind;
@@ -4145,16 +4180,16 @@ begin
     for v_s in
         select s.* from entitlements.subscriptions s
           join entitlements.access_notices n on n.subscription_id = s.id
-         where s.status = 'trialing' and s.trial_end > now() and s.trial_end <= now() + v_notice
+         where s.status = 'trialing' and s.trial_end > entitlements.now() and s.trial_end <= entitlements.now() + v_notice
            and n.trial_told_for is distinct from s.trial_end
            for update of n skip locked for share of s skip locked
     loop
-        update entitlements.access_notices n set trial_told_for = v_s.trial_end, updated_at = now()
+        update entitlements.access_notices n set trial_told_for = v_s.trial_end, updated_at = entitlements.now()
          where n.subscription_id = v_s.id;
         perform entitlements._outbox_record('trial.ending', v_s.customer_id,
             format('trial_ending:%s:%s', v_s.id, to_char(v_s.trial_end at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
             jsonb_build_object('subscription_id', v_s.id, 'plan', v_s.plan_key, 'trial_end', v_s.trial_end,
-                               'days_left', ceil(extract(epoch from v_s.trial_end - now()) / 86400)));
+                               'days_left', ceil(extract(epoch from v_s.trial_end - entitlements.now()) / 86400)));
         v_trials := v_trials + 1;
     end loop;
 
@@ -4163,7 +4198,7 @@ begin
     for v_s in
         select s.* from entitlements.subscriptions s
           join entitlements.access_notices n on n.subscription_id = s.id
-         where n.state = 'granting' and (n.until <= now() or s.status = 'past_due')
+         where n.state = 'granting' and (n.until <= entitlements.now() or s.status = 'past_due')
            for update of n skip locked for share of s skip locked
     loop
         if entitlements._access_notice(v_s) is not null then
@@ -4178,7 +4213,7 @@ $$;
 -- incomplete one never did). Nothing is told for them.
 insert into entitlements.access_notices (subscription_id, customer_id, state, until)
 select s.id, s.customer_id,
-       case when g.until is null or g.until > now() then 'granting'
+       case when g.until is null or g.until > entitlements.now() then 'granting'
             when s.status in ('incomplete', 'incomplete_expired') then 'pending'
             else 'suspended' end,
        g.until
@@ -4227,15 +4262,15 @@ begin
                   hint = case when v_sub.status = 'paused' then 'Resume it with entitlements.set_status(subscription, ''active'', reason).'
                               else 'Start a new one with entitlements.subscribe().' end;
     end if;
-    if period_end is null or not isfinite(period_end) or period_end <= now() then
+    if period_end is null or not isfinite(period_end) or period_end <= entitlements.now() then
         raise exception 'period_end must be a finite instant after now, got %', coalesce(period_end::text, 'NULL')
             using errcode = '22023';
     end if;
     perform set_config('entitlements.reason', 'renew', true);
     update entitlements.subscriptions s
-       set status = 'active', current_period_start = now(), current_period_end = period_end,
+       set status = 'active', current_period_start = entitlements.now(), current_period_end = period_end,
            -- A trial converted before its end ends now.
-           trial_end = case when s.status = 'trialing' and s.trial_end > now() then now() else s.trial_end end
+           trial_end = case when s.status = 'trialing' and s.trial_end > entitlements.now() then entitlements.now() else s.trial_end end
      where s.id = v_sub.id;
     perform set_config('entitlements.reason', '', true);
 end
@@ -4281,6 +4316,196 @@ end
 $$;
 comment on function entitlements.set_status(uuid, text, text) is
     'Set a manual subscription''s status (past_due, unpaid, paused, incomplete, incomplete_expired, active), with a reason. Admins of the customer.';
+
+create or replace function entitlements._stripe_is_newer(prev entitlements.stripe_subscriptions, observed_at timestamptz,
+                                              period_start timestamptz, state_rank smallint)
+returns boolean language sql immutable
+return prev.stripe_subscription_id is null
+    or (observed_at, coalesce(period_start, '-infinity'), state_rank)
+       > (prev.observed_at, coalesce(prev.period_start, '-infinity'), prev.state_rank);
+
+-- PL/pgSQL rather than a SQL function: its plan is cached per session (a SQL function with a
+-- SET clause is planned on every call).
+create or replace function entitlements._stripe_remember(stripe_subscription_id text, subscription uuid, observed_at timestamptz,
+                                              period_start timestamptz, state_rank smallint, applied_from text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    insert into entitlements.stripe_subscriptions as s
+           (stripe_subscription_id, subscription_id, observed_at, period_start, state_rank, applied_from)
+    values (_stripe_remember.stripe_subscription_id, subscription, _stripe_remember.observed_at,
+            _stripe_remember.period_start, _stripe_remember.state_rank, _stripe_remember.applied_from)
+    on conflict on constraint stripe_subscriptions_pkey do update
+       set observed_at = excluded.observed_at, period_start = excluded.period_start,
+           state_rank = excluded.state_rank, applied_from = excluded.applied_from, updated_at = entitlements.now();
+end
+$$;
+
+create or replace function entitlements._stripe_link(customer uuid, stripe_customer_id text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements.link_stripe_customer(customer, stripe_customer_id);
+    update entitlements.stripe_events e set next_attempt_at = entitlements.now()
+     where e.applied_at is null and e.attempts > 0 and e.next_attempt_at > entitlements.now()
+       and entitlements._stripe_id(e.payload #> '{data,object,customer}') = _stripe_link.stripe_customer_id;
+end
+$$;
+
+create or replace function entitlements._task_prune_task_runs()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_keep interval := coalesce(nullif(current_setting('entitlements.task_runs_keep', true), '')::interval,
+                                interval '90 days');
+    v_skipped bigint;
+    v_old bigint;
+begin
+    delete from entitlements.task_runs t
+     where t.outcome = 'skipped' and t.started_at < entitlements.now() - least(v_keep, interval '1 day');
+    get diagnostics v_skipped = row_count;
+    delete from entitlements.task_runs t
+     where t.started_at < entitlements.now() - v_keep
+       and t.started_at < (select max(l.started_at) from entitlements.task_runs l where l.task = t.task);
+    get diagnostics v_old = row_count;
+    return jsonb_build_object('rows_touched', v_skipped + v_old, 'skipped_deleted', v_skipped,
+                              'older_deleted', v_old, 'keep', v_keep::text);
+end
+$$;
+
+create or replace function entitlements._ts(us bigint)
+returns timestamptz language sql immutable parallel safe strict
+return timestamptz '1970-01-01 00:00:00+00' + us * interval '1 microsecond';
+
+-- Usage in the windows that are open now, for entitlements(customer) (extension/src/metering/limits.rs).
+create or replace function entitlements._usage_snapshot(customer uuid)
+returns jsonb language plpgsql stable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return (
+        select coalesce(jsonb_agg(jsonb_build_object('feature', feature_key, 'period', period,
+                                                     'window_start', entitlements._us(window_start), 'used', used)), '[]')
+          from (select feature_key, period, window_start, sum(used) as used
+                  from entitlements.usage_counters
+                 where customer_id = customer and (window_end is null or window_end > entitlements._statement_now())
+                 group by 1, 2, 3) u);
+end
+$$;
+
+create or replace function entitlements.cancel(subscription uuid, at_period_end boolean default true)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+begin
+    perform entitlements._require_not_null(at_period_end, 'at_period_end');
+    v_sub := entitlements._subscription_for_update(subscription);
+    if v_sub.status = 'canceled' and not (at_period_end is false and v_sub.cancel_at_period_end) then
+        return; -- already canceled: idempotent
+    end if;
+    perform set_config('entitlements.reason', 'cancel', true);
+    if at_period_end and v_sub.current_period_end > entitlements.now() then
+        update entitlements.subscriptions s
+           set status = 'canceled', cancel_at_period_end = true, canceled_at = entitlements.now(), ended_at = v_sub.current_period_end
+         where s.id = v_sub.id;
+    else
+        if at_period_end then
+            raise notice 'subscription % has no future period end; canceled immediately', v_sub.id;
+        end if;
+        update entitlements.subscriptions s
+           set status = 'canceled', cancel_at_period_end = false, canceled_at = entitlements.now(), ended_at = entitlements.now()
+         where s.id = v_sub.id;
+    end if;
+    perform set_config('entitlements.reason', '', true);
+end
+$$;
+
+create or replace function entitlements.change_plan(subscription uuid, plan text, reason text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+    v_plan entitlements.plans;
+begin
+    perform entitlements._require_not_null(plan, 'plan');
+    if reason is null or btrim(reason) = '' then
+        raise exception 'a reason is required to change a plan' using errcode = '22023';
+    end if;
+    v_sub := entitlements._subscription_for_update(subscription);
+    select * into v_plan from entitlements.plans p where p.key = change_plan.plan;
+    if not found then
+        perform entitlements._raise_unknown_plan(plan);
+    end if;
+    if not v_plan.active then
+        raise exception 'plan "%" is no longer offered', plan using errcode = '22023';
+    end if;
+    if v_sub.ended_at is not null and v_sub.ended_at <= entitlements.now() then
+        raise exception 'subscription % has ended; start a new one instead', v_sub.id using errcode = '55000';
+    end if;
+    if v_sub.plan_key = plan then
+        return;
+    end if;
+    perform set_config('entitlements.reason', reason, true);
+    update entitlements.subscriptions s set plan_key = plan where s.id = v_sub.id;
+    perform set_config('entitlements.reason', '', true);
+end
+$$;
+
+create or replace function entitlements.stripe_apply_event(event_id text, fetched jsonb default null)
+returns text language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_event entitlements.stripe_events;
+    v_object jsonb;
+    v_reason text;
+    v_outcome text;
+begin
+    perform entitlements._stripe_require_admin('stripe_apply_event');
+    perform entitlements._require_not_null(event_id, 'event_id');
+    select * into v_event from entitlements.stripe_events e where e.id = event_id for update skip locked;
+    if not found then
+        if not exists (select 1 from entitlements.stripe_events e where e.id = event_id) then
+            raise exception 'Stripe event % is not stored', event_id using errcode = 'P0002';
+        end if;
+        return null;
+    end if;
+    if v_event.applied_at is not null then
+        return 'duplicate';
+    end if;
+    v_object := v_event.payload #> '{data,object}';
+    v_reason := format('stripe %s %s', v_event.type, v_event.id);
+    if fetched is not null and coalesce(fetched ->> 'object', 'subscription') <> 'subscription' then
+        raise exception 'fetched must be the Stripe subscription the event is about' using errcode = '22023';
+    end if;
+    v_outcome := case
+        when v_event.type like 'customer.subscription.%' then
+            case when fetched is not null then entitlements._stripe_apply_subscription(fetched, null, v_reason)
+                 else entitlements._stripe_apply_subscription(v_object, v_event.created, v_reason) end
+        when v_event.type in ('invoice.paid', 'invoice.payment_succeeded', 'invoice.payment_failed') then
+            case when fetched is not null then entitlements._stripe_apply_subscription(fetched, null, v_reason)
+                 else entitlements._stripe_apply_invoice(v_event.payload, v_event.created, v_reason) end
+        when v_event.type = 'checkout.session.completed' then entitlements._stripe_apply_link(v_object)
+            || case when fetched is not null then ', ' || entitlements._stripe_apply_subscription(fetched, null, v_reason)
+                    else '' end
+        when v_event.type in ('customer.created', 'customer.updated') then entitlements._stripe_apply_link(v_object)
+        else 'ignored'
+    end;
+    update entitlements.stripe_events e
+       set applied_at = entitlements.now(), outcome = v_outcome, attempts = e.attempts + 1, last_error = null
+     where e.id = event_id;
+    return v_outcome;
+end
+$$;
+comment on function entitlements.stripe_apply_event(text, jsonb) is
+    'Apply a stored Stripe event once (subscription, invoice, checkout and customer events; others are '
+    'acknowledged as ignored). fetched: the subscription as just fetched from the API. Admins only.';
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
@@ -4343,7 +4568,7 @@ $$;
 -- Any role: the checks (an app's RLS policy calls them as whoever queries its table) and
 -- the version has_feature reads as its caller (a number, nothing else).
 grant execute on function entitlements.current_user_id(), entitlements.has_feature(text),
-    entitlements.has_feature(uuid, text) to public;
+    entitlements.has_feature(uuid, text), entitlements.now() to public;
 grant select on entitlements.cache_version to public;
 -- Auditing any app table: its owner attaches the trigger, its writers run it.
 grant execute on function entitlements.enable_audit(regclass), entitlements._is_extension_table(oid),

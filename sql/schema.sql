@@ -6,6 +6,20 @@
 --     extension (extension/src/rules.rs), never stored.
 --   * Every table is audited (sql/audit/) and protected by RLS (sql/security/roles.sql).
 
+-- Time --------------------------------------------------------------------------------
+-- Every instant the engine takes as "now" comes from these two, so the test clock
+-- (`set entitlements.clock = ...`, extension/src/clock.rs) moves all of it: rules, column
+-- defaults, history, tasks and analytics. Real time: now() and statement_timestamp().
+create function entitlements.now()
+returns timestamptz language c stable parallel safe
+as 'MODULE_PATHNAME', 'clock_now_wrapper';
+comment on function entitlements.now() is
+    'now(), or the test clock (entitlements.clock) when it is set.';
+
+create function entitlements._statement_now()
+returns timestamptz language c stable parallel safe
+as 'MODULE_PATHNAME', 'clock_statement_now_wrapper';
+
 -- What is written can always be read ------------------------------------------------
 -- Every jsonb and instant the rules read is checked where it is written, by these
 -- functions in CHECK constraints, so a direct INSERT is held to them as much as the
@@ -79,8 +93,8 @@ create table entitlements.features (
     key         text primary key check (key ~ '^[a-z][a-z0-9_]{0,62}$'),
     kind        text not null check (kind in ('flag', 'limit', 'metered', 'concurrency', 'config')),
     unit        text,
-    created_at  timestamptz not null default now(),
-    updated_at  timestamptz not null default now(),
+    created_at  timestamptz not null default entitlements.now(),
+    updated_at  timestamptz not null default entitlements.now(),
     -- Percentages of each limit of a metered feature whose crossing sends quota.threshold,
     -- once per window (metering/meter.sql); NULL for other kinds.
     thresholds  numeric[] check (cardinality(thresholds) <= 10 and 0 < all (thresholds) and 1000 >= all (thresholds))
@@ -103,8 +117,8 @@ create table entitlements.plans (
     position         integer not null default 0,
     stripe_price_ids text[] not null default '{}',
     metadata         jsonb not null default '{}' check (entitlements._valid_json(metadata, 'plans.metadata')),
-    created_at       timestamptz not null default now(),
-    updated_at       timestamptz not null default now(),
+    created_at       timestamptz not null default entitlements.now(),
+    updated_at       timestamptz not null default entitlements.now(),
     check (not is_default or active)
 );
 comment on table entitlements.plans is
@@ -131,8 +145,8 @@ create table entitlements.customers (
     stripe_customer_id text unique,
     email              text,
     metadata           jsonb not null default '{}' check (entitlements._valid_json(metadata, 'customers.metadata')),
-    created_at         timestamptz not null default now(),
-    updated_at         timestamptz not null default now(),
+    created_at         timestamptz not null default entitlements.now(),
+    updated_at         timestamptz not null default entitlements.now(),
     -- How notifications address the customer (outbox/delivery.sql).
     display_name       text check (length(display_name) <= 200),
     locale             text check (locale ~ '^[a-z]{2}(-[A-Z]{2})?$')
@@ -161,12 +175,12 @@ create table entitlements.subscriptions (
     canceled_at            timestamptz check (entitlements._finite(canceled_at, 'canceled_at')),
     ended_at               timestamptz check (entitlements._finite(ended_at, 'ended_at')),
     -- Start of the past_due grace period; maintained by trigger.
-    status_changed_at      timestamptz not null default now(),
+    status_changed_at      timestamptz not null default entitlements.now(),
     source                 text not null default 'manual' check (source in ('manual', 'stripe')),
     stripe_subscription_id text unique,
     metadata               jsonb not null default '{}' check (entitlements._valid_json(metadata, 'subscriptions.metadata')),
-    created_at             timestamptz not null default now(),
-    updated_at             timestamptz not null default now(),
+    created_at             timestamptz not null default entitlements.now(),
+    updated_at             timestamptz not null default entitlements.now(),
     check (current_period_start is null or current_period_end is null
            or current_period_end > current_period_start)
 );
@@ -177,7 +191,7 @@ create table entitlements.members (
     organization_id uuid not null references entitlements.customers (id) on delete cascade,
     user_id         uuid not null,
     role            text not null default 'member' check (role in ('owner', 'admin', 'member')),
-    created_at      timestamptz not null default now(),
+    created_at      timestamptz not null default entitlements.now(),
     primary key (organization_id, user_id),
     check (organization_id <> user_id)
 );
@@ -193,11 +207,11 @@ create table entitlements.grants (
     kind        text not null check (kind in ('feature', 'quota_boost', 'override', 'deny', 'discount')),
     feature_key text references entitlements.features (key) on update cascade,
     value       jsonb check (entitlements._valid_json(value, 'grants.value')),
-    starts_at   timestamptz not null default now() check (entitlements._finite(starts_at, 'starts_at')),
+    starts_at   timestamptz not null default entitlements.now() check (entitlements._finite(starts_at, 'starts_at')),
     expires_at  timestamptz check (entitlements._finite(expires_at, 'expires_at')),
     reason      text not null check (length(btrim(reason)) > 0),
     created_by  uuid,
-    created_at  timestamptz not null default now(),
+    created_at  timestamptz not null default entitlements.now(),
     revoked_at  timestamptz,
     check ((kind = 'discount') = (feature_key is null)),
     check (expires_at is null or expires_at > starts_at)
@@ -208,7 +222,7 @@ create index grants_customer on entitlements.grants (customer_id);
 create table entitlements.admins (
     user_id    uuid not null,
     tenant_id  uuid,
-    created_at timestamptz not null default now(),
+    created_at timestamptz not null default entitlements.now(),
     unique nulls not distinct (user_id, tenant_id)
 );
 

@@ -2,9 +2,19 @@
 //!
 //! "Now" is the start of the current statement, so every row of one query is judged
 //! at the same instant and a long transaction still sees periods end.
+//!
+//! The test clock: `set entitlements.clock = '2025-01-05 00:00:00+00'` freezes "now" at
+//! that instant for the session (rules, writes, history, tasks, analytics), like a Stripe
+//! test clock; `reset entitlements.clock` returns to real time. It is a superuser
+//! parameter: others need `grant set on parameter entitlements.clock to ...`.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveTime, Timelike, Utc};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -12,9 +22,109 @@ const US_PER_DAY: i64 = 86_400_000_000;
 
 pub type Micros = i64;
 
+/// Real time: the clock is not set.
+const REAL: Micros = Micros::MIN;
+
+static CLOCK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// The parsed `entitlements.clock`, or REAL; set only by the assign hook.
+static FROZEN: AtomicI64 = AtomicI64::new(REAL);
+/// Bumped whenever the clock is set or reset: what was cached at one instant is dropped.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Defines `entitlements.clock` (from `_PG_init`). A value a non-superuser set before the
+/// library was loaded is discarded by PostgreSQL then, with a warning.
+pub fn define_guc() {
+    // SAFETY: the hooks below follow PostgreSQL's GUC hook contracts.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"entitlements.clock",
+            c"The instant the engine takes as now (a test clock); empty for real time.",
+            c"Every rule, write, history row, task and analytics default of the session behaves as if it were this instant.",
+            &CLOCK,
+            GucContext::Suset,
+            GucFlags::default(),
+            Some(check_clock),
+            Some(assign_clock),
+            None,
+        );
+    }
+}
+
+/// Parses the value once, at SET: the instant goes to the assign hook through `extra`, so
+/// a later change of TimeZone does not move the clock. Bad input is PostgreSQL's own
+/// timestamptz error (22007).
+#[pg_guard]
+unsafe extern "C-unwind" fn check_clock(
+    newval: *mut *mut c_char,
+    extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let text = if (*newval).is_null() { "" } else { CStr::from_ptr(*newval).to_str().unwrap_or("?") };
+    let instant = if text.trim().is_empty() {
+        REAL
+    } else {
+        let args = [
+            Some(pg_sys::Datum::from(*newval)),
+            Some(pg_sys::Datum::from(pg_sys::InvalidOid)),
+            Some(pg_sys::Datum::from(-1i32)),
+        ];
+        let datum = pgrx::fcinfo::direct_function_call_as_datum(pg_sys::timestamptz_in, &args);
+        let t = datum.map_or(i64::MAX, |d| d.value() as pg_sys::TimestampTz);
+        if t == i64::MIN || t == i64::MAX {
+            pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+            pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(c"The test clock must be a finite instant.".as_ptr());
+            return false;
+        }
+        from_pg(t)
+    };
+    // PostgreSQL frees `extra` with free().
+    let slot = libc::malloc(std::mem::size_of::<Micros>()) as *mut Micros;
+    if slot.is_null() {
+        return false;
+    }
+    slot.write(instant);
+    *extra = slot as *mut c_void;
+    true
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_clock(_newval: *const c_char, extra: *mut c_void) {
+    let instant = if extra.is_null() { REAL } else { *(extra as *const Micros) };
+    if FROZEN.swap(instant, Relaxed) != instant {
+        GENERATION.fetch_add(1, Relaxed);
+    }
+}
+
+/// Changes whenever the clock is set or reset.
+pub fn generation() -> u64 {
+    GENERATION.load(Relaxed)
+}
+
+/// The instant of the test clock, if it is set.
+fn frozen() -> Option<Micros> {
+    Some(FROZEN.load(Relaxed)).filter(|&t| t != REAL)
+}
+
+/// Now as the rules see it: the test clock, else the start of the current statement.
 pub fn statement_now() -> Micros {
     // SAFETY: always valid inside a transaction, which every SQL call is.
-    unsafe { pg_sys::GetCurrentStatementStartTimestamp() + PG_EPOCH_OFFSET_US }
+    frozen().unwrap_or_else(|| unsafe { pg_sys::GetCurrentStatementStartTimestamp() + PG_EPOCH_OFFSET_US })
+}
+
+/// `entitlements.now()`: what SQL code uses instead of `now()` (the transaction's start)
+/// so that the test clock moves it. Created in sql/schema.sql, before the tables whose
+/// defaults call it.
+#[pg_extern(stable, parallel_safe, sql = false)]
+fn clock_now() -> TimestampWithTimeZone {
+    // SAFETY: always valid inside a transaction.
+    let real = || unsafe { pg_sys::GetCurrentTransactionStartTimestamp() + PG_EPOCH_OFFSET_US };
+    to_timestamptz(frozen().unwrap_or_else(real))
+}
+
+/// `entitlements._statement_now()`: the same for code that counts by the statement.
+#[pg_extern(stable, parallel_safe, sql = false)]
+fn clock_statement_now() -> TimestampWithTimeZone {
+    to_timestamptz(statement_now())
 }
 
 /// The Gregorian calendar repeats every 400 years, which are exactly 146,097 days.

@@ -17,6 +17,11 @@ mod subscriptions;
 
 ::pgrx::pg_module_magic!();
 
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    clock::define_guc();
+}
+
 // The SQL, by concept, in the order it must be created. `requires` names the Rust
 // functions each file calls when it is created (SQL-language bodies are checked then).
 extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);

@@ -35,7 +35,7 @@ begin
                     using errcode = '22023', hint = 'Use a new feature key for the new kind.';
             end if;
             update entitlements.features f
-               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds, updated_at = now()
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds, updated_at = entitlements.now()
              where f.key = v_feature.key;
             v_updated := v_updated || v_feature.key;
         end if;
@@ -68,7 +68,7 @@ begin
            set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
                interval = r.interval, is_default = r.is_default, public = r.public, active = true,
                trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
-               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = now()
+               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = entitlements.now()
           from jsonb_populate_record(null::entitlements.plans, item) r
          where p.key = v_plan.key;
         v_changed := true;
@@ -144,14 +144,14 @@ begin
 
     -- The default moves before plans are written, so the single-default index holds.
     with moved as (
-        update entitlements.plans p set is_default = false, updated_at = now()
+        update entitlements.plans p set is_default = false, updated_at = entitlements.now()
          where p.is_default and p.key is distinct from v_default and p.key = any (v_keys)
         returning p.key)
     select coalesce(array_agg(key), '{}') into p_updated from moved;
 
     -- Plans missing from the document: inactive, never deleted; subscribers keep them.
     with gone as (
-        update entitlements.plans p set active = false, is_default = false, updated_at = now()
+        update entitlements.plans p set active = false, is_default = false, updated_at = entitlements.now()
          where p.active and p.key <> all (v_keys)
         returning p.key)
     select coalesce(array_agg(key order by key), '{}') into p_deactivated from gone;

@@ -3,7 +3,7 @@
 
 create function entitlements._add_grant(
     customer uuid, kind text, feature text, value jsonb, expires_at timestamptz, reason text,
-    starts_at timestamptz default now())
+    starts_at timestamptz default entitlements.now())
 returns uuid language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -19,7 +19,7 @@ begin
     end if;
     perform entitlements._finite(expires_at, 'expires_at');
     perform entitlements._finite(starts_at, 'starts_at');
-    if expires_at is not null and expires_at <= greatest(starts_at, now()) then
+    if expires_at is not null and expires_at <= greatest(starts_at, entitlements.now()) then
         raise exception 'expires_at (%) must be in the future and after starts_at', expires_at using errcode = '22023';
     end if;
     perform entitlements._require_admin_of(kind || ' grant', customer);
@@ -150,7 +150,7 @@ begin
     end if;
     perform entitlements._require_admin_of('revoke_grant', v_customer);
     perform set_config('entitlements.reason', reason, true);
-    update entitlements.grants g set revoked_at = now() where g.id = grant_id and g.revoked_at is null;
+    update entitlements.grants g set revoked_at = entitlements.now() where g.id = grant_id and g.revoked_at is null;
     perform set_config('entitlements.reason', '', true);
 end
 $$;

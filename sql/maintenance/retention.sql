@@ -17,7 +17,7 @@ create table entitlements.settings (
     usage_keep          interval not null default interval '13 months' check (usage_keep >= interval '1 month'),
     usage_months_ahead  integer not null default 3 check (usage_months_ahead between 1 and 24),
     stripe_max_attempts integer not null default 20 check (stripe_max_attempts between 1 and 1000),
-    updated_at          timestamptz not null default now(),
+    updated_at          timestamptz not null default entitlements.now(),
     -- Provisioning (provisioning/): how long a server stays suspended without access before
     -- it is terminated, failures before it is 'failed', the domain suffix of default domains.
     server_retention    interval not null default interval '30 days' check (server_retention >= interval '0'),
@@ -45,7 +45,7 @@ returns entitlements.settings language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
     select coalesce((select s from entitlements.settings s),
-                    row(true, null, interval '90 days', interval '13 months', 3, 20, now(),
+                    row(true, null, interval '90 days', interval '13 months', 3, 20, entitlements.now(),
                         interval '30 days', 8, 'matrix.example.com', 10, interval '30 days',
                         interval '3 days')::entitlements.settings)
 $$;
@@ -81,18 +81,18 @@ declare
 begin
     perform entitlements._require_caller_admin('retention');
     delete from entitlements.stripe_events e
-     where coalesce(e.applied_at, e.dead_at) < now() - v_settings.stripe_events_keep;
+     where coalesce(e.applied_at, e.dead_at) < entitlements.now() - v_settings.stripe_events_keep;
     get diagnostics v_events = row_count;
     -- A delivery nobody sent within the retention (no SMTP configured, say) ends dead, so that
     -- its event can go too; then events whose deliveries all ended (theirs go with them).
     update entitlements.deliveries d set status = 'dead', last_error = 'not delivered within settings.outbox_keep'
-     where d.status = 'pending' and d.created_at < now() - v_settings.outbox_keep;
+     where d.status = 'pending' and d.created_at < entitlements.now() - v_settings.outbox_keep;
     delete from entitlements.outbox o
-     where o.created_at < now() - v_settings.outbox_keep
+     where o.created_at < entitlements.now() - v_settings.outbox_keep
        and not exists (select 1 from entitlements.deliveries d where d.event_id = o.id and d.status = 'pending');
     get diagnostics v_outbox = row_count;
     if v_settings.audit_log_keep is not null then
-        v_cutoff := now() - v_settings.audit_log_keep;
+        v_cutoff := entitlements.now() - v_settings.audit_log_keep;
         perform set_config('entitlements.audit_retention', 'on', true);
         delete from entitlements.audit_log a where a.at < v_cutoff;
         get diagnostics v_audit = row_count;

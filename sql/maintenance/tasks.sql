@@ -94,7 +94,7 @@ $$;
 -- What the tasks tidy up (and count, for subscriptions Stripe owns).
 create function entitlements._lapsed(s entitlements.subscriptions, grace_days integer)
 returns boolean language sql stable parallel safe
-as $$ select g > '-infinity' and g <= now() from entitlements._grants_until(s, grace_days) g $$;
+as $$ select g > '-infinity' and g <= entitlements.now() from entitlements._grants_until(s, grace_days) g $$;
 
 -- Expiry --------------------------------------------------------------------------------
 
@@ -118,7 +118,7 @@ begin
            ended_at = coalesce(s.trial_end, s.current_period_end)
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'trialing'
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_trials = row_count;
 
     -- Canceled at period end, and the period is over: the cancellation is final.
@@ -127,7 +127,7 @@ begin
        set cancel_at_period_end = false, ended_at = coalesce(s.ended_at, s.current_period_end)
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'canceled' and s.cancel_at_period_end
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_cancels = row_count;
 
     -- past_due beyond the plan's grace period: unpaid, as Stripe does when retries run out.
@@ -136,7 +136,7 @@ begin
        set status = 'unpaid'
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'past_due'
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_grace = row_count;
     perform set_config('entitlements.reason', '', true);
 
@@ -187,7 +187,7 @@ begin
            canceled_at = coalesce(s.canceled_at, s.current_period_end), ended_at = s.current_period_end
       from entitlements.plans p
      where p.key = s.plan_key and s.source = 'manual' and s.status = 'active'
-       and entitlements._grants_until(s, p.grace_days) <= now();
+       and entitlements._grants_until(s, p.grace_days) <= entitlements.now();
     get diagnostics v_lapsed = row_count;
 
     select count(*) into v_stale_stripe from entitlements.subscriptions s
@@ -196,7 +196,7 @@ begin
 
     perform set_config('entitlements.reason', 'correct_entitlements: grant expired', true);
     update entitlements.grants g set revoked_at = g.expires_at
-     where g.revoked_at is null and g.expires_at <= now();
+     where g.revoked_at is null and g.expires_at <= entitlements.now();
     get diagnostics v_grants = row_count;
 
     if exists (select 1 from entitlements.features f where f.key = 'seats') then
@@ -272,14 +272,14 @@ as $$
         'organizations', (select count(*) from entitlements.customers c where c.kind = 'organization'),
         'members', (select count(*) from entitlements.members),
         'grants_open', (select count(*) from entitlements.grants g
-                         where g.revoked_at is null and (g.expires_at is null or g.expires_at > now())),
+                         where g.revoked_at is null and (g.expires_at is null or g.expires_at > entitlements.now())),
         'grants_expired_open', (select count(*) from entitlements.grants g
-                                 where g.revoked_at is null and g.expires_at <= now()),
+                                 where g.revoked_at is null and g.expires_at <= entitlements.now()),
         'plans_active', (select count(*) from entitlements.plans p where p.active),
-        'audit_rows_24h', (select count(*) from entitlements.audit_log a where a.at > now() - interval '24 hours'),
+        'audit_rows_24h', (select count(*) from entitlements.audit_log a where a.at > entitlements.now() - interval '24 hours'),
         'task_runs_failed_24h', (select coalesce(jsonb_object_agg(task, n), '{}')
                                    from (select t.task, count(*) as n from entitlements.task_runs t
-                                          where t.outcome = 'error' and t.started_at > now() - interval '24 hours'
+                                          where t.outcome = 'error' and t.started_at > entitlements.now() - interval '24 hours'
                                           group by t.task) x),
         'task_last_ok', (select coalesce(jsonb_object_agg(task, at), '{}')
                            from (select t.task, max(t.finished_at) as at from entitlements.task_runs t
@@ -301,10 +301,10 @@ declare
     v_old bigint;
 begin
     delete from entitlements.task_runs t
-     where t.outcome = 'skipped' and t.started_at < now() - least(v_keep, interval '1 day');
+     where t.outcome = 'skipped' and t.started_at < entitlements.now() - least(v_keep, interval '1 day');
     get diagnostics v_skipped = row_count;
     delete from entitlements.task_runs t
-     where t.started_at < now() - v_keep
+     where t.started_at < entitlements.now() - v_keep
        and t.started_at < (select max(l.started_at) from entitlements.task_runs l where l.task = t.task);
     get diagnostics v_old = row_count;
     return jsonb_build_object('rows_touched', v_skipped + v_old, 'skipped_deleted', v_skipped,

@@ -55,7 +55,7 @@ begin
         raise exception 'months_ahead must be between 0 and 120' using errcode = '22023';
     end if;
     for m in 0 .. months_ahead loop
-        v_start := date_trunc('month', now(), 'UTC') + make_interval(months => m);
+        v_start := date_trunc('month', entitlements.now(), 'UTC') + make_interval(months => m);
         v_end := v_start + interval '1 month';
         v_name := 'usage_ledger_' || to_char(v_start at time zone 'UTC', 'YYYY_MM');
         continue when to_regclass('entitlements.' || v_name) is not null;
@@ -76,7 +76,7 @@ begin
 end
 $$;
 
--- Retention: everything of the ledger before the month boundary at or before now() - keep
+-- Retention: everything of the ledger before the month boundary at or before entitlements.now() - keep
 -- goes: whole partitions are dropped, rows that fell into the default partition deleted;
 -- their lifetime usage moves to usage_rollup so lifetime counts still reconcile. Counters
 -- of windows closed by then and idempotency keys older than that go too. Returns how
@@ -95,7 +95,7 @@ begin
     if keep is null or keep < interval '1 month' then
         raise exception 'keep must be at least one month' using errcode = '22023';
     end if;
-    v_through := date_trunc('month', now() - keep, 'UTC');
+    v_through := date_trunc('month', entitlements.now() - keep, 'UTC');
     for v_part in
         select c.oid::regclass as rel,
                (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz as upper_bound

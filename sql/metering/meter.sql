@@ -17,7 +17,7 @@ begin
                                                      'window_start', entitlements._us(window_start), 'used', used)), '[]')
           from (select feature_key, period, window_start, sum(used) as used
                   from entitlements.usage_counters
-                 where customer_id = customer and (window_end is null or window_end > statement_timestamp())
+                 where customer_id = customer and (window_end is null or window_end > entitlements._statement_now())
                  group by 1, 2, 3) u);
 end
 $$;
@@ -41,7 +41,7 @@ as $$
                   select sum(l.amount) from entitlements.usage_ledger l
                    where l.customer_id = customer and l.feature_key = feature
                      and l.at >= coalesce((windows ->> (m ->> 'period'))::timestamptz,
-                                          entitlements._window_start(m ->> 'period', statement_timestamp()))), 0))
+                                          entitlements._window_start(m ->> 'period', entitlements._statement_now()))), 0))
      order by p.price_cents, p.key
      limit 1
 $$;
@@ -481,7 +481,7 @@ begin
     if p_mode <> 'check' and not v_replay then
         insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, idempotency_key, periods,
                                                billing_window, overage, unit_price_cents, cost_cents, actor)
-        values (statement_timestamp(), p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price,
+        values (entitlements._statement_now(), p_customer, p_feature, p_amount, p_key, v_periods, v_billing, v_over, v_price,
                 v_cost, entitlements.current_user_id());
         -- Only now, with every limit counted: a refusal by a later limit writes no event.
         perform entitlements._quota_events(p_customer, p_feature, v_crossed);

@@ -109,7 +109,7 @@ create table entitlements.usage_idempotency (
     idempotency_key text not null check (length(idempotency_key) between 1 and 255),
     feature_key     text not null,
     amount          numeric not null,
-    created_at      timestamptz not null default now(),
+    created_at      timestamptz not null default entitlements.now(),
     primary key (customer_id, idempotency_key)
 );
 

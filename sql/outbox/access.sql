@@ -19,7 +19,7 @@ create table entitlements.access_notices (
     told            integer not null default 0,
     -- The trial end a trial.ending was told for.
     trial_told_for  timestamptz,
-    updated_at      timestamptz not null default now()
+    updated_at      timestamptz not null default entitlements.now()
 );
 create index access_notices_due on entitlements.access_notices (until) where state = 'granting';
 comment on table entitlements.access_notices is
@@ -47,7 +47,7 @@ as $$
 declare
     v_until timestamptz := entitlements._grants_until(
         s, (select p.grace_days from entitlements.plans p where p.key = s.plan_key));
-    v_granting boolean := v_until is null or v_until > now();
+    v_granting boolean := v_until is null or v_until > entitlements.now();
     v_n entitlements.access_notices;
     v_kind text;
 begin
@@ -62,7 +62,7 @@ begin
     update entitlements.access_notices n
        set until = v_until,
            state = case when v_granting then 'granting' when v_kind is not null then 'suspended' else n.state end,
-           told = n.told + (v_kind is not null)::int, updated_at = now()
+           told = n.told + (v_kind is not null)::int, updated_at = entitlements.now()
      where n.subscription_id = s.id
        and (n.until is distinct from v_until or v_kind is not null or (v_granting and n.state = 'pending'));
     if v_kind is not null then
@@ -73,8 +73,8 @@ begin
                                             -- When time ended it, the instant kept at the last
                                             -- change (told late, by the task or by the write
                                             -- that tidied the row up); else now, by this write.
-                                            'access_ended_at', case when v_n.until > '-infinity' and v_n.until <= now()
-                                                                    then v_n.until else now() end)
+                                            'access_ended_at', case when v_n.until > '-infinity' and v_n.until <= entitlements.now()
+                                                                    then v_n.until else entitlements.now() end)
                     else '{}' end);
     end if;
     return v_kind;
@@ -102,16 +102,16 @@ begin
     for v_s in
         select s.* from entitlements.subscriptions s
           join entitlements.access_notices n on n.subscription_id = s.id
-         where s.status = 'trialing' and s.trial_end > now() and s.trial_end <= now() + v_notice
+         where s.status = 'trialing' and s.trial_end > entitlements.now() and s.trial_end <= entitlements.now() + v_notice
            and n.trial_told_for is distinct from s.trial_end
            for update of n skip locked for share of s skip locked
     loop
-        update entitlements.access_notices n set trial_told_for = v_s.trial_end, updated_at = now()
+        update entitlements.access_notices n set trial_told_for = v_s.trial_end, updated_at = entitlements.now()
          where n.subscription_id = v_s.id;
         perform entitlements._outbox_record('trial.ending', v_s.customer_id,
             format('trial_ending:%s:%s', v_s.id, to_char(v_s.trial_end at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
             jsonb_build_object('subscription_id', v_s.id, 'plan', v_s.plan_key, 'trial_end', v_s.trial_end,
-                               'days_left', ceil(extract(epoch from v_s.trial_end - now()) / 86400)));
+                               'days_left', ceil(extract(epoch from v_s.trial_end - entitlements.now()) / 86400)));
         v_trials := v_trials + 1;
     end loop;
 
@@ -120,7 +120,7 @@ begin
     for v_s in
         select s.* from entitlements.subscriptions s
           join entitlements.access_notices n on n.subscription_id = s.id
-         where n.state = 'granting' and (n.until <= now() or s.status = 'past_due')
+         where n.state = 'granting' and (n.until <= entitlements.now() or s.status = 'past_due')
            for update of n skip locked for share of s skip locked
     loop
         if entitlements._access_notice(v_s) is not null then

@@ -14,8 +14,8 @@ create table entitlements.webhook_endpoints (
     -- Standard Webhooks: 'whsec_' and the base64 of 24 to 64 random bytes.
     secret      text not null check (secret ~ '^whsec_[A-Za-z0-9+/]{32,88}={0,2}$'),
     enabled     boolean not null default true,
-    created_at  timestamptz not null default now(),
-    updated_at  timestamptz not null default now()
+    created_at  timestamptz not null default entitlements.now(),
+    updated_at  timestamptz not null default entitlements.now()
 );
 comment on table entitlements.webhook_endpoints is
     'App webhook endpoints (add_webhook_endpoint); payloads signed the Standard Webhooks way. Global admins only.';
@@ -33,7 +33,7 @@ create table entitlements.email_templates (
     subject    text not null check (length(subject) between 1 and 500),
     body_text  text not null check (length(body_text) between 1 and 100000),
     body_html  text check (length(body_html) <= 200000),
-    updated_at timestamptz not null default now(),
+    updated_at timestamptz not null default entitlements.now(),
     primary key (kind, locale)
 );
 comment on table entitlements.email_templates is
@@ -54,10 +54,10 @@ create table entitlements.deliveries (
     target          text not null check (length(target) <= 2000),
     status          text not null default 'pending' check (status in ('pending', 'delivered', 'dead')),
     attempts        integer not null default 0 check (attempts >= 0),
-    next_attempt_at timestamptz not null default now(),
+    next_attempt_at timestamptz not null default entitlements.now(),
     last_error      text check (length(last_error) <= 2000),
     delivered_at    timestamptz,
-    created_at      timestamptz not null default now(),
+    created_at      timestamptz not null default entitlements.now(),
     check ((channel = 'webhook') = (endpoint_id is not null))
 );
 create index deliveries_due on entitlements.deliveries (next_attempt_at) where status = 'pending';
@@ -78,7 +78,7 @@ create policy deliveries_admin on entitlements.deliveries for all
 create table entitlements.delivery_attempts (
     id          bigint generated always as identity primary key,
     delivery_id bigint not null references entitlements.deliveries (id) on delete cascade,
-    at          timestamptz not null default now(),
+    at          timestamptz not null default entitlements.now(),
     ok          boolean not null,
     status_code integer check (status_code between 100 and 599),
     latency_ms  integer check (latency_ms >= 0),
@@ -135,7 +135,7 @@ as $$
 begin
     perform entitlements._require_admin('remove_webhook_endpoint');
     -- Kept (disabled) for the deliveries that name it; what it still had to receive is dead.
-    update entitlements.webhook_endpoints e set enabled = false, updated_at = now()
+    update entitlements.webhook_endpoints e set enabled = false, updated_at = entitlements.now()
      where e.id = endpoint and e.enabled;
     if not found then
         return false;
@@ -316,7 +316,7 @@ begin
     end if;
     for d in
         select x.* from entitlements.deliveries x
-         where x.status = 'pending' and x.next_attempt_at <= now() and x.channel = any (channels)
+         where x.status = 'pending' and x.next_attempt_at <= entitlements.now() and x.channel = any (channels)
            and not exists (select 1 from entitlements.leases l
                             where l.name = entitlements._delivery_lease_name(x.id) and l.until >= clock_timestamp())
          order by x.next_attempt_at, x.id
@@ -397,7 +397,7 @@ begin
         return false;
     end if;
     update entitlements.deliveries d
-       set status = 'delivered', delivered_at = now(), attempts = d.attempts + 1, last_error = null
+       set status = 'delivered', delivered_at = entitlements.now(), attempts = d.attempts + 1, last_error = null
      where d.id = delivery_id;
     return true;
 end
@@ -423,7 +423,7 @@ begin
     end if;
     update entitlements.deliveries x
        set attempts = x.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + entitlements._backoff(x.attempts),
+           next_attempt_at = entitlements.now() + entitlements._backoff(x.attempts),
            status = case when x.attempts + 1 >= v_max or coalesce(permanent, false) then 'dead' else x.status end
      where x.id = delivery_id
     returning * into d;
@@ -464,7 +464,7 @@ begin
     perform entitlements._require_admin('retry_delivery');
     perform entitlements._require_not_null(delivery_id, 'delivery_id');
     update entitlements.deliveries d
-       set status = 'pending', attempts = 0, next_attempt_at = now()
+       set status = 'pending', attempts = 0, next_attempt_at = entitlements.now()
      where d.id = delivery_id and d.status <> 'delivered';
     if not found then
         if not exists (select 1 from entitlements.deliveries d where d.id = delivery_id) then

@@ -11,7 +11,7 @@ create table entitlements.outbox (
     dedup_key   text not null unique check (length(dedup_key) between 1 and 500),
     payload     jsonb not null default '{}' check (jsonb_typeof(payload) = 'object'
                                                    and entitlements._valid_json(payload, 'outbox.payload')),
-    created_at  timestamptz not null default now()
+    created_at  timestamptz not null default entitlements.now()
 );
 create index outbox_customer on entitlements.outbox (customer_id, created_at);
 comment on table entitlements.outbox is

@@ -61,7 +61,7 @@ begin
     end if;
     for r in
         select s.* from entitlements.server_records s
-         where s.phase not in ('terminated', 'failed') and s.next_attempt_at <= now()
+         where s.phase not in ('terminated', 'failed') and s.next_attempt_at <= entitlements.now()
            -- Not while anyone's lease lasts, the claimer's own included: a server is worked on
            -- once at a time, even within one worker.
            and not exists (select 1 from entitlements.leases l
@@ -174,17 +174,17 @@ begin
            applied_resources = coalesce(provision_report.applied_resources, r.applied_resources),
            observed_generation = case when v_converged then provision_report.generation else r.observed_generation end,
            attempts = 0, last_error = null,
-           next_attempt_at = now() + coalesce(requeue_after, interval '0'),
-           ready_at = case when provision_report.phase = 'ready' then coalesce(r.ready_at, now()) else r.ready_at end,
-           terminated_at = case when provision_report.phase = 'terminated' then coalesce(r.terminated_at, now()) end,
-           updated_at = now()
+           next_attempt_at = entitlements.now() + coalesce(requeue_after, interval '0'),
+           ready_at = case when provision_report.phase = 'ready' then coalesce(r.ready_at, entitlements.now()) else r.ready_at end,
+           terminated_at = case when provision_report.phase = 'terminated' then coalesce(r.terminated_at, entitlements.now()) end,
+           updated_at = entitlements.now()
      where r.id = server_id
        and ((r.phase, r.conditions, r.applied_resources, r.observed_generation, r.attempts, r.last_error)
             is distinct from
             (provision_report.phase, coalesce(provision_report.conditions, '[]'),
              coalesce(provision_report.applied_resources, r.applied_resources),
              case when v_converged then provision_report.generation else r.observed_generation end, 0, null::text)
-            or (requeue_after > interval '0' and r.next_attempt_at < now() + requeue_after));
+            or (requeue_after > interval '0' and r.next_attempt_at < entitlements.now() + requeue_after));
     if phase is distinct from v_old.phase and phase in ('ready', 'suspended', 'terminated') then
         perform entitlements._server_event(v_old, phase);
     end if;
@@ -222,12 +222,12 @@ begin
     end if;
     update entitlements.server_records s
        set attempts = s.attempts + 1, last_error = left(coalesce(error, 'unknown error'), 2000),
-           next_attempt_at = now() + entitlements._backoff(s.attempts),
+           next_attempt_at = entitlements.now() + entitlements._backoff(s.attempts),
            -- A server being deleted stays terminating (retried, its error kept): failed would let
            -- its desired state follow the customer's access again.
            phase = case when (s.attempts + 1 >= v_max or coalesce(permanent, false)) and s.phase <> 'terminating'
                         then 'failed' else s.phase end,
-           updated_at = now()
+           updated_at = entitlements.now()
      where s.id = server_id
     returning * into r;
     if r.phase = 'failed' then
@@ -256,7 +256,7 @@ begin
     end if;
     update entitlements.server_records r
        set phase = case when r.phase = 'failed' then 'pending' else r.phase end,
-           attempts = 0, next_attempt_at = now(), updated_at = now()
+           attempts = 0, next_attempt_at = entitlements.now(), updated_at = entitlements.now()
      where r.id = server and r.phase <> 'terminated';
     if found then
         perform pg_notify('entitlements_provision', '');

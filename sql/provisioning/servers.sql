@@ -50,11 +50,11 @@ create table entitlements.server_records (
     applied_resources   jsonb check (jsonb_typeof(applied_resources) = 'object'
                                      and entitlements._valid_json(applied_resources, 'server_records.applied_resources')),
     attempts            integer not null default 0 check (attempts >= 0),
-    next_attempt_at     timestamptz not null default now() check (entitlements._finite(next_attempt_at, 'next_attempt_at')),
+    next_attempt_at     timestamptz not null default entitlements.now() check (entitlements._finite(next_attempt_at, 'next_attempt_at')),
     last_error          text check (length(last_error) <= 2000),
-    created_at          timestamptz not null default now(),
+    created_at          timestamptz not null default entitlements.now(),
     ready_at            timestamptz,
-    updated_at          timestamptz not null default now(),
+    updated_at          timestamptz not null default entitlements.now(),
     terminated_at       timestamptz
 );
 create index server_records_customer on entitlements.server_records (customer_id);
@@ -70,7 +70,7 @@ create table entitlements.server_secrets (
     signing_key                text not null,
     registration_shared_secret text not null,
     macaroon_secret_key        text not null,
-    created_at                 timestamptz not null default now()
+    created_at                 timestamptz not null default entitlements.now()
 );
 comment on table entitlements.server_secrets is
     'Synapse''s secrets of each server, made once and never regenerated. Global admins only; never audited.';
@@ -113,16 +113,16 @@ as $$
     select greatest(server_created, max(ended))
       from (select case when not exists (select 1 from entitlements.plan_entitlements e
                                            where e.plan_key = s.plan_key and e.feature_key = 'resources')
-                             then case when s.updated_at > s.created_at then least(s.updated_at, now()) end
+                             then case when s.updated_at > s.created_at then least(s.updated_at, entitlements.now()) end
                         when g = '-infinity' then coalesce(s.ended_at, s.canceled_at, s.status_changed_at)
-                        else least(coalesce(g, now()), now()) end
+                        else least(coalesce(g, entitlements.now()), entitlements.now()) end
               from entitlements.subscriptions s
               join entitlements.plans p on p.key = s.plan_key
              cross join lateral entitlements._grants_until(s, p.grace_days) g
              where s.customer_id = customer
                 or s.customer_id in (select m.organization_id from entitlements.members m where m.user_id = customer)
             union all
-            select least(coalesce(g.revoked_at, g.expires_at, now()), now())
+            select least(coalesce(g.revoked_at, g.expires_at, entitlements.now()), entitlements.now())
               from entitlements.grants g
              where g.customer_id = customer and g.feature_key = 'resources' and g.kind in ('feature', 'override'))
            as ends(ended)
@@ -149,7 +149,7 @@ begin
         else
             resources := r.applied_resources;
             desired := case when entitlements._server_access_lost_at(r.customer_id, r.created_at)
-                                 <= now() - (entitlements._settings()).server_retention
+                                 <= entitlements.now() - (entitlements._settings()).server_retention
                             then 'terminated' else 'suspended' end;
         end if;
     end if;

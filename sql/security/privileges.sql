@@ -11,9 +11,9 @@ revoke all on all sequences in schema entitlements from public;
 revoke all on all functions in schema entitlements from public;
 
 -- Any role: the checks (an app's RLS policy calls them as whoever queries its table) and
--- the version has_feature reads as its caller (a number, nothing else).
+-- the version has_feature reads as its caller (a number, nothing else), and the clock.
 grant execute on function entitlements.current_user_id(), entitlements.has_feature(text),
-    entitlements.has_feature(uuid, text) to public;
+    entitlements.has_feature(uuid, text), entitlements.now() to public;
 grant select on entitlements.cache_version to public;
 -- Auditing any app table: its owner attaches the trigger, its writers run it.
 grant execute on function entitlements.enable_audit(regclass), entitlements._is_extension_table(oid),

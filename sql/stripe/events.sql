@@ -36,7 +36,7 @@ set search_path = pg_catalog, pg_temp
 begin atomic
     select e.id, e.type, e.received_at, entitlements._stripe_event_subscription(e.payload)
       from entitlements.stripe_events e
-     where e.applied_at is null and e.dead_at is null and e.next_attempt_at <= now()
+     where e.applied_at is null and e.dead_at is null and e.next_attempt_at <= entitlements.now()
      order by e.created, e.received_at, e.id
      limit max_events;
 end;
@@ -101,7 +101,7 @@ begin
         else 'ignored'
     end;
     update entitlements.stripe_events e
-       set applied_at = now(), outcome = v_outcome, attempts = e.attempts + 1, last_error = null
+       set applied_at = entitlements.now(), outcome = v_outcome, attempts = e.attempts + 1, last_error = null
      where e.id = event_id;
     return v_outcome;
 end
@@ -124,8 +124,8 @@ begin
     perform entitlements._stripe_require_admin('stripe_event_failed');
     update entitlements.stripe_events e
        set attempts = e.attempts + 1, last_error = left(error, 2000),
-           next_attempt_at = now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12))),
-           dead_at = case when e.attempts + 1 >= v_max then now() end
+           next_attempt_at = entitlements.now() + least(interval '1 hour', interval '1 second' * power(2, least(e.attempts, 12))),
+           dead_at = case when e.attempts + 1 >= v_max then entitlements.now() end
      where e.id = event_id and e.applied_at is null
     returning case when e.dead_at is null then e.next_attempt_at end into v_next;
     return v_next;
@@ -142,7 +142,7 @@ begin
     perform entitlements._stripe_require_admin('stripe_retry_event');
     perform entitlements._require_not_null(event_id, 'event_id');
     update entitlements.stripe_events e
-       set dead_at = null, attempts = 0, next_attempt_at = now()
+       set dead_at = null, attempts = 0, next_attempt_at = entitlements.now()
      where e.id = event_id and e.applied_at is null;
     if not found then
         if not exists (select 1 from entitlements.stripe_events e where e.id = event_id) then

@@ -41,13 +41,13 @@ create table entitlements.stripe_events (
     created         timestamptz not null,
     api_version     text,
     payload         jsonb not null,
-    received_at     timestamptz not null default now(),
+    received_at     timestamptz not null default entitlements.now(),
     applied_at      timestamptz,
     -- What applying it did: created, updated, unchanged, stale, linked, ignored, ...
     outcome         text,
     attempts        integer not null default 0,
     last_error      text,
-    next_attempt_at timestamptz not null default now(),
+    next_attempt_at timestamptz not null default entitlements.now(),
     -- Set when it failed settings.stripe_max_attempts times: no more retries until an admin
     -- calls stripe_retry_event (dead letters show in the worker's /healthz and /metrics).
     dead_at         timestamptz check (entitlements._finite(dead_at, 'dead_at'))
@@ -65,7 +65,7 @@ create table entitlements.stripe_subscriptions (
     period_start           timestamptz,
     state_rank             smallint not null,
     applied_from           text not null,
-    updated_at             timestamptz not null default now()
+    updated_at             timestamptz not null default entitlements.now()
 );
 
 alter table entitlements.stripe_events enable row level security;
@@ -197,8 +197,8 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
     perform entitlements.link_stripe_customer(customer, stripe_customer_id);
-    update entitlements.stripe_events e set next_attempt_at = now()
-     where e.applied_at is null and e.attempts > 0 and e.next_attempt_at > now()
+    update entitlements.stripe_events e set next_attempt_at = entitlements.now()
+     where e.applied_at is null and e.attempts > 0 and e.next_attempt_at > entitlements.now()
        and entitlements._stripe_id(e.payload #> '{data,object,customer}') = _stripe_link.stripe_customer_id;
 end
 $$;
@@ -225,7 +225,7 @@ begin
             _stripe_remember.period_start, _stripe_remember.state_rank, _stripe_remember.applied_from)
     on conflict on constraint stripe_subscriptions_pkey do update
        set observed_at = excluded.observed_at, period_start = excluded.period_start,
-           state_rank = excluded.state_rank, applied_from = excluded.applied_from, updated_at = now();
+           state_rank = excluded.state_rank, applied_from = excluded.applied_from, updated_at = entitlements.now();
 end
 $$;
 

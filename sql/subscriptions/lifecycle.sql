@@ -9,10 +9,10 @@ begin
     if entitlements._bulk_loading() then
         return new; -- pg_restore: keep the restored instants
     end if;
-    new.updated_at := now();
+    new.updated_at := entitlements.now();
     if tg_op = 'INSERT' or new.status is distinct from old.status then
         -- The past_due grace period counts from here.
-        new.status_changed_at := now();
+        new.status_changed_at := entitlements.now();
     end if;
     return new;
 end
@@ -80,22 +80,22 @@ begin
     end if;
     perform entitlements._finite(period_end, 'period_end');
     perform entitlements._finite(trial_end, 'trial_end');
-    if period_end <= now() then
+    if period_end <= entitlements.now() then
         raise exception 'period_end (%) must be in the future', period_end using errcode = '22023';
     end if;
-    if trial_end <= now() then
+    if trial_end <= entitlements.now() then
         raise exception 'trial_end (%) must be in the future', trial_end using errcode = '22023';
     end if;
     if status = 'trialing' and v_trial_end is null and v_plan.trial_days > 0 then
-        v_trial_end := now() + make_interval(days => v_plan.trial_days);
+        v_trial_end := entitlements.now() + make_interval(days => v_plan.trial_days);
     end if;
 
     insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
     insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
                                             current_period_end, trial_end, canceled_at, ended_at)
-    values (customer, plan, status, quantity, now(), period_end, v_trial_end,
-            case when status = 'canceled' then now() end,
-            case when status in ('canceled', 'incomplete_expired') then now() end)
+    values (customer, plan, status, quantity, entitlements.now(), period_end, v_trial_end,
+            case when status = 'canceled' then entitlements.now() end,
+            case when status in ('canceled', 'incomplete_expired') then entitlements.now() end)
     returning id into v_id;
     return v_id;
 end
@@ -141,16 +141,16 @@ begin
         return; -- already canceled: idempotent
     end if;
     perform set_config('entitlements.reason', 'cancel', true);
-    if at_period_end and v_sub.current_period_end > now() then
+    if at_period_end and v_sub.current_period_end > entitlements.now() then
         update entitlements.subscriptions s
-           set status = 'canceled', cancel_at_period_end = true, canceled_at = now(), ended_at = v_sub.current_period_end
+           set status = 'canceled', cancel_at_period_end = true, canceled_at = entitlements.now(), ended_at = v_sub.current_period_end
          where s.id = v_sub.id;
     else
         if at_period_end then
             raise notice 'subscription % has no future period end; canceled immediately', v_sub.id;
         end if;
         update entitlements.subscriptions s
-           set status = 'canceled', cancel_at_period_end = false, canceled_at = now(), ended_at = now()
+           set status = 'canceled', cancel_at_period_end = false, canceled_at = entitlements.now(), ended_at = entitlements.now()
          where s.id = v_sub.id;
     end if;
     perform set_config('entitlements.reason', '', true);
@@ -177,7 +177,7 @@ begin
     if not v_plan.active then
         raise exception 'plan "%" is no longer offered', plan using errcode = '22023';
     end if;
-    if v_sub.ended_at is not null and v_sub.ended_at <= now() then
+    if v_sub.ended_at is not null and v_sub.ended_at <= entitlements.now() then
         raise exception 'subscription % has ended; start a new one instead', v_sub.id using errcode = '55000';
     end if;
     if v_sub.plan_key = plan then
@@ -213,15 +213,15 @@ begin
                   hint = case when v_sub.status = 'paused' then 'Resume it with entitlements.set_status(subscription, ''active'', reason).'
                               else 'Start a new one with entitlements.subscribe().' end;
     end if;
-    if period_end is null or not isfinite(period_end) or period_end <= now() then
+    if period_end is null or not isfinite(period_end) or period_end <= entitlements.now() then
         raise exception 'period_end must be a finite instant after now, got %', coalesce(period_end::text, 'NULL')
             using errcode = '22023';
     end if;
     perform set_config('entitlements.reason', 'renew', true);
     update entitlements.subscriptions s
-       set status = 'active', current_period_start = now(), current_period_end = period_end,
+       set status = 'active', current_period_start = entitlements.now(), current_period_end = period_end,
            -- A trial converted before its end ends now.
-           trial_end = case when s.status = 'trialing' and s.trial_end > now() then now() else s.trial_end end
+           trial_end = case when s.status = 'trialing' and s.trial_end > entitlements.now() then entitlements.now() else s.trial_end end
      where s.id = v_sub.id;
     perform set_config('entitlements.reason', '', true);
 end
@@ -282,7 +282,7 @@ begin
     perform entitlements._require_admin_of('link_stripe_customer', customer);
     -- UPDATE first: an INSERT ... ON CONFLICT is held to the INSERT policy even when it
     -- updates, and a tenant admin may not insert a customer without a tenant.
-    update entitlements.customers c set stripe_customer_id = link_stripe_customer.stripe_customer_id, updated_at = now()
+    update entitlements.customers c set stripe_customer_id = link_stripe_customer.stripe_customer_id, updated_at = entitlements.now()
      where c.id = customer and c.stripe_customer_id is distinct from link_stripe_customer.stripe_customer_id;
     if not found and not exists (select 1 from entitlements.customers c where c.id = customer) then
         insert into entitlements.customers (id, stripe_customer_id) values (customer, stripe_customer_id);

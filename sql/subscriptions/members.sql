@@ -113,7 +113,7 @@ begin
     -- user id is not an organization is checked by the trigger above.
     if not exists (select 1 from entitlements.customers c where c.id = organization and c.kind = 'organization') then
         insert into entitlements.customers as c (id, kind) values (organization, 'organization')
-        on conflict (id) do update set kind = 'organization', updated_at = now();
+        on conflict (id) do update set kind = 'organization', updated_at = entitlements.now();
     end if;
     insert into entitlements.members as m (organization_id, user_id, role) values (organization, user_id, role)
     on conflict on constraint members_pkey do update set role = excluded.role where m.role <> excluded.role;

@@ -41,7 +41,7 @@ begin
     insert into entitlements.customers as c (id, email, display_name, locale)
     values (customer, nullif(email, ''), nullif(display_name, ''), locale)
     on conflict (id) do update
-       set email = excluded.email, display_name = excluded.display_name, locale = excluded.locale, updated_at = now()
+       set email = excluded.email, display_name = excluded.display_name, locale = excluded.locale, updated_at = entitlements.now()
      where (c.email, c.display_name, c.locale) is distinct from (excluded.email, excluded.display_name, excluded.locale);
 end
 $$;
@@ -55,7 +55,7 @@ comment on function entitlements.set_profile(uuid, text, text, text) is
 create table entitlements.auth_emails (
     user_id    uuid primary key,
     email      text check (length(email) <= 320),
-    updated_at timestamptz not null default now()
+    updated_at timestamptz not null default entitlements.now()
 );
 comment on table entitlements.auth_emails is
     'Supabase auth.users emails, copied by entitlements.sync_auth_email(); notifications prefer them. A user reads their own.';
@@ -84,7 +84,7 @@ begin
     end if;
     insert into entitlements.auth_emails as e (user_id, email)
     values (new.id, nullif(left(new.email::text, 320), ''))
-    on conflict (user_id) do update set email = excluded.email, updated_at = now()
+    on conflict (user_id) do update set email = excluded.email, updated_at = entitlements.now()
      where e.email is distinct from excluded.email;
     return null;
 end

@@ -63,6 +63,9 @@ struct State {
     /// within the budget since the backend started.
     bytes: usize,
     evictions: u64,
+    /// The test clock's generation the customers were loaded under (clock.rs): what was
+    /// loaded at one instant (subscriptions that had not ended) is dropped when it moves.
+    clock: u64,
 }
 
 impl State {
@@ -154,8 +157,13 @@ fn schema_owner() -> Result<pg_sys::Oid> {
 /// Make the cache agree with the current snapshot. Cheap when the snapshot is unchanged.
 fn refresh(st: &mut State) -> Result<()> {
     let key = snapshot_key();
-    if key.is_some() && key == st.snapshot {
+    let clock = crate::clock::generation();
+    if key.is_some() && key == st.snapshot && clock == st.clock {
         return Ok(());
+    }
+    if clock != st.clock {
+        st.forget_customers();
+        st.clock = clock;
     }
     if let Some(xid) = st.tainted_by {
         // Our own transaction wrote (or did and ended): nothing cached may outlive a snapshot.
@@ -405,9 +413,9 @@ const LOAD_SUBSCRIPTIONS: Statement = Statement {
                  s.current_period_end, s.trial_end, s.cancel_at_period_end, s.status_changed_at
             from entitlements.subscriptions s
            where s.customer_id operator(pg_catalog.=) $1
-             and (s.ended_at is null or s.ended_at operator(pg_catalog.>) pg_catalog.now())
+             and (s.ended_at is null or s.ended_at operator(pg_catalog.>) $2)
            order by s.created_at, s.id",
-    args: &[pg_sys::UUIDOID],
+    args: &[pg_sys::UUIDOID, pg_sys::TIMESTAMPTZOID],
 };
 
 const LOAD_GRANTS: Statement = Statement {
@@ -425,7 +433,10 @@ fn micros(t: Option<TimestampWithTimeZone>) -> Option<Micros> {
 
 fn load_party(id: [u8; 16]) -> Result<Party> {
     let uuid = Uuid::from_bytes(id);
-    let rows = spi::run(&LOAD_SUBSCRIPTIONS, vec![spi::arg(uuid)], true)?;
+    // Those that had not ended by now (the test clock's, which is why a clock change
+    // drops what is cached).
+    let now = crate::clock::to_timestamptz(crate::clock::statement_now());
+    let rows = spi::run(&LOAD_SUBSCRIPTIONS, vec![spi::arg(uuid), spi::arg(now)], true)?;
     let mut subscriptions = Vec::with_capacity(rows.len());
     for i in 0..rows.len() {
         let (Some(id), Some(plan), Some(status)) = (rows.get(i, 1), rows.get(i, 2), rows.get(i, 3)) else {

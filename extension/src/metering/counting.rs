@@ -81,7 +81,7 @@ const COUNT_AND_RECORD: Statement = Statement {
         count_on_stripe_sql!(),
         "), logged as (
              insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods, billing_window, actor)
-             select pg_catalog.statement_timestamp(), $1, $2, $5, array[$3],
+             select $13, $1, $2, $5, array[$3],
                     case when $3 operator(pg_catalog.=) 'billing_period' then $4 end, $12
                from counted)
          select k.total from counted k"
@@ -99,6 +99,7 @@ const COUNT_AND_RECORD: Statement = Statement {
         pg_sys::BOOLOID,
         pg_sys::INT8OID,
         pg_sys::UUIDOID,
+        pg_sys::TIMESTAMPTZOID,
     ],
 };
 
@@ -162,7 +163,7 @@ const OPEN_WINDOW: Statement = Statement {
 
 const RECORD: Statement = Statement {
     sql: "insert into entitlements.usage_ledger (at, customer_id, feature_key, amount, periods, billing_window, actor)
-          values (pg_catalog.statement_timestamp(), $1, $2, $3, $4, $5, $6)",
+          values ($7, $1, $2, $3, $4, $5, $6)",
     args: &[
         pg_sys::UUIDOID,
         pg_sys::TEXTOID,
@@ -170,6 +171,7 @@ const RECORD: Statement = Statement {
         pg_sys::TEXTARRAYOID,
         pg_sys::TIMESTAMPTZOID,
         pg_sys::UUIDOID,
+        pg_sys::TIMESTAMPTZOID,
     ],
 };
 
@@ -351,6 +353,7 @@ fn count_on_stamped(
             arg(vec![period.as_str()]),
             arg(billing),
             arg(actor),
+            arg(clock::to_timestamptz(clock::statement_now())),
         ];
         spi::run(&RECORD, args, false)?;
     }
@@ -397,6 +400,7 @@ fn count_all(
             ];
             let rows = if windows.len() == 1 {
                 args.push(arg(actor));
+                args.push(arg(clock::to_timestamptz(clock::statement_now())));
                 spi::run(&COUNT_AND_RECORD, args, false)?
             } else {
                 spi::run(&COUNT_ON_STRIPE, args, false)?
@@ -445,7 +449,9 @@ fn basis(limit: Option<f64>) -> Result<AnyNumeric> {
 fn record(customer: Uuid, feature: &str, amount: AnyNumeric, windows: &[Window], actor: Option<Uuid>) -> Result<()> {
     let periods: Vec<&str> = windows.iter().map(|w| w.meter.period.as_str()).collect();
     let billing = windows.iter().find(|w| w.meter.period == "billing_period").map(|w| clock::to_timestamptz(w.start));
-    spi::run(&RECORD, vec![arg(customer), arg(feature), arg(amount), arg(periods), arg(billing), arg(actor)], false)?;
+    let at = clock::to_timestamptz(clock::statement_now());
+    let args = vec![arg(customer), arg(feature), arg(amount), arg(periods), arg(billing), arg(actor), arg(at)];
+    spi::run(&RECORD, args, false)?;
     Ok(())
 }
 

@@ -58,7 +58,7 @@ pub fn record(row: &Row) -> bool {
             return false;
         };
         let parent = Table::open(ledger, pg_sys::RowExclusiveLock);
-        let at = pg_sys::GetCurrentStatementStartTimestamp();
+        let at = crate::clock::to_pg(crate::clock::statement_now());
         let Some(oid) =
             (if crate::postgres::shape::fits(ledger) { leaf_partition_for(&parent, c"at", at) } else { None })
         else {
