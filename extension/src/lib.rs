@@ -103,6 +103,13 @@ extension_sql_file!(
     requires = ["outbox", "leases", "cache", checks::feature_config, subscriptions::grants_until]
 );
 extension_sql_file!("../../sql/provisioning/applier.sql", name = "provisioning", requires = ["servers"]);
+extension_sql_file!(
+    "../../sql/revenue/history.sql",
+    name = "revenue_history",
+    requires = ["outbox_events", "provisioning", security::access::can_see_customer]
+);
+extension_sql_file!("../../sql/revenue/discounts.sql", name = "discounts", requires = ["revenue_history"]);
+extension_sql_file!("../../sql/revenue/metrics.sql", name = "revenue_metrics", requires = ["discounts"]);
 extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.

@@ -26,7 +26,7 @@ grant select on all tables in schema entitlements to entitlements_api, entitleme
 grant insert, update, delete on entitlements.features, entitlements.plans, entitlements.plan_entitlements,
     entitlements.customers, entitlements.subscriptions, entitlements.members, entitlements.grants,
     entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings,
-    entitlements.leases
+    entitlements.leases, entitlements.coupons, entitlements.discounts
     to entitlements_api, entitlements_admin;
 -- Servers: added through create_server (the rest of a row is the worker's, through the admin
 -- functions), never deleted (a name is never reused); the secrets are for global admins.
@@ -55,6 +55,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._access_token_claims(jsonb), entitlements._server_made(), entitlements._server_changed(),
     entitlements._server_check_insert(), entitlements._server_first(), entitlements._outbox_fan_out(),
     entitlements._subscription_events(), entitlements._grant_events(), entitlements._member_events(),
+    entitlements._record_subscription_history(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),
