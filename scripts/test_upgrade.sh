@@ -52,11 +52,12 @@ SQL
 
 # What 0.2.0 adds to the data: a table that starts empty and a column that starts NULL
 # (checked after the upgrade); the rows are compared without them.
-NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts)
+NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts entitlements.coupons entitlements.discounts)
 NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale
-             entitlements.usage_counters.split)
+             entitlements.usage_counters.split entitlements.subscriptions.price_cents
+             entitlements.subscriptions.currency entitlements.subscriptions.billing_interval)
 # Tables new in 0.2.0 that the upgrade fills from 0.1.0's rows, compared apart (below).
-FILLED_TABLES=(entitlements.access_notices)
+FILLED_TABLES=(entitlements.access_notices entitlements.subscription_history)
 # Columns the upgrade fills in or rewrites on purpose, compared apart (below).
 # The thresholds it sets are a catalog change: audited (one more audit row, compared apart) and
 # a new cache version, so that running backends load them.
@@ -233,6 +234,12 @@ done
         full join entitlements.access_notices n on n.subscription_id = s.id
         where n.subscription_id is null or s.id is null or n.state <> 'granting'")" = 0 ] \
     || fail "access_notices not filled in by the upgrade"
+# Every subscription's history starts with its current state, from its creation.
+[ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.subscriptions s
+        full join entitlements.subscription_history h on h.subscription_id = s.id
+        where h.id is null or s.id is null or h.valid_to is not null or h.valid_from <> s.created_at
+           or (h.plan_key, h.status, h.quantity) is distinct from (s.plan_key, s.status, s.quantity)")" = 0 ] \
+    || fail "subscription_history not filled in by the upgrade"
 [ "$(psql_in "$OLD" -At -c "select version > $VERSION_BEFORE from entitlements.cache_version")" = t ] \
     || fail "the upgrade changed the catalog without a new cache version"
 [ "$(psql_in "$OLD" -At -c "select string_agg(table_name || ' ' || action, ',') from entitlements.audit_log

@@ -9,6 +9,12 @@ signature line in the upgrade script, or is appended at the end of its section
 "-- Synced from the install scripts" (created before the privileges section) when the
 upgrade script has none. A body ends on the first line ending in `$$;` (`end;` for
 `begin atomic`); a COMMENT right after the definition comes along. scripts/test_upgrade.sh then proves upgraded == fresh install.
+
+    scripts/upgrade_sync.py sql/pg_entitlements--A--B.sql --files sql/x/new.sql [...]
+
+copies whole install files that are new in B (tables, policies and functions together)
+between the lines `-- BEGIN copy of FILE` and `-- END copy of FILE` of the upgrade script,
+added before the privileges section the first time.
 """
 import pathlib
 import re
@@ -46,8 +52,26 @@ def blocks(text, name):
     return out
 
 
+def copy_files(upgrade, files):
+    text = upgrade.read_text()
+    for f in files:
+        begin, end = f"-- BEGIN copy of {f}\n", f"-- END copy of {f}\n"
+        block = begin + (ROOT / f).read_text() + end
+        if begin in text:
+            i, j = text.index(begin), text.index(end) + len(end)
+            text = text[:i] + block + text[j:]
+            print(f"replaced the copy of {f}")
+        else:
+            at = text.index("-- Privileges (sql/security/privileges.sql)")
+            text = text[:at] + block + "\n" + text[at:]
+            print(f"added a copy of {f}")
+    upgrade.write_text(text)
+
+
 def main():
     upgrade = pathlib.Path(sys.argv[1])
+    if sys.argv[2:3] == ["--files"]:
+        return copy_files(upgrade, sys.argv[3:])
     names = sys.argv[2:]
     sources = [p for p in sorted((ROOT / "sql").rglob("*.sql")) if "--" not in p.name]
     text = upgrade.read_text()

@@ -4507,6 +4507,660 @@ comment on function entitlements.stripe_apply_event(text, jsonb) is
     'Apply a stored Stripe event once (subscription, invoice, checkout and customer events; others are '
     'acknowledged as ignored). fetched: the subscription as just fetched from the API. Admins only.';
 
+-- BEGIN copy of sql/revenue/history.sql
+-- Subscription history (issue #12): every change of a subscription's plan, status,
+-- quantity, price or period, with the instant it took effect (entitlements.now(), so the
+-- test clock dates it). entitlements.subscriptions stays the current state; this is what
+-- "as of" reads and the revenue metrics (revenue/metrics.sql) read. Discounts keep their
+-- own time ranges (revenue/discounts.sql, grants of kind discount).
+
+-- What a subscription pays, when it differs from its plan's price (a Stripe price, a
+-- negotiated price); NULL: the plan's price_cents, currency and interval.
+alter table entitlements.subscriptions
+    add column price_cents bigint check (price_cents >= 0),
+    add column currency text check (currency ~ '^[a-z]{3}$'),
+    add column billing_interval text check (billing_interval in ('day', 'week', 'month', 'year', 'once'));
+
+create table entitlements.subscription_history (
+    id                   bigint generated always as identity primary key,
+    subscription_id      uuid not null references entitlements.subscriptions (id) on delete cascade,
+    customer_id          uuid not null,
+    -- The state held from valid_from until valid_to (NULL: still the current state).
+    valid_from           timestamptz not null,
+    valid_to             timestamptz,
+    plan_key             text not null,
+    status               text not null,
+    quantity             integer not null,
+    -- The price in force then (the subscription's own, else the plan's at that instant):
+    -- a later catalog price change does not rewrite what was paid.
+    price_cents          bigint not null,
+    currency             text not null,
+    billing_interval     text not null,
+    current_period_start timestamptz,
+    current_period_end   timestamptz,
+    trial_end            timestamptz,
+    cancel_at_period_end boolean not null,
+    ended_at             timestamptz,
+    check (valid_to is null or valid_to >= valid_from)
+);
+comment on table entitlements.subscription_history is
+    'Every state a subscription has been in, with the instants it held; the current one has valid_to NULL.';
+create unique index subscription_history_current on entitlements.subscription_history (subscription_id)
+    where valid_to is null;
+create index subscription_history_subscription on entitlements.subscription_history (subscription_id, valid_from);
+create index subscription_history_customer on entitlements.subscription_history (customer_id);
+select pg_catalog.pg_extension_config_dump('entitlements.subscription_history', '');
+select pg_catalog.pg_extension_config_dump('entitlements.subscription_history_id_seq', '');
+
+-- Row security: whoever may see the customer sees its history; only the trigger writes.
+alter table entitlements.subscription_history enable row level security;
+create policy subscription_history_read on entitlements.subscription_history for select
+    using (entitlements.can_see_customer(customer_id));
+
+-- After every insert and update of a subscription: a change of what history keeps closes
+-- the current row and opens the next. Two changes at the same instant (one transaction, a
+-- frozen test clock) leave one row. Runs as the owner: only it writes history.
+create function entitlements._record_subscription_history()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_at timestamptz := entitlements.now();
+    v_current entitlements.subscription_history;
+    v_plan entitlements.plans;
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._record_subscription_history');
+    if entitlements._bulk_loading() then
+        return null; -- pg_restore: the history is restored with the rest
+    end if;
+    if tg_op = 'UPDATE'
+       and (new.plan_key, new.status, new.quantity, new.price_cents, new.currency, new.billing_interval,
+            new.current_period_start, new.current_period_end, new.trial_end, new.cancel_at_period_end, new.ended_at)
+           is not distinct from
+           (old.plan_key, old.status, old.quantity, old.price_cents, old.currency, old.billing_interval,
+            old.current_period_start, old.current_period_end, old.trial_end, old.cancel_at_period_end, old.ended_at) then
+        return null;
+    end if;
+    select * into v_plan from entitlements.plans p where p.key = new.plan_key;
+    select * into v_current from entitlements.subscription_history h
+     where h.subscription_id = new.id and h.valid_to is null
+       for update;
+    if found then
+        -- A clock set back before the current row still appends: history never reorders.
+        v_at := greatest(v_at, v_current.valid_from);
+        if v_current.valid_from = v_at then
+            delete from entitlements.subscription_history h where h.id = v_current.id;
+        else
+            update entitlements.subscription_history h set valid_to = v_at where h.id = v_current.id;
+        end if;
+    end if;
+    insert into entitlements.subscription_history (
+        subscription_id, customer_id, valid_from, plan_key, status, quantity, price_cents, currency,
+        billing_interval, current_period_start, current_period_end, trial_end, cancel_at_period_end, ended_at)
+    values (new.id, new.customer_id, v_at, new.plan_key, new.status, new.quantity,
+            coalesce(new.price_cents, v_plan.price_cents, 0), coalesce(new.currency, v_plan.currency, 'usd'),
+            coalesce(new.billing_interval, v_plan.interval, 'month'), new.current_period_start,
+            new.current_period_end, new.trial_end, new.cancel_at_period_end, new.ended_at);
+    return null;
+end
+$$;
+create trigger subscriptions_history after insert or update on entitlements.subscriptions
+    for each row execute function entitlements._record_subscription_history();
+
+-- A subscription as it was at `at`: the history row in force then (none before it began).
+create function entitlements.subscription_as_of(subscription uuid, at timestamptz default entitlements.now())
+returns setof entitlements.subscription_history language sql stable strict
+set search_path = pg_catalog, pg_temp
+as $$
+    select h.* from entitlements.subscription_history h
+     where h.subscription_id = subscription
+       and h.valid_from <= at and (h.valid_to is null or h.valid_to > at)
+$$;
+comment on function entitlements.subscription_as_of(uuid, timestamptz) is
+    'The state a subscription was in at an instant (its plan, status, quantity, price, period), from its history.';
+-- END copy of sql/revenue/history.sql
+
+-- Revenue (issue #12): each subscription's history starts with its state now, dated from its
+-- creation (0.1.0 kept no history; earlier states are not known).
+insert into entitlements.subscription_history (
+    subscription_id, customer_id, valid_from, plan_key, status, quantity, price_cents, currency, billing_interval,
+    current_period_start, current_period_end, trial_end, cancel_at_period_end, ended_at)
+select s.id, s.customer_id, s.created_at, s.plan_key, s.status, s.quantity, coalesce(s.price_cents, p.price_cents, 0),
+       coalesce(s.currency, p.currency, 'usd'), coalesce(s.billing_interval, p.interval, 'month'),
+       s.current_period_start, s.current_period_end, s.trial_end, s.cancel_at_period_end, s.ended_at
+  from entitlements.subscriptions s
+  left join entitlements.plans p on p.key = s.plan_key;
+
+-- BEGIN copy of sql/revenue/discounts.sql
+-- Coupons, promotion codes and discounts, with Stripe's semantics (issue #12).
+-- A coupon says how much (percent_off or amount_off_cents) and for how long (once: the
+-- first billing period; repeating: duration_in_months; forever). Redeeming its code on a
+-- subscription makes a discount, dated: the revenue metrics reduce MRR while it is in
+-- force. Admin discounts (entitlements.grant_discount, grants of kind discount) count too.
+
+create table entitlements.coupons (
+    id                 uuid primary key default gen_random_uuid(),
+    -- The promotion code customers type; matched case-insensitively (unique lower-cased).
+    code               text not null check (code ~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$'),
+    percent_off        numeric check (percent_off > 0 and percent_off <= 100),
+    amount_off_cents   bigint check (amount_off_cents > 0 and amount_off_cents <= 1000000000000),
+    currency           text not null default 'usd' check (currency ~ '^[a-z]{3}$'),
+    duration           text not null check (duration in ('once', 'repeating', 'forever')),
+    duration_in_months integer check (duration_in_months between 1 and 120),
+    max_redemptions    integer check (max_redemptions > 0),
+    times_redeemed     integer not null default 0 check (times_redeemed >= 0),
+    redeem_by          timestamptz check (entitlements._finite(redeem_by, 'redeem_by')),
+    -- The plans it applies to; NULL: every plan.
+    plans              text[] check (cardinality(plans) between 1 and 100),
+    -- Only for a customer's first paid subscription.
+    first_time_only    boolean not null default false,
+    active             boolean not null default true,
+    created_at         timestamptz not null default entitlements.now(),
+    check ((percent_off is null) <> (amount_off_cents is null)),
+    check ((duration = 'repeating') = (duration_in_months is not null)),
+    check (max_redemptions is null or times_redeemed <= max_redemptions)
+);
+comment on table entitlements.coupons is
+    'Coupons and their promotion codes; times_redeemed counts redemptions (never above max_redemptions).';
+create unique index coupons_code on entitlements.coupons (lower(code));
+
+create table entitlements.discounts (
+    id               uuid primary key default gen_random_uuid(),
+    subscription_id  uuid not null references entitlements.subscriptions (id) on delete cascade,
+    customer_id      uuid not null,
+    coupon_id        uuid references entitlements.coupons (id),
+    source           text not null check (source in ('coupon', 'stripe')),
+    percent_off      numeric check (percent_off > 0 and percent_off <= 100),
+    amount_off_cents bigint check (amount_off_cents > 0 and amount_off_cents <= 1000000000000),
+    -- In force from starts_at until ends_at (NULL: forever) or removed_at.
+    starts_at        timestamptz not null check (entitlements._finite(starts_at, 'starts_at')),
+    ends_at          timestamptz check (entitlements._finite(ends_at, 'ends_at')),
+    removed_at       timestamptz,
+    stripe_id        text unique,
+    created_at       timestamptz not null default entitlements.now(),
+    check ((percent_off is null) <> (amount_off_cents is null)),
+    check (ends_at is null or ends_at > starts_at)
+);
+comment on table entitlements.discounts is
+    'Discounts on subscriptions (redeemed coupons, Stripe discounts), each in force over a time range.';
+create index discounts_subscription on entitlements.discounts (subscription_id, starts_at);
+create index discounts_customer on entitlements.discounts (customer_id);
+select pg_catalog.pg_extension_config_dump('entitlements.coupons', '');
+select pg_catalog.pg_extension_config_dump('entitlements.discounts', '');
+
+-- Row security: coupons (their codes) are for admins; a customer sees its discounts.
+-- Writes go through create_coupon (admins) and redeem.
+alter table entitlements.coupons enable row level security;
+create policy coupons_admin on entitlements.coupons for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+alter table entitlements.discounts enable row level security;
+create policy discounts_read on entitlements.discounts for select
+    using (entitlements.can_see_customer(customer_id));
+create policy discounts_admin on entitlements.discounts for all
+    using (entitlements.is_admin_of(customer_id)) with check (entitlements.is_admin_of(customer_id));
+select entitlements.enable_audit(t::regclass)
+  from unnest(array['entitlements.coupons', 'entitlements.discounts']) as t;
+
+create function entitlements.create_coupon(
+    code text,
+    percent_off numeric default null,
+    amount_off_cents bigint default null,
+    duration text default 'once',
+    duration_in_months integer default null,
+    max_redemptions integer default null,
+    redeem_by timestamptz default null,
+    plans text[] default null,
+    first_time_only boolean default false,
+    currency text default 'usd')
+returns uuid language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_id uuid;
+    v_unknown text;
+begin
+    perform entitlements._require_admin('create_coupon');
+    perform entitlements._require_not_null(code, 'code');
+    perform entitlements._require_not_null(duration, 'duration');
+    if code !~ '^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$' then
+        raise exception 'a promotion code is 1 to 64 letters, digits, "-" or "_", got "%"', code using errcode = '22023';
+    end if;
+    if (percent_off is null) = (amount_off_cents is null) then
+        raise exception 'a coupon takes exactly one of percent_off and amount_off_cents' using errcode = '22023';
+    end if;
+    if percent_off <= 0 or percent_off > 100 then
+        raise exception 'percent_off must be in (0, 100], got %', percent_off using errcode = '22023';
+    end if;
+    if amount_off_cents <= 0 or amount_off_cents > 1000000000000 then
+        raise exception 'amount_off_cents must be from 1 to 1000000000000, got %', amount_off_cents using errcode = '22023';
+    end if;
+    if duration not in ('once', 'repeating', 'forever') then
+        raise exception 'duration must be once, repeating or forever, got "%"', duration using errcode = '22023';
+    end if;
+    if (duration = 'repeating') <> (duration_in_months is not null) then
+        raise exception 'duration_in_months is for repeating coupons, and they need it' using errcode = '22023';
+    end if;
+    if duration_in_months not between 1 and 120 then
+        raise exception 'duration_in_months must be from 1 to 120, got %', duration_in_months using errcode = '22023';
+    end if;
+    if max_redemptions <= 0 then
+        raise exception 'max_redemptions must be positive, got %', max_redemptions using errcode = '22023';
+    end if;
+    perform entitlements._finite(redeem_by, 'redeem_by');
+    if redeem_by <= entitlements.now() then
+        raise exception 'redeem_by (%) must be in the future', redeem_by using errcode = '22023';
+    end if;
+    select string_agg(k, ', ') into v_unknown
+      from unnest(plans) k where not exists (select 1 from entitlements.plans p where p.key = k);
+    if v_unknown is not null or array_position(plans, null) is not null then
+        raise exception 'unknown plan(s) in plans: %', coalesce(v_unknown, 'NULL') using errcode = '22023';
+    end if;
+    if exists (select 1 from entitlements.coupons c where lower(c.code) = lower(create_coupon.code)) then
+        raise exception 'promotion code "%" already exists', code using errcode = '23505';
+    end if;
+    insert into entitlements.coupons (code, percent_off, amount_off_cents, currency, duration, duration_in_months,
+                                      max_redemptions, redeem_by, plans, first_time_only)
+    values (code, percent_off, amount_off_cents, lower(coalesce(currency, 'usd')), duration, duration_in_months,
+            max_redemptions, redeem_by, plans, coalesce(first_time_only, false))
+    returning id into v_id;
+    return v_id;
+end
+$$;
+comment on function entitlements.create_coupon(text, numeric, bigint, text, integer, integer, timestamptz, text[], boolean, text) is
+    'Create a coupon and its promotion code (Stripe''s semantics). Admins only.';
+
+-- How long a discount made now lasts: once = the subscription's first billing period.
+create function entitlements._discount_end(duration text, months integer, billing_interval text, starts_at timestamptz)
+returns timestamptz language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select case duration
+        when 'forever' then null
+        when 'repeating' then starts_at + make_interval(months => months)
+        else starts_at + case billing_interval when 'year' then interval '1 year' when 'week' then interval '1 week'
+                                               when 'day' then interval '1 day' else interval '1 month' end
+    end
+$$;
+
+-- Redeem a promotion code on a subscription: by an admin of the customer, the customer,
+-- or an owner or admin of the organization that is the customer. Runs as the owner (the
+-- caller may not read coupons); the coupon row is locked, so concurrent redemptions are
+-- counted one at a time and never pass max_redemptions. Any refusal writes nothing.
+create function entitlements.redeem(subscription uuid, code text)
+returns uuid language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_sub entitlements.subscriptions;
+    v_coupon entitlements.coupons;
+    v_interval text;
+    v_currency text;
+    v_now timestamptz := entitlements.now();
+    v_id uuid;
+begin
+    perform entitlements._require_not_null(subscription, 'subscription');
+    perform entitlements._require_not_null(code, 'code');
+    select * into v_sub from entitlements.subscriptions s where s.id = subscription for update;
+    if not found
+       or not (entitlements._role_is_privileged(entitlements._outer_role())
+               or entitlements._is_listed_admin_of(v_sub.customer_id)
+               or v_sub.customer_id = entitlements.current_user_id()
+               or coalesce(entitlements._my_org_role(v_sub.customer_id) in ('owner', 'admin'), false)) then
+        -- The same answer for "missing" and "not yours": nothing about others leaks.
+        raise exception 'subscription % does not exist or is not yours', subscription using errcode = '42501';
+    end if;
+    if v_sub.status not in ('trialing', 'active', 'past_due') or v_sub.ended_at is not null then
+        raise exception 'a % subscription cannot take a promotion code', v_sub.status using errcode = '22023';
+    end if;
+    select * into v_coupon from entitlements.coupons c where lower(c.code) = lower(redeem.code) for update;
+    if not found or not v_coupon.active then
+        raise exception 'unknown promotion code "%"', code using errcode = '22023';
+    end if;
+    if v_coupon.redeem_by <= v_now then
+        raise exception 'promotion code "%" expired at %', code, v_coupon.redeem_by using errcode = '22023';
+    end if;
+    if v_coupon.times_redeemed >= v_coupon.max_redemptions then
+        raise exception 'promotion code "%" has reached its maximum of % redemptions', code, v_coupon.max_redemptions
+            using errcode = '22023';
+    end if;
+    if v_coupon.plans is not null and not v_sub.plan_key = any (v_coupon.plans) then
+        raise exception 'promotion code "%" is not for plan "%"', code, v_sub.plan_key
+            using errcode = '22023', hint = 'It applies to: ' || array_to_string(v_coupon.plans, ', ');
+    end if;
+    select coalesce(v_sub.billing_interval, p.interval), coalesce(v_sub.currency, p.currency)
+      into v_interval, v_currency
+      from entitlements.plans p where p.key = v_sub.plan_key;
+    if v_coupon.amount_off_cents is not null and v_coupon.currency <> v_currency then
+        raise exception 'promotion code "%" is in %, the subscription pays in %', code, v_coupon.currency, v_currency
+            using errcode = '22023';
+    end if;
+    if v_coupon.duration = 'repeating' and v_interval = 'year' and v_coupon.duration_in_months < 12 then
+        raise exception 'promotion code "%" repeats for % months, shorter than the subscription''s yearly billing',
+            code, v_coupon.duration_in_months using errcode = '22023';
+    end if;
+    if v_coupon.first_time_only and exists (
+        select 1 from entitlements.subscription_history h
+         where h.customer_id = v_sub.customer_id and h.subscription_id <> v_sub.id
+           and h.status in ('active', 'past_due') and h.price_cents > 0) then
+        raise exception 'promotion code "%" is for a first purchase only', code using errcode = '22023';
+    end if;
+    if exists (select 1 from entitlements.discounts d
+                where d.subscription_id = v_sub.id and d.removed_at is null
+                  and (d.ends_at is null or d.ends_at > v_now)) then
+        raise exception 'subscription % already has a discount', subscription using errcode = '22023';
+    end if;
+    update entitlements.coupons c set times_redeemed = c.times_redeemed + 1 where c.id = v_coupon.id;
+    insert into entitlements.discounts (subscription_id, customer_id, coupon_id, source, percent_off,
+                                        amount_off_cents, starts_at, ends_at)
+    values (v_sub.id, v_sub.customer_id, v_coupon.id, 'coupon', v_coupon.percent_off, v_coupon.amount_off_cents,
+            v_now, entitlements._discount_end(v_coupon.duration, v_coupon.duration_in_months, v_interval, v_now))
+    returning id into v_id;
+    return v_id;
+end
+$$;
+comment on function entitlements.redeem(uuid, text) is
+    'Apply a promotion code to a subscription (case-insensitive): a discount from now, counted against the coupon.';
+-- END copy of sql/revenue/discounts.sql
+
+-- BEGIN copy of sql/revenue/metrics.sql
+-- Revenue metrics (issue #12), exact for any past instant, from the subscription history
+-- and the discounts' time ranges. Definitions (ChartMogul's; README, Revenue):
+--   * MRR: the subscriptions paying at an instant, each normalised to a month (yearly / 12,
+--     weekly * 52 / 12, daily * 365 / 12; one-time prices are not recurring) after every
+--     discount in force (amount off the invoice, then percent off, then an admin discount),
+--     rounded to the cent per customer. Zero-priced plans and trials carry none. past_due
+--     still counts (the customer owes it; it churns if it ends unpaid); unpaid, paused,
+--     incomplete and ended subscriptions do not. A subscription canceled at period end
+--     counts until that end: churn is dated at the end of the final paid period.
+--   * Movements per customer over a bucket, from its MRR at the start and at the end: new
+--     (none before, never paid before), reactivation (none at the start, paid before),
+--     expansion, contraction, churn (some at the start, none at the end). They add up:
+--     end = start + new + expansion - contraction - churned + reactivation.
+-- Admins read every customer's revenue; a tenant (store) admin reads its tenant's only.
+
+-- Does a subscription in this state pay at `at`?
+create function entitlements._paying(status text, cancel_at_period_end boolean, current_period_end timestamptz,
+                                     ended_at timestamptz, at timestamptz)
+returns boolean language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select (status in ('active', 'past_due') or (status = 'canceled' and cancel_at_period_end))
+       and (current_period_end is null or current_period_end > at)
+       and (ended_at is null or ended_at > at)
+$$;
+
+-- A price normalised to a month, after discounts, in cents (not rounded).
+create function entitlements._monthly_cents(price_cents bigint, quantity integer, billing_interval text,
+                                            amount_off_cents bigint, percent_off numeric, admin_percent_off numeric)
+returns numeric language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select greatest(price_cents::numeric * quantity - coalesce(amount_off_cents, 0), 0)
+         * (1 - coalesce(percent_off, 0) / 100) * (1 - coalesce(admin_percent_off, 0) / 100)
+         * case billing_interval when 'month' then 1 when 'year' then 1 / 12.0
+                                 when 'week' then 52 / 12.0 when 'day' then 365 / 12.0 else 0 end
+$$;
+
+-- Revenue is for admins, and for a tenant's admins about that tenant.
+create function entitlements._require_revenue_reader(tenant uuid)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not entitlements.is_admin(null) and (tenant is null or not entitlements.is_admin(tenant)) then
+        raise exception 'permission denied: revenue is for entitlements admins, and a tenant''s admins with that tenant'
+            using errcode = '42501', hint = 'A tenant admin passes its tenant: mrr(at, currency, tenant).';
+    end if;
+end
+$$;
+
+-- MRR of every paying customer at each of `points` (rounded per customer). The heart of
+-- every metric: one pass over the history rows in force at the points.
+create function entitlements._mrr_by_customer(points timestamptz[], p_currency text, p_tenant uuid)
+returns table (at timestamptz, customer_id uuid, tenant_id uuid, mrr bigint)
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    with admin_discounts as (
+        select g.customer_id, p.at, max((g.value ->> 'percent_off')::numeric) as percent_off
+          from entitlements.grants g
+          join unnest(points) as p(at)
+            on g.starts_at <= p.at and (g.expires_at is null or g.expires_at > p.at)
+               and (g.revoked_at is null or g.revoked_at > p.at)
+         where g.kind = 'discount'
+         group by g.customer_id, p.at)
+    select p.at, h.customer_id, c.tenant_id,
+           round(sum(entitlements._monthly_cents(h.price_cents, h.quantity, h.billing_interval,
+                                                 d.amount_off_cents, d.percent_off, a.percent_off)))::bigint
+      from unnest(points) as p(at)
+      join entitlements.subscription_history h
+        on h.valid_from <= p.at and (h.valid_to is null or h.valid_to > p.at)
+      join entitlements.customers c on c.id = h.customer_id
+      left join entitlements.discounts d
+        on d.subscription_id = h.subscription_id and d.starts_at <= p.at
+           and (d.ends_at is null or d.ends_at > p.at) and (d.removed_at is null or d.removed_at > p.at)
+      left join admin_discounts a on a.customer_id = h.customer_id and a.at = p.at
+     where h.currency = p_currency and h.price_cents > 0
+       and entitlements._paying(h.status, h.cancel_at_period_end, h.current_period_end, h.ended_at, p.at)
+       and (p_tenant is null or c.tenant_id = p_tenant)
+     group by p.at, h.customer_id, c.tenant_id
+    having round(sum(entitlements._monthly_cents(h.price_cents, h.quantity, h.billing_interval,
+                                                 d.amount_off_cents, d.percent_off, a.percent_off))) > 0
+$$;
+
+create function entitlements.mrr(at timestamptz default entitlements.now(), currency text default 'usd',
+                                 tenant uuid default null)
+returns bigint language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_revenue_reader(tenant);
+    perform entitlements._require_not_null(at, 'at');
+    perform entitlements._finite(at, 'at');
+    return coalesce((select sum(m.mrr)::bigint from entitlements._mrr_by_customer(array[at], lower(currency), tenant) m), 0);
+end
+$$;
+comment on function entitlements.mrr(timestamptz, text, uuid) is
+    'Monthly recurring revenue in cents at an instant (ChartMogul''s definition; README, Revenue). Admins; tenant admins with their tenant.';
+
+-- The bucket starts from from_at (inclusive) up to to_at (exclusive), and to_at.
+create function entitlements._bucket_points(from_at timestamptz, to_at timestamptz, bucket text)
+returns timestamptz[] language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_step interval;
+begin
+    perform entitlements._require_not_null(from_at, 'from_at');
+    perform entitlements._require_not_null(to_at, 'to_at');
+    perform entitlements._finite(from_at, 'from_at');
+    perform entitlements._finite(to_at, 'to_at');
+    if to_at <= from_at then
+        raise exception 'to_at (%) must be after from_at (%)', to_at, from_at using errcode = '22023';
+    end if;
+    v_step := case bucket when 'day' then interval '1 day' when 'week' then interval '1 week'
+                          when 'month' then interval '1 month' when 'quarter' then interval '3 months'
+                          when 'year' then interval '1 year' end;
+    if v_step is null then
+        raise exception 'bucket must be day, week, month, quarter or year, got "%"', bucket using errcode = '22023';
+    end if;
+    if from_at + v_step * 1000 < to_at then
+        raise exception 'at most 1000 buckets' using errcode = '22023';
+    end if;
+    -- Month arithmetic from the start (Jan 31 + 1 month = Feb 28), never drifting.
+    return array(select least(from_at + v_step * i, to_at)
+                   from generate_series(0, 1000) i
+                  where from_at + v_step * (i - 1) < to_at);
+end
+$$;
+
+create function entitlements.revenue_movements(
+    from_at timestamptz, to_at timestamptz, bucket text default 'month', currency text default 'usd',
+    tenant uuid default null)
+returns table (
+    bucket_start timestamptz, bucket_end timestamptz,
+    start_mrr bigint, new_mrr bigint, expansion_mrr bigint, contraction_mrr bigint, churned_mrr bigint,
+    reactivation_mrr bigint, end_mrr bigint, arr bigint,
+    customers_start integer, customers_end integer, new_customers integer, churned_customers integer,
+    reactivated_customers integer,
+    logo_churn numeric, gross_mrr_churn numeric, net_mrr_churn numeric, nrr numeric, grr numeric,
+    arpa numeric, ltv numeric)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_points timestamptz[];
+begin
+    perform entitlements._require_revenue_reader(tenant);
+    v_points := entitlements._bucket_points(from_at, to_at, bucket);
+    return query
+    with m as (
+        select * from entitlements._mrr_by_customer(v_points, lower(currency), tenant)),
+    buckets as (
+        select v_points[i] as b_start, v_points[i + 1] as b_end
+          from generate_series(1, cardinality(v_points) - 1) i),
+    -- When each customer first paid (the first history row that was paying, with a price).
+    first_paid as (
+        select h.customer_id, min(h.valid_from) as at
+          from entitlements.subscription_history h
+         where h.currency = lower(revenue_movements.currency) and h.price_cents > 0
+           and h.status in ('active', 'past_due')
+           and h.customer_id in (select m.customer_id from m)
+         group by h.customer_id),
+    per_customer as (
+        select b.b_start, b.b_end, x.customer_id,
+               coalesce(max(x.mrr) filter (where x.at = b.b_start), 0) as s,
+               coalesce(max(x.mrr) filter (where x.at = b.b_end), 0) as e
+          from buckets b
+          join m x on x.at = b.b_start or x.at = b.b_end
+         group by b.b_start, b.b_end, x.customer_id),
+    moves as (
+        select b.b_start, b.b_end,
+               coalesce(sum(p.s), 0)::bigint as start_mrr,
+               coalesce(sum(p.e) filter (where p.s = 0 and not coalesce(f.at < p.b_start, false)), 0)::bigint as new_mrr,
+               coalesce(sum(p.e - p.s) filter (where p.s > 0 and p.e > p.s), 0)::bigint as expansion,
+               coalesce(sum(p.s - p.e) filter (where p.e > 0 and p.e < p.s), 0)::bigint as contraction,
+               coalesce(sum(p.s) filter (where p.e = 0), 0)::bigint as churned,
+               coalesce(sum(p.e) filter (where p.s = 0 and coalesce(f.at < p.b_start, false)), 0)::bigint as reactivation,
+               coalesce(sum(p.e), 0)::bigint as end_mrr,
+               (count(*) filter (where p.s > 0))::integer as customers_start,
+               (count(*) filter (where p.e > 0))::integer as customers_end,
+               (count(*) filter (where p.s = 0 and p.e > 0 and not coalesce(f.at < p.b_start, false)))::integer as new_customers,
+               (count(*) filter (where p.s > 0 and p.e = 0))::integer as churned_customers,
+               (count(*) filter (where p.s = 0 and p.e > 0 and coalesce(f.at < p.b_start, false)))::integer as reactivated
+          from buckets b
+          left join per_customer p on p.b_start = b.b_start
+          left join first_paid f on f.customer_id = p.customer_id
+         group by b.b_start, b.b_end)
+    select x.b_start, x.b_end, x.start_mrr, x.new_mrr, x.expansion, x.contraction, x.churned, x.reactivation,
+           x.end_mrr, x.end_mrr * 12, x.customers_start, x.customers_end, x.new_customers, x.churned_customers,
+           x.reactivated,
+           round(x.churned_customers::numeric / nullif(x.customers_start, 0), 6),
+           round((x.churned + x.contraction)::numeric / nullif(x.start_mrr, 0), 6),
+           round((x.churned + x.contraction - x.expansion - x.reactivation)::numeric / nullif(x.start_mrr, 0), 6),
+           round((x.start_mrr + x.expansion - x.contraction - x.churned)::numeric / nullif(x.start_mrr, 0), 6),
+           round((x.start_mrr - x.contraction - x.churned)::numeric / nullif(x.start_mrr, 0), 6),
+           round(x.end_mrr::numeric / nullif(x.customers_end, 0), 2),
+           round((x.end_mrr::numeric / nullif(x.customers_end, 0))
+                 / nullif(x.churned_customers::numeric / nullif(x.customers_start, 0), 0), 2)
+      from moves x
+     order by x.b_start;
+end
+$$;
+comment on function entitlements.revenue_movements(timestamptz, timestamptz, text, text, uuid) is
+    'MRR movements per bucket (new, expansion, contraction, churned, reactivation) with churn rates, NRR, GRR, ARPA and LTV. Admins; tenant admins with their tenant.';
+
+-- One customer's MRR at each bucket start from from_at, and at to_at: for its admins, the
+-- customer, and the owners and admins of an organization that is the customer.
+create function entitlements.customer_mrr_history(
+    customer uuid, from_at timestamptz, to_at timestamptz, bucket text default 'month', currency text default 'usd')
+returns table (at timestamptz, mrr bigint)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_points timestamptz[];
+begin
+    perform entitlements._require_not_null(customer, 'customer');
+    perform entitlements._require(entitlements.can_see_customer(customer), 'reading a customer''s MRR',
+                                  'the customer or an entitlements admin of it');
+    v_points := entitlements._bucket_points(from_at, to_at, bucket);
+    return query
+    select p.at, coalesce((select m.mrr from entitlements._mrr_by_customer(array[p.at], lower(currency), null) m
+                            where m.customer_id = customer_mrr_history.customer), 0)
+      from unnest(v_points) as p(at)
+     order by p.at;
+end
+$$;
+
+-- MRR by tenant (store) at an instant; customers without a tenant under NULL.
+create function entitlements.revenue_by_tenant(at timestamptz default entitlements.now(), currency text default 'usd')
+returns table (tenant_id uuid, mrr bigint, customers integer)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('revenue_by_tenant');
+    perform entitlements._finite(at, 'at');
+    return query
+    select m.tenant_id, sum(m.mrr)::bigint, count(*)::integer
+      from entitlements._mrr_by_customer(array[at], lower(currency), null) m
+     group by m.tenant_id
+     order by m.tenant_id nulls first;
+end
+$$;
+
+-- Trial-to-paid and free-to-paid conversion by cohort: subscriptions whose trial began in
+-- the bucket, and customers whose first subscription (on a zero-priced plan) began in it;
+-- converted when they later paid.
+create function entitlements.conversions(
+    from_at timestamptz, to_at timestamptz, bucket text default 'month', tenant uuid default null)
+returns table (cohort_start timestamptz, kind text, started integer, converted integer, rate numeric)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_points timestamptz[];
+begin
+    perform entitlements._require_revenue_reader(tenant);
+    v_points := entitlements._bucket_points(from_at, to_at, bucket);
+    return query
+    with buckets as (
+        select v_points[i] as b_start, v_points[i + 1] as b_end from generate_series(1, cardinality(v_points) - 1) i),
+    scoped as (
+        select h.* from entitlements.subscription_history h
+          join entitlements.customers c on c.id = h.customer_id
+         where tenant is null or c.tenant_id = tenant),
+    trials as (
+        select t.subscription_id, min(t.valid_from) as began,
+               bool_or(exists (select 1 from scoped x where x.subscription_id = t.subscription_id
+                                  and x.status in ('active', 'past_due') and x.price_cents > 0)) as paid
+          from scoped t where t.status = 'trialing'
+         group by t.subscription_id),
+    firsts as (
+        select distinct on (f.customer_id) f.customer_id, f.valid_from as began, f.price_cents
+          from scoped f order by f.customer_id, f.valid_from, f.id),
+    free as (
+        select f.customer_id, f.began,
+               exists (select 1 from scoped x where x.customer_id = f.customer_id
+                          and x.status in ('active', 'past_due') and x.price_cents > 0) as paid
+          from firsts f where f.price_cents = 0)
+    select b.b_start, k.kind, coalesce(k.started, 0)::integer, coalesce(k.converted, 0)::integer,
+           round(k.converted::numeric / nullif(k.started, 0), 6)
+      from buckets b
+      cross join lateral (
+          select 'trial'::text as kind, count(*) as started, count(*) filter (where t.paid) as converted
+            from trials t where t.began >= b.b_start and t.began < b.b_end
+          union all
+          select 'free', count(*), count(*) filter (where f.paid)
+            from free f where f.began >= b.b_start and f.began < b.b_end) k
+     order by b.b_start, k.kind desc;
+end
+$$;
+comment on function entitlements.conversions(timestamptz, timestamptz, text, uuid) is
+    'Trial-to-paid and free-to-paid conversion by cohort (when the trial or the free plan began). Admins; tenant admins with their tenant.';
+-- END copy of sql/revenue/metrics.sql
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
@@ -4566,7 +5220,7 @@ end
 $$;
 
 -- Any role: the checks (an app's RLS policy calls them as whoever queries its table) and
--- the version has_feature reads as its caller (a number, nothing else).
+-- the version has_feature reads as its caller (a number, nothing else), and the clock.
 grant execute on function entitlements.current_user_id(), entitlements.has_feature(text),
     entitlements.has_feature(uuid, text), entitlements.now() to public;
 grant select on entitlements.cache_version to public;
@@ -4600,7 +5254,7 @@ $$;
 grant insert, update, delete on entitlements.features, entitlements.plans, entitlements.plan_entitlements,
     entitlements.customers, entitlements.subscriptions, entitlements.members, entitlements.grants,
     entitlements.admins, entitlements.stripe_events, entitlements.stripe_subscriptions, entitlements.settings,
-    entitlements.leases
+    entitlements.leases, entitlements.coupons, entitlements.discounts
     to entitlements_api, entitlements_admin;
 -- Servers: added through create_server (the rest of a row is the worker's, through the admin
 -- functions), never deleted (a name is never reused); the secrets are for global admins.
@@ -4667,6 +5321,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._access_token_claims(jsonb), entitlements._server_made(), entitlements._server_changed(),
     entitlements._server_check_insert(), entitlements._server_first(), entitlements._outbox_fan_out(),
     entitlements._subscription_events(), entitlements._grant_events(), entitlements._member_events(),
+    entitlements._record_subscription_history(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),

@@ -92,7 +92,7 @@ begin
     perform entitlements._require_revenue_reader(tenant);
     perform entitlements._require_not_null(at, 'at');
     perform entitlements._finite(at, 'at');
-    return coalesce((select sum(m.mrr) from entitlements._mrr_by_customer(array[at], lower(currency), tenant) m), 0);
+    return coalesce((select sum(m.mrr)::bigint from entitlements._mrr_by_customer(array[at], lower(currency), tenant) m), 0);
 end
 $$;
 comment on function entitlements.mrr(timestamptz, text, uuid) is
