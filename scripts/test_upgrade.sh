@@ -55,7 +55,7 @@ SQL
 NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts entitlements.coupons entitlements.discounts)
 NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale
              entitlements.usage_counters.split entitlements.subscriptions.price_cents
-             entitlements.subscriptions.currency entitlements.subscriptions.billing_interval)
+             entitlements.subscriptions.currency entitlements.subscriptions.billing_interval entitlements.plans.tenant_id)
 # Tables new in 0.2.0 that the upgrade fills from 0.1.0's rows, compared apart (below).
 FILLED_TABLES=(entitlements.access_notices entitlements.subscription_history)
 # Columns the upgrade fills in or rewrites on purpose, compared apart (below).

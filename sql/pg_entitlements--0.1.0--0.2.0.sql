@@ -448,7 +448,9 @@ $$;
 
 -- Catalog (sql/catalog/catalog.sql) -----------------------------------------------------------
 
-create or replace function entitlements.apply_catalog(catalog jsonb)
+-- A store's catalog (issue #12) takes a tenant: the one-argument form goes.
+drop function entitlements.apply_catalog(jsonb);
+create function entitlements.apply_catalog(catalog jsonb, tenant uuid default null)
 returns jsonb language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -459,11 +461,16 @@ declare
     v_features jsonb;
     v_item jsonb;
     v_outcome text;
+    v_foreign text;
     p_created text[] := '{}'::text[];
     p_updated text[] := '{}'::text[];
     p_deactivated text[] := '{}'::text[];
 begin
-    perform entitlements._require_admin('apply_catalog');
+    if tenant is null then
+        perform entitlements._require_admin('apply_catalog');
+    else
+        perform entitlements._require_admin('apply_catalog for a store', tenant);
+    end if;
     if catalog is null then
         raise exception 'catalog must not be NULL' using errcode = '22004';
     end if;
@@ -476,25 +483,53 @@ begin
 
     select coalesce(array_agg(p ->> 'key'), '{}') into v_keys from jsonb_array_elements(v_doc -> 'plans') p;
     select p ->> 'key' into v_default from jsonb_array_elements(v_doc -> 'plans') p where (p ->> 'is_default')::boolean;
+    -- A document is the whole catalog of its owner (everyone's, or one store's): it neither
+    -- writes nor retires another owner's plans.
+    select string_agg(p.key, ', ' order by p.key) into v_foreign
+      from entitlements.plans p where p.key = any (v_keys) and p.tenant_id is distinct from tenant;
+    if v_foreign is not null then
+        raise exception 'permission denied: plan(s) % belong to %', v_foreign,
+            case when tenant is null then 'a store' else 'another owner' end
+            using errcode = '42501', hint = 'A store''s plans are applied with apply_catalog(catalog, tenant).';
+    end if;
 
-    v_features := entitlements._catalog_apply_features(v_doc -> 'features', v_keys);
+    if tenant is null then
+        v_features := entitlements._catalog_apply_features(v_doc -> 'features', v_keys);
+    else
+        -- A store sells the features there are; only a global admin changes them.
+        if exists (select 1 from jsonb_array_elements(v_doc -> 'features') x
+                    where not exists (select 1 from entitlements.features f
+                                       where f.key = x ->> 'key' and f.kind = x ->> 'kind'
+                                         and f.unit is not distinct from x ->> 'unit'
+                                         and f.thresholds is not distinct from
+                                             case when jsonb_typeof(x -> 'thresholds') = 'array'
+                                                  then array(select t::numeric from jsonb_array_elements_text(x -> 'thresholds') t) end)) then
+            raise exception 'permission denied: a store''s catalog uses the features as they are'
+                using errcode = '42501', hint = 'Features are created and changed by a global admin''s apply_catalog.';
+        end if;
+        if v_default is not null then
+            raise exception 'invalid catalog: a store''s plan cannot be the default plan ("%")', v_default
+                using errcode = '22023';
+        end if;
+        v_features := jsonb_build_object('created', '[]'::jsonb, 'updated', '[]'::jsonb);
+    end if;
 
     -- The default moves before plans are written, so the single-default index holds.
     with moved as (
         update entitlements.plans p set is_default = false, updated_at = entitlements.now()
-         where p.is_default and p.key is distinct from v_default and p.key = any (v_keys)
+         where tenant is null and p.is_default and p.key is distinct from v_default and p.key = any (v_keys)
         returning p.key)
     select coalesce(array_agg(key), '{}') into p_updated from moved;
 
-    -- Plans missing from the document: inactive, never deleted; subscribers keep them.
+    -- The owner's plans missing from the document: inactive, never deleted; subscribers keep them.
     with gone as (
         update entitlements.plans p set active = false, is_default = false, updated_at = entitlements.now()
-         where p.active and p.key <> all (v_keys)
+         where p.active and p.key <> all (v_keys) and p.tenant_id is not distinct from tenant
         returning p.key)
     select coalesce(array_agg(key order by key), '{}') into p_deactivated from gone;
 
     for v_item in select * from jsonb_array_elements(v_doc -> 'plans') loop
-        v_outcome := entitlements._catalog_apply_plan(v_item);
+        v_outcome := entitlements._catalog_apply_plan(v_item || jsonb_build_object('tenant_id', tenant));
         if v_outcome = 'created' then
             p_created := p_created || (v_item ->> 'key');
         elsif v_outcome = 'updated' and not ((v_item ->> 'key') = any (p_updated)) then
@@ -512,8 +547,8 @@ begin
                                     'deactivated', to_jsonb(p_deactivated)));
 end
 $$;
-comment on function entitlements.apply_catalog(jsonb) is
-    'Idempotent upsert of features and plans from one document; returns what changed. Plans missing from the document become inactive.';
+comment on function entitlements.apply_catalog(jsonb, uuid) is
+    'Idempotent upsert of features and plans from one document; returns what changed. Plans missing from the document become inactive. With a tenant: that store''s plans (its admins), on the existing features.';
 
 -- Subscriptions and members (sql/subscriptions/) -----------------------------------
 
@@ -552,9 +587,13 @@ begin
     perform entitlements._require_not_null(customer, 'customer');
     perform entitlements._require_not_null(plan, 'plan');
     perform entitlements._require_not_null(status, 'status');
-    perform entitlements._require_admin_of('subscribe', customer);
     select * into v_plan from entitlements.plans p where p.key = subscribe.plan;
-    if not found then
+    -- A store's admins may also subscribe a new customer to the store's plans (below, once
+    -- the customer is the store's); anything else is for an admin of the customer.
+    if v_plan.tenant_id is null then
+        perform entitlements._require_admin_of('subscribe', customer);
+    end if;
+    if v_plan.key is null then
         perform entitlements._raise_unknown_plan(plan);
     end if;
     if not v_plan.active then
@@ -581,7 +620,18 @@ begin
         v_trial_end := entitlements.now() + make_interval(days => v_plan.trial_days);
     end if;
 
-    insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
+    -- A new customer of a store's plan is that store's customer (its admins may create it).
+    -- (ON CONFLICT would hold the new row to the read policy, which a row not yet written
+    -- cannot pass; a customer the caller cannot see is left to the checks below.)
+    if not exists (select 1 from entitlements.customers c where c.id = customer) then
+        begin
+            insert into entitlements.customers (id, tenant_id) values (customer, v_plan.tenant_id);
+        exception when unique_violation then
+            null;
+        end;
+    end if;
+    perform entitlements._require_admin_of('subscribe', customer);
+    perform entitlements._require_store_customer(v_plan, customer);
     insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
                                             current_period_end, trial_end, canceled_at, ended_at)
     values (customer, plan, status, quantity, entitlements.now(), period_end, v_trial_end,
@@ -2430,9 +2480,10 @@ begin
     select * into v_plan from entitlements.plans p where p.key = item ->> 'key';
     if not found then
         insert into entitlements.plans (key, name, description, price_cents, currency, interval, is_default,
-                                        public, active, trial_days, grace_days, position, stripe_price_ids, metadata)
+                                        public, active, trial_days, grace_days, position, stripe_price_ids, metadata,
+                                        tenant_id)
         select r.key, r.name, r.description, r.price_cents, r.currency, r.interval, r.is_default,
-               r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata
+               r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata, r.tenant_id
           from jsonb_populate_record(null::entitlements.plans, item) r;
     elsif (to_jsonb(v_plan) - 'key' - 'created_at' - 'updated_at')
           is distinct from ((item - 'key' - 'entitlements') || '{"active": true}') then
@@ -2440,7 +2491,8 @@ begin
            set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
                interval = r.interval, is_default = r.is_default, public = r.public, active = true,
                trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
-               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = entitlements.now()
+               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, tenant_id = r.tenant_id,
+               updated_at = entitlements.now()
           from jsonb_populate_record(null::entitlements.plans, item) r
          where p.key = v_plan.key;
         v_changed := true;
@@ -4451,6 +4503,7 @@ begin
     if v_sub.plan_key = plan then
         return;
     end if;
+    perform entitlements._require_store_customer(v_plan, v_sub.customer_id);
     perform set_config('entitlements.reason', reason, true);
     update entitlements.subscriptions s set plan_key = plan where s.id = v_sub.id;
     perform set_config('entitlements.reason', '', true);
@@ -4506,6 +4559,19 @@ $$;
 comment on function entitlements.stripe_apply_event(text, jsonb) is
     'Apply a stored Stripe event once (subscription, invoice, checkout and customer events; others are '
     'acknowledged as ignored). fetched: the subscription as just fetched from the API. Admins only.';
+
+-- Store plans (issue #12) ---------------------------------------------------------------------
+-- A plan may belong to a tenant (a store): its customers only, managed by its admins.
+alter table entitlements.plans
+    add column tenant_id uuid,
+    add constraint plans_check1 check (tenant_id is null or not is_default);
+alter policy plans_read on entitlements.plans
+    using (public or entitlements.is_admin(tenant_id) or entitlements._i_have_plan(key));
+alter policy plans_admin on entitlements.plans
+    using (entitlements.is_admin(tenant_id)) with check (entitlements.is_admin(tenant_id));
+alter policy plan_entitlements_admin on entitlements.plan_entitlements
+    using (exists (select 1 from entitlements.plans p where p.key = plan_key and entitlements.is_admin(p.tenant_id)))
+    with check (exists (select 1 from entitlements.plans p where p.key = plan_key and entitlements.is_admin(p.tenant_id)));
 
 -- BEGIN copy of sql/revenue/history.sql
 -- Subscription history (issue #12): every change of a subscription's plan, status,
@@ -5160,6 +5226,19 @@ $$;
 comment on function entitlements.conversions(timestamptz, timestamptz, text, uuid) is
     'Trial-to-paid and free-to-paid conversion by cohort (when the trial or the free plan began). Admins; tenant admins with their tenant.';
 -- END copy of sql/revenue/metrics.sql
+
+create or replace function entitlements._require_store_customer(p_plan entitlements.plans, customer uuid)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_plan.tenant_id is not null
+       and not exists (select 1 from entitlements.customers c where c.id = customer and c.tenant_id = p_plan.tenant_id) then
+        raise exception 'permission denied: plan "%" is for the customers of its store', p_plan.key
+            using errcode = '42501';
+    end if;
+end
+$$;
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0

@@ -119,7 +119,11 @@ create table entitlements.plans (
     metadata         jsonb not null default '{}' check (entitlements._valid_json(metadata, 'plans.metadata')),
     created_at       timestamptz not null default entitlements.now(),
     updated_at       timestamptz not null default entitlements.now(),
-    check (not is_default or active)
+    -- A store's plan (issue #12): only that tenant's customers subscribe to it, and that
+    -- tenant's admins manage it (apply_catalog(catalog, tenant)). NULL: a plan for everyone.
+    tenant_id        uuid,
+    check (not is_default or active),
+    check (tenant_id is null or not is_default)
 );
 comment on table entitlements.plans is
     'Plans from the catalog. A plan dropped from the catalog becomes inactive, never deleted.';

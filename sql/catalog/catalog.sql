@@ -58,9 +58,10 @@ begin
     select * into v_plan from entitlements.plans p where p.key = item ->> 'key';
     if not found then
         insert into entitlements.plans (key, name, description, price_cents, currency, interval, is_default,
-                                        public, active, trial_days, grace_days, position, stripe_price_ids, metadata)
+                                        public, active, trial_days, grace_days, position, stripe_price_ids, metadata,
+                                        tenant_id)
         select r.key, r.name, r.description, r.price_cents, r.currency, r.interval, r.is_default,
-               r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata
+               r.public, true, r.trial_days, r.grace_days, r.position, r.stripe_price_ids, r.metadata, r.tenant_id
           from jsonb_populate_record(null::entitlements.plans, item) r;
     elsif (to_jsonb(v_plan) - 'key' - 'created_at' - 'updated_at')
           is distinct from ((item - 'key' - 'entitlements') || '{"active": true}') then
@@ -68,7 +69,8 @@ begin
            set name = r.name, description = r.description, price_cents = r.price_cents, currency = r.currency,
                interval = r.interval, is_default = r.is_default, public = r.public, active = true,
                trial_days = r.trial_days, grace_days = r.grace_days, position = r.position,
-               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, updated_at = entitlements.now()
+               stripe_price_ids = r.stripe_price_ids, metadata = r.metadata, tenant_id = r.tenant_id,
+               updated_at = entitlements.now()
           from jsonb_populate_record(null::entitlements.plans, item) r
          where p.key = v_plan.key;
         v_changed := true;
@@ -111,7 +113,7 @@ begin
 end
 $$;
 
-create function entitlements.apply_catalog(catalog jsonb)
+create function entitlements.apply_catalog(catalog jsonb, tenant uuid default null)
 returns jsonb language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
@@ -122,11 +124,16 @@ declare
     v_features jsonb;
     v_item jsonb;
     v_outcome text;
+    v_foreign text;
     p_created text[] := '{}'::text[];
     p_updated text[] := '{}'::text[];
     p_deactivated text[] := '{}'::text[];
 begin
-    perform entitlements._require_admin('apply_catalog');
+    if tenant is null then
+        perform entitlements._require_admin('apply_catalog');
+    else
+        perform entitlements._require_admin('apply_catalog for a store', tenant);
+    end if;
     if catalog is null then
         raise exception 'catalog must not be NULL' using errcode = '22004';
     end if;
@@ -139,25 +146,53 @@ begin
 
     select coalesce(array_agg(p ->> 'key'), '{}') into v_keys from jsonb_array_elements(v_doc -> 'plans') p;
     select p ->> 'key' into v_default from jsonb_array_elements(v_doc -> 'plans') p where (p ->> 'is_default')::boolean;
+    -- A document is the whole catalog of its owner (everyone's, or one store's): it neither
+    -- writes nor retires another owner's plans.
+    select string_agg(p.key, ', ' order by p.key) into v_foreign
+      from entitlements.plans p where p.key = any (v_keys) and p.tenant_id is distinct from tenant;
+    if v_foreign is not null then
+        raise exception 'permission denied: plan(s) % belong to %', v_foreign,
+            case when tenant is null then 'a store' else 'another owner' end
+            using errcode = '42501', hint = 'A store''s plans are applied with apply_catalog(catalog, tenant).';
+    end if;
 
-    v_features := entitlements._catalog_apply_features(v_doc -> 'features', v_keys);
+    if tenant is null then
+        v_features := entitlements._catalog_apply_features(v_doc -> 'features', v_keys);
+    else
+        -- A store sells the features there are; only a global admin changes them.
+        if exists (select 1 from jsonb_array_elements(v_doc -> 'features') x
+                    where not exists (select 1 from entitlements.features f
+                                       where f.key = x ->> 'key' and f.kind = x ->> 'kind'
+                                         and f.unit is not distinct from x ->> 'unit'
+                                         and f.thresholds is not distinct from
+                                             case when jsonb_typeof(x -> 'thresholds') = 'array'
+                                                  then array(select t::numeric from jsonb_array_elements_text(x -> 'thresholds') t) end)) then
+            raise exception 'permission denied: a store''s catalog uses the features as they are'
+                using errcode = '42501', hint = 'Features are created and changed by a global admin''s apply_catalog.';
+        end if;
+        if v_default is not null then
+            raise exception 'invalid catalog: a store''s plan cannot be the default plan ("%")', v_default
+                using errcode = '22023';
+        end if;
+        v_features := jsonb_build_object('created', '[]'::jsonb, 'updated', '[]'::jsonb);
+    end if;
 
     -- The default moves before plans are written, so the single-default index holds.
     with moved as (
         update entitlements.plans p set is_default = false, updated_at = entitlements.now()
-         where p.is_default and p.key is distinct from v_default and p.key = any (v_keys)
+         where tenant is null and p.is_default and p.key is distinct from v_default and p.key = any (v_keys)
         returning p.key)
     select coalesce(array_agg(key), '{}') into p_updated from moved;
 
-    -- Plans missing from the document: inactive, never deleted; subscribers keep them.
+    -- The owner's plans missing from the document: inactive, never deleted; subscribers keep them.
     with gone as (
         update entitlements.plans p set active = false, is_default = false, updated_at = entitlements.now()
-         where p.active and p.key <> all (v_keys)
+         where p.active and p.key <> all (v_keys) and p.tenant_id is not distinct from tenant
         returning p.key)
     select coalesce(array_agg(key order by key), '{}') into p_deactivated from gone;
 
     for v_item in select * from jsonb_array_elements(v_doc -> 'plans') loop
-        v_outcome := entitlements._catalog_apply_plan(v_item);
+        v_outcome := entitlements._catalog_apply_plan(v_item || jsonb_build_object('tenant_id', tenant));
         if v_outcome = 'created' then
             p_created := p_created || (v_item ->> 'key');
         elsif v_outcome = 'updated' and not ((v_item ->> 'key') = any (p_updated)) then
@@ -175,5 +210,5 @@ begin
                                     'deactivated', to_jsonb(p_deactivated)));
 end
 $$;
-comment on function entitlements.apply_catalog(jsonb) is
-    'Idempotent upsert of features and plans from one document; returns what changed. Plans missing from the document become inactive.';
+comment on function entitlements.apply_catalog(jsonb, uuid) is
+    'Idempotent upsert of features and plans from one document; returns what changed. Plans missing from the document become inactive. With a tenant: that store''s plans (its admins), on the existing features.';

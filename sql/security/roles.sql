@@ -153,15 +153,17 @@ create policy features_admin on entitlements.features for all
 
 alter table entitlements.plans enable row level security;
 create policy plans_read on entitlements.plans for select
-    using (public or entitlements.is_admin() or entitlements._i_have_plan(key));
+    using (public or entitlements.is_admin(tenant_id) or entitlements._i_have_plan(key));
+-- A store's plans are also its admins'.
 create policy plans_admin on entitlements.plans for all
-    using (entitlements.is_admin()) with check (entitlements.is_admin());
+    using (entitlements.is_admin(tenant_id)) with check (entitlements.is_admin(tenant_id));
 
 alter table entitlements.plan_entitlements enable row level security;
 create policy plan_entitlements_read on entitlements.plan_entitlements for select
     using (exists (select 1 from entitlements.plans p where p.key = plan_key));
 create policy plan_entitlements_admin on entitlements.plan_entitlements for all
-    using (entitlements.is_admin()) with check (entitlements.is_admin());
+    using (exists (select 1 from entitlements.plans p where p.key = plan_key and entitlements.is_admin(p.tenant_id)))
+    with check (exists (select 1 from entitlements.plans p where p.key = plan_key and entitlements.is_admin(p.tenant_id)));
 
 alter table entitlements.customers enable row level security;
 create policy customers_read on entitlements.customers for select

@@ -43,6 +43,20 @@ begin
 end
 $$;
 
+-- Only a store's customers subscribe to its plans (42501, nothing written).
+create function entitlements._require_store_customer(p_plan entitlements.plans, customer uuid)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if p_plan.tenant_id is not null
+       and not exists (select 1 from entitlements.customers c where c.id = customer and c.tenant_id = p_plan.tenant_id) then
+        raise exception 'permission denied: plan "%" is for the customers of its store', p_plan.key
+            using errcode = '42501';
+    end if;
+end
+$$;
+
 create function entitlements.subscribe(
     customer uuid,
     plan text,
@@ -61,9 +75,13 @@ begin
     perform entitlements._require_not_null(customer, 'customer');
     perform entitlements._require_not_null(plan, 'plan');
     perform entitlements._require_not_null(status, 'status');
-    perform entitlements._require_admin_of('subscribe', customer);
     select * into v_plan from entitlements.plans p where p.key = subscribe.plan;
-    if not found then
+    -- A store's admins may also subscribe a new customer to the store's plans (below, once
+    -- the customer is the store's); anything else is for an admin of the customer.
+    if v_plan.tenant_id is null then
+        perform entitlements._require_admin_of('subscribe', customer);
+    end if;
+    if v_plan.key is null then
         perform entitlements._raise_unknown_plan(plan);
     end if;
     if not v_plan.active then
@@ -90,7 +108,18 @@ begin
         v_trial_end := entitlements.now() + make_interval(days => v_plan.trial_days);
     end if;
 
-    insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
+    -- A new customer of a store's plan is that store's customer (its admins may create it).
+    -- (ON CONFLICT would hold the new row to the read policy, which a row not yet written
+    -- cannot pass; a customer the caller cannot see is left to the checks below.)
+    if not exists (select 1 from entitlements.customers c where c.id = customer) then
+        begin
+            insert into entitlements.customers (id, tenant_id) values (customer, v_plan.tenant_id);
+        exception when unique_violation then
+            null;
+        end;
+    end if;
+    perform entitlements._require_admin_of('subscribe', customer);
+    perform entitlements._require_store_customer(v_plan, customer);
     insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
                                             current_period_end, trial_end, canceled_at, ended_at)
     values (customer, plan, status, quantity, entitlements.now(), period_end, v_trial_end,
@@ -183,6 +212,7 @@ begin
     if v_sub.plan_key = plan then
         return;
     end if;
+    perform entitlements._require_store_customer(v_plan, v_sub.customer_id);
     perform set_config('entitlements.reason', reason, true);
     update entitlements.subscriptions s set plan_key = plan where s.id = v_sub.id;
     perform set_config('entitlements.reason', '', true);
