@@ -52,10 +52,11 @@ SQL
 
 # What 0.2.0 adds to the data: a table that starts empty and a column that starts NULL
 # (checked after the upgrade); the rows are compared without them.
-NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts entitlements.coupons entitlements.discounts)
+NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts entitlements.coupons entitlements.discounts entitlements.feature_unit_costs)
 NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale
              entitlements.usage_counters.split entitlements.subscriptions.price_cents
-             entitlements.subscriptions.currency entitlements.subscriptions.billing_interval entitlements.plans.tenant_id)
+             entitlements.subscriptions.currency entitlements.subscriptions.billing_interval entitlements.plans.tenant_id
+             entitlements.features.unit_cost_cents entitlements.usage_ledger.usage_cost_cents entitlements.usage_ledger.metadata)
 # Tables new in 0.2.0 that the upgrade fills from 0.1.0's rows, compared apart (below).
 FILLED_TABLES=(entitlements.access_notices entitlements.subscription_history)
 # Columns the upgrade fills in or rewrites on purpose, compared apart (below).
@@ -77,6 +78,8 @@ fingerprint() {
         for c in "${NEW_COLUMNS[@]}" "${MIGRATED_COLUMNS[@]}"; do
             if [ "${c%.*}" = "$t" ]; then cols+="${cols:+, }'${c##*.}'"; fi
         done
+        # The ledger's new columns are its partitions' too.
+        if [[ "$t" == entitlements.usage_ledger_* ]]; then cols+="${cols:+, }'usage_cost_cents', 'metadata'"; fi
         printf '%s %s\n' "$t" "$(psql_in "$1" -At -c \
             "select count(*) || ' ' || coalesce(md5(string_agg(r, '|' order by r)), '-')
                from (select (to_jsonb(x) - array[$cols]::text[])::text as r from $t x

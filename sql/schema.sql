@@ -97,7 +97,10 @@ create table entitlements.features (
     updated_at  timestamptz not null default entitlements.now(),
     -- Percentages of each limit of a metered feature whose crossing sends quota.threshold,
     -- once per window (metering/meter.sql); NULL for other kinds.
-    thresholds  numeric[] check (cardinality(thresholds) <= 10 and 0 < all (thresholds) and 1000 >= all (thresholds))
+    thresholds  numeric[] check (cardinality(thresholds) <= 10 and 0 < all (thresholds) and 1000 >= all (thresholds)),
+    -- What a unit costs the business, in cents (issue #12; revenue/costs.sql), apart from
+    -- any overage price charged; NULL: unknown. Its history is in feature_unit_costs.
+    unit_cost_cents numeric check (unit_cost_cents >= 0 and unit_cost_cents <= 1e12)
 );
 comment on table entitlements.features is
     'What can be sold: flags, static limits, metered quotas, concurrency slots and config values.';

@@ -110,6 +110,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../../sql/revenue/discounts.sql", name = "discounts", requires = ["revenue_history"]);
 extension_sql_file!("../../sql/revenue/metrics.sql", name = "revenue_metrics", requires = ["discounts"]);
+extension_sql_file!("../../sql/revenue/costs.sql", name = "revenue_costs", requires = ["revenue_metrics", "metering"]);
 extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.

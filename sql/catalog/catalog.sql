@@ -21,11 +21,13 @@ begin
         v_thresholds := case when jsonb_typeof(v_item -> 'thresholds') = 'array'
                              then array(select t::numeric from jsonb_array_elements_text(v_item -> 'thresholds') t) end;
         if not found then
-            insert into entitlements.features (key, kind, unit, thresholds)
-            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit', v_thresholds);
+            insert into entitlements.features (key, kind, unit, thresholds, unit_cost_cents)
+            values (v_item ->> 'key', v_item ->> 'kind', v_item ->> 'unit', v_thresholds,
+                    (v_item ->> 'unit_cost_cents')::numeric);
             v_created := v_created || (v_item ->> 'key');
         elsif v_feature.kind is distinct from v_item ->> 'kind' or v_feature.unit is distinct from v_item ->> 'unit'
-              or v_feature.thresholds is distinct from v_thresholds then
+              or v_feature.thresholds is distinct from v_thresholds
+              or v_feature.unit_cost_cents is distinct from (v_item ->> 'unit_cost_cents')::numeric then
             if v_feature.kind <> v_item ->> 'kind' and (
                    exists (select 1 from entitlements.plan_entitlements e
                             where e.feature_key = v_feature.key and e.plan_key <> all (plan_keys))
@@ -35,7 +37,8 @@ begin
                     using errcode = '22023', hint = 'Use a new feature key for the new kind.';
             end if;
             update entitlements.features f
-               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds, updated_at = entitlements.now()
+               set kind = v_item ->> 'kind', unit = v_item ->> 'unit', thresholds = v_thresholds,
+                   unit_cost_cents = (v_item ->> 'unit_cost_cents')::numeric, updated_at = entitlements.now()
              where f.key = v_feature.key;
             v_updated := v_updated || v_feature.key;
         end if;
@@ -164,6 +167,7 @@ begin
                     where not exists (select 1 from entitlements.features f
                                        where f.key = x ->> 'key' and f.kind = x ->> 'kind'
                                          and f.unit is not distinct from x ->> 'unit'
+                                         and f.unit_cost_cents is not distinct from (x ->> 'unit_cost_cents')::numeric
                                          and f.thresholds is not distinct from
                                              case when jsonb_typeof(x -> 'thresholds') = 'array'
                                                   then array(select t::numeric from jsonb_array_elements_text(x -> 'thresholds') t) end)) then

@@ -161,12 +161,12 @@ as $$
         || 'periods text[] not null, billing_window timestamp with time zone, '
         || 'overage numeric not null default 0, unit_price_cents numeric, '
         || 'cost_cents numeric not null default 0, actor uuid, '
-        || 'txid bigint not null default txid_current()',
+        || 'txid bigint not null default txid_current(), usage_cost_cents numeric, metadata jsonb',
         'heap: id bigint not null default nextval(''entitlements.usage_ledger_id_seq''::regclass), '
         || 'at timestamp with time zone not null, customer_id uuid not null, '
         || 'feature_key text not null, amount numeric not null, idempotency_key text, '
         || 'periods text[] not null, billing_window timestamp with time zone, '
         || 'overage numeric not null default 0, unit_price_cents numeric, '
         || 'cost_cents numeric not null default 0, actor uuid, '
-        || 'txid bigint not null default txid_current()'])
+        || 'txid bigint not null default txid_current(), usage_cost_cents numeric, metadata jsonb'])
 $$;

@@ -83,7 +83,13 @@ create table entitlements.usage_ledger (
     unit_price_cents numeric,
     cost_cents       numeric not null default 0,
     actor            uuid,
-    txid             bigint not null default txid_current()
+    txid             bigint not null default txid_current(),
+    -- What this usage cost the business (issue #12): given to record_usage, or its amount
+    -- times the feature's unit cost then; NULL for consume's rows, which the reports price
+    -- at the feature's unit cost at `at` (feature_unit_costs). No CHECK here: the ledger is
+    -- written without the executor (metering/ledger.rs); record_usage checks its input.
+    usage_cost_cents numeric,
+    metadata         jsonb
 ) partition by range (at);
 -- Keys and indexes are each partition's own, not the parent's: the parent belongs to the
 -- extension and is not in a dump, the monthly partitions are; an index of the parent

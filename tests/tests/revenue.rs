@@ -22,10 +22,8 @@ async fn counted(db: &TestDb) -> (i32, i64) {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    let discounts: i64 = sqlx::query_scalar("select count(*) from entitlements.discounts")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let discounts: i64 =
+        sqlx::query_scalar("select count(*) from entitlements.discounts").fetch_one(&db.pool).await.unwrap();
     (redeemed, discounts)
 }
 

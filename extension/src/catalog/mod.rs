@@ -254,7 +254,7 @@ pub fn normalize(doc: &Value, existing: &Map<String, Value>) -> Result<Value> {
         .map(|(i, p)| normalize_plan(i, p, &mut plans))
         .collect::<Result<Vec<_>>>()?;
     if plans.uses_resources && !plans.kinds.contains_key(IMPLICIT_RESOURCES) {
-        features.push(json!({"key": IMPLICIT_RESOURCES, "kind": "config", "unit": null, "thresholds": null}));
+        features.push(json!({"key": IMPLICIT_RESOURCES, "kind": "config", "unit": null, "thresholds": null, "unit_cost_cents": null}));
     }
     Ok(json!({"features": features, "plans": normalized}))
 }
@@ -290,10 +290,23 @@ fn thresholds(path: &str, kind: &str, obj: &Map<String, Value>) -> Result<Value>
     Ok(out.into_iter().map(|p| if p.fract() == 0.0 { json!(p as i64) } else { json!(p) }).collect())
 }
 
+/// What a unit of a metered feature costs the business (not what overage is charged), in
+/// cents, at most 1e12; null when unknown. Other kinds have none.
+fn unit_cost(path: &str, kind: &str, obj: &Map<String, Value>) -> Result<Value> {
+    match obj.get("unit_cost_cents") {
+        None | Some(Value::Null) => Ok(Value::Null),
+        Some(_) if kind != "metered" => {
+            Err(bad(&format!("{path}.unit_cost_cents"), "only metered features have a unit cost"))
+        }
+        Some(v @ Value::Number(n)) if n.as_f64().is_some_and(|f| (0.0..=1e12).contains(&f)) => Ok(v.clone()),
+        Some(_) => Err(bad(&format!("{path}.unit_cost_cents"), "expected a number of cents from 0 to 1e12")),
+    }
+}
+
 /// One entry of `features`: key (declared once), kind, unit, thresholds.
 fn normalize_feature(path: &str, f: &Value, declared: &mut HashSet<String>) -> Result<Value> {
     let o = as_object(path, f)?;
-    check_fields(path, o, &["key", "kind", "unit", "description", "thresholds"])?;
+    check_fields(path, o, &["key", "kind", "unit", "description", "thresholds", "unit_cost_cents"])?;
     let key = key_field(path, o)?;
     if !declared.insert(key.clone()) {
         return Err(bad(path, format!("feature \"{key}\" is declared twice")));
@@ -303,7 +316,9 @@ fn normalize_feature(path: &str, f: &Value, declared: &mut HashSet<String>) -> R
         _ => return Err(bad(&format!("{path}.kind"), format!("expected one of {}", KINDS.join(", ")))),
     };
     let thresholds = thresholds(path, &kind, o)?;
-    Ok(json!({"key": key, "kind": kind, "unit": opt_string(path, o, "unit")?, "thresholds": thresholds}))
+    let unit_cost_cents = unit_cost(path, &kind, o)?;
+    Ok(json!({"key": key, "kind": kind, "unit": opt_string(path, o, "unit")?, "thresholds": thresholds,
+              "unit_cost_cents": unit_cost_cents}))
 }
 
 const PLAN_FIELDS: [&str; 13] = [
@@ -475,6 +490,10 @@ mod tests {
         assert!(m.contains("$.plans[0].key"), "{m}");
         let m = err(json!({"features": [{"key": "q", "kind": "metered", "thresholds": [80, 0]}]}));
         assert!(m.contains("$.features[0].thresholds[1]"), "{m}");
+        let m = err(json!({"features": [{"key": "f", "kind": "flag", "unit_cost_cents": 1}]}));
+        assert!(m.contains("only metered features have a unit cost"), "{m}");
+        let m = err(json!({"features": [{"key": "q", "kind": "metered", "unit_cost_cents": -2}]}));
+        assert!(m.contains("expected a number of cents"), "{m}");
         let m = err(json!({"features": [{"key": "f", "kind": "flag", "thresholds": [80]}]}));
         assert!(m.contains("only metered"), "{m}");
     }
@@ -492,6 +511,7 @@ mod tests {
         assert_eq!(n["features"][2]["key"], "resources");
         assert_eq!(n["features"][0]["thresholds"], json!([80, 100]), "metered: 80% and 100% by default");
         assert_eq!(n["features"][1]["thresholds"], Value::Null);
+        assert_eq!(n["features"][0]["unit_cost_cents"], Value::Null, "no unit cost unless given");
         let t = json!({"features": [{"key": "m", "kind": "metered", "thresholds": [100, 50.5, 100]}]});
         assert_eq!(normalize(&t, &Map::new()).unwrap()["features"][0]["thresholds"], json!([50.5, 100]));
         // Normalizing the normalized spec again gives the same spec: apply_catalog relies on it.

@@ -30,7 +30,7 @@ pub struct Row<'a> {
 }
 
 /// The ledger's columns, each with how this code fills it.
-const COLUMNS: [&CStr; 13] = [
+const COLUMNS: [&CStr; 15] = [
     c"id",
     c"at",
     c"customer_id",
@@ -44,6 +44,9 @@ const COLUMNS: [&CStr; 13] = [
     c"cost_cents",
     c"actor",
     c"txid",
+    // NULL from here: consumption carries no cost of its own nor metadata.
+    c"usage_cost_cents",
+    c"metadata",
 ];
 
 /// Write the row; false when nothing was written and the caller must use SPI.
