@@ -2429,6 +2429,10 @@ begin
         v_read.id, v_customer, v_read.plan, v_read.status, v_read.quantity, v_read.period_start, v_read.period_end,
         entitlements._stripe_ts(subscription -> 'trial_end'), v_cancel_at_end,
         entitlements._stripe_ts(subscription -> 'canceled_at'), v_ended);
+    if entitlements._stripe_sync_revenue(v_written.id, v_customer, subscription, v_observed)
+       and v_written.outcome = 'unchanged' then
+        v_written.outcome := 'updated';
+    end if;
     perform entitlements._stripe_remember(v_read.id, v_written.id, v_observed, v_read.period_start, v_read.rank,
                                           coalesce(reason, case when observed_at is null then 'api' else 'payload' end));
     perform set_config('entitlements.reason', '', true);
@@ -5467,6 +5471,70 @@ $$;
 comment on function entitlements.usage_report(timestamptz, timestamptz, text, uuid) is
     'Revenue (subscriptions and overage), usage cost and margin by plan and feature over a range. Admins; tenant admins with their tenant.';
 -- END copy of sql/revenue/costs.sql
+
+create or replace function entitlements._stripe_sync_revenue(p_subscription uuid, p_customer uuid, subscription jsonb,
+                                                  observed timestamptz)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_price jsonb := subscription #> '{items,data,0,price}';
+    v_count integer := greatest(coalesce((v_price #>> '{recurring,interval_count}')::integer, 1), 1);
+    v_amount bigint;
+    v_interval text := v_price #>> '{recurring,interval}';
+    v_discounts jsonb;
+    v_d jsonb;
+    v_ids text[] := '{}'::text[];
+    v_n bigint;
+    v_changed boolean := false;
+begin
+    if jsonb_typeof(v_price -> 'unit_amount') = 'number' and (v_price ->> 'unit_amount')::numeric >= 0 then
+        v_amount := round((v_price ->> 'unit_amount')::numeric / v_count)::bigint;
+        update entitlements.subscriptions s
+           set price_cents = v_amount, currency = lower(coalesce(v_price ->> 'currency', s.currency, 'usd')),
+               billing_interval = case when v_interval in ('day', 'week', 'month', 'year') then v_interval
+                                       when v_price ->> 'type' = 'one_time' then 'once' else s.billing_interval end
+         where s.id = p_subscription
+           and (s.price_cents, s.currency, s.billing_interval) is distinct from
+               (v_amount, lower(coalesce(v_price ->> 'currency', s.currency, 'usd')),
+                case when v_interval in ('day', 'week', 'month', 'year') then v_interval
+                     when v_price ->> 'type' = 'one_time' then 'once' else s.billing_interval end);
+        get diagnostics v_n = row_count;
+        v_changed := v_n > 0;
+    end if;
+
+    v_discounts := case when jsonb_typeof(subscription -> 'discounts') = 'array' then subscription -> 'discounts'
+                        when jsonb_typeof(subscription -> 'discount') = 'object' then jsonb_build_array(subscription -> 'discount')
+                        when subscription ? 'discount' or subscription ? 'discounts' then '[]'::jsonb end;
+    if v_discounts is null or exists (select 1 from jsonb_array_elements(v_discounts) x where jsonb_typeof(x) <> 'object') then
+        return v_changed;
+    end if;
+    for v_d in select * from jsonb_array_elements(v_discounts) loop
+        -- A coupon is a percentage or an amount off; anything else is not a discount we can count.
+        continue when v_d ->> 'id' is null or jsonb_typeof(v_d -> 'coupon') <> 'object'
+                   or (nullif((v_d #>> '{coupon,percent_off}')::numeric, 0) is null)
+                      = (nullif((v_d #>> '{coupon,amount_off}')::bigint, 0) is null);
+        v_ids := v_ids || (v_d ->> 'id');
+        insert into entitlements.discounts as d (subscription_id, customer_id, source, percent_off, amount_off_cents,
+                                                 starts_at, ends_at, stripe_id)
+        values (p_subscription, p_customer, 'stripe', nullif((v_d #>> '{coupon,percent_off}')::numeric, 0),
+                nullif((v_d #>> '{coupon,amount_off}')::bigint, 0),
+                coalesce(entitlements._stripe_ts(v_d -> 'start'), observed), entitlements._stripe_ts(v_d -> 'end'), v_d ->> 'id')
+        on conflict (stripe_id) do update
+           set percent_off = excluded.percent_off, amount_off_cents = excluded.amount_off_cents,
+               starts_at = excluded.starts_at, ends_at = excluded.ends_at, removed_at = null
+         where (d.percent_off, d.amount_off_cents, d.starts_at, d.ends_at, d.removed_at)
+               is distinct from (excluded.percent_off, excluded.amount_off_cents, excluded.starts_at, excluded.ends_at, null);
+        get diagnostics v_n = row_count;
+        v_changed := v_changed or v_n > 0;
+    end loop;
+    update entitlements.discounts d set removed_at = greatest(observed, d.starts_at)
+     where d.subscription_id = p_subscription and d.source = 'stripe' and d.removed_at is null
+       and d.stripe_id <> all (v_ids);
+    get diagnostics v_n = row_count;
+    return v_changed or v_n > 0;
+end
+$$;
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
