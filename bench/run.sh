@@ -8,7 +8,7 @@ RUNS=${BENCH_RUNS:-7}
 BASE_RUNS=${BENCH_BASE_RUNS:-3}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 # Which parts to run (all by default), e.g. BENCH_PARTS=metering; the setup always runs.
-PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning} "
+PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning revenue} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 
 scripts/cluster.sh stop "$DATA"
@@ -149,4 +149,9 @@ if part provisioning; then
 echo "== provisioning: converge and resync of 1,000 servers against the fake API, beside a naive apply-everything loop"
 ENTITLEMENTS_TEST_ADMIN_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
     cargo test --release -p integration-tests --test provision_bench -- --ignored --nocapture
+fi
+
+# --- Revenue (issue #12): movements and MRR over 100,000 customers' history ------------------
+if part revenue; then
+bench/revenue/run.sh "$PORT"
 fi
