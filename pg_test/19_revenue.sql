@@ -19,7 +19,7 @@
 --   H  Jan  3 free; Mar 10 upgrades to basic.                0    0    0 1000
 --                            MRR on Jan 1, Feb 1, Mar 1, Apr 1:  6000 7500 9500 10000
 begin;
-select plan(50);
+select plan(53);
 
 select entitlements.apply_catalog($${
   "features": [{"key": "agents", "kind": "flag"}],
@@ -185,6 +185,12 @@ select is((select array_agg(array[kind, started::text, converted::text, coalesce
           'January: H went free to paid, F trial to paid; February: G''s trial did not convert');
 select is((select array_agg(mrr order by at) from entitlements.customer_mrr_history(:f, '2025-01-01', '2025-04-01')),
           array[0, 1500, 1500, 3000]::bigint[], 'F''s own MRR history');
+
+-- An admin discount counts from when it is given, and only while it lasts ----------------------------
+select entitlements.grant_discount(:b, 10, expires_at => '2025-04-10 00:00:00+00', reason => 'apology') is not null as granted \gset
+select is(entitlements.mrr(), 10000 - 100::bigint, 'B''s 10% admin discount takes 100 off now');
+select is(entitlements.mrr('2025-04-01 00:00:00+00'), 10000::bigint, 'and nothing off before it was given');
+select is(entitlements.mrr('2025-04-10 00:00:00+00'), 10000::bigint, 'or after it expired');
 
 -- Who may read it ----------------------------------------------------------------------------------
 create role revenue_mallory login;

@@ -4958,11 +4958,13 @@ comment on function entitlements.redeem(uuid, text) is
 --     end = start + new + expansion - contraction - churned + reactivation.
 -- Admins read every customer's revenue; a tenant (store) admin reads its tenant's only.
 
--- Does a subscription in this state pay at `at`?
+-- Does a subscription in this state pay at `at`? This and _monthly_cents pin no search_path
+-- on purpose: a pinned SQL function is never inlined, and the revenue queries evaluate them
+-- per history row (pinned, they are 2x slower; bench/README.md). Every caller pins its
+-- search_path, the bodies use built-in operators only, and they run as their caller.
 create function entitlements._paying(status text, cancel_at_period_end boolean, current_period_end timestamptz,
                                      ended_at timestamptz, at timestamptz)
 returns boolean language sql immutable parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
     select (status in ('active', 'past_due') or (status = 'canceled' and cancel_at_period_end))
        and (current_period_end is null or current_period_end > at)
@@ -4973,12 +4975,15 @@ $$;
 create function entitlements._monthly_cents(price_cents bigint, quantity integer, billing_interval text,
                                             amount_off_cents bigint, percent_off numeric, admin_percent_off numeric)
 returns numeric language sql immutable parallel safe
-set search_path = pg_catalog, pg_temp
 as $$
-    select greatest(price_cents::numeric * quantity - coalesce(amount_off_cents, 0), 0)
-         * (1 - coalesce(percent_off, 0) / 100) * (1 - coalesce(admin_percent_off, 0) / 100)
-         * case billing_interval when 'month' then 1 when 'year' then 1 / 12.0
-                                 when 'week' then 52 / 12.0 when 'day' then 365 / 12.0 else 0 end
+    -- (Most rows are a monthly price without a discount: no numeric arithmetic for them.)
+    select case when amount_off_cents is null and percent_off is null and admin_percent_off is null
+                     and billing_interval = 'month'
+                then (price_cents * quantity)::numeric
+                else greatest(price_cents::numeric * quantity - coalesce(amount_off_cents, 0), 0)
+                     * (1 - coalesce(percent_off, 0) / 100) * (1 - coalesce(admin_percent_off, 0) / 100)
+                     * case billing_interval when 'month' then 1 when 'year' then 1 / 12.0
+                                             when 'week' then 52 / 12.0 when 'day' then 365 / 12.0 else 0 end end
 $$;
 
 -- Revenue is for admins, and for a tenant's admins about that tenant.
@@ -4995,12 +5000,17 @@ end
 $$;
 
 -- MRR of every paying customer at each of `points` (rounded per customer). The heart of
--- every metric: one pass over the history rows in force at the points.
+-- every metric: one pass over the history rows in force at the points. PL/pgSQL so that
+-- each call is planned for its arguments (without a tenant, no customer is looked up); the
+-- memory lets the sums per customer and point stay in one hash table (bench/README.md).
 create function entitlements._mrr_by_customer(points timestamptz[], p_currency text, p_tenant uuid)
-returns table (at timestamptz, customer_id uuid, tenant_id uuid, mrr bigint)
-language sql stable
+returns table (at timestamptz, customer_id uuid, mrr bigint)
+language plpgsql stable
 set search_path = pg_catalog, pg_temp
+set work_mem = '64MB'
 as $$
+begin
+    return query
     with admin_discounts as (
         select g.customer_id, p.at, max((g.value ->> 'percent_off')::numeric) as percent_off
           from entitlements.grants g
@@ -5008,24 +5018,25 @@ as $$
             on g.starts_at <= p.at and (g.expires_at is null or g.expires_at > p.at)
                and (g.revoked_at is null or g.revoked_at > p.at)
          where g.kind = 'discount'
-         group by g.customer_id, p.at)
-    select p.at, h.customer_id, c.tenant_id,
-           round(sum(entitlements._monthly_cents(h.price_cents, h.quantity, h.billing_interval,
-                                                 d.amount_off_cents, d.percent_off, a.percent_off)))::bigint
-      from unnest(points) as p(at)
-      join entitlements.subscription_history h
-        on h.valid_from <= p.at and (h.valid_to is null or h.valid_to > p.at)
-      join entitlements.customers c on c.id = h.customer_id
-      left join entitlements.discounts d
-        on d.subscription_id = h.subscription_id and d.starts_at <= p.at
-           and (d.ends_at is null or d.ends_at > p.at) and (d.removed_at is null or d.removed_at > p.at)
-      left join admin_discounts a on a.customer_id = h.customer_id and a.at = p.at
-     where h.currency = p_currency and h.price_cents > 0
-       and entitlements._paying(h.status, h.cancel_at_period_end, h.current_period_end, h.ended_at, p.at)
-       and (p_tenant is null or c.tenant_id = p_tenant)
-     group by p.at, h.customer_id, c.tenant_id
-    having round(sum(entitlements._monthly_cents(h.price_cents, h.quantity, h.billing_interval,
-                                                 d.amount_off_cents, d.percent_off, a.percent_off))) > 0
+         group by g.customer_id, p.at),
+    per_customer as (
+        select p.at, h.customer_id,
+               round(sum(entitlements._monthly_cents(h.price_cents, h.quantity, h.billing_interval,
+                                                     d.amount_off_cents, d.percent_off, a.percent_off))) as mrr
+          from unnest(points) as p(at)
+          join entitlements.subscription_history h
+            on h.valid_from <= p.at and (h.valid_to is null or h.valid_to > p.at)
+          left join entitlements.discounts d
+            on d.subscription_id = h.subscription_id and d.starts_at <= p.at
+               and (d.ends_at is null or d.ends_at > p.at) and (d.removed_at is null or d.removed_at > p.at)
+          left join admin_discounts a on a.customer_id = h.customer_id and a.at = p.at
+         where h.currency = p_currency and h.price_cents > 0
+           and entitlements._paying(h.status, h.cancel_at_period_end, h.current_period_end, h.ended_at, p.at)
+           and (p_tenant is null
+                or h.customer_id in (select c.id from entitlements.customers c where c.tenant_id = p_tenant))
+         group by p.at, h.customer_id)
+    select x.at, x.customer_id, x.mrr::bigint from per_customer x where x.mrr > 0;
+end
 $$;
 
 create function entitlements.mrr(at timestamptz default entitlements.now(), currency text default 'usd',
@@ -5105,15 +5116,17 @@ begin
           from entitlements.subscription_history h
          where h.currency = lower(revenue_movements.currency) and h.price_cents > 0
            and h.status in ('active', 'past_due')
-           and h.customer_id in (select m.customer_id from m)
          group by h.customer_id),
+    -- Each customer's MRR at the start (s) and the end (e) of each bucket.
+    ends as (
+        select b.b_start, b.b_end, x.customer_id, x.mrr as s, 0::bigint as e
+          from buckets b join m x on x.at = b.b_start
+        union all
+        select b.b_start, b.b_end, x.customer_id, 0::bigint, x.mrr
+          from buckets b join m x on x.at = b.b_end),
     per_customer as (
-        select b.b_start, b.b_end, x.customer_id,
-               coalesce(max(x.mrr) filter (where x.at = b.b_start), 0) as s,
-               coalesce(max(x.mrr) filter (where x.at = b.b_end), 0) as e
-          from buckets b
-          join m x on x.at = b.b_start or x.at = b.b_end
-         group by b.b_start, b.b_end, x.customer_id),
+        select x.b_start, x.b_end, x.customer_id, sum(x.s) as s, sum(x.e) as e
+          from ends x group by x.b_start, x.b_end, x.customer_id),
     moves as (
         select b.b_start, b.b_end,
                coalesce(sum(p.s), 0)::bigint as start_mrr,
@@ -5183,10 +5196,11 @@ begin
     perform entitlements._require_admin('revenue_by_tenant');
     perform entitlements._finite(at, 'at');
     return query
-    select m.tenant_id, sum(m.mrr)::bigint, count(*)::integer
+    select c.tenant_id, sum(m.mrr)::bigint, count(*)::integer
       from entitlements._mrr_by_customer(array[at], lower(currency), null) m
-     group by m.tenant_id
-     order by m.tenant_id nulls first;
+      join entitlements.customers c on c.id = m.customer_id
+     group by c.tenant_id
+     order by c.tenant_id nulls first;
 end
 $$;
 
