@@ -280,19 +280,19 @@ begin
         select h.* from entitlements.subscription_history h
           join entitlements.customers c on c.id = h.customer_id
          where tenant is null or c.tenant_id = tenant),
+    paying as (
+        select x.subscription_id, x.customer_id from scoped x
+         where x.status in ('active', 'past_due') and x.price_cents > 0),
     trials as (
         select t.subscription_id, min(t.valid_from) as began,
-               bool_or(exists (select 1 from scoped x where x.subscription_id = t.subscription_id
-                                  and x.status in ('active', 'past_due') and x.price_cents > 0)) as paid
+               t.subscription_id in (select p.subscription_id from paying p) as paid
           from scoped t where t.status = 'trialing'
          group by t.subscription_id),
     firsts as (
         select distinct on (f.customer_id) f.customer_id, f.valid_from as began, f.price_cents
           from scoped f order by f.customer_id, f.valid_from, f.id),
     free as (
-        select f.customer_id, f.began,
-               exists (select 1 from scoped x where x.customer_id = f.customer_id
-                          and x.status in ('active', 'past_due') and x.price_cents > 0) as paid
+        select f.customer_id, f.began, f.customer_id in (select p.customer_id from paying p) as paid
           from firsts f where f.price_cents = 0)
     select b.b_start, k.kind, coalesce(k.started, 0)::integer, coalesce(k.converted, 0)::integer,
            round(k.converted::numeric / nullif(k.started, 0), 6)
