@@ -4,7 +4,7 @@
 -- customers subscribe to it; the store's admins manage its plans and read its revenue,
 -- and nothing of any other store or of the global catalog.
 begin;
-select plan(30);
+select plan(32);
 \ir fixtures/catalog.sql
 
 \set t1 '''00000000-0000-0000-0000-0000000057a1'''
@@ -83,6 +83,22 @@ select is((select array_agg(tenant_id::text || '=' || mrr || '/' || customers or
 select is(entitlements.mrr() - entitlements.mrr(tenant => :t1) - entitlements.mrr(tenant => :t2),
           (select coalesce(sum(mrr), 0)::bigint from entitlements.revenue_by_tenant() where tenant_id is null),
           'the stores'' MRR and the rest add up');
+-- The upgrade hint of a refusal names a store's plan to that store's customers only.
+select entitlements.apply_catalog(jsonb_insert(pg_temp.store_doc('club_t2', 300), '{plans,1}',
+           '{"key": "club_minutes", "name": "Minutes", "price_cents": 100, "public": true, "entitlements": {"minutes": 100000}}'),
+       :t2) is not null as applied \gset
+create function pg_temp.hint(customer uuid) returns text language plpgsql as $$
+declare h text;
+begin
+    perform entitlements.consume(customer, 'minutes', 200);
+    return null;
+exception when sqlstate 'PT429' or sqlstate 'PT403' then
+    get stacked diagnostics h = pg_exception_hint;
+    return h;
+end $$;
+select is(pg_temp.hint(:k3), 'Upgrade to the "club_minutes" plan to use it.', 'a store''s customer is pointed to its store''s plan');
+select is(pg_temp.hint('00000000-0000-0000-0000-00000000c5ff'), 'Upgrade to the "pro" plan to allow it.',
+          'a customer of no store is not (to Pro, dearer)');
 set local role authenticated;
 select pg_temp.sign_in(:a1);
 select is(entitlements.apply_catalog('{"plans": []}', :t1) -> 'plans' -> 'deactivated', '["club_t1"]',

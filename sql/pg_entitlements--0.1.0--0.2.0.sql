@@ -2030,6 +2030,8 @@ as $$
       from entitlements.plans p
       join entitlements.plan_entitlements e on e.plan_key = p.key and e.feature_key = feature
      where p.public and p.active
+       -- A store's plan only for that store's customers.
+       and (p.tenant_id is null or p.tenant_id = (select c.tenant_id from entitlements.customers c where c.id = customer))
        and not exists (
            select 1 from jsonb_array_elements(e.spec -> 'limits') m
             where jsonb_typeof(m -> 'limit') = 'number'

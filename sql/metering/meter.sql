@@ -22,7 +22,7 @@ begin
 end
 $$;
 
--- The cheapest public, active plan that would allow `amount` more of `feature` given
+-- The cheapest public, active plan (of the customer's store or for everyone) that would allow `amount` more of `feature` given
 -- what the customer used in each period's window (`windows`: period → window start; a
 -- period the customer's own plan does not constrain uses its calendar window).
 -- For the HINT of a refused request. Reads the ledger, so only on the refusal path.
@@ -34,6 +34,8 @@ as $$
       from entitlements.plans p
       join entitlements.plan_entitlements e on e.plan_key = p.key and e.feature_key = feature
      where p.public and p.active
+       -- A store's plan only for that store's customers.
+       and (p.tenant_id is null or p.tenant_id = (select c.tenant_id from entitlements.customers c where c.id = customer))
        and not exists (
            select 1 from jsonb_array_elements(e.spec -> 'limits') m
             where jsonb_typeof(m -> 'limit') = 'number'
