@@ -19,7 +19,7 @@
 --   H  Jan  3 free; Mar 10 upgrades to basic.                0    0    0 1000
 --                            MRR on Jan 1, Feb 1, Mar 1, Apr 1:  6000 7500 9500 10000
 begin;
-select plan(53);
+select plan(54);
 
 select entitlements.apply_catalog($${
   "features": [{"key": "agents", "kind": "flag"}],
@@ -80,6 +80,8 @@ select throws_ok(format($$select entitlements.redeem(%L, 'SOON')$$, :'se'), '220
 select throws_ok(format($$select entitlements.redeem(%L, 'ONEUSE')$$, :'se'), '22023',
                  'promotion code "ONEUSE" is not for plan "pro_annual"', 'a code for other plans is refused');
 select throws_ok(format($$select entitlements.redeem(%L, 'NOPE')$$, :'se'), '22023', NULL, 'an unknown code is refused');
+select throws_ok(format($$select entitlements.redeem(%L, repeat('X', 100000))$$, :'se'), '22023', 'unknown promotion code',
+                 'a huge code is refused without being repeated back');
 select is((select count(*) from entitlements.discounts), 0::bigint, 'refusals wrote nothing');
 select lives_ok(format($$select entitlements.redeem(%L, 'half12')$$, :'se'), 'codes match case-insensitively');
 select throws_ok(format($$select entitlements.redeem(%L, 'HALF2')$$, :'se'), '22023', NULL,

@@ -4,7 +4,7 @@
 -- customers subscribe to it; the store's admins manage its plans and read its revenue,
 -- and nothing of any other store or of the global catalog.
 begin;
-select plan(32);
+select plan(38);
 \ir fixtures/catalog.sql
 
 \set t1 '''00000000-0000-0000-0000-0000000057a1'''
@@ -99,8 +99,24 @@ end $$;
 select is(pg_temp.hint(:k3), 'Upgrade to the "club_minutes" plan to use it.', 'a store''s customer is pointed to its store''s plan');
 select is(pg_temp.hint('00000000-0000-0000-0000-00000000c5ff'), 'Upgrade to the "pro" plan to allow it.',
           'a customer of no store is not (to Pro, dearer)');
+update entitlements.plans set stripe_price_ids = '{price_team_m}' where key = 'team';
 set local role authenticated;
 select pg_temp.sign_in(:a1);
+-- Direct writes hold a store admin to the same rules (row security lets it write its rows).
+select throws_ok(format($$insert into entitlements.discounts (subscription_id, customer_id, source, percent_off, starts_at)
+                          values (%L, %L, 'coupon', 100, now())$$,
+                        (select id from entitlements.subscriptions where customer_id = :k3), :k1), '42501', NULL,
+                 'no discount written directly, not even naming its own customer');
+select throws_ok(format($$update entitlements.subscriptions set plan_key = 'club_t2' where customer_id = %L$$, :k1), '42501',
+                 NULL, 'its customer cannot be put on another store''s plan');
+select throws_ok(format($$insert into entitlements.subscriptions (customer_id, plan_key, status) values (%L, 'enterprise', 'active')$$, :k1),
+                 '42501', NULL, 'nor on a private plan it cannot see');
+select throws_ok($$update entitlements.plans set stripe_price_ids = '{price_team_m}' where key = 'club_t1'$$, '23505',
+                 'Stripe price "price_team_m" already maps to another plan', 'nor claim a Stripe price of another plan');
+select throws_ok($$update entitlements.plans set price_cents = 9223372036854775807 where key = 'club_t1'$$, '23514', NULL,
+                 'nor set a price no catalog takes');
+select throws_ok(format($$insert into entitlements.grants (customer_id, kind, value, reason) values (%L, 'discount', '{"percent_off": "x"}', 'r')$$, :k1),
+                 '23514', NULL, 'nor an admin discount that is not a percentage');
 select is(entitlements.apply_catalog('{"plans": []}', :t1) -> 'plans' -> 'deactivated', '["club_t1"]',
           'a store''s catalog retires its own plans only');
 select is((select array_agg(key order by key) from entitlements.plans where not active), array['club_t1'], 'club_t2 is still offered');

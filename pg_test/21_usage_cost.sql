@@ -10,7 +10,7 @@
 --   basic: 612.90 + 516.13 + 25 overage = 1154; cost 30 + 20 + 7 = 57; margin 1097
 --   pro:   1161.29 = 1161; cost 30; margin 1131
 begin;
-select plan(24);
+select plan(25);
 
 set entitlements.clock = '2025-03-01 00:00:00+00';
 create temp table doc as select $${
@@ -84,12 +84,14 @@ select is((select array_agg(array[plan_key, coalesce(feature_key, '-'), customer
           'revenue, usage, cost and margin by plan and feature');
 select is((select revenue_cents from entitlements.usage_report('2025-03-01 00:00:00+00', '2025-03-02 00:00:00+00')
             where plan_key = 'basic' and feature_key is null),
-          32::bigint, 'one day of basic is 1000 / 31');
+          32::numeric, 'one day of basic is 1000 / 31');
 
 -- Who may record and read ------------------------------------------------------------------------
 set local role authenticated;
 select set_config('request.jwt.claims', json_build_object('sub', :y)::text, true) is not null as signed_in \gset
 select lives_ok(format($$select * from entitlements.record_usage(%L, 'ai_calls', 1)$$, :y), 'Y records its own usage');
+select throws_ok(format($$select * from entitlements.record_usage(%L, 'ai_calls', 1, 0)$$, :y), '42501', NULL,
+                 'but not its cost: that is the business''s figure');
 select throws_ok(format($$select * from entitlements.record_usage(%L, 'ai_calls', 1)$$, :x), '42501', NULL,
                  'not another customer''s');
 select throws_ok($$select * from entitlements.usage_report('2025-03-01', '2025-04-01')$$, '42501', NULL,

@@ -638,7 +638,7 @@ begin
         end;
     end if;
     perform entitlements._require_admin_of('subscribe', customer);
-    perform entitlements._require_store_customer(v_plan, customer);
+    -- (A store's plan for another store's customer is refused by _check_subscription_plan.)
     insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
                                             current_period_end, trial_end, canceled_at, ended_at)
     values (customer, plan, status, quantity, entitlements.now(), period_end, v_trial_end,
@@ -4519,7 +4519,6 @@ begin
     if v_sub.plan_key = plan then
         return;
     end if;
-    perform entitlements._require_store_customer(v_plan, v_sub.customer_id);
     perform set_config('entitlements.reason', reason, true);
     update entitlements.subscriptions s set plan_key = plan where s.id = v_sub.id;
     perform set_config('entitlements.reason', '', true);
@@ -4581,6 +4580,14 @@ comment on function entitlements.stripe_apply_event(text, jsonb) is
 alter table entitlements.plans
     add column tenant_id uuid,
     add constraint plans_check1 check (tenant_id is null or not is_default);
+-- Direct writes (a store admin has them under row security) held to the catalog's rules.
+alter table entitlements.plans
+    drop constraint plans_price_cents_check,
+    add constraint plans_price_cents_check check (price_cents between 0 and 2147483647);
+alter table entitlements.grants
+    add constraint grants_discount_check check (kind <> 'discount' or (
+        jsonb_typeof(value -> 'percent_off') = 'number'
+        and (value ->> 'percent_off')::numeric > 0 and (value ->> 'percent_off')::numeric <= 100));
 alter policy plans_read on entitlements.plans
     using (public or entitlements.is_admin(tenant_id) or entitlements._i_have_plan(key));
 alter policy plans_admin on entitlements.plans
@@ -4599,7 +4606,7 @@ alter policy plan_entitlements_admin on entitlements.plan_entitlements
 -- What a subscription pays, when it differs from its plan's price (a Stripe price, a
 -- negotiated price); NULL: the plan's price_cents, currency and interval.
 alter table entitlements.subscriptions
-    add column price_cents bigint check (price_cents >= 0),
+    add column price_cents bigint check (price_cents between 0 and 2147483647),
     add column currency text check (currency ~ '^[a-z]{3}$'),
     add column billing_interval text check (billing_interval in ('day', 'week', 'month', 'year', 'once'));
 
@@ -4770,16 +4777,18 @@ create index discounts_customer on entitlements.discounts (customer_id);
 select pg_catalog.pg_extension_config_dump('entitlements.coupons', '');
 select pg_catalog.pg_extension_config_dump('entitlements.discounts', '');
 
--- Row security: coupons (their codes) are for admins; a customer sees its discounts.
--- Writes go through create_coupon (admins) and redeem.
+-- Row security: coupons (their codes) are for global admins; a customer sees its discounts.
+-- Writes go through create_coupon and redeem.
 alter table entitlements.coupons enable row level security;
 create policy coupons_admin on entitlements.coupons for all
     using (entitlements.is_admin()) with check (entitlements.is_admin());
 alter table entitlements.discounts enable row level security;
 create policy discounts_read on entitlements.discounts for select
     using (entitlements.can_see_customer(customer_id));
+-- Written directly by global admins only: a row names a subscription and a customer, and a
+-- tenant admin could otherwise name its own customer with another tenant's subscription.
 create policy discounts_admin on entitlements.discounts for all
-    using (entitlements.is_admin_of(customer_id)) with check (entitlements.is_admin_of(customer_id));
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
 select entitlements.enable_audit(t::regclass)
   from unnest(array['entitlements.coupons', 'entitlements.discounts']) as t;
 
@@ -4877,11 +4886,16 @@ declare
     v_coupon entitlements.coupons;
     v_interval text;
     v_currency text;
-    v_now timestamptz := entitlements.now();
+    -- The statement's instant, not the transaction's: a code that expired while a long
+    -- transaction ran is expired.
+    v_now timestamptz := entitlements._statement_now();
     v_id uuid;
 begin
     perform entitlements._require_not_null(subscription, 'subscription');
     perform entitlements._require_not_null(code, 'code');
+    if length(code) > 64 then
+        raise exception 'unknown promotion code' using errcode = '22023';
+    end if;
     select * into v_sub from entitlements.subscriptions s where s.id = subscription for update;
     if not found
        or not (entitlements._role_is_privileged(entitlements._outer_role())
@@ -4906,8 +4920,7 @@ begin
             using errcode = '22023';
     end if;
     if v_coupon.plans is not null and not v_sub.plan_key = any (v_coupon.plans) then
-        raise exception 'promotion code "%" is not for plan "%"', code, v_sub.plan_key
-            using errcode = '22023', hint = 'It applies to: ' || array_to_string(v_coupon.plans, ', ');
+        raise exception 'promotion code "%" is not for plan "%"', code, v_sub.plan_key using errcode = '22023';
     end if;
     select coalesce(v_sub.billing_interval, p.interval), coalesce(v_sub.currency, p.currency)
       into v_interval, v_currency
@@ -5005,7 +5018,8 @@ $$;
 -- every metric: one pass over the history rows in force at the points. PL/pgSQL so that
 -- each call is planned for its arguments (without a tenant, no customer is looked up); the
 -- memory lets the sums per customer and point stay in one hash table (bench/README.md).
-create function entitlements._mrr_by_customer(points timestamptz[], p_currency text, p_tenant uuid)
+create function entitlements._mrr_by_customer(points timestamptz[], p_currency text, p_tenant uuid,
+                                              p_customer uuid default null)
 returns table (at timestamptz, customer_id uuid, mrr bigint)
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -5036,6 +5050,7 @@ begin
            and entitlements._paying(h.status, h.cancel_at_period_end, h.current_period_end, h.ended_at, p.at)
            and (p_tenant is null
                 or h.customer_id in (select c.id from entitlements.customers c where c.tenant_id = p_tenant))
+           and (p_customer is null or h.customer_id = p_customer)
          group by p.at, h.customer_id)
     select x.at, x.customer_id, x.mrr::bigint from per_customer x where x.mrr > 0;
 end
@@ -5181,9 +5196,9 @@ begin
                                   'the customer or an entitlements admin of it');
     v_points := entitlements._bucket_points(from_at, to_at, bucket);
     return query
-    select p.at, coalesce((select m.mrr from entitlements._mrr_by_customer(array[p.at], lower(currency), null) m
-                            where m.customer_id = customer_mrr_history.customer), 0)
+    select p.at, coalesce(m.mrr, 0)
       from unnest(v_points) as p(at)
+      left join entitlements._mrr_by_customer(v_points, lower(currency), null, customer) m on m.at = p.at
      order by p.at;
 end
 $$;
@@ -5318,7 +5333,9 @@ create trigger features_unit_cost after insert or update of unit_cost_cents on e
 -- Record usage that has a cost but no limit (nothing is counted against any quota): the
 -- ledger gets a row with the cost (cost_cents, else amount times the unit cost now; NULL
 -- when neither is known) and the metadata. The same idempotency key twice records once.
--- Whoever may consume for the customer may record (checked as consume checks it).
+-- Whoever may consume for the customer may record (checked as consume checks it); a cost
+-- of its own is the business's figure, so only admins of the customer (the app's service
+-- role) give one: a user recording its own usage is priced at the unit cost.
 create function entitlements.record_usage(
     customer uuid, feature text, amount numeric, cost_cents numeric default null,
     metadata jsonb default '{}', idempotency_key text default null)
@@ -5342,6 +5359,11 @@ begin
     end if;
     if cost_cents is not null and (not (cost_cents >= 0) or cost_cents > 1e15) then
         raise exception 'cost_cents must be from 0 to 1e15, got %', left(cost_cents::text, 40) using errcode = '22023';
+    end if;
+    if cost_cents is not null and not (entitlements._role_is_privileged(entitlements._outer_role())
+                                       or entitlements._is_listed_admin_of(customer)) then
+        raise exception 'permission denied: a cost of its own is given by an entitlements admin of the customer'
+            using errcode = '42501', hint = 'Record without cost_cents: it is priced at the feature''s unit cost.';
     end if;
     if metadata is null or jsonb_typeof(metadata) <> 'object' then
         raise exception 'metadata must be a JSON object' using errcode = '22023';
@@ -5436,8 +5458,8 @@ $$;
 -- when none). Costs and overage prices are in the catalog's currency.
 create function entitlements.usage_report(
     from_at timestamptz, to_at timestamptz, currency text default 'usd', tenant uuid default null)
-returns table (plan_key text, feature_key text, customers integer, units numeric, revenue_cents bigint,
-               cost_cents bigint, margin_cents bigint)
+returns table (plan_key text, feature_key text, customers integer, units numeric, revenue_cents numeric,
+               cost_cents numeric, margin_cents numeric)
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
@@ -5474,12 +5496,12 @@ begin
           from subscriptions s
           full join (select b.plan_key, sum(b.revenue) as revenue, sum(b.cost) as cost from by_feature b
                       group by b.plan_key) f on f.plan_key = s.plan_key)
-    select p.plan_key, null::text, p.customers, null::numeric, round(p.revenue)::bigint, round(p.cost)::bigint,
-           round(p.revenue)::bigint - round(p.cost)::bigint
+    select p.plan_key, null::text, p.customers, null::numeric, round(p.revenue), round(p.cost),
+           round(p.revenue) - round(p.cost)
       from plans p
     union all
-    select b.plan_key, b.feature_key, b.customers, b.units, round(b.revenue)::bigint, round(b.cost)::bigint,
-           round(b.revenue)::bigint - round(b.cost)::bigint
+    select b.plan_key, b.feature_key, b.customers, b.units, round(b.revenue), round(b.cost),
+           round(b.revenue) - round(b.cost)
       from by_feature b
      order by 1, 2 nulls first;
 end
@@ -5551,6 +5573,59 @@ begin
     return v_changed or v_n > 0;
 end
 $$;
+
+create or replace function entitlements._check_subscription_plan()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_plan entitlements.plans;
+begin
+    if entitlements._bulk_loading() then
+        return new;
+    end if;
+    if tg_op = 'UPDATE' and new.plan_key = old.plan_key and new.customer_id = old.customer_id then
+        return new;
+    end if;
+    select * into v_plan from entitlements.plans p where p.key = new.plan_key;
+    if not found then
+        -- Missing or hidden alike (subscribe and change_plan name unknown plans first).
+        raise exception 'permission denied: plan "%" is not one this role may write', new.plan_key
+            using errcode = '42501';
+    end if;
+    perform entitlements._require_store_customer(v_plan, new.customer_id);
+    return new;
+end
+$$;
+
+create or replace function entitlements._plan_stripe_prices_unique()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_price text;
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._plan_stripe_prices_unique');
+    if entitlements._bulk_loading() then
+        return new;
+    end if;
+    select x into v_price
+      from unnest(new.stripe_price_ids) x
+     where exists (select 1 from entitlements.plans p where p.key <> new.key and x = any (p.stripe_price_ids))
+     limit 1;
+    if v_price is not null then
+        raise exception 'Stripe price "%" already maps to another plan', v_price using errcode = '23505';
+    end if;
+    return new;
+end
+$$;
+
+-- The store rules' triggers (issue #12; their functions are synced above).
+create trigger plans_stripe_prices before insert or update of stripe_price_ids on entitlements.plans
+    for each row when (cardinality(new.stripe_price_ids) > 0)
+    execute function entitlements._plan_stripe_prices_unique();
+create trigger subscriptions_plan before insert or update of plan_key, customer_id on entitlements.subscriptions
+    for each row execute function entitlements._check_subscription_plan();
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
@@ -5713,6 +5788,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._server_check_insert(), entitlements._server_first(), entitlements._outbox_fan_out(),
     entitlements._subscription_events(), entitlements._grant_events(), entitlements._member_events(),
     entitlements._record_subscription_history(), entitlements._record_unit_cost(),
+    entitlements._plan_stripe_prices_unique(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),

@@ -109,7 +109,9 @@ create table entitlements.plans (
     key              text primary key check (key ~ '^[a-z][a-z0-9_]{0,62}$'),
     name             text not null,
     description      text,
-    price_cents      bigint not null default 0 check (price_cents >= 0),
+    -- At most what a catalog takes (extension/src/catalog/mod.rs), so that the revenue sums
+    -- hold (a store admin writes its plans directly too).
+    price_cents      bigint not null default 0 check (price_cents between 0 and 2147483647),
     currency         text not null default 'usd' check (currency ~ '^[a-z]{3}$'),
     interval         text not null default 'month' check (interval in ('day', 'week', 'month', 'year', 'once')),
     is_default       boolean not null default false,
@@ -221,6 +223,10 @@ create table entitlements.grants (
     created_at  timestamptz not null default entitlements.now(),
     revoked_at  timestamptz,
     check ((kind = 'discount') = (feature_key is null)),
+    -- What the revenue metrics read of a discount (grant_discount writes it so).
+    constraint grants_discount_check check (kind <> 'discount' or (
+        jsonb_typeof(value -> 'percent_off') = 'number'
+        and (value ->> 'percent_off')::numeric > 0 and (value ->> 'percent_off')::numeric <= 100)),
     check (expires_at is null or expires_at > starts_at)
 );
 create index grants_customer on entitlements.grants (customer_id);

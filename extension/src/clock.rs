@@ -50,8 +50,9 @@ pub fn define_guc() {
     }
 }
 
-/// Parses the value once, at SET: the instant goes to the assign hook through `extra`, so
-/// a later change of TimeZone does not move the clock. Bad input is PostgreSQL's own
+/// Parses the value once, at SET: the instant goes to the assign hook through `extra`, and
+/// the setting becomes that instant in ISO 8601 UTC (PostgreSQL's contract: a check hook may
+/// replace the malloc'd string, freeing the old one). Bad input is PostgreSQL's own
 /// timestamptz error (22007).
 #[pg_guard]
 unsafe extern "C-unwind" fn check_clock(
@@ -70,11 +71,23 @@ unsafe extern "C-unwind" fn check_clock(
         ];
         let datum = pgrx::fcinfo::direct_function_call_as_datum(pg_sys::timestamptz_in, &args);
         let t = datum.map_or(i64::MAX, |d| d.value() as pg_sys::TimestampTz);
-        if t == i64::MIN || t == i64::MAX {
+        // Finite, and within what the rules count in (microseconds since 1970 in an i64).
+        if t == i64::MIN || t == i64::MAX || t.checked_add(PG_EPOCH_OFFSET_US).is_none() {
             pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
             pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(c"The test clock must be a finite instant.".as_ptr());
             return false;
         }
+        // Kept as the instant itself, in UTC: a relative input ('now', 'tomorrow') must not be
+        // read again later, by a parallel worker or after a change of TimeZone.
+        let canonical = CString::new(to_iso8601(from_pg(t))).expect("no NUL in a timestamp");
+        let bytes = canonical.as_bytes_with_nul();
+        let copy = libc::malloc(bytes.len()) as *mut c_char;
+        if copy.is_null() {
+            return false;
+        }
+        std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, copy, bytes.len());
+        libc::free(*newval as *mut c_void);
+        *newval = copy;
         from_pg(t)
     };
     // PostgreSQL frees `extra` with free().

@@ -116,6 +116,34 @@ begin
 end
 $$;
 
+-- A Stripe price maps to one plan, whoever writes the plans (a store's admin writes its own
+-- directly, and cannot see others' private plans): checked as the owner, on every write of
+-- stripe_price_ids, without naming the other plan.
+create function entitlements._plan_stripe_prices_unique()
+returns trigger language plpgsql security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_price text;
+begin
+    perform entitlements._require_own_table(tg_relid, 'entitlements._plan_stripe_prices_unique');
+    if entitlements._bulk_loading() then
+        return new;
+    end if;
+    select x into v_price
+      from unnest(new.stripe_price_ids) x
+     where exists (select 1 from entitlements.plans p where p.key <> new.key and x = any (p.stripe_price_ids))
+     limit 1;
+    if v_price is not null then
+        raise exception 'Stripe price "%" already maps to another plan', v_price using errcode = '23505';
+    end if;
+    return new;
+end
+$$;
+create trigger plans_stripe_prices before insert or update of stripe_price_ids on entitlements.plans
+    for each row when (cardinality(new.stripe_price_ids) > 0)
+    execute function entitlements._plan_stripe_prices_unique();
+
 create function entitlements.apply_catalog(catalog jsonb, tenant uuid default null)
 returns jsonb language plpgsql volatile
 set search_path = pg_catalog, pg_temp

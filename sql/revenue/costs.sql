@@ -45,7 +45,9 @@ create trigger features_unit_cost after insert or update of unit_cost_cents on e
 -- Record usage that has a cost but no limit (nothing is counted against any quota): the
 -- ledger gets a row with the cost (cost_cents, else amount times the unit cost now; NULL
 -- when neither is known) and the metadata. The same idempotency key twice records once.
--- Whoever may consume for the customer may record (checked as consume checks it).
+-- Whoever may consume for the customer may record (checked as consume checks it); a cost
+-- of its own is the business's figure, so only admins of the customer (the app's service
+-- role) give one: a user recording its own usage is priced at the unit cost.
 create function entitlements.record_usage(
     customer uuid, feature text, amount numeric, cost_cents numeric default null,
     metadata jsonb default '{}', idempotency_key text default null)
@@ -69,6 +71,11 @@ begin
     end if;
     if cost_cents is not null and (not (cost_cents >= 0) or cost_cents > 1e15) then
         raise exception 'cost_cents must be from 0 to 1e15, got %', left(cost_cents::text, 40) using errcode = '22023';
+    end if;
+    if cost_cents is not null and not (entitlements._role_is_privileged(entitlements._outer_role())
+                                       or entitlements._is_listed_admin_of(customer)) then
+        raise exception 'permission denied: a cost of its own is given by an entitlements admin of the customer'
+            using errcode = '42501', hint = 'Record without cost_cents: it is priced at the feature''s unit cost.';
     end if;
     if metadata is null or jsonb_typeof(metadata) <> 'object' then
         raise exception 'metadata must be a JSON object' using errcode = '22023';
@@ -163,8 +170,8 @@ $$;
 -- when none). Costs and overage prices are in the catalog's currency.
 create function entitlements.usage_report(
     from_at timestamptz, to_at timestamptz, currency text default 'usd', tenant uuid default null)
-returns table (plan_key text, feature_key text, customers integer, units numeric, revenue_cents bigint,
-               cost_cents bigint, margin_cents bigint)
+returns table (plan_key text, feature_key text, customers integer, units numeric, revenue_cents numeric,
+               cost_cents numeric, margin_cents numeric)
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
@@ -201,12 +208,12 @@ begin
           from subscriptions s
           full join (select b.plan_key, sum(b.revenue) as revenue, sum(b.cost) as cost from by_feature b
                       group by b.plan_key) f on f.plan_key = s.plan_key)
-    select p.plan_key, null::text, p.customers, null::numeric, round(p.revenue)::bigint, round(p.cost)::bigint,
-           round(p.revenue)::bigint - round(p.cost)::bigint
+    select p.plan_key, null::text, p.customers, null::numeric, round(p.revenue), round(p.cost),
+           round(p.revenue) - round(p.cost)
       from plans p
     union all
-    select b.plan_key, b.feature_key, b.customers, b.units, round(b.revenue)::bigint, round(b.cost)::bigint,
-           round(b.revenue)::bigint - round(b.cost)::bigint
+    select b.plan_key, b.feature_key, b.customers, b.units, round(b.revenue), round(b.cost),
+           round(b.revenue) - round(b.cost)
       from by_feature b
      order by 1, 2 nulls first;
 end

@@ -7,7 +7,7 @@
 -- What a subscription pays, when it differs from its plan's price (a Stripe price, a
 -- negotiated price); NULL: the plan's price_cents, currency and interval.
 alter table entitlements.subscriptions
-    add column price_cents bigint check (price_cents >= 0),
+    add column price_cents bigint check (price_cents between 0 and 2147483647),
     add column currency text check (currency ~ '^[a-z]{3}$'),
     add column billing_interval text check (billing_interval in ('day', 'week', 'month', 'year', 'once'));
 

@@ -58,7 +58,8 @@ $$;
 -- every metric: one pass over the history rows in force at the points. PL/pgSQL so that
 -- each call is planned for its arguments (without a tenant, no customer is looked up); the
 -- memory lets the sums per customer and point stay in one hash table (bench/README.md).
-create function entitlements._mrr_by_customer(points timestamptz[], p_currency text, p_tenant uuid)
+create function entitlements._mrr_by_customer(points timestamptz[], p_currency text, p_tenant uuid,
+                                              p_customer uuid default null)
 returns table (at timestamptz, customer_id uuid, mrr bigint)
 language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -89,6 +90,7 @@ begin
            and entitlements._paying(h.status, h.cancel_at_period_end, h.current_period_end, h.ended_at, p.at)
            and (p_tenant is null
                 or h.customer_id in (select c.id from entitlements.customers c where c.tenant_id = p_tenant))
+           and (p_customer is null or h.customer_id = p_customer)
          group by p.at, h.customer_id)
     select x.at, x.customer_id, x.mrr::bigint from per_customer x where x.mrr > 0;
 end
@@ -234,9 +236,9 @@ begin
                                   'the customer or an entitlements admin of it');
     v_points := entitlements._bucket_points(from_at, to_at, bucket);
     return query
-    select p.at, coalesce((select m.mrr from entitlements._mrr_by_customer(array[p.at], lower(currency), null) m
-                            where m.customer_id = customer_mrr_history.customer), 0)
+    select p.at, coalesce(m.mrr, 0)
       from unnest(v_points) as p(at)
+      left join entitlements._mrr_by_customer(v_points, lower(currency), null, customer) m on m.at = p.at
      order by p.at;
 end
 $$;

@@ -56,6 +56,7 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._server_check_insert(), entitlements._server_first(), entitlements._outbox_fan_out(),
     entitlements._subscription_events(), entitlements._grant_events(), entitlements._member_events(),
     entitlements._record_subscription_history(), entitlements._record_unit_cost(),
+    entitlements._plan_stripe_prices_unique(),
     -- The steps of _meter, which pin no search_path: only _meter (pinned) calls them.
     entitlements._meter_check_input(uuid, text, numeric, text), entitlements._meter_claim_key(uuid, text, text, numeric),
     entitlements._meter_window_total(uuid, text, text, timestamptz),

@@ -20,6 +20,36 @@ $$;
 create trigger subscriptions_touch before insert or update on entitlements.subscriptions
     for each row execute function entitlements._touch_subscription();
 
+-- Every write of a subscription's plan or customer, through the functions, Stripe or a
+-- direct INSERT/UPDATE (admins have those under row security): the plan must be one the
+-- writer can see (not another store's or a private plan it cannot read), and a store's
+-- plan needs a customer of that store. Runs as the writer, so "see" is its row security.
+create function entitlements._check_subscription_plan()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_plan entitlements.plans;
+begin
+    if entitlements._bulk_loading() then
+        return new;
+    end if;
+    if tg_op = 'UPDATE' and new.plan_key = old.plan_key and new.customer_id = old.customer_id then
+        return new;
+    end if;
+    select * into v_plan from entitlements.plans p where p.key = new.plan_key;
+    if not found then
+        -- Missing or hidden alike (subscribe and change_plan name unknown plans first).
+        raise exception 'permission denied: plan "%" is not one this role may write', new.plan_key
+            using errcode = '42501';
+    end if;
+    perform entitlements._require_store_customer(v_plan, new.customer_id);
+    return new;
+end
+$$;
+create trigger subscriptions_plan before insert or update of plan_key, customer_id on entitlements.subscriptions
+    for each row execute function entitlements._check_subscription_plan();
+
 create function entitlements._raise_unknown_plan(plan text)
 returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
@@ -119,7 +149,7 @@ begin
         end;
     end if;
     perform entitlements._require_admin_of('subscribe', customer);
-    perform entitlements._require_store_customer(v_plan, customer);
+    -- (A store's plan for another store's customer is refused by _check_subscription_plan.)
     insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
                                             current_period_end, trial_end, canceled_at, ended_at)
     values (customer, plan, status, quantity, entitlements.now(), period_end, v_trial_end,
@@ -212,7 +242,6 @@ begin
     if v_sub.plan_key = plan then
         return;
     end if;
-    perform entitlements._require_store_customer(v_plan, v_sub.customer_id);
     perform set_config('entitlements.reason', reason, true);
     update entitlements.subscriptions s set plan_key = plan where s.id = v_sub.id;
     perform set_config('entitlements.reason', '', true);

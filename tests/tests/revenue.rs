@@ -79,3 +79,26 @@ async fn under_repeatable_read_redemptions_never_pass_the_maximum() {
     assert!((1..=10).contains(&ok), "{ok} redemptions");
     assert_eq!(counted(&db).await, (ok as i32, ok as i64), "the coupon counts what it made");
 }
+
+/// The test clock is the superuser's. In a fresh session the library is not loaded yet, so a
+/// plain role's SET makes a placeholder: loading the library (its first call) drops that
+/// value, and a SET afterwards is refused.
+#[tokio::test]
+async fn a_plain_role_cannot_move_the_clock() {
+    use sqlx::{AssertSqlSafe, Connection};
+    let db = TestDb::create("clock_role").await;
+    let role = format!("clock_plain_{}", std::process::id());
+    sqlx::query(AssertSqlSafe(format!("create role {role} login"))).execute(&db.pool).await.unwrap();
+    let mut plain = sqlx::PgConnection::connect(&db.url.replacen("postgres@", &format!("{role}@"), 1)).await.unwrap();
+    sqlx::query("set entitlements.clock = '2000-01-01 00:00:00+00'").execute(&mut plain).await.unwrap();
+    let real: bool = sqlx::query_scalar("select entitlements.now() > '2026-01-01'::timestamptz")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap();
+    assert!(real, "the placeholder set before the library loaded is dropped");
+    let refused =
+        sqlx::query("set entitlements.clock = '2000-01-01 00:00:00+00'").execute(&mut plain).await.unwrap_err();
+    assert_eq!(sqlstate(&refused).as_deref(), Some("42501"));
+    plain.close().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("drop role {role}"))).execute(&db.pool).await.unwrap();
+}
