@@ -88,6 +88,8 @@ async fn a_plain_role_cannot_move_the_clock() {
     use sqlx::{AssertSqlSafe, Connection};
     let db = TestDb::create("clock_role").await;
     let role = format!("clock_plain_{}", std::process::id());
+    // (Left behind by an earlier run that stopped half way, if any: roles are the cluster's.)
+    sqlx::query(AssertSqlSafe(format!("drop role if exists {role}"))).execute(&db.pool).await.unwrap();
     sqlx::query(AssertSqlSafe(format!("create role {role} login"))).execute(&db.pool).await.unwrap();
     let mut plain = sqlx::PgConnection::connect(&db.url.replacen("postgres@", &format!("{role}@"), 1)).await.unwrap();
     sqlx::query("set entitlements.clock = '2000-01-01 00:00:00+00'").execute(&mut plain).await.unwrap();
