@@ -15,7 +15,7 @@
 
 -- Does a subscription in this state pay at `at`? This and _monthly_cents pin no search_path
 -- on purpose: a pinned SQL function is never inlined, and the revenue queries evaluate them
--- per history row (pinned, they are 2x slower; bench/README.md). Every caller pins its
+-- per history row (pinned, the movements took 1.7x as long; bench/README.md). Every caller pins its
 -- search_path, the bodies use built-in operators only, and they run as their caller.
 create function entitlements._paying(status text, cancel_at_period_end boolean, current_period_end timestamptz,
                                      ended_at timestamptz, at timestamptz)
