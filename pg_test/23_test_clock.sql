@@ -3,7 +3,7 @@
 -- The test clock (issue #12): a superuser's session lives at another instant, frozen; the
 -- rules, writes and caches follow it, and reset returns to real time.
 begin;
-select plan(13);
+select plan(15);
 \ir fixtures/catalog.sql
 \set c '''00000000-0000-0000-0000-00000000c10c'''
 
@@ -30,7 +30,11 @@ select is(current_setting('entitlements.clock'), to_char(now() at time zone 'UTC
 reset timezone;
 select throws_ok($$set entitlements.clock = 'garbage'$$, '22007', NULL, 'garbage is refused');
 select throws_ok($$set entitlements.clock = 'infinity'$$, '22023', NULL, 'so is infinity');
-select throws_ok($$set entitlements.clock = '294276-12-31 23:59:59+00'$$, '22023', NULL, 'and an instant beyond the rules''s range');
+select throws_ok($$set entitlements.clock = '294276-12-31 23:59:59+00'$$, '22023', NULL, 'and an instant after the year 9999');
+select throws_ok($$set entitlements.clock = '0044-03-15 00:00:00+00 BC'$$, '22023', NULL, 'or before the year 1');
+set entitlements.clock = '9999-12-31 23:59:59.999999+00';
+select is(entitlements.now(), '9999-12-31 23:59:59.999999+00'::timestamptz, 'the last instant of 9999 is fine');
+reset entitlements.clock;
 
 create role clock_mallory login;
 set local role clock_mallory;

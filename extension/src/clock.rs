@@ -22,6 +22,10 @@ const US_PER_DAY: i64 = 86_400_000_000;
 
 pub type Micros = i64;
 
+/// 0001-01-01 and 10000-01-01 UTC, in microseconds since 1970.
+const YEAR_1: Micros = -62_135_596_800_000_000;
+const YEAR_10000: Micros = 253_402_300_800_000_000;
+
 /// Real time: the clock is not set.
 const REAL: Micros = Micros::MIN;
 
@@ -71,10 +75,12 @@ unsafe extern "C-unwind" fn check_clock(
         ];
         let datum = pgrx::fcinfo::direct_function_call_as_datum(pg_sys::timestamptz_in, &args);
         let t = datum.map_or(i64::MAX, |d| d.value() as pg_sys::TimestampTz);
-        // Finite, and within what the rules count in (microseconds since 1970 in an i64).
-        if t == i64::MIN || t == i64::MAX || t.checked_add(PG_EPOCH_OFFSET_US).is_none() {
+        // Years 1 to 9999: the canonical text below must read back the same (in a parallel
+        // worker, say), and a test clock has no use beyond them.
+        if !(YEAR_1..YEAR_10000).contains(&from_pg(t)) {
             pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
-            pg_sys::GUC_check_errdetail_string = pg_sys::pstrdup(c"The test clock must be a finite instant.".as_ptr());
+            pg_sys::GUC_check_errdetail_string =
+                pg_sys::pstrdup(c"The test clock must be an instant of the years 1 to 9999.".as_ptr());
             return false;
         }
         // Kept as the instant itself, in UTC: a relative input ('now', 'tomorrow') must not be
