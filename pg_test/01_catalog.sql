@@ -1,7 +1,7 @@
 \set ON_ERROR_STOP 1
 \set QUIET 1
 begin;
-select plan(28);
+select plan(29);
 \ir fixtures/catalog.sql
 
 select ok(:'catalog_applied', 'the fixture catalog applies');
@@ -54,6 +54,11 @@ select throws_ok($$select entitlements.apply_catalog('[1, 2]')$$, '22023', NULL,
 select throws_ok($$select entitlements.apply_catalog(NULL)$$, '22004', NULL, 'NULL is refused');
 select throws_ok($$select entitlements.apply_catalog('{"features": [{"key": "z", "kind": "flag"}], "plans": [{"key": "q", "stripe_price_ids": ["p1"]}, {"key": "r", "stripe_price_ids": ["p1"]}]}')$$,
                  '22023', NULL, 'one Stripe price on two plans is refused');
+savepoint moving;
+select entitlements.apply_catalog('{"plans": [{"key": "q", "entitlements": {}}, {"key": "r", "stripe_price_ids": ["p_move"], "entitlements": {}}]}') is not null as before_move \gset
+select is(entitlements.apply_catalog('{"plans": [{"key": "q", "stripe_price_ids": ["p_move"], "entitlements": {}}, {"key": "r", "entitlements": {}}]}') -> 'plans' -> 'updated',
+          '["q", "r"]', 'one document may move a Stripe price from one plan to another');
+rollback to savepoint moving;
 -- A plan's `resources` (what a provisioned server gets) is checked too.
 select throws_ok($$select entitlements.apply_catalog('{"plans": [{"key": "h", "entitlements": {"resources": {"cpu": "2", "memory": "4GB"}}}]}')$$,
                  '22023', 'invalid catalog at $.plans[0].entitlements.resources.memory: expected a Kubernetes quantity string such as "2", "500m" or "4Gi", got "4GB"',

@@ -483,6 +483,8 @@ begin
     perform entitlements._valid_json(catalog, 'catalog');
     -- One catalog change at a time; readers (checks) are not blocked.
     lock table entitlements.plans in share row exclusive mode;
+    -- Stripe prices are checked once the whole document is written (below).
+    set constraints entitlements.plans_stripe_prices deferred;
     v_doc := entitlements._normalize_catalog(
         catalog, (select coalesce(jsonb_object_agg(f.key, f.kind), '{}') from entitlements.features f));
     perform set_config('entitlements.reason', 'apply_catalog', true);
@@ -545,6 +547,7 @@ begin
     end loop;
 
     perform entitlements._catalog_check_stripe_prices();
+    set constraints entitlements.plans_stripe_prices immediate;
     perform set_config('entitlements.reason', '', true);
     return jsonb_build_object(
         'changed', jsonb_array_length(v_features -> 'created') + jsonb_array_length(v_features -> 'updated')
@@ -5607,21 +5610,24 @@ declare
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._plan_stripe_prices_unique');
     if entitlements._bulk_loading() then
-        return new;
+        return null;
     end if;
     select x into v_price
-      from unnest(new.stripe_price_ids) x
-     where exists (select 1 from entitlements.plans p where p.key <> new.key and x = any (p.stripe_price_ids))
+      from entitlements.plans me
+     cross join unnest(me.stripe_price_ids) x
+     where me.key = new.key
+       and exists (select 1 from entitlements.plans p where p.key <> me.key and x = any (p.stripe_price_ids))
      limit 1;
     if v_price is not null then
         raise exception 'Stripe price "%" already maps to another plan', v_price using errcode = '23505';
     end if;
-    return new;
+    return null;
 end
 $$;
 
 -- The store rules' triggers (issue #12; their functions are synced above).
-create trigger plans_stripe_prices before insert or update of stripe_price_ids on entitlements.plans
+create constraint trigger plans_stripe_prices after insert or update of stripe_price_ids on entitlements.plans
+    deferrable initially immediate
     for each row when (cardinality(new.stripe_price_ids) > 0)
     execute function entitlements._plan_stripe_prices_unique();
 create trigger subscriptions_plan before insert or update of plan_key, customer_id on entitlements.subscriptions

@@ -118,7 +118,9 @@ $$;
 
 -- A Stripe price maps to one plan, whoever writes the plans (a store's admin writes its own
 -- directly, and cannot see others' private plans): checked as the owner, on every write of
--- stripe_price_ids, without naming the other plan.
+-- stripe_price_ids, without naming the other plan. A constraint trigger, checked at the end
+-- of each statement, except that apply_catalog defers it to the end of the whole document
+-- (a document may move a price from one plan to another); it reads the plan as it is then.
 create function entitlements._plan_stripe_prices_unique()
 returns trigger language plpgsql security definer
 set search_path = pg_catalog, pg_temp
@@ -128,19 +130,22 @@ declare
 begin
     perform entitlements._require_own_table(tg_relid, 'entitlements._plan_stripe_prices_unique');
     if entitlements._bulk_loading() then
-        return new;
+        return null;
     end if;
     select x into v_price
-      from unnest(new.stripe_price_ids) x
-     where exists (select 1 from entitlements.plans p where p.key <> new.key and x = any (p.stripe_price_ids))
+      from entitlements.plans me
+     cross join unnest(me.stripe_price_ids) x
+     where me.key = new.key
+       and exists (select 1 from entitlements.plans p where p.key <> me.key and x = any (p.stripe_price_ids))
      limit 1;
     if v_price is not null then
         raise exception 'Stripe price "%" already maps to another plan', v_price using errcode = '23505';
     end if;
-    return new;
+    return null;
 end
 $$;
-create trigger plans_stripe_prices before insert or update of stripe_price_ids on entitlements.plans
+create constraint trigger plans_stripe_prices after insert or update of stripe_price_ids on entitlements.plans
+    deferrable initially immediate
     for each row when (cardinality(new.stripe_price_ids) > 0)
     execute function entitlements._plan_stripe_prices_unique();
 
@@ -171,6 +176,8 @@ begin
     perform entitlements._valid_json(catalog, 'catalog');
     -- One catalog change at a time; readers (checks) are not blocked.
     lock table entitlements.plans in share row exclusive mode;
+    -- Stripe prices are checked once the whole document is written (below).
+    set constraints entitlements.plans_stripe_prices deferred;
     v_doc := entitlements._normalize_catalog(
         catalog, (select coalesce(jsonb_object_agg(f.key, f.kind), '{}') from entitlements.features f));
     perform set_config('entitlements.reason', 'apply_catalog', true);
@@ -233,6 +240,7 @@ begin
     end loop;
 
     perform entitlements._catalog_check_stripe_prices();
+    set constraints entitlements.plans_stripe_prices immediate;
     perform set_config('entitlements.reason', '', true);
     return jsonb_build_object(
         'changed', jsonb_array_length(v_features -> 'created') + jsonb_array_length(v_features -> 'updated')
