@@ -148,8 +148,11 @@ begin
             null;
         end;
     end if;
-    perform entitlements._require_admin_of('subscribe', customer);
-    -- (A store's plan for another store's customer is refused by _check_subscription_plan.)
+    if v_plan.tenant_id is not null then
+        -- (Checked above for the other plans; a store's plan for another store's customer is
+        -- refused by _check_subscription_plan.)
+        perform entitlements._require_admin_of('subscribe', customer);
+    end if;
     insert into entitlements.subscriptions (customer_id, plan_key, status, quantity, current_period_start,
                                             current_period_end, trial_end, canceled_at, ended_at)
     values (customer, plan, status, quantity, entitlements.now(), period_end, v_trial_end,
