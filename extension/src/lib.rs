@@ -10,6 +10,7 @@ mod checks;
 mod clock;
 mod error;
 mod metering;
+mod monitoring;
 mod postgres;
 mod rules;
 mod security;
@@ -111,6 +112,13 @@ extension_sql_file!(
 extension_sql_file!("../../sql/revenue/discounts.sql", name = "discounts", requires = ["revenue_history"]);
 extension_sql_file!("../../sql/revenue/metrics.sql", name = "revenue_metrics", requires = ["discounts"]);
 extension_sql_file!("../../sql/revenue/costs.sql", name = "revenue_costs", requires = ["revenue_metrics", "metering"]);
+extension_sql_file!(
+    "../../sql/monitoring/signals.sql",
+    name = "security_signals",
+    requires = ["revenue_costs", monitoring::signals::note_refusal, monitoring::signals::principal_sql]
+);
+extension_sql_file!("../../sql/monitoring/rules.sql", name = "security_rules", requires = ["security_signals"]);
+extension_sql_file!("../../sql/monitoring/alerts.sql", name = "security_alerts", requires = ["security_rules"]);
 extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.

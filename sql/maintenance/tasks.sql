@@ -58,7 +58,8 @@ as $$
         (4, 'prune_task_runs', interval '1 hour', 'Task runs older than entitlements.task_runs_keep go.'),
         (5, 'usage_partitions', interval '6 hours', 'Ledger partitions made ahead and old months rolled up; closed counters and old idempotency keys deleted.'),
         (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, delivered notifications, and (when configured) audit rows, past their retention go.'),
-        (7, 'time_events', interval '1 minute', 'Trials about to end (trial.ending) and access that ended by time alone (access.suspended), told once each.')
+        (7, 'time_events', interval '1 minute', 'Trials about to end (trial.ending) and access that ended by time alone (access.suspended), told once each.'),
+        (8, 'security_scan', interval '1 minute', 'The security rules: alerts opened or repeated (high and critical go out through the outbox); week-old signals pruned.')
       ) t(n, name, every, description)
      order by t.n
 $$;

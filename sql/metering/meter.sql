@@ -71,6 +71,7 @@ begin
             using errcode = '22023';
     end if;
     if not entitlements._may_meter(p_customer) then
+        perform entitlements._note_permission_refused('meter ' || p_feature);
         raise exception 'permission denied: you may meter only your own usage and that of your organizations'
             using errcode = '42501';
     end if;
@@ -247,6 +248,8 @@ as $$
 declare
     v_plan text := entitlements._upgrade_plan(p_customer, p_feature, p_amount, p_windows);
 begin
+    -- Counted for the security rules (monitoring/signals.sql) before the error ends the transaction.
+    perform entitlements._note_refusal('quota_refused', p_customer::text, p_feature);
     raise exception 'quota exceeded for feature "%": limit % per %', p_feature, p_limit, replace(p_period, '_', ' ')
         using errcode = 'PT429',
               detail = case when p_resets_at is null
@@ -267,6 +270,7 @@ as $$
 declare
     v_plan text := entitlements._upgrade_plan(p_customer, p_feature, p_amount, p_windows);
 begin
+    perform entitlements._note_refusal('feature_refused', p_customer::text, p_feature);
     raise exception 'feature "%" is not included in your plan', p_feature
         using errcode = 'PT403',
               hint = case when v_plan is null then 'No public plan includes it.'
@@ -441,6 +445,7 @@ begin
         if v_one.refused and p_mode = 'check' then
             v_out.allowed := false;
         elsif v_one.refused then
+            perform entitlements._note_refusal('quota_refused', p_customer::text, p_feature);
             perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s, v_done_slow,
                                              case when v_keyed then p_key end);
             return row(false, v_limit, v_one.total, greatest(v_limit - v_one.total, 0), v_end)::entitlements.usage;
@@ -473,6 +478,8 @@ begin
         -- The feature is not part of the customer's plan at all.
         if p_mode = 'consume' then
             perform entitlements._meter_raise_not_included(p_customer, p_feature, p_amount, v_windows);
+        elsif p_mode = 'try' then
+            perform entitlements._note_refusal('feature_refused', p_customer::text, p_feature);
         end if;
         perform entitlements._meter_undo(p_customer, p_feature, p_amount, '{}', '{}', '{}', '{}',
                                          case when v_keyed then p_key end);

@@ -41,6 +41,7 @@ declare
 begin
     v_limit := entitlements._concurrency_limit(customer, feature);
     if not entitlements._may_meter(customer) then
+        perform entitlements._note_permission_refused('acquire ' || feature);
         raise exception 'permission denied: you may take slots only for yourself and your organizations'
             using errcode = '42501';
     end if;

@@ -101,12 +101,14 @@ as $$
 $$;
 
 -- The refusal of every admin check below: 42501 naming the action and who may do it.
+-- Each refusal is counted for the security rules (refusal_burst; monitoring/signals.sql).
 create function entitlements._require(allowed boolean, action text, who text default 'an entitlements admin')
-returns void language plpgsql immutable
+returns void language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 begin
     if not coalesce(allowed, false) then
+        perform entitlements._note_permission_refused(action);
         raise exception 'permission denied: % requires %', action, who
             using errcode = '42501',
                   hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';

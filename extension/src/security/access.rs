@@ -63,6 +63,12 @@ pub fn require_may_act_for(customer: &[u8; 16], now: crate::clock::Micros) -> Re
     if may_act_for(customer, outer, now)? {
         Ok(())
     } else {
+        let action = "read a customer's limits";
+        crate::monitoring::signals::note(
+            crate::monitoring::signals::Kind::Permission,
+            &crate::monitoring::signals::principal(),
+            action,
+        );
         Err(crate::error::Error::InsufficientPrivilege(
             "permission denied: not allowed to read this customer's limits".into(),
         ))
