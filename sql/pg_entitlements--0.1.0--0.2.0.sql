@@ -51,6 +51,17 @@ create function entitlements._statement_now()
 returns timestamptz language c stable parallel safe
 as 'MODULE_PATHNAME', 'clock_statement_now_wrapper';
 
+-- Refusal signals (extension/src/monitoring/signals.rs), before the SQL that calls them.
+create function entitlements._note_refusal(kind text, subject text, detail text)
+returns void language c volatile parallel unsafe
+as 'MODULE_PATHNAME', 'note_refusal_wrapper';
+create function entitlements._note_permission_refused(action text)
+returns void language c volatile parallel unsafe
+as 'MODULE_PATHNAME', 'note_permission_refused_wrapper';
+create function entitlements._principal()
+returns text language c stable parallel safe strict
+as 'MODULE_PATHNAME', 'principal_sql_wrapper';
+
 -- Column defaults follow the clock.
 alter table entitlements.features alter column created_at set default entitlements.now();
 alter table entitlements.features alter column updated_at set default entitlements.now();
@@ -1197,7 +1208,8 @@ as $$
         (4, 'prune_task_runs', interval '1 hour', 'Task runs older than entitlements.task_runs_keep go.'),
         (5, 'usage_partitions', interval '6 hours', 'Ledger partitions made ahead and old months rolled up; closed counters and old idempotency keys deleted.'),
         (6, 'retention', interval '1 hour', 'Applied and dead Stripe events, delivered notifications, and (when configured) audit rows, past their retention go.'),
-        (7, 'time_events', interval '1 minute', 'Trials about to end (trial.ending) and access that ended by time alone (access.suspended), told once each.')
+        (7, 'time_events', interval '1 minute', 'Trials about to end (trial.ending) and access that ended by time alone (access.suspended), told once each.'),
+        (8, 'security_scan', interval '1 minute', 'The security rules: alerts opened or repeated (high and critical go out through the outbox); week-old signals pruned.')
       ) t(n, name, every, description)
      order by t.n
 $$;
@@ -1331,6 +1343,7 @@ begin
         if v_one.refused and p_mode = 'check' then
             v_out.allowed := false;
         elsif v_one.refused then
+            perform entitlements._note_refusal('quota_refused', p_customer::text, p_feature);
             perform entitlements._meter_undo(p_customer, p_feature, p_amount, v_periods, v_done_w, v_done_s, v_done_slow,
                                              case when v_keyed then p_key end);
             return row(false, v_limit, v_one.total, greatest(v_limit - v_one.total, 0), v_end)::entitlements.usage;
@@ -1363,6 +1376,8 @@ begin
         -- The feature is not part of the customer's plan at all.
         if p_mode = 'consume' then
             perform entitlements._meter_raise_not_included(p_customer, p_feature, p_amount, v_windows);
+        elsif p_mode = 'try' then
+            perform entitlements._note_refusal('feature_refused', p_customer::text, p_feature);
         end if;
         perform entitlements._meter_undo(p_customer, p_feature, p_amount, '{}', '{}', '{}', '{}',
                                          case when v_keyed then p_key end);
@@ -2112,6 +2127,7 @@ begin
             using errcode = '22023';
     end if;
     if not entitlements._may_meter(p_customer) then
+        perform entitlements._note_permission_refused('meter ' || p_feature);
         raise exception 'permission denied: you may meter only your own usage and that of your organizations'
             using errcode = '42501';
     end if;
@@ -2252,6 +2268,8 @@ as $$
 declare
     v_plan text := entitlements._upgrade_plan(p_customer, p_feature, p_amount, p_windows);
 begin
+    -- Counted for the security rules (monitoring/signals.sql) before the error ends the transaction.
+    perform entitlements._note_refusal('quota_refused', p_customer::text, p_feature);
     raise exception 'quota exceeded for feature "%": limit % per %', p_feature, p_limit, replace(p_period, '_', ' ')
         using errcode = 'PT429',
               detail = case when p_resets_at is null
@@ -2271,6 +2289,7 @@ as $$
 declare
     v_plan text := entitlements._upgrade_plan(p_customer, p_feature, p_amount, p_windows);
 begin
+    perform entitlements._note_refusal('feature_refused', p_customer::text, p_feature);
     raise exception 'feature "%" is not included in your plan', p_feature
         using errcode = 'PT403',
               hint = case when v_plan is null then 'No public plan includes it.'
@@ -2558,11 +2577,12 @@ $$;
 
 
 create or replace function entitlements._require(allowed boolean, action text, who text default 'an entitlements admin')
-returns void language plpgsql immutable
+returns void language plpgsql volatile
 set search_path = pg_catalog, pg_temp
 as $$
 begin
     if not coalesce(allowed, false) then
+        perform entitlements._note_permission_refused(action);
         raise exception 'permission denied: % requires %', action, who
             using errcode = '42501',
                   hint = 'Call it as a role granted entitlements_admin, or add the user to entitlements.admins.';
@@ -2864,6 +2884,9 @@ as $$
         ('access.restored', 'Your {{plan}} access is back',
          E'Hello {{customer_name}},\n\nyour {{plan}} features are available again.',
          '<p>Hello {{customer_name}},</p><p>your {{plan}} features are available again.</p>'),
+        ('security.alert', '[{{severity}}] Security alert: {{rule}}',
+         E'Hello {{customer_name}},\n\nthe security rule {{rule}} found {{subject}} ({{events}} events from {{first_seen}} to {{last_seen}}; seen {{count}} times). Alert {{alert_id}}: {{details}}',
+         '<p>Hello {{customer_name}},</p><p>the security rule <b>{{rule}}</b> found {{subject}} ({{events}} events from {{first_seen}} to {{last_seen}}; seen {{count}} times).</p><p>Alert {{alert_id}}: {{details}}</p>'),
         ('quota.threshold', 'You have used {{threshold}}% of your {{feature}}',
          E'Hello {{customer_name}},\n\nyou have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.',
          '<p>Hello {{customer_name}},</p><p>you have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.</p>')
@@ -2939,6 +2962,14 @@ begin
      where x.email is not null
        and (entitlements._email_template(new.kind, (select c.locale from entitlements.customers c
                                                       where c.id = new.customer_id))).kind is not null;
+    -- Security alerts (monitoring/alerts.sql) go to the admins who may see them: global ones,
+    -- and those of the alert's tenant, at their profile's email.
+    insert into entitlements.deliveries (event_id, channel, target)
+    select distinct new.id, 'email', c.email
+      from entitlements.admins a
+      join entitlements.customers c on c.id = a.user_id
+     where new.kind like 'security.%' and c.email is not null
+       and (a.tenant_id is null or a.tenant_id::text = new.payload ->> 'tenant_id');
     -- Apps may LISTEN for events (no customer id: anyone may LISTEN; the row is behind RLS).
     perform pg_notify('entitlements_events', jsonb_build_object('id', new.id, 'kind', new.kind)::text);
     perform pg_notify('entitlements_outbox', '');
@@ -5636,6 +5667,922 @@ create constraint trigger plans_stripe_prices after insert or update of stripe_p
 create trigger subscriptions_plan before insert or update of plan_key, customer_id on entitlements.subscriptions
     for each row execute function entitlements._check_subscription_plan();
 
+create or replace function entitlements.acquire(customer uuid, feature text)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_limit float8;
+    v_held  bigint[];
+    v_key   bigint;
+begin
+    v_limit := entitlements._concurrency_limit(customer, feature);
+    if not entitlements._may_meter(customer) then
+        perform entitlements._note_permission_refused('acquire ' || feature);
+        raise exception 'permission denied: you may take slots only for yourself and your organizations'
+            using errcode = '42501';
+    end if;
+    if v_limit is null then
+        return true;  -- unlimited
+    end if;
+    -- Advisory locks are re-entrant within a backend, so remember the slots this
+    -- transaction holds (a transaction-local setting, undone with it).
+    v_held := string_to_array(nullif(current_setting('entitlements.held_slots', true), ''), ',')::bigint[];
+    for n in 0 .. v_limit::int - 1 loop
+        v_key := entitlements._slot_key(customer, feature, n);
+        continue when v_key = any(coalesce(v_held, '{}'));
+        if pg_try_advisory_xact_lock(v_key) then
+            perform set_config('entitlements.held_slots', array_to_string(coalesce(v_held, '{}') || v_key, ','), true);
+            return true;
+        end if;
+    end loop;
+    return false;
+end
+$$;
+comment on function entitlements.acquire(uuid, text) is
+    'Take one concurrency slot until the end of the transaction; false when all are taken.';
+
+-- BEGIN copy of sql/monitoring/signals.sql
+-- Security signals: what was refused, counted per kind, subject and minute (never a row per
+-- call). The hot paths count in memory and a short-lived background worker writes the counts
+-- in a transaction of its own (extension/src/monitoring/signals.rs), so a refusal whose
+-- transaction rolls back (consume's PT429) is still counted. The worker reports what it sees
+-- itself (refused Stripe webhooks) through record_signal. The rules (monitoring/rules.sql)
+-- read these rows, and also the audit log, task runs and delivery attempts.
+--
+--   quota_refused       PT429 of consume, allowed = false of try_consume     subject: customer, detail: feature
+--   feature_refused     PT403: a feature the plan does not include           subject: customer, detail: feature
+--   permission_refused  42501 of an admin function or of acting for another  subject: user id or role:<name>, detail: action
+--   webhook_refused     an incoming webhook the worker refused (signature)   subject: the source (stripe), detail: why
+--   signals_dropped     counts a backend could not keep (more than 256 keys a second)
+
+create table entitlements.security_signals (
+    kind         text not null check (kind in ('quota_refused', 'feature_refused', 'permission_refused',
+                                               'webhook_refused', 'signals_dropped')),
+    subject      text not null check (length(subject) <= 200),
+    detail       text not null default '' check (length(detail) <= 200),
+    -- The minute the refusals fell in, by the engine's clock (entitlements.now()).
+    window_start timestamptz not null check (date_trunc('minute', window_start) = window_start),
+    count        bigint not null check (count > 0),
+    first_at     timestamptz not null,
+    last_at      timestamptz not null,
+    primary key (kind, subject, detail, window_start),
+    check (first_at <= last_at)
+);
+create index security_signals_recent on entitlements.security_signals (kind, last_at);
+comment on table entitlements.security_signals is
+    'Refusals counted per kind, subject, detail and minute, for the security rules. Global admins read them.';
+select pg_catalog.pg_extension_config_dump('entitlements.security_signals', '');
+alter table entitlements.security_signals enable row level security;
+create policy security_signals_admin on entitlements.security_signals for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+
+-- Adds counts (the flush worker's, record_signal's): one upsert per key.
+create function entitlements._add_signals(entries jsonb)
+returns bigint language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_rows bigint;
+begin
+    insert into entitlements.security_signals as s (kind, subject, detail, window_start, count, first_at, last_at)
+    select x.kind, left(coalesce(x.subject, ''), 200), left(coalesce(x.detail, ''), 200),
+           timestamptz 'epoch' + x.window_us * interval '1 microsecond', sum(x.count),
+           timestamptz 'epoch' + min(x.first_us) * interval '1 microsecond',
+           timestamptz 'epoch' + max(x.last_us) * interval '1 microsecond'
+      from jsonb_to_recordset(entries) as x(kind text, subject text, detail text, window_us bigint,
+                                            first_us bigint, last_us bigint, count bigint)
+     where x.count > 0
+     group by 1, 2, 3, 4
+    on conflict (kind, subject, detail, window_start) do update
+       set count = s.count + excluded.count,
+           first_at = least(s.first_at, excluded.first_at),
+           last_at = greatest(s.last_at, excluded.last_at);
+    get diagnostics v_rows = row_count;
+    return v_rows;
+end
+$$;
+
+-- What the flush worker calls (as the bootstrap superuser, with counts it made itself).
+create function entitlements._record_signals(entries jsonb)
+returns void language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$ select entitlements._add_signals(entries) $$;
+
+-- A refusal the worker saw (an incoming webhook whose signature did not verify). Admins only
+-- (the worker's role).
+create function entitlements.record_signal(kind text, subject text, detail text default '', count integer default 1)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_now bigint := (extract(epoch from entitlements._statement_now()) * 1000000)::bigint;
+begin
+    perform entitlements._require_admin('record_signal');
+    if kind is null or kind not in ('webhook_refused') then
+        raise exception 'kind must be webhook_refused, not %', coalesce(kind, 'NULL') using errcode = '22023';
+    end if;
+    if subject is null or length(subject) not between 1 and 200 or length(coalesce(detail, '')) > 200 then
+        raise exception 'subject must be 1 to 200 characters and detail at most 200' using errcode = '22023';
+    end if;
+    if count is null or count not between 1 and 1000000 then
+        raise exception 'count must be between 1 and 1000000' using errcode = '22023';
+    end if;
+    perform entitlements._add_signals(jsonb_build_array(jsonb_build_object(
+        'kind', kind, 'subject', subject, 'detail', coalesce(detail, ''),
+        'window_us', v_now - v_now % 60000000, 'first_us', v_now, 'last_us', v_now, 'count', count)));
+end
+$$;
+comment on function entitlements.record_signal(text, text, text, integer) is
+    'Count a refusal seen outside the database (the worker: webhook_refused). Admins only.';
+-- END copy of sql/monitoring/signals.sql
+
+-- BEGIN copy of sql/monitoring/rules.sql
+-- Security rules: each looks at a window of signals or of the audit log and names the
+-- subjects over its threshold; the security_scan task (monitoring/alerts.sql) turns what they
+-- find into alerts. The rules ship with defaults (security_rule_defaults()); admins change
+-- any of enabled, threshold, window, severity and config with configure_security_rule, kept
+-- in entitlements.security_rules (only what differs from the defaults, so a dump restores
+-- into a new install without colliding with shipped rows).
+--
+-- Signals are dated by the engine's clock (entitlements.now()); the audit log, task runs and
+-- delivery attempts by real time, and their rules measure their window in real time.
+
+create function entitlements.security_rule_defaults()
+returns table (rule text, enabled boolean, threshold integer, window_length interval, severity text,
+               config jsonb, description text)
+language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select r.rule, r.enabled, r.threshold, r.window_length, r.severity, r.config, r.description
+      from (values
+        (1, 'refusal_burst', true, 5, interval '5 minutes', 'medium', '{}'::jsonb,
+         'One principal (user or role) refused admin functions or acting for others (42501) this many times.'),
+        (2, 'privilege_change', true, 1, interval '1 hour', 'high', '{}'::jsonb,
+         'An admin was added or widened to every tenant; critical when by a non-admin path (a database role, no admin user) or to oneself.'),
+        (3, 'mass_grants', true, 10, interval '10 minutes', 'medium', '{}'::jsonb,
+         'One actor gave this many grants (quota boosts, feature grants, denies, discounts).'),
+        (4, 'quota_abuse', true, 50, interval '10 minutes', 'medium', '{}'::jsonb,
+         'One customer got this many over-limit answers (PT429, try_consume refused).'),
+        (5, 'feature_probing', true, 20, interval '10 minutes', 'low', '{}'::jsonb,
+         'One customer asked this many times for features its plan does not include (PT403).'),
+        (6, 'webhook_signature', true, 5, interval '10 minutes', 'high', '{}'::jsonb,
+         'Incoming webhooks refused (signature, timestamp) this many times from one source.'),
+        (7, 'delivery_failures', true, 5, interval '30 minutes', 'medium', '{}'::jsonb,
+         'Deliveries to one webhook endpoint (or email) failed this many times.'),
+        (8, 'task_failures', true, 3, interval '30 minutes', 'medium', '{}'::jsonb,
+         'One maintenance task failed this many times.'),
+        (9, 'off_hours_admin', false, 1, interval '1 hour', 'low',
+         '{"timezone": "UTC", "from": "07:00", "to": "20:00", "days": [1, 2, 3, 4, 5]}'::jsonb,
+         'Admin changes (catalog, grants, admins, endpoints, templates) outside the configured hours and days (ISO: 1 is Monday); off until configured.'),
+        (10, 'customer_many_admins', true, 3, interval '30 minutes', 'medium', '{}'::jsonb,
+         'A customer''s grants or subscriptions were changed by this many different actors.')
+      ) r(n, rule, enabled, threshold, window_length, severity, config, description)
+     order by r.n
+$$;
+comment on function entitlements.security_rule_defaults() is
+    'The security rules shipped with the extension and their default settings.';
+
+create table entitlements.security_rules (
+    rule          text primary key check (length(rule) <= 63),
+    enabled       boolean,
+    threshold     integer check (threshold between 1 and 1000000),
+    window_length interval check (window_length between interval '1 minute' and interval '7 days'),
+    severity      text check (severity in ('info', 'low', 'medium', 'high', 'critical')),
+    config        jsonb check (jsonb_typeof(config) = 'object' and entitlements._valid_json(config, 'security_rules.config')),
+    updated_at    timestamptz not null default entitlements.now()
+);
+comment on table entitlements.security_rules is
+    'What admins changed of the security rules'' defaults (NULL: the default). Read them with security_rules().';
+select pg_catalog.pg_extension_config_dump('entitlements.security_rules', '');
+alter table entitlements.security_rules enable row level security;
+create policy security_rules_read on entitlements.security_rules for select using (entitlements.is_admin());
+create policy security_rules_admin on entitlements.security_rules for all
+    using (entitlements.is_admin()) with check (entitlements.is_admin());
+select entitlements.enable_audit('entitlements.security_rules');
+
+-- Unknown rules and bad hours are refused where they are written, so the scan never meets one.
+create function entitlements._check_security_rule()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_config jsonb;
+begin
+    if not exists (select 1 from entitlements.security_rule_defaults() d where d.rule = new.rule) then
+        raise exception 'unknown security rule "%"', new.rule
+            using errcode = '22023',
+                  hint = 'known rules: ' || (select string_agg(d.rule, ', ') from entitlements.security_rule_defaults() d);
+    end if;
+    if new.rule = 'off_hours_admin' and new.config is not null then
+        v_config := (select d.config from entitlements.security_rule_defaults() d where d.rule = new.rule) || new.config;
+        perform entitlements._office_hours_check(v_config);
+    end if;
+    new.updated_at := entitlements.now();
+    return new;
+end
+$$;
+create trigger security_rules_check before insert or update on entitlements.security_rules
+    for each row execute function entitlements._check_security_rule();
+
+-- off_hours_admin's config: {"timezone", "from", "to" (HH:MM, to after from), "days" (1..7)}.
+create function entitlements._office_hours_check(config jsonb)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not exists (select 1 from pg_timezone_names z where z.name = config ->> 'timezone') then
+        raise exception 'config.timezone must be a time zone name, not %', coalesce(config ->> 'timezone', 'NULL')
+            using errcode = '22023';
+    end if;
+    if coalesce(config ->> 'from', '') !~ '^([01][0-9]|2[0-3]):[0-5][0-9]$'
+       or coalesce(config ->> 'to', '') !~ '^([01][0-9]|2[0-4]):[0-5][0-9]$'
+       or (config ->> 'to') <= (config ->> 'from') then
+        raise exception 'config.from and config.to must be HH:MM with from before to' using errcode = '22023';
+    end if;
+    if jsonb_typeof(config -> 'days') is distinct from 'array'
+       or exists (select 1 from jsonb_array_elements(config -> 'days') d
+                   where jsonb_typeof(d) <> 'number' or d::text not in ('1', '2', '3', '4', '5', '6', '7')) then
+        raise exception 'config.days must be an array of ISO weekdays 1 (Monday) to 7' using errcode = '22023';
+    end if;
+end
+$$;
+
+-- The rules in force: the defaults with what admins changed.
+create function entitlements.security_rules()
+returns table (rule text, enabled boolean, threshold integer, window_length interval, severity text,
+               config jsonb, description text, changed boolean)
+language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select d.rule, coalesce(r.enabled, d.enabled), coalesce(r.threshold, d.threshold),
+           coalesce(r.window_length, d.window_length), coalesce(r.severity, d.severity),
+           d.config || coalesce(r.config, '{}'), d.description, r.rule is not null
+      from entitlements.security_rule_defaults() d
+      left join entitlements.security_rules r on r.rule = d.rule
+$$;
+comment on function entitlements.security_rules() is
+    'The security rules with the settings in force (defaults, and what admins changed). Admins see their changes.';
+
+-- Change a rule's settings (NULL keeps the current one). Global admins only.
+create function entitlements.configure_security_rule(rule text, enabled boolean default null, threshold integer default null,
+                                                     window_length interval default null, severity text default null,
+                                                     config jsonb default null)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    perform entitlements._require_admin('configure_security_rule');
+    if rule is null then
+        raise exception 'rule must not be NULL' using errcode = '22004';
+    end if;
+    insert into entitlements.security_rules as r (rule, enabled, threshold, window_length, severity, config)
+    values (rule, enabled, threshold, window_length, severity, config)
+    on conflict on constraint security_rules_pkey do update
+       set enabled = coalesce(excluded.enabled, r.enabled),
+           threshold = coalesce(excluded.threshold, r.threshold),
+           window_length = coalesce(excluded.window_length, r.window_length),
+           severity = coalesce(excluded.severity, r.severity),
+           config = coalesce(r.config, '{}') || coalesce(excluded.config, '{}');
+end
+$$;
+comment on function entitlements.configure_security_rule(text, boolean, integer, interval, text, jsonb) is
+    'Change a security rule''s settings (NULL keeps what is set). Global admins only.';
+
+-- What a rule found: one row per subject over the threshold.
+create type entitlements.security_finding as (
+    subject     text,
+    customer_id uuid,
+    events      bigint,
+    first_at    timestamptz,
+    last_at     timestamptz,
+    severity    text,
+    details     jsonb
+);
+
+-- A subject that is a customer id: the customer (and through it the tenant).
+create function entitlements._subject_customer(subject text)
+returns uuid language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when subject ~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then subject::uuid end
+$$;
+
+-- Signals of one kind per subject over the threshold in the window (by the engine clock).
+create function entitlements._signal_findings(p_kind text, p_threshold integer, p_window interval, p_severity text)
+returns setof entitlements.security_finding language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select s.subject, entitlements._subject_customer(s.subject), sum(s.count)::bigint, min(s.first_at), max(s.last_at),
+           p_severity,
+           jsonb_build_object('by_detail', jsonb_object_agg(s.detail, s.count))
+      from (select x.subject, x.detail, sum(x.count) as count, min(x.first_at) as first_at, max(x.last_at) as last_at
+              from entitlements.security_signals x
+             where x.kind = p_kind and x.last_at > entitlements.now() - p_window
+             group by x.subject, x.detail) s
+     group by s.subject
+    having sum(s.count) >= p_threshold
+$$;
+
+-- Who made an audited change: the user id, else the role.
+create function entitlements._audit_actor(a entitlements.audit_log)
+returns text language sql immutable parallel safe
+as $$ select coalesce(a.actor::text, 'role:' || a.actor_role) $$;
+
+-- privilege_change: every new admin row, and a tenant admin made global. Critical when the
+-- actor is the new admin, or no admin user made it (a database role by direct SQL), or
+-- the actor user was not an admin at all.
+create function entitlements._rule_privilege_change(p_threshold integer, p_window interval, p_severity text)
+returns setof entitlements.security_finding language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select a.new_values ->> 'user_id', null::uuid, count(*), min(a.at), max(a.at),
+           case when bool_or(a.actor is null or a.actor::text = a.new_values ->> 'user_id'
+                             or not exists (select 1 from entitlements.admins x
+                                             where x.user_id = a.actor and x.user_id::text <> a.new_values ->> 'user_id'))
+                then 'critical' else p_severity end,
+           jsonb_build_object('changes', jsonb_agg(jsonb_build_object(
+               'at', a.at, 'action', a.action, 'by', entitlements._audit_actor(a),
+               'tenant_id', a.new_values -> 'tenant_id') order by a.id))
+      from entitlements.audit_log a
+     where a.table_name = 'entitlements.admins' and a.at > statement_timestamp() - p_window
+       and (a.action = 'insert'
+            or (a.action = 'update' and a.new_values -> 'tenant_id' = 'null'::jsonb
+                and a.old_values -> 'tenant_id' <> 'null'::jsonb))
+     group by a.new_values ->> 'user_id'
+    having count(*) >= p_threshold
+$$;
+
+create function entitlements._rule_mass_grants(p_threshold integer, p_window interval, p_severity text)
+returns setof entitlements.security_finding language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._audit_actor(a), a.actor, count(*), min(a.at), max(a.at), p_severity,
+           jsonb_build_object('customers', count(distinct a.new_values ->> 'customer_id'),
+                              'kinds', jsonb_agg(distinct a.new_values ->> 'kind'))
+      from entitlements.audit_log a
+     where a.table_name in ('entitlements.grants', 'entitlements.discounts') and a.action = 'insert'
+       and a.at > statement_timestamp() - p_window
+     group by entitlements._audit_actor(a), a.actor
+    having count(*) >= p_threshold
+$$;
+
+create function entitlements._rule_delivery_failures(p_threshold integer, p_window interval, p_severity text)
+returns setof entitlements.security_finding language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce('endpoint:' || d.endpoint_id::text, 'email'), null::uuid, count(*), min(t.at), max(t.at), p_severity,
+           jsonb_build_object('last_error', (array_agg(t.error order by t.at desc))[1],
+                              'deliveries', count(distinct d.id))
+      from entitlements.delivery_attempts t
+      join entitlements.deliveries d on d.id = t.delivery_id
+     where not t.ok and t.at > statement_timestamp() - p_window
+     group by coalesce('endpoint:' || d.endpoint_id::text, 'email')
+    having count(*) >= p_threshold
+$$;
+
+create function entitlements._rule_task_failures(p_threshold integer, p_window interval, p_severity text)
+returns setof entitlements.security_finding language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select 'task:' || r.task, null::uuid, count(*), min(r.started_at), max(r.finished_at), p_severity,
+           jsonb_build_object('last_error', (array_agg(r.error order by r.started_at desc))[1])
+      from entitlements.task_runs r
+     where r.outcome = 'error' and r.started_at > statement_timestamp() - p_window
+     group by r.task
+    having count(*) >= p_threshold
+$$;
+
+create function entitlements._rule_off_hours_admin(p_threshold integer, p_window interval, p_severity text, p_config jsonb)
+returns setof entitlements.security_finding language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._audit_actor(a), a.actor, count(*), min(a.at), max(a.at), p_severity,
+           jsonb_build_object('tables', jsonb_agg(distinct a.table_name), 'timezone', p_config ->> 'timezone')
+      from entitlements.audit_log a
+      cross join lateral (select a.at at time zone (p_config ->> 'timezone') as local) l
+     where a.table_name in ('entitlements.features', 'entitlements.plans', 'entitlements.plan_entitlements',
+                            'entitlements.grants', 'entitlements.admins', 'entitlements.webhook_endpoints',
+                            'entitlements.email_templates', 'entitlements.security_rules', 'entitlements.coupons',
+                            'entitlements.discounts')
+       and a.at > statement_timestamp() - p_window
+       and (not (p_config -> 'days') @> to_jsonb(extract(isodow from l.local)::integer)
+            or l.local::time < (p_config ->> 'from')::time
+            or l.local::time >= case when p_config ->> 'to' = '24:00' then time '24:00' else (p_config ->> 'to')::time end)
+     group by entitlements._audit_actor(a), a.actor
+    having count(*) >= p_threshold
+$$;
+
+create function entitlements._rule_customer_many_admins(p_threshold integer, p_window interval, p_severity text)
+returns setof entitlements.security_finding language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select c.customer::text, c.customer, count(*), min(c.at), max(c.at), p_severity,
+           jsonb_build_object('actors', jsonb_agg(distinct c.actor))
+      from (select coalesce(a.new_values ->> 'customer_id', a.old_values ->> 'customer_id')::uuid as customer,
+                   a.at, entitlements._audit_actor(a) as actor
+              from entitlements.audit_log a
+             where a.table_name in ('entitlements.grants', 'entitlements.subscriptions', 'entitlements.discounts')
+               and a.at > statement_timestamp() - p_window) c
+     where c.customer is not null
+     group by c.customer
+    having count(distinct c.actor) >= p_threshold
+$$;
+
+-- Every finding of one rule with its settings.
+create function entitlements._rule_findings(p_rule text, p_threshold integer, p_window interval, p_severity text,
+                                            p_config jsonb)
+returns setof entitlements.security_finding language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    case p_rule
+        when 'refusal_burst' then
+            return query select * from entitlements._signal_findings('permission_refused', p_threshold, p_window, p_severity);
+        when 'quota_abuse' then
+            return query select * from entitlements._signal_findings('quota_refused', p_threshold, p_window, p_severity);
+        when 'feature_probing' then
+            return query select * from entitlements._signal_findings('feature_refused', p_threshold, p_window, p_severity);
+        when 'webhook_signature' then
+            return query select * from entitlements._signal_findings('webhook_refused', p_threshold, p_window, p_severity);
+        when 'privilege_change' then
+            return query select * from entitlements._rule_privilege_change(p_threshold, p_window, p_severity);
+        when 'mass_grants' then
+            return query select * from entitlements._rule_mass_grants(p_threshold, p_window, p_severity);
+        when 'delivery_failures' then
+            return query select * from entitlements._rule_delivery_failures(p_threshold, p_window, p_severity);
+        when 'task_failures' then
+            return query select * from entitlements._rule_task_failures(p_threshold, p_window, p_severity);
+        when 'off_hours_admin' then
+            return query select * from entitlements._rule_off_hours_admin(p_threshold, p_window, p_severity, p_config);
+        when 'customer_many_admins' then
+            return query select * from entitlements._rule_customer_many_admins(p_threshold, p_window, p_severity);
+        else
+            raise exception 'security rule "%" has no evaluation', p_rule using errcode = '55000';
+    end case;
+end
+$$;
+-- END copy of sql/monitoring/rules.sql
+
+-- BEGIN copy of sql/monitoring/alerts.sql
+-- Alerts and incidents. The security_scan task runs every enabled rule (monitoring/rules.sql)
+-- and keeps one open alert per rule and subject (its dedup key): a finding with evidence newer
+-- than the alert's adds one to its count and moves last_seen, instead of a new row. High and
+-- critical alerts go out through the outbox (security.alert: app webhooks, email to admins).
+-- Incidents group alerts and move open -> acknowledged -> resolved (and back to open), the
+-- database refusing any other move; every change is audited. An alert or incident about a
+-- customer of a tenant (store) belongs to that tenant, and its admins see it; the rest are for
+-- global admins.
+
+create function entitlements._severity_rank(severity text)
+returns integer language sql immutable parallel safe strict
+return array_position(array['info', 'low', 'medium', 'high', 'critical'], severity);
+
+create table entitlements.security_incidents (
+    id              bigint generated always as identity primary key,
+    tenant_id       uuid,
+    title           text not null check (length(title) between 1 and 200),
+    severity        text not null check (severity in ('info', 'low', 'medium', 'high', 'critical')),
+    status          text not null default 'open' check (status in ('open', 'acknowledged', 'resolved')),
+    assignee        uuid,
+    opened_at       timestamptz not null default entitlements.now(),
+    opened_by       text not null check (length(opened_by) <= 100),
+    acknowledged_at timestamptz,
+    acknowledged_by text check (length(acknowledged_by) <= 100),
+    resolved_at     timestamptz,
+    resolved_by     text check (length(resolved_by) <= 100),
+    resolution      text check (length(resolution) between 1 and 10000),
+    reopened        integer not null default 0 check (reopened >= 0),
+    check ((status = 'resolved') = (resolved_at is not null and resolved_by is not null and resolution is not null)),
+    check ((status = 'acknowledged') <= (acknowledged_at is not null and acknowledged_by is not null))
+);
+create index security_incidents_open on entitlements.security_incidents (tenant_id, status) where status <> 'resolved';
+comment on table entitlements.security_incidents is
+    'Incidents: alerts grouped, open -> acknowledged -> resolved (reopen goes back to open). Change them with the incident functions.';
+select pg_catalog.pg_extension_config_dump('entitlements.security_incidents', '');
+select pg_catalog.pg_extension_config_dump('entitlements.security_incidents_id_seq', '');
+alter table entitlements.security_incidents enable row level security;
+create policy security_incidents_admin on entitlements.security_incidents for all
+    using (entitlements.is_admin(tenant_id)) with check (entitlements.is_admin(tenant_id));
+select entitlements.enable_audit('entitlements.security_incidents');
+
+create table entitlements.security_alerts (
+    id             bigint generated always as identity primary key,
+    rule           text not null check (length(rule) <= 63),
+    subject        text not null check (length(subject) <= 200),
+    -- One open alert per key: rule and subject.
+    dedup_key      text not null check (dedup_key = rule || ':' || subject),
+    tenant_id      uuid,
+    customer_id    uuid,
+    severity       text not null check (severity in ('info', 'low', 'medium', 'high', 'critical')),
+    status         text not null default 'open' check (status in ('open', 'closed')),
+    incident_id    bigint references entitlements.security_incidents (id),
+    -- How many times the rule found it (each time with newer evidence), and the evidence of
+    -- the last finding: how many events, until when.
+    count          integer not null default 1 check (count >= 1),
+    events         bigint not null check (events >= 0),
+    first_seen     timestamptz not null default entitlements.now(),
+    last_seen      timestamptz not null default entitlements.now(),
+    evidence_until timestamptz not null,
+    details        jsonb not null default '{}' check (jsonb_typeof(details) = 'object'),
+    closed_at      timestamptz,
+    check ((status = 'closed') = (closed_at is not null))
+);
+create unique index security_alerts_one_open on entitlements.security_alerts (dedup_key) where status = 'open';
+create index security_alerts_incident on entitlements.security_alerts (incident_id) where incident_id is not null;
+create index security_alerts_open on entitlements.security_alerts (tenant_id, severity) where status = 'open';
+comment on table entitlements.security_alerts is
+    'What the security rules found: one open alert per rule and subject, count and last_seen grow on repeats.';
+select pg_catalog.pg_extension_config_dump('entitlements.security_alerts', '');
+select pg_catalog.pg_extension_config_dump('entitlements.security_alerts_id_seq', '');
+alter table entitlements.security_alerts enable row level security;
+create policy security_alerts_read on entitlements.security_alerts for select using (entitlements.is_admin(tenant_id));
+-- Tenant admins file their tenant's alerts into incidents and close them (alerts.sql functions);
+-- only global admins (the scan) write the rest.
+create policy security_alerts_admin on entitlements.security_alerts for all
+    using (entitlements.is_admin(tenant_id)) with check (entitlements.is_admin(tenant_id));
+
+create table entitlements.incident_notes (
+    id          bigint generated always as identity primary key,
+    incident_id bigint not null references entitlements.security_incidents (id),
+    at          timestamptz not null default entitlements.now(),
+    author      text not null check (length(author) <= 100),
+    body        text not null check (length(body) between 1 and 10000)
+);
+create index incident_notes_incident on entitlements.incident_notes (incident_id, at);
+comment on table entitlements.incident_notes is 'Notes on incidents (who, when, what); never edited.';
+select pg_catalog.pg_extension_config_dump('entitlements.incident_notes', '');
+select pg_catalog.pg_extension_config_dump('entitlements.incident_notes_id_seq', '');
+alter table entitlements.incident_notes enable row level security;
+create policy incident_notes_read on entitlements.incident_notes for select
+    using (exists (select 1 from entitlements.security_incidents i where i.id = incident_id));
+create policy incident_notes_add on entitlements.incident_notes for insert
+    with check (exists (select 1 from entitlements.security_incidents i where i.id = incident_id));
+select entitlements.enable_audit('entitlements.incident_notes');
+
+-- The state machine, for every path (the functions below, and direct writes by admins).
+create function entitlements._incident_transition()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tg_op = 'INSERT' then
+        if new.status <> 'open' or new.reopened <> 0 then
+            raise exception 'a new incident is open' using errcode = '55000';
+        end if;
+        return new;
+    end if;
+    if new.tenant_id is distinct from old.tenant_id or new.opened_at <> old.opened_at or new.opened_by <> old.opened_by then
+        raise exception 'an incident''s tenant and opening are fixed' using errcode = '55000';
+    end if;
+    if new.status = old.status then
+        if old.status = 'resolved' and (new.assignee, new.severity, new.title, new.resolution, new.resolved_at)
+                                       is distinct from (old.assignee, old.severity, old.title, old.resolution, old.resolved_at) then
+            raise exception 'incident % is resolved: reopen it first', old.id using errcode = '55000';
+        end if;
+        return new;
+    end if;
+    if (old.status, new.status) not in (('open', 'acknowledged'), ('open', 'resolved'), ('acknowledged', 'resolved'),
+                                        ('resolved', 'open')) then
+        raise exception 'incident % cannot go from % to %', old.id, old.status, new.status
+            using errcode = '55000', hint = 'open -> acknowledged -> resolved; resolved -> open (reopen).';
+    end if;
+    if new.status = 'open' and old.status = 'resolved' and new.reopened <> old.reopened + 1 then
+        raise exception 'reopening counts in reopened' using errcode = '55000';
+    end if;
+    return new;
+end
+$$;
+create trigger security_incidents_transition before insert or update on entitlements.security_incidents
+    for each row execute function entitlements._incident_transition();
+
+-- An alert filed into an incident belongs to its tenant; a closed alert stays closed.
+create function entitlements._alert_check()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if new.incident_id is not null and (tg_op = 'INSERT' or new.incident_id is distinct from old.incident_id)
+       and not exists (select 1 from entitlements.security_incidents i
+                        where i.id = new.incident_id and i.tenant_id is not distinct from new.tenant_id) then
+        raise exception 'alert % and incident % belong to different tenants', new.id, new.incident_id
+            using errcode = '22023';
+    end if;
+    if tg_op = 'UPDATE' and old.status = 'closed' and new.status = 'open' then
+        raise exception 'alert % is closed; the rule opens a new one when it finds it again', old.id
+            using errcode = '55000';
+    end if;
+    return new;
+end
+$$;
+create trigger security_alerts_check before insert or update on entitlements.security_alerts
+    for each row execute function entitlements._alert_check();
+
+-- The scan ---------------------------------------------------------------------------------
+
+-- High and critical alerts, once per alert and severity, through the outbox: app webhooks
+-- that want security.alert, and email to the admins (outbox/delivery.sql). No customer id on
+-- the event: the customer it is about must not read it.
+create function entitlements._alert_event(a entitlements.security_alerts)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if entitlements._severity_rank(a.severity) >= entitlements._severity_rank('high') then
+        perform entitlements._outbox_record('security.alert', null, format('security.alert:%s:%s', a.id, a.severity),
+            jsonb_build_object('alert_id', a.id, 'rule', a.rule, 'subject', a.subject, 'severity', a.severity,
+                               'tenant_id', a.tenant_id, 'customer_id', a.customer_id, 'count', a.count,
+                               'events', a.events, 'first_seen', a.first_seen, 'last_seen', a.last_seen,
+                               'details', a.details));
+    end if;
+end
+$$;
+
+-- Runs every enabled rule; each finding opens an alert or repeats the open one.
+create function entitlements._task_security_scan()
+returns jsonb language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    r record;
+    f entitlements.security_finding;
+    a entitlements.security_alerts;
+    v_opened bigint := 0;
+    v_repeated bigint := 0;
+    v_pruned bigint;
+    v_severity text;
+begin
+    for r in select * from entitlements.security_rules() x where x.enabled order by x.rule loop
+        for f in select * from entitlements._rule_findings(r.rule, r.threshold, r.window_length, r.severity, r.config) loop
+            v_severity := coalesce(f.severity, r.severity);
+            select * into a from entitlements.security_alerts x
+             where x.dedup_key = r.rule || ':' || f.subject and x.status = 'open'
+             for update;
+            if a.id is null then
+                insert into entitlements.security_alerts (rule, subject, dedup_key, tenant_id, customer_id, severity,
+                                                          events, evidence_until, details)
+                values (r.rule, f.subject, r.rule || ':' || f.subject,
+                        (select c.tenant_id from entitlements.customers c where c.id = f.customer_id),
+                        f.customer_id, v_severity, f.events, f.last_at, coalesce(f.details, '{}'))
+                returning * into a;
+                v_opened := v_opened + 1;
+                perform entitlements._alert_event(a);
+            elsif f.last_at > a.evidence_until then
+                update entitlements.security_alerts x
+                   set count = x.count + 1, last_seen = entitlements.now(), events = f.events,
+                       evidence_until = f.last_at, details = coalesce(f.details, '{}'),
+                       severity = case when entitlements._severity_rank(v_severity) > entitlements._severity_rank(x.severity)
+                                       then v_severity else x.severity end
+                 where x.id = a.id
+                returning * into a;
+                v_repeated := v_repeated + 1;
+                perform entitlements._alert_event(a);
+            end if;
+        end loop;
+    end loop;
+    -- Signals older than a week serve no rule (a window is at most 7 days).
+    delete from entitlements.security_signals s where s.last_at < entitlements.now() - interval '7 days';
+    get diagnostics v_pruned = row_count;
+    return jsonb_build_object('rows_touched', v_opened + v_repeated + v_pruned, 'alerts_opened', v_opened,
+                              'alerts_repeated', v_repeated, 'signals_pruned', v_pruned);
+end
+$$;
+
+-- Incidents ------------------------------------------------------------------------------------
+
+-- The incident, locked, as the caller may see it; 22023 when there is none (or it is another
+-- tenant's: RLS hides it).
+create function entitlements._incident_for_update(p_incident bigint)
+returns entitlements.security_incidents language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v entitlements.security_incidents;
+begin
+    if p_incident is null then
+        raise exception 'incident must not be NULL' using errcode = '22004';
+    end if;
+    select * into v from entitlements.security_incidents i where i.id = p_incident for update;
+    if v.id is null then
+        raise exception 'no incident %', p_incident using errcode = '22023';
+    end if;
+    return v;
+end
+$$;
+
+-- Open an incident for alerts (all of one tenant, none in another incident). Its tenant is
+-- theirs; with no alerts, `tenant` (NULL: global admins').
+create function entitlements.open_incident(title text, alerts bigint[] default '{}', severity text default null,
+                                           assignee uuid default null, tenant uuid default null)
+returns bigint language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_tenants uuid[];
+    v_tenant uuid := tenant;
+    v_id bigint;
+    v_severity text := severity;
+begin
+    if coalesce(cardinality(alerts), 0) > 0 then
+        select array_agg(distinct a.tenant_id),
+               (array_agg(a.severity order by entitlements._severity_rank(a.severity) desc))[1]
+          into v_tenants, v_severity
+          from entitlements.security_alerts a where a.id = any (alerts);
+        v_severity := coalesce(severity, v_severity);
+        if (select count(*) from entitlements.security_alerts a where a.id = any (alerts))
+           <> (select count(distinct x) from unnest(alerts) x) then
+            raise exception 'no alert with some of the ids %', alerts using errcode = '22023';
+        end if;
+        if cardinality(v_tenants) > 1 then
+            raise exception 'the alerts belong to different tenants' using errcode = '22023';
+        end if;
+        v_tenant := v_tenants[1];
+        if tenant is not null and tenant is distinct from v_tenant then
+            raise exception 'the alerts belong to another tenant than %', tenant using errcode = '22023';
+        end if;
+    end if;
+    perform entitlements._require_admin('open_incident', v_tenant);
+    insert into entitlements.security_incidents (tenant_id, title, severity, assignee, opened_by)
+    values (v_tenant, title, coalesce(v_severity, 'medium'), assignee, entitlements._principal())
+    returning id into v_id;
+    if coalesce(cardinality(alerts), 0) > 0 then
+        perform entitlements.attach_alerts(v_id, alerts);
+    end if;
+    return v_id;
+end
+$$;
+comment on function entitlements.open_incident(text, bigint[], text, uuid, uuid) is
+    'Open an incident for alerts (of one tenant); its severity is the highest of theirs unless given. Admins of that tenant.';
+
+-- File alerts into an incident (open, of its tenant, in no other incident).
+create function entitlements.attach_alerts(incident bigint, alerts bigint[])
+returns integer language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v entitlements.security_incidents := entitlements._incident_for_update(incident);
+    v_n integer;
+begin
+    perform entitlements._require_admin('attach_alerts', v.tenant_id);
+    if v.status = 'resolved' then
+        raise exception 'incident % is resolved: reopen it first', v.id using errcode = '55000';
+    end if;
+    if exists (select 1 from entitlements.security_alerts a
+                where a.id = any (alerts) and a.incident_id is not null and a.incident_id <> v.id) then
+        raise exception 'an alert of % is in another incident', alerts using errcode = '22023';
+    end if;
+    update entitlements.security_alerts a set incident_id = v.id where a.id = any (alerts);
+    get diagnostics v_n = row_count;
+    if v_n <> (select count(distinct x) from unnest(alerts) x) then
+        raise exception 'no alert with some of the ids %', alerts using errcode = '22023';
+    end if;
+    return v_n;
+end
+$$;
+comment on function entitlements.attach_alerts(bigint, bigint[]) is 'File alerts into an incident of their tenant.';
+
+create function entitlements._incident_note(p_incident bigint, p_body text)
+returns void language sql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+    insert into entitlements.incident_notes (incident_id, author, body)
+    select p_incident, entitlements._principal(), p_body where nullif(btrim(p_body), '') is not null
+$$;
+
+create function entitlements.add_incident_note(incident bigint, body text)
+returns void language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v entitlements.security_incidents := entitlements._incident_for_update(incident);
+begin
+    perform entitlements._require_admin('add_incident_note', v.tenant_id);
+    if nullif(btrim(body), '') is null then
+        raise exception 'body must not be empty' using errcode = '22023';
+    end if;
+    perform entitlements._incident_note(v.id, body);
+end
+$$;
+comment on function entitlements.add_incident_note(bigint, text) is 'Add a note to an incident.';
+
+create function entitlements.acknowledge_incident(incident bigint, note text default null)
+returns entitlements.security_incidents language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v entitlements.security_incidents := entitlements._incident_for_update(incident);
+begin
+    perform entitlements._require_admin('acknowledge_incident', v.tenant_id);
+    update entitlements.security_incidents i
+       set status = 'acknowledged', acknowledged_at = entitlements.now(), acknowledged_by = entitlements._principal()
+     where i.id = v.id
+    returning * into v;
+    perform entitlements._incident_note(v.id, note);
+    return v;
+end
+$$;
+comment on function entitlements.acknowledge_incident(bigint, text) is 'open -> acknowledged.';
+
+-- The assignee is an admin who can see the incident (a global one, or of its tenant).
+create function entitlements.assign_incident(incident bigint, assignee uuid, note text default null)
+returns entitlements.security_incidents language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v entitlements.security_incidents := entitlements._incident_for_update(incident);
+begin
+    perform entitlements._require_admin('assign_incident', v.tenant_id);
+    if assignee is not null and not entitlements._user_administers(assignee, v.tenant_id) then
+        raise exception 'user % is not an admin of this incident''s tenant', assignee using errcode = '22023';
+    end if;
+    update entitlements.security_incidents i set assignee = assign_incident.assignee where i.id = v.id
+    returning * into v;
+    perform entitlements._incident_note(v.id, note);
+    return v;
+end
+$$;
+comment on function entitlements.assign_incident(bigint, uuid, text) is
+    'Assign an incident (NULL: nobody) to an admin of its tenant or a global admin.';
+
+-- Is `user_id` listed as an admin of `tenant` (or globally)? Answers only to that tenant's
+-- admins, who may assign its incidents.
+create function entitlements._user_administers(user_id uuid, tenant uuid)
+returns boolean language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(tenant)) then
+        return false;
+    end if;
+    return exists (select 1 from entitlements.admins a
+                    where a.user_id = _user_administers.user_id and (a.tenant_id is null or a.tenant_id = tenant));
+end
+$$;
+
+-- Resolving closes the incident's open alerts: the rule opens a new one if it finds it again.
+create function entitlements.resolve_incident(incident bigint, resolution text)
+returns entitlements.security_incidents language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v entitlements.security_incidents := entitlements._incident_for_update(incident);
+begin
+    perform entitlements._require_admin('resolve_incident', v.tenant_id);
+    if nullif(btrim(resolution), '') is null then
+        raise exception 'resolution must say what was found and done' using errcode = '22023';
+    end if;
+    update entitlements.security_incidents i
+       set status = 'resolved', resolved_at = entitlements.now(), resolved_by = entitlements._principal(),
+           resolution = resolve_incident.resolution
+     where i.id = v.id
+    returning * into v;
+    update entitlements.security_alerts a set status = 'closed', closed_at = entitlements.now()
+     where a.incident_id = v.id and a.status = 'open';
+    return v;
+end
+$$;
+comment on function entitlements.resolve_incident(bigint, text) is
+    '-> resolved, with who and when; its open alerts close.';
+
+create function entitlements.reopen_incident(incident bigint, reason text)
+returns entitlements.security_incidents language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v entitlements.security_incidents := entitlements._incident_for_update(incident);
+begin
+    perform entitlements._require_admin('reopen_incident', v.tenant_id);
+    if nullif(btrim(reason), '') is null then
+        raise exception 'reason must not be empty' using errcode = '22023';
+    end if;
+    if v.status <> 'resolved' then
+        raise exception 'incident % is %, not resolved', v.id, v.status using errcode = '55000';
+    end if;
+    update entitlements.security_incidents i
+       set status = 'open', reopened = i.reopened + 1, resolved_at = null, resolved_by = null, resolution = null,
+           acknowledged_at = null, acknowledged_by = null
+     where i.id = v.id
+    returning * into v;
+    perform entitlements._incident_note(v.id, 'reopened: ' || reason);
+    return v;
+end
+$$;
+comment on function entitlements.reopen_incident(bigint, text) is 'resolved -> open, with why.';
+
+-- Open alerts by severity, for /metrics and the console.
+create function entitlements.open_alert_counts()
+returns table (severity text, open bigint) language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select s.severity, count(a.id)
+      from unnest(array['info', 'low', 'medium', 'high', 'critical']) with ordinality s(severity, n)
+      left join entitlements.security_alerts a on a.severity = s.severity and a.status = 'open'
+     group by s.severity, s.n
+     order by s.n
+$$;
+comment on function entitlements.open_alert_counts() is 'Open alerts per severity (the ones the caller may see).';
+-- END copy of sql/monitoring/alerts.sql
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
@@ -5771,6 +6718,13 @@ grant insert, update on entitlements.webhook_endpoints, entitlements.email_templ
 grant delete on entitlements.email_templates to entitlements_api, entitlements_admin;
 grant insert, update on entitlements.deliveries to entitlements_api, entitlements_admin;
 grant insert on entitlements.delivery_attempts to entitlements_api, entitlements_admin;
+-- Security monitoring: admins (RLS: global ones, tenant admins for their tenant's alerts and
+-- incidents) configure rules, run the scan, and work incidents; notes are never edited.
+grant insert, update, delete on entitlements.security_signals, entitlements.security_rules
+    to entitlements_api, entitlements_admin;
+grant insert, update on entitlements.security_alerts, entitlements.security_incidents
+    to entitlements_api, entitlements_admin;
+grant insert on entitlements.incident_notes to entitlements_api, entitlements_admin;
     for o in
         select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
           from pg_depend d
@@ -5814,7 +6768,10 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements.sync_auth_email(),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
-    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text)
+    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text),
+    -- Refusal counts: _meter (definer) names the customer; the flush worker writes them.
+    entitlements._note_refusal(text, text, text), entitlements._record_signals(jsonb),
+    entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check()
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

@@ -183,6 +183,9 @@ as $$
         ('access.restored', 'Your {{plan}} access is back',
          E'Hello {{customer_name}},\n\nyour {{plan}} features are available again.',
          '<p>Hello {{customer_name}},</p><p>your {{plan}} features are available again.</p>'),
+        ('security.alert', '[{{severity}}] Security alert: {{rule}}',
+         E'Hello {{customer_name}},\n\nthe security rule {{rule}} found {{subject}} ({{events}} events from {{first_seen}} to {{last_seen}}; seen {{count}} times). Alert {{alert_id}}: {{details}}',
+         '<p>Hello {{customer_name}},</p><p>the security rule <b>{{rule}}</b> found {{subject}} ({{events}} events from {{first_seen}} to {{last_seen}}; seen {{count}} times).</p><p>Alert {{alert_id}}: {{details}}</p>'),
         ('quota.threshold', 'You have used {{threshold}}% of your {{feature}}',
          E'Hello {{customer_name}},\n\nyou have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.',
          '<p>Hello {{customer_name}},</p><p>you have used {{used}} of {{limit}} {{feature}} this {{period}}. The count resets at {{resets_at}}.</p>')
@@ -258,6 +261,14 @@ begin
      where x.email is not null
        and (entitlements._email_template(new.kind, (select c.locale from entitlements.customers c
                                                       where c.id = new.customer_id))).kind is not null;
+    -- Security alerts (monitoring/alerts.sql) go to the admins who may see them: global ones,
+    -- and those of the alert's tenant, at their profile's email.
+    insert into entitlements.deliveries (event_id, channel, target)
+    select distinct new.id, 'email', c.email
+      from entitlements.admins a
+      join entitlements.customers c on c.id = a.user_id
+     where new.kind like 'security.%' and c.email is not null
+       and (a.tenant_id is null or a.tenant_id::text = new.payload ->> 'tenant_id');
     -- Apps may LISTEN for events (no customer id: anyone may LISTEN; the row is behind RLS).
     perform pg_notify('entitlements_events', jsonb_build_object('id', new.id, 'kind', new.kind)::text);
     perform pg_notify('entitlements_outbox', '');

@@ -45,6 +45,13 @@ grant insert, update on entitlements.webhook_endpoints, entitlements.email_templ
 grant delete on entitlements.email_templates to entitlements_api, entitlements_admin;
 grant insert, update on entitlements.deliveries to entitlements_api, entitlements_admin;
 grant insert on entitlements.delivery_attempts to entitlements_api, entitlements_admin;
+-- Security monitoring: admins (RLS: global ones, tenant admins for their tenant's alerts and
+-- incidents) configure rules, run the scan, and work incidents; notes are never edited.
+grant insert, update, delete on entitlements.security_signals, entitlements.security_rules
+    to entitlements_api, entitlements_admin;
+grant insert, update on entitlements.security_alerts, entitlements.security_incidents
+    to entitlements_api, entitlements_admin;
+grant insert on entitlements.incident_notes to entitlements_api, entitlements_admin;
 
 -- Owner only: SECURITY DEFINER triggers (nobody may attach them elsewhere; a trigger that
 -- fires needs no EXECUTE), and what reads around RLS without asking who calls.
@@ -73,7 +80,10 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements.sync_auth_email(),
     entitlements._meter_raise_quota(uuid, text, numeric, numeric, text, numeric, timestamptz, jsonb),
     entitlements._meter_raise_not_included(uuid, text, numeric, jsonb),
-    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text)
+    entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text),
+    -- Refusal counts: _meter (definer) names the customer; the flush worker writes them.
+    entitlements._note_refusal(text, text, text), entitlements._record_signals(jsonb),
+    entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check()
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

@@ -86,6 +86,25 @@ pub async fn delivery_stats(pool: &PgPool) -> Result<serde_json::Value> {
     Ok(v)
 }
 
+/// Open security alerts per severity (`entitlements.open_alert_counts`).
+pub async fn open_alert_counts(pool: &PgPool) -> Result<Vec<(String, i64)>> {
+    let rows = sqlx::query_as::<_, (String, i64)>("select severity, open from entitlements.open_alert_counts()")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows)
+}
+
+/// Counts a refusal the worker saw for the security rules (`entitlements.record_signal`).
+pub async fn record_signal(pool: &PgPool, kind: &str, subject: &str, detail: &str) -> Result<()> {
+    sqlx::query("select entitlements.record_signal($1, $2, $3)")
+        .bind(kind)
+        .bind(subject)
+        .bind(detail)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// LISTEN on `channel` until `shutdown`, waking `wake` on every notification. On a
 /// connection of its own (outside the pool, whose connections are budgeted in context.rs);
 /// a lost connection is re-established and also wakes (notifications may have been missed

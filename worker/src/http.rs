@@ -1,7 +1,7 @@
 //! HTTP surface: `GET /livez` (the process serves), `GET /readyz` (and reaches the
 //! database), `GET /healthz` (the details), `GET /metrics`. Other modules add their routes
 //! in `router`.
-use crate::metrics::{DATABASE_UP, DELIVERIES_DEAD, DELIVERIES_PENDING, WEBHOOKS_DEAD_LETTERS};
+use crate::metrics::{DATABASE_UP, DELIVERIES_DEAD, DELIVERIES_PENDING, SECURITY_ALERTS_OPEN, WEBHOOKS_DEAD_LETTERS};
 use crate::{db, Context, Error, Result};
 use axum::{extract::State, http::header, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
 use serde_json::json;
@@ -98,9 +98,20 @@ async fn delivery_gauges(ctx: &Context) {
     }
 }
 
+/// Open security alerts by severity, read at each scrape like the queue's gauges.
+async fn alert_gauges(ctx: &Context) {
+    let Ok(Ok(counts)) = tokio::time::timeout(Duration::from_secs(2), db::open_alert_counts(&ctx.pool)).await else {
+        return;
+    };
+    for (severity, open) in counts {
+        metrics::gauge!(SECURITY_ALERTS_OPEN, "severity" => severity).set(open as f64);
+    }
+}
+
 async fn prometheus(State(ctx): State<Context>) -> impl IntoResponse {
     dead_letters(&ctx).await;
     delivery_gauges(&ctx).await;
+    alert_gauges(&ctx).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.metrics.render())
 }
 

@@ -61,6 +61,10 @@ pub const DELIVERY_LATENCY: &str = "entitlements_delivery_latency_seconds";
 pub const DELIVERIES_PENDING: &str = "entitlements_deliveries_pending";
 pub const DELIVERIES_DEAD: &str = "entitlements_deliveries_dead";
 
+// Security monitoring (sql/monitoring/).
+/// Gauge, by `severity` (info, low, medium, high, critical): open alerts (read at each scrape).
+pub const SECURITY_ALERTS_OPEN: &str = "entitlements_security_alerts_open";
+
 /// Seconds a new server takes to be ready: image pulls, volumes, a database and a certificate.
 const TIME_TO_READY_BUCKETS: &[f64] = &[5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
@@ -116,6 +120,7 @@ fn describe() {
     );
     describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "Duration of one delivery attempt, by channel.");
     describe_gauge!(DELIVERIES_PENDING, "Notification deliveries waiting to be sent (due or backing off), by channel.");
+    describe_gauge!(SECURITY_ALERTS_OPEN, "Open security alerts by severity (entitlements.open_alert_counts).");
     describe_gauge!(DELIVERIES_DEAD, "Notification deliveries dead until entitlements.retry_delivery, by channel.");
     describe_histogram!(
         SERVER_TIME_TO_READY,

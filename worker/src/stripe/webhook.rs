@@ -85,6 +85,11 @@ pub async fn receive(State(ctx): State<Context>, headers: HeaderMap, body: Body)
             Refusal::Stale => "signature timestamp outside the 300 s tolerance",
             Refusal::Mismatch => "no signature matches",
         };
+        // Counted for the security rules (webhook_signature); a database that cannot take it
+        // does not change the answer.
+        if let Err(e) = crate::db::record_signal(&ctx.pool, "webhook_refused", "stripe", refusal.reason()).await {
+            tracing::warn!(error = %e, "could not record a refused webhook for the security rules");
+        }
         return refuse(StatusCode::BAD_REQUEST, refusal.reason(), message);
     }
     // Signed by Stripe, so well-formed in practice; checked anyway so a bad one stores nothing.
