@@ -6307,8 +6307,8 @@ declare
     r record;
     f entitlements.security_finding;
     a entitlements.security_alerts;
-    v_opened bigint := 0;
-    v_repeated bigint := 0;
+    v_opened bigint := 0::bigint;
+    v_repeated bigint := 0::bigint;
     v_pruned bigint;
     v_severity text;
 begin
@@ -6383,6 +6383,9 @@ declare
     v_id bigint;
     v_severity text := severity;
 begin
+    if array_position(alerts, null) is not null then
+        raise exception 'alerts must not contain NULL' using errcode = '22004';
+    end if;
     if coalesce(cardinality(alerts), 0) > 0 then
         select array_agg(distinct a.tenant_id),
                (array_agg(a.severity order by entitlements._severity_rank(a.severity) desc))[1]
@@ -6424,6 +6427,9 @@ declare
     v_n integer;
 begin
     perform entitlements._require_admin('attach_alerts', v.tenant_id);
+    if alerts is null or cardinality(alerts) = 0 or array_position(alerts, null) is not null then
+        raise exception 'alerts must be a non-empty array of ids' using errcode = '22023';
+    end if;
     if v.status = 'resolved' then
         raise exception 'incident % is resolved: reopen it first', v.id using errcode = '55000';
     end if;

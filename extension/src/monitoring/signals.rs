@@ -330,7 +330,13 @@ pub extern "C-unwind" fn pg_entitlements_signal_flush(arg: pg_sys::Datum) {
     if seg.is_null() {
         return;
     }
-    BackgroundWorker::wait_latch(Some(FLUSH_DELAY));
+    // The latch may be set already (signals at start): wait out the whole delay.
+    let started = Instant::now();
+    while let Some(left) = FLUSH_DELAY.checked_sub(started.elapsed()) {
+        if left.is_zero() || BackgroundWorker::sigterm_received() || !BackgroundWorker::wait_latch(Some(left)) {
+            break;
+        }
+    }
     // SAFETY: attached above; the layout is this library's.
     let taken = unsafe { (*(pg_sys::dsm_segment_address(seg) as *mut Shared)).take() };
     // SAFETY: closing it made the pin ours; then our own mapping goes.
