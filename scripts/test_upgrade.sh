@@ -56,7 +56,8 @@ NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases e
 NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale
              entitlements.usage_counters.split entitlements.subscriptions.price_cents
              entitlements.subscriptions.currency entitlements.subscriptions.billing_interval entitlements.plans.tenant_id
-             entitlements.features.unit_cost_cents entitlements.usage_ledger.usage_cost_cents entitlements.usage_ledger.metadata)
+             entitlements.features.unit_cost_cents entitlements.usage_ledger.usage_cost_cents entitlements.usage_ledger.metadata
+             entitlements.customers.erased_at)
 # Tables new in 0.2.0 that the upgrade fills from 0.1.0's rows, compared apart (below).
 FILLED_TABLES=(entitlements.access_notices entitlements.subscription_history)
 # Columns the upgrade fills in or rewrites on purpose, compared apart (below).

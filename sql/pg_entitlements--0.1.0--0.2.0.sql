@@ -370,6 +370,12 @@ begin
                       and r.oid = (select n.nspowner from pg_namespace n where n.nspname = 'entitlements')) then
         return old;
     end if;
+    if tg_op = 'UPDATE' and entitlements._erasing() then
+        if (new.id, new.at, new.txid, new.actor, new.actor_role, new.action, new.table_name)
+           is not distinct from (old.id, old.at, old.txid, old.actor, old.actor_role, old.action, old.table_name) then
+            return new;
+        end if;
+    end if;
     raise exception 'entitlements.audit_log is append-only: % is not allowed', lower(tg_op)
         using errcode = '42501';
 end
@@ -2648,7 +2654,8 @@ $$;
 
 alter table entitlements.customers
     add column display_name text check (length(display_name) <= 200),
-    add column locale text check (locale ~ '^[a-z]{2}(-[A-Z]{2})?$');
+    add column locale text check (locale ~ '^[a-z]{2}(-[A-Z]{2})?$'),
+    add column erased_at timestamptz;
 
 CREATE  FUNCTION entitlements."_feature_config"(
 	"customer" uuid, /* Uuid */
@@ -2753,7 +2760,7 @@ create table entitlements.deliveries (
     endpoint_id     uuid references entitlements.webhook_endpoints (id),
     -- The URL or email address at the time the event was written.
     target          text not null check (length(target) <= 2000),
-    status          text not null default 'pending' check (status in ('pending', 'delivered', 'dead')),
+    status          text not null default 'pending' check (status in ('pending', 'delivered', 'dead', 'canceled')),
     attempts        integer not null default 0 check (attempts >= 0),
     next_attempt_at timestamptz not null default entitlements.now(),
     last_error      text check (length(last_error) <= 2000),
@@ -2765,7 +2772,7 @@ create index deliveries_due on entitlements.deliveries (next_attempt_at) where s
 create index deliveries_event on entitlements.deliveries (event_id);
 create index deliveries_dead on entitlements.deliveries (channel) where status = 'dead';
 comment on table entitlements.deliveries is
-    'One per event and destination: pending, delivered or dead (retry_delivery). A customer reads its own.';
+    'One per event and destination: pending, delivered, dead (retry_delivery) or canceled (its customer was erased). A customer reads its own.';
 select pg_catalog.pg_extension_config_dump('entitlements.deliveries', '');
 select pg_catalog.pg_extension_config_dump('entitlements.deliveries_id_seq', '');
 alter table entitlements.deliveries enable row level security;
@@ -3177,7 +3184,7 @@ begin
     perform entitlements._require_not_null(delivery_id, 'delivery_id');
     update entitlements.deliveries d
        set status = 'pending', attempts = 0, next_attempt_at = entitlements.now()
-     where d.id = delivery_id and d.status <> 'delivered';
+     where d.id = delivery_id and d.status not in ('delivered', 'canceled');
     if not found then
         if not exists (select 1 from entitlements.deliveries d where d.id = delivery_id) then
             raise exception 'delivery % does not exist', delivery_id using errcode = 'P0002';
@@ -4163,6 +4170,10 @@ begin
           not in ('text'::regtype, 'varchar'::regtype) then
         raise exception 'entitlements.sync_auth_email is an insert or update row trigger for auth.users (id uuid, email text)'
             using errcode = '39P01';
+    end if;
+    if exists (select 1 from entitlements.customers c where c.id = new.id and c.erased_at is not null) then
+        delete from entitlements.auth_emails e where e.user_id = new.id;
+        return null;
     end if;
     insert into entitlements.auth_emails as e (user_id, email)
     values (new.id, nullif(left(new.email::text, 320), ''))
@@ -6589,6 +6600,546 @@ $$;
 comment on function entitlements.open_alert_counts() is 'Open alerts per severity (the ones the caller may see).';
 -- END copy of sql/monitoring/alerts.sql
 
+create or replace function entitlements.stripe_record_event(event jsonb)
+returns boolean language plpgsql volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_new boolean;
+    v_object jsonb;
+    v_stripe_customer text;
+    v_customer uuid;
+begin
+    perform entitlements._stripe_require_admin('stripe_record_event');
+    if jsonb_typeof(event) is distinct from 'object' or event ->> 'id' !~ '^evt_[A-Za-z0-9_]+$'
+       or coalesce(event ->> 'object', 'event') <> 'event' or jsonb_typeof(event -> 'type') is distinct from 'string'
+       or jsonb_typeof(event -> 'created') is distinct from 'number'
+       or jsonb_typeof(event #> '{data,object}') is distinct from 'object' then
+        raise exception 'not a Stripe event: it needs an id (evt_...), a type, created and data.object'
+            using errcode = '22023';
+    end if;
+    v_object := event #> '{data,object}';
+    v_stripe_customer := case when v_object ->> 'object' = 'customer' then v_object ->> 'id'
+                              else entitlements._stripe_id(v_object -> 'customer') end;
+    v_customer := entitlements._stripe_uuid(coalesce(v_object #>> '{metadata,entitlements_customer_id}',
+                                                     v_object ->> 'client_reference_id'));
+    if exists (select 1 from entitlements.customers c
+                where c.erased_at is not null and (c.stripe_customer_id = v_stripe_customer or c.id = v_customer)) then
+        event := entitlements._erase_json(event, '{}'::text[], entitlements._erase_stripe_keys());
+    end if;
+    insert into entitlements.stripe_events (id, type, created, api_version, payload)
+    values (event ->> 'id', event ->> 'type', entitlements._stripe_ts(event -> 'created'), event ->> 'api_version', event)
+    on conflict (id) do nothing
+    returning true into v_new;
+    return coalesce(v_new, false);
+end
+$$;
+comment on function entitlements.stripe_record_event(jsonb) is
+    'Store a (signature-verified) Stripe event once by id; true when it was new. Admins only.';
+
+-- BEGIN copy of sql/privacy/export.sql
+-- GDPR access (issue #13): everything the engine holds about one person, as one document.
+-- Erasure (privacy/erasure.sql, which comes after this file) uses the same idea of "about".
+
+-- Does the engine hold anything about `customer`? A customers row, or what a user of the
+-- default plan has without one (usage, events, a membership, a Supabase address).
+create function entitlements._privacy_known(customer uuid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select exists (select 1 from entitlements.customers c where c.id = customer)
+        or exists (select 1 from entitlements.members m where m.user_id = customer)
+        or exists (select 1 from entitlements.usage_counters u where u.customer_id = customer)
+        or exists (select 1 from entitlements.usage_ledger l where l.customer_id = customer)
+        or exists (select 1 from entitlements.usage_rollup r where r.customer_id = customer)
+        or exists (select 1 from entitlements.usage_idempotency i where i.customer_id = customer)
+        or exists (select 1 from entitlements.outbox o where o.customer_id = customer)
+        or exists (select 1 from entitlements.auth_emails a where a.user_id = customer)
+$$;
+
+-- The customer's addresses (customers.email, the Supabase one), lower case, as they appear
+-- inside JSON text: what finds the rows that name them (Stripe events, app tables' audit rows).
+create function entitlements._privacy_json_emails(customer uuid)
+returns text[] language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(array_agg(distinct lower(substr(to_jsonb(x.e)::text, 2, length(to_jsonb(x.e)::text) - 2))), '{}')
+      from (select c.email from entitlements.customers c where c.id = customer
+            union all
+            select a.email from entitlements.auth_emails a where a.user_id = customer) x(e)
+     where btrim(x.e) <> ''
+$$;
+
+-- Definer: the audit log, Stripe events and deliveries are for admins, yet a user may ask
+-- for their own. Every check is about the real caller (the outer role, its trusted user id);
+-- only the engine's own tables are read, whose columns have built-in types.
+create function entitlements.export_customer(customer uuid)
+returns jsonb language plpgsql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_key constant text := customer::text;
+    v_stripe text;
+    v_emails text[];
+begin
+    if customer is null then
+        raise exception 'customer must not be NULL' using errcode = '22004';
+    end if;
+    perform entitlements._require(
+        customer = entitlements.current_user_id()
+        or entitlements._role_is_privileged(entitlements._outer_role())
+        or entitlements._is_listed_admin_of(customer),
+        'export_customer', 'the customer themself or an entitlements admin of it');
+    if not entitlements._privacy_known(customer) then
+        raise exception 'customer % is not known', customer using errcode = '22023';
+    end if;
+    select c.stripe_customer_id into v_stripe from entitlements.customers c where c.id = customer;
+    v_emails := entitlements._privacy_json_emails(customer);
+
+    return jsonb_build_object(
+        'customer', customer,
+        'exported_at', entitlements.now(),
+        'profile', (select to_jsonb(c) from entitlements.customers c where c.id = customer),
+        'auth_email', (select to_jsonb(a) from entitlements.auth_emails a where a.user_id = customer),
+        'memberships', jsonb_build_object(
+            'as_user', coalesce((select jsonb_agg(to_jsonb(m) order by m.organization_id)
+                                   from entitlements.members m where m.user_id = customer), '[]'),
+            'as_organization', coalesce((select jsonb_agg(to_jsonb(m) order by m.user_id)
+                                           from entitlements.members m where m.organization_id = customer), '[]')),
+        'subscriptions', coalesce((
+            select jsonb_agg(to_jsonb(s) || jsonb_build_object(
+                       'history', coalesce((select jsonb_agg(to_jsonb(h) order by h.valid_from, h.id)
+                                              from entitlements.subscription_history h
+                                             where h.subscription_id = s.id and h.customer_id = customer), '[]'),
+                       'access_notice', (select to_jsonb(n) from entitlements.access_notices n where n.subscription_id = s.id),
+                       'stripe_sync', (select to_jsonb(x) from entitlements.stripe_subscriptions x where x.subscription_id = s.id))
+                   order by s.created_at, s.id)
+              from entitlements.subscriptions s where s.customer_id = customer), '[]'),
+        -- History of subscriptions that Stripe has since moved to another customer.
+        'earlier_subscription_history', coalesce((
+            select jsonb_agg(to_jsonb(h) order by h.valid_from, h.id)
+              from entitlements.subscription_history h
+             where h.customer_id = customer
+               and not exists (select 1 from entitlements.subscriptions s where s.id = h.subscription_id and s.customer_id = customer)), '[]'),
+        'grants', coalesce((select jsonb_agg(to_jsonb(g) order by g.created_at, g.id)
+                              from entitlements.grants g where g.customer_id = customer), '[]'),
+        'discounts', coalesce((
+            select jsonb_agg(to_jsonb(d) || jsonb_build_object('coupon', (
+                       select jsonb_build_object('code', k.code, 'percent_off', k.percent_off, 'amount_off_cents', k.amount_off_cents,
+                                                 'currency', k.currency, 'duration', k.duration,
+                                                 'duration_in_months', k.duration_in_months)
+                         from entitlements.coupons k where k.id = d.coupon_id))
+                   order by d.starts_at, d.id)
+              from entitlements.discounts d where d.customer_id = customer), '[]'),
+        'usage', jsonb_build_object(
+            'ledger', coalesce((select jsonb_agg(to_jsonb(l) order by l.at, l.id)
+                                  from entitlements.usage_ledger l where l.customer_id = customer), '[]'),
+            'counters', coalesce((select jsonb_agg(to_jsonb(u) order by u.feature_key, u.period, u.window_start, u.stripe)
+                                    from entitlements.usage_counters u where u.customer_id = customer), '[]'),
+            'rollup', coalesce((select jsonb_agg(to_jsonb(r) order by r.feature_key, r.through)
+                                  from entitlements.usage_rollup r where r.customer_id = customer), '[]'),
+            'idempotency_keys', coalesce((select jsonb_agg(to_jsonb(i) order by i.created_at, i.idempotency_key)
+                                            from entitlements.usage_idempotency i where i.customer_id = customer), '[]')),
+        -- Emails sent to the customer with their attempts; of the app's webhooks only that
+        -- they were sent (their URLs are the app's, not the customer's).
+        'notifications', jsonb_build_object(
+            'events', coalesce((
+                select jsonb_agg(to_jsonb(o) || jsonb_build_object('deliveries', coalesce((
+                           select jsonb_agg(case when d.channel = 'email'
+                                                 then to_jsonb(d) || jsonb_build_object('attempts', coalesce((
+                                                          select jsonb_agg(to_jsonb(t) - 'worker' order by t.id)
+                                                            from entitlements.delivery_attempts t where t.delivery_id = d.id), '[]'))
+                                                 else to_jsonb(d) - 'target' - 'endpoint_id' - 'last_error' end
+                                            order by d.id)
+                             from entitlements.deliveries d where d.event_id = o.id), '[]'))
+                       order by o.id)
+                  from entitlements.outbox o where o.customer_id = customer), '[]'),
+            'access_notices', coalesce((select jsonb_agg(to_jsonb(n) order by n.subscription_id)
+                                          from entitlements.access_notices n where n.customer_id = customer), '[]')),
+        -- Server secrets are credentials, not personal data: not exported.
+        'servers', coalesce((
+            select jsonb_agg(to_jsonb(r) || jsonb_build_object('domain_claims', coalesce((
+                       select jsonb_agg(x.domain order by x.domain) from entitlements.server_domains x where x.server_id = r.id), '[]'))
+                   order by r.created_at, r.id)
+              from entitlements.server_records r where r.customer_id = customer), '[]'),
+        'servers_added', (select x.added from entitlements.server_counts x where x.customer_id = customer),
+        'stripe', jsonb_build_object(
+            'customer_id', v_stripe,
+            'events', coalesce((
+                select jsonb_agg(to_jsonb(e) order by e.created, e.received_at, e.id)
+                  from entitlements.stripe_events e
+                 where (v_stripe is not null
+                        and (entitlements._stripe_id(e.payload #> '{data,object,customer}') = v_stripe
+                             or (e.payload #>> '{data,object,object}' = 'customer' and e.payload #>> '{data,object,id}' = v_stripe)))
+                    or strpos(e.payload::text, v_key) > 0
+                    or exists (select 1 from unnest(v_emails) m where strpos(lower(e.payload::text), m) > 0)), '[]')),
+        -- Rows about the customer in full; rows of what they did to others without the values
+        -- (those are the others' data, as are app rows that merely mention their address).
+        'audit', coalesce((
+            select jsonb_agg(case when x.about then to_jsonb(a)
+                                  else to_jsonb(a) - 'old_values' - 'new_values' - 'reason'
+                                       || jsonb_build_object('values_withheld', true) end
+                             order by a.id)
+              from entitlements.audit_log a
+             cross join lateral (select a.row_key = v_key
+                                        or exists (select 1 from unnest(array['id', 'customer_id', 'user_id', 'organization_id']) k
+                                                    where a.old_values ->> k = v_key or a.new_values ->> k = v_key) as about) x
+             where x.about or a.actor = customer), '[]'));
+end
+$$;
+comment on function entitlements.export_customer(uuid) is
+    'GDPR access: everything the engine holds about a customer as one JSON document. The customer themself, or an admin of it.';
+-- END copy of sql/privacy/export.sql
+
+-- BEGIN copy of sql/privacy/erasure.sql
+-- GDPR erasure (issue #13): irreversible pseudonymisation of one customer. Their email,
+-- name, locale and metadata go, from their row and from every copy the engine made (audit
+-- values, events, deliveries, usage metadata, Stripe payloads); ids, amounts, plans, prices,
+-- dates, subscriptions, their history and discounts stay, so the revenue of every past
+-- instant reads the same. Needs privacy/export.sql (_privacy_known, _privacy_json_emails).
+
+comment on column entitlements.customers.erased_at is
+    'When entitlements.erase_customer pseudonymised the customer; its email, name, locale and metadata stay empty.';
+
+-- Is the erasure running? erase_customer sets entitlements.audit_erasure for its own
+-- transaction; it counts only for the schema's owner (erase_customer is a definer), so no
+-- other role can claim it.
+create function entitlements._erasing()
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(current_setting('entitlements.audit_erasure', true), '') = 'on'
+       and exists (select 1 from pg_roles r where r.rolname = current_user
+                      and r.oid = (select n.nspowner from pg_namespace n where n.nspname = 'entitlements'))
+$$;
+
+-- An erased customer stays erased: only erase_customer sets erased_at, and the profile
+-- columns stay empty whoever writes the row later (set_profile, an admin's UPDATE).
+create function entitlements._customer_erasure_guard()
+returns trigger language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_was timestamptz;
+begin
+    if entitlements._bulk_loading() then
+        return new; -- pg_restore: restored as it was
+    end if;
+    if tg_op = 'UPDATE' then
+        v_was := old.erased_at;
+    end if;
+    if new.erased_at is distinct from v_was and not entitlements._erasing() then
+        raise exception 'customers.erased_at is set by entitlements.erase_customer only' using errcode = '42501';
+    end if;
+    if v_was is not null
+       and (new.email is not null or new.display_name is not null or new.locale is not null
+            or new.metadata is distinct from '{}'::jsonb) then
+        raise exception 'customer % is erased: its email, name, locale and metadata stay empty', new.id
+            using errcode = '55000';
+    end if;
+    return new;
+end
+$$;
+create trigger customers_erased before insert or update on entitlements.customers
+    for each row execute function entitlements._customer_erasure_guard();
+
+-- Erasing text ---------------------------------------------------------------------------------------
+
+-- A regex for `needle` (matched case-insensitively) where it is not part of a longer word:
+-- "Al" is not erased from "Also".
+create function entitlements._erase_pattern(needle text)
+returns text language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when needle ~ '^[[:alnum:]_]' then '(?<![[:alnum:]_])' else '' end
+        || regexp_replace(needle, '([^[:alnum:][:space:]])', '\\\1', 'g')
+        || case when needle ~ '[[:alnum:]_]$' then '(?![[:alnum:]_])' else '' end
+$$;
+
+-- `s` with every match of `patterns` replaced by [erased].
+create function entitlements._erase_text(s text, patterns text[])
+returns text language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_out text := s;
+    v_pattern text;
+begin
+    if v_out is null then
+        return null;
+    end if;
+    foreach v_pattern in array coalesce(patterns, '{}'::text[]) loop
+        v_out := regexp_replace(v_out, v_pattern, '[erased]', 'gi');
+    end loop;
+    return v_out;
+end
+$$;
+
+-- `v` with every string (and key) through _erase_text, and the values of `keys`, at any depth,
+-- null (empty ones stay).
+create function entitlements._erase_json(v jsonb, patterns text[], keys text[])
+returns jsonb language plpgsql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    return case jsonb_typeof(v)
+        when 'object' then coalesce((
+            select jsonb_object_agg(entitlements._erase_text(e.key, patterns),
+                                    case when not e.key = any (keys) then entitlements._erase_json(e.value, patterns, keys)
+                                         when e.value in ('{}'::jsonb, '[]'::jsonb, '""'::jsonb) then e.value
+                                         else 'null'::jsonb end)
+              from jsonb_each(v) e), '{}'::jsonb)
+        when 'array' then coalesce((
+            select jsonb_agg(entitlements._erase_json(e.value, patterns, keys) order by e.n)
+              from jsonb_array_elements(v) with ordinality e(value, n)), '[]'::jsonb)
+        when 'string' then to_jsonb(entitlements._erase_text(v #>> '{}', patterns))
+        else v end;
+end
+$$;
+
+-- Where Stripe objects keep a person's details (customers, Checkout Sessions, invoices,
+-- charges, payment methods): nulled in the events about an erased customer.
+create function entitlements._erase_stripe_keys()
+returns text[] language sql immutable parallel safe
+return array['email', 'name', 'phone', 'address', 'shipping', 'description', 'billing_details', 'customer_details',
+             'customer_email', 'customer_name', 'customer_phone', 'customer_address', 'customer_shipping',
+             'customer_tax_ids', 'tax_ids', 'receipt_email'];
+
+-- Erasure --------------------------------------------------------------------------------------------
+
+-- Definer: it rewrites the audit log (append-only for everyone else), the Stripe events and
+-- deliveries of every tenant; the caller must be an admin of the customer, asked of the
+-- real caller. Only the engine's own tables are read and written (built-in types).
+create function entitlements.erase_customer(customer uuid, reason text)
+returns jsonb language plpgsql volatile security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_key constant text := customer::text;
+    v_now constant timestamptz := entitlements.now();
+    v_customer entitlements.customers;
+    v_emails text[];      -- lower case
+    v_json_emails text[]; -- lower case, as inside JSON text
+    v_patterns text[];
+    v_ids uuid[];         -- the customer and its organizations (whose usage may name it)
+    v_prev_reason text := current_setting('entitlements.reason', true);
+    v_counts jsonb := '{}'::jsonb;
+    v_n bigint;
+begin
+    if customer is null then
+        raise exception 'customer must not be NULL' using errcode = '22004';
+    end if;
+    perform entitlements._require(
+        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin_of(customer),
+        'erase_customer', 'an entitlements admin of this customer');
+    if not entitlements._privacy_known(customer) then
+        raise exception 'customer % is not known', customer using errcode = '22023';
+    end if;
+    if reason is null or btrim(reason) = '' then
+        raise exception 'a reason is required' using errcode = '22023';
+    end if;
+    -- One erasure of a customer at a time (it may have no customers row yet).
+    perform pg_advisory_xact_lock('entitlements.customers'::regclass::oid::integer, hashtext('erase:' || v_key));
+    select * into v_customer from entitlements.customers c where c.id = customer for update;
+    if v_customer.erased_at is not null then
+        return jsonb_build_object('customer', customer, 'already_erased', true, 'erased_at', v_customer.erased_at,
+                                  'changed', '{}'::jsonb);
+    end if;
+
+    -- What to look for: every address and name the customer had (their audit rows keep the
+    -- earlier ones; their emails went to the addresses of the time).
+    select coalesce(array_agg(distinct lower(btrim(x.e))), '{}') into v_emails
+      from (select v_customer.email
+            union all select a.email from entitlements.auth_emails a where a.user_id = customer
+            union all select v.x ->> 'email' from entitlements.audit_log a
+                       cross join lateral (values (a.old_values), (a.new_values)) v(x)
+                      where a.table_name = 'entitlements.customers' and a.row_key = v_key
+            union all select d.target from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
+                      where o.customer_id = customer and d.channel = 'email') x(e)
+     where btrim(x.e) <> '' and x.e <> '[erased]';
+    v_json_emails := array(select lower(substr(to_jsonb(e)::text, 2, length(to_jsonb(e)::text) - 2)) from unnest(v_emails) e);
+    select coalesce(array_agg(entitlements._erase_pattern(n)), '{}') into v_patterns
+      from (select e from unnest(v_emails) e
+            union
+            select btrim(x.n) from (select v_customer.display_name
+                                    union all select v.x ->> 'display_name' from entitlements.audit_log a
+                                               cross join lateral (values (a.old_values), (a.new_values)) v(x)
+                                              where a.table_name = 'entitlements.customers' and a.row_key = v_key) x(n)
+             where btrim(x.n) <> '') p(n);
+    if exists (select 1 from unnest(v_patterns) p where reason ~* p) then
+        raise exception 'the reason must not contain the customer''s email address or name' using errcode = '22023';
+    end if;
+    v_ids := array[customer] || array(select m.organization_id from entitlements.members m where m.user_id = customer);
+
+    -- The audit rows the triggers write below carry the reason; the erasure path opens.
+    perform set_config('entitlements.reason', reason, true);
+    perform set_config('entitlements.audit_erasure', 'on', true);
+
+    -- The profile first: events the writes below cause find no address.
+    if v_customer.id is null then
+        insert into entitlements.customers (id, erased_at, updated_at) values (customer, v_now, v_now);
+    else
+        update entitlements.customers c
+           set email = null, display_name = null, locale = null, metadata = '{}', erased_at = v_now, updated_at = v_now
+         where c.id = customer;
+    end if;
+    v_counts := v_counts || jsonb_build_object('customers', 1);
+    delete from entitlements.auth_emails a where a.user_id = customer;
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('auth_emails', v_n);
+
+    -- Reasons and metadata that name them; amounts, plans and dates stay.
+    with x as (select g.id, coalesce(nullif(btrim(entitlements._erase_text(g.reason, v_patterns)), ''), '[erased]') as reason,
+                      entitlements._erase_json(g.value, v_patterns, '{}') as value
+                 from entitlements.grants g where g.customer_id = customer)
+    update entitlements.grants g set reason = x.reason, value = x.value
+      from x where x.id = g.id and (g.reason, g.value) is distinct from (x.reason, x.value);
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('grants', v_n);
+    with x as (select s.id, entitlements._erase_json(s.metadata, v_patterns, '{}') as metadata
+                 from entitlements.subscriptions s where s.customer_id = customer)
+    update entitlements.subscriptions s set metadata = x.metadata
+      from x where x.id = s.id and s.metadata is distinct from x.metadata;
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('subscriptions', v_n);
+
+    -- Usage: the metadata of their ledger rows goes, what their organizations' rows say of
+    -- them is erased; amounts and costs stay. Idempotency keys naming them are replaced
+    -- (ledger and key table alike).
+    with x as (select l.id, l.at,
+                      case when l.customer_id = customer then null
+                           else entitlements._erase_json(l.metadata, v_patterns, '{}') end as metadata
+                 from entitlements.usage_ledger l
+                where l.customer_id = any (v_ids) and l.metadata is not null)
+    update entitlements.usage_ledger l set metadata = x.metadata
+      from x where x.id = l.id and x.at = l.at and l.metadata is distinct from x.metadata;
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('usage_ledger', v_n);
+    with k as (select y.customer_id, y.idempotency_key, 'erased:' || gen_random_uuid()::text as replacement
+                 from (select i.customer_id, i.idempotency_key from entitlements.usage_idempotency i
+                        where i.customer_id = any (v_ids)
+                       union
+                       select l.customer_id, l.idempotency_key from entitlements.usage_ledger l
+                        where l.customer_id = any (v_ids) and l.idempotency_key is not null) y
+                where exists (select 1 from unnest(v_patterns) p where y.idempotency_key ~* p)),
+         i as (update entitlements.usage_idempotency i set idempotency_key = k.replacement
+                 from k where i.customer_id = k.customer_id and i.idempotency_key = k.idempotency_key returning 1),
+         l as (update entitlements.usage_ledger l set idempotency_key = k.replacement
+                 from k where l.customer_id = k.customer_id and l.idempotency_key = k.idempotency_key returning 1)
+    select (select count(*) from i) + (select count(*) from l) into v_n;
+    v_counts := v_counts || jsonb_build_object('idempotency_keys', v_n);
+
+    -- Stripe events about them lose the person's details; any other naming their address, the address.
+    with x as (select e.id,
+                      entitlements._erase_json(e.payload, v_patterns,
+                          case when (v_customer.stripe_customer_id is not null
+                                     and (entitlements._stripe_id(e.payload #> '{data,object,customer}') = v_customer.stripe_customer_id
+                                          or (e.payload #>> '{data,object,object}' = 'customer'
+                                              and e.payload #>> '{data,object,id}' = v_customer.stripe_customer_id)))
+                                    or strpos(e.payload::text, v_key) > 0
+                               then entitlements._erase_stripe_keys() else '{}'::text[] end) as payload,
+                      entitlements._erase_text(e.last_error, v_patterns) as last_error
+                 from entitlements.stripe_events e
+                where (v_customer.stripe_customer_id is not null
+                       and (entitlements._stripe_id(e.payload #> '{data,object,customer}') = v_customer.stripe_customer_id
+                            or (e.payload #>> '{data,object,object}' = 'customer'
+                                and e.payload #>> '{data,object,id}' = v_customer.stripe_customer_id)))
+                   or strpos(e.payload::text, v_key) > 0
+                   or exists (select 1 from unnest(v_json_emails) m
+                               where strpos(lower(e.payload::text), m) > 0 or strpos(lower(coalesce(e.last_error, '')), m) > 0))
+    update entitlements.stripe_events e set payload = x.payload, last_error = x.last_error
+      from x where x.id = e.id and (e.payload, e.last_error) is distinct from (x.payload, x.last_error);
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('stripe_events', v_n);
+
+    -- Notifications: their events' payloads, and any event naming their address.
+    with x as (select o.id,
+                      entitlements._erase_json(o.payload, v_patterns,
+                          case when o.customer_id = customer
+                               then array['email', 'display_name', 'customer_email', 'customer_name', 'phone', 'address']
+                               else '{}'::text[] end) as payload
+                 from entitlements.outbox o
+                where o.customer_id = customer
+                   or exists (select 1 from unnest(v_json_emails) m where strpos(lower(o.payload::text), m) > 0))
+    update entitlements.outbox o set payload = x.payload
+      from x where x.id = o.id and o.payload is distinct from x.payload;
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('outbox', v_n);
+    -- What still waits for their events, or for their address, is never sent.
+    update entitlements.deliveries d set status = 'canceled', last_error = 'customer erased'
+     where d.status = 'pending'
+       and (d.event_id in (select o.id from entitlements.outbox o where o.customer_id = customer)
+            or (d.channel = 'email' and lower(btrim(d.target)) = any (v_emails)));
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('deliveries_canceled', v_n);
+    with x as (select d.id,
+                      case when d.channel = 'email' and (o.customer_id = customer or lower(btrim(d.target)) = any (v_emails))
+                           then '[erased]' else entitlements._erase_text(d.target, v_patterns) end as target,
+                      entitlements._erase_text(d.last_error, v_patterns) as last_error
+                 from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
+                where o.customer_id = customer
+                   or exists (select 1 from unnest(v_emails) m
+                               where strpos(lower(d.target), m) > 0 or strpos(lower(coalesce(d.last_error, '')), m) > 0))
+    update entitlements.deliveries d set target = x.target, last_error = x.last_error
+      from x where x.id = d.id and (d.target, d.last_error) is distinct from (x.target, x.last_error);
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('deliveries', v_n);
+    with x as (select t.id, entitlements._erase_text(t.error, v_patterns) as error
+                 from entitlements.delivery_attempts t
+                where t.error is not null
+                  and (t.delivery_id in (select d.id from entitlements.deliveries d
+                                           join entitlements.outbox o on o.id = d.event_id where o.customer_id = customer)
+                       or exists (select 1 from unnest(v_emails) m where strpos(lower(t.error), m) > 0)))
+    update entitlements.delivery_attempts t set error = x.error
+      from x where x.id = t.id and t.error is distinct from x.error;
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('delivery_attempts', v_n);
+
+    -- The audit log last, with the rows the writes above just added: rows about them (their
+    -- profile's personal columns null), rows they wrote, and any row anywhere (app tables
+    -- too) naming their address.
+    with x as (select a.id,
+                      entitlements._erase_json(a.old_values, v_patterns, y.keys) as old_values,
+                      entitlements._erase_json(a.new_values, v_patterns, y.keys) as new_values,
+                      entitlements._erase_text(a.reason, v_patterns) as reason,
+                      entitlements._erase_text(a.row_key, v_patterns) as row_key
+                 from entitlements.audit_log a
+                cross join lateral (
+                    select case when a.table_name = 'entitlements.customers'
+                                     and (a.row_key = v_key or a.old_values ->> 'id' = v_key or a.new_values ->> 'id' = v_key)
+                                then array['email', 'display_name', 'locale', 'metadata'] else '{}'::text[] end as keys) y
+                where a.row_key = v_key or a.actor = customer
+                   or exists (select 1 from unnest(array['id', 'customer_id', 'user_id', 'organization_id']) k
+                               where a.old_values ->> k = v_key or a.new_values ->> k = v_key)
+                   or exists (select 1 from unnest(v_json_emails) m
+                               where strpos(lower(a.old_values::text), m) > 0 or strpos(lower(a.new_values::text), m) > 0
+                                  or strpos(lower(coalesce(a.reason, '')), m) > 0 or strpos(lower(coalesce(a.row_key, '')), m) > 0))
+    update entitlements.audit_log a
+       set old_values = x.old_values, new_values = x.new_values, reason = x.reason, row_key = x.row_key
+      from x where x.id = a.id
+       and (a.old_values, a.new_values, a.reason, a.row_key) is distinct from (x.old_values, x.new_values, x.reason, x.row_key);
+    get diagnostics v_n = row_count;
+    v_counts := v_counts || jsonb_build_object('audit_log', v_n);
+
+    perform set_config('entitlements.audit_erasure', '', true);
+    perform set_config('entitlements.reason', coalesce(v_prev_reason, ''), true);
+    -- The one row that says it happened: who, when, why, what changed; nothing personal.
+    insert into entitlements.audit_log (actor, actor_role, action, table_name, row_key, new_values, reason)
+    values (entitlements.current_user_id(), entitlements._actor_role(), 'erase', 'entitlements.customers', v_key,
+            jsonb_build_object('erased_at', v_now, 'changed', v_counts), reason);
+    return jsonb_build_object('customer', customer, 'already_erased', false, 'erased_at', v_now, 'changed', v_counts);
+end
+$$;
+comment on function entitlements.erase_customer(uuid, text) is
+    'GDPR erasure: pseudonymise a customer (email, name, locale, metadata and every copy of them), keeping the '
+    'financial record. Irreversible; idempotent; one audit row. Admins of the customer.';
+
+-- What reads an address later brings none back --------------------------------------------------------
+-- (_customer_email, the fan-out and delivery_claim read customers and auth_emails, emptied above;
+-- set_profile and direct writes meet customers_erased. These three needed changing:)
+
+-- END copy of sql/privacy/erasure.sql
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and
@@ -6777,7 +7328,9 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text),
     -- Refusal counts: _meter (definer) names the customer; the flush worker writes them.
     entitlements._note_refusal(text, text, text), entitlements._record_signals(jsonb),
-    entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check()
+    entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check(),
+    -- Erasure: the guard trigger, and the readers export and erasure use around RLS.
+    entitlements._customer_erasure_guard(), entitlements._privacy_known(uuid), entitlements._privacy_json_emails(uuid)
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

@@ -158,7 +158,9 @@ create table entitlements.customers (
     updated_at         timestamptz not null default entitlements.now(),
     -- How notifications address the customer (outbox/delivery.sql).
     display_name       text check (length(display_name) <= 200),
-    locale             text check (locale ~ '^[a-z]{2}(-[A-Z]{2})?$')
+    locale             text check (locale ~ '^[a-z]{2}(-[A-Z]{2})?$'),
+    -- Set once, by entitlements.erase_customer (privacy/erasure.sql).
+    erased_at          timestamptz
 );
 create index customers_tenant on entitlements.customers (tenant_id) where tenant_id is not null;
 

@@ -119,6 +119,8 @@ extension_sql_file!(
 );
 extension_sql_file!("../../sql/monitoring/rules.sql", name = "security_rules", requires = ["security_signals"]);
 extension_sql_file!("../../sql/monitoring/alerts.sql", name = "security_alerts", requires = ["security_rules"]);
+extension_sql_file!("../../sql/privacy/export.sql", name = "privacy_export", requires = ["security_alerts"]);
+extension_sql_file!("../../sql/privacy/erasure.sql", name = "privacy_erasure", requires = ["privacy_export"]);
 extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.

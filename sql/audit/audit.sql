@@ -150,6 +150,12 @@ begin
                       and r.oid = (select n.nspowner from pg_namespace n where n.nspname = 'entitlements')) then
         return old;
     end if;
+    if tg_op = 'UPDATE' and entitlements._erasing() then
+        if (new.id, new.at, new.txid, new.actor, new.actor_role, new.action, new.table_name)
+           is not distinct from (old.id, old.at, old.txid, old.actor, old.actor_role, old.action, old.table_name) then
+            return new;
+        end if;
+    end if;
     raise exception 'entitlements.audit_log is append-only: % is not allowed', lower(tg_op)
         using errcode = '42501';
 end

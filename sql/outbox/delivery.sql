@@ -52,7 +52,7 @@ create table entitlements.deliveries (
     endpoint_id     uuid references entitlements.webhook_endpoints (id),
     -- The URL or email address at the time the event was written.
     target          text not null check (length(target) <= 2000),
-    status          text not null default 'pending' check (status in ('pending', 'delivered', 'dead')),
+    status          text not null default 'pending' check (status in ('pending', 'delivered', 'dead', 'canceled')),
     attempts        integer not null default 0 check (attempts >= 0),
     next_attempt_at timestamptz not null default entitlements.now(),
     last_error      text check (length(last_error) <= 2000),
@@ -64,7 +64,7 @@ create index deliveries_due on entitlements.deliveries (next_attempt_at) where s
 create index deliveries_event on entitlements.deliveries (event_id);
 create index deliveries_dead on entitlements.deliveries (channel) where status = 'dead';
 comment on table entitlements.deliveries is
-    'One per event and destination: pending, delivered or dead (retry_delivery). A customer reads its own.';
+    'One per event and destination: pending, delivered, dead (retry_delivery) or canceled (its customer was erased). A customer reads its own.';
 select pg_catalog.pg_extension_config_dump('entitlements.deliveries', '');
 select pg_catalog.pg_extension_config_dump('entitlements.deliveries_id_seq', '');
 alter table entitlements.deliveries enable row level security;
@@ -476,7 +476,7 @@ begin
     perform entitlements._require_not_null(delivery_id, 'delivery_id');
     update entitlements.deliveries d
        set status = 'pending', attempts = 0, next_attempt_at = entitlements.now()
-     where d.id = delivery_id and d.status <> 'delivered';
+     where d.id = delivery_id and d.status not in ('delivered', 'canceled');
     if not found then
         if not exists (select 1 from entitlements.deliveries d where d.id = delivery_id) then
             raise exception 'delivery % does not exist', delivery_id using errcode = 'P0002';

@@ -4,15 +4,8 @@
 -- dates, subscriptions, their history and discounts stay, so the revenue of every past
 -- instant reads the same. Needs privacy/export.sql (_privacy_known, _privacy_json_emails).
 
-alter table entitlements.customers add column erased_at timestamptz;
 comment on column entitlements.customers.erased_at is
     'When entitlements.erase_customer pseudonymised the customer; its email, name, locale and metadata stay empty.';
-
--- A delivery of an erased customer's event that was still waiting: never sent, never retried.
-alter table entitlements.deliveries drop constraint deliveries_status_check,
-    add constraint deliveries_status_check check (status in ('pending', 'delivered', 'dead', 'canceled'));
-comment on table entitlements.deliveries is
-    'One per event and destination: pending, delivered, dead (retry_delivery) or canceled (its customer was erased). A customer reads its own.';
 
 -- Is the erasure running? erase_customer sets entitlements.audit_erasure for its own
 -- transaction; it counts only for the schema's owner (erase_customer is a definer), so no
@@ -24,31 +17,6 @@ as $$
     select coalesce(current_setting('entitlements.audit_erasure', true), '') = 'on'
        and exists (select 1 from pg_roles r where r.rolname = current_user
                       and r.oid = (select n.nspowner from pg_namespace n where n.nspname = 'entitlements'))
-$$;
-
--- audit/audit.sql's rule, and erasure's: the retention task deletes old rows; erase_customer
--- rewrites the personal data in values, reason and key, never who did what to which table when.
-create or replace function entitlements._audit_log_is_append_only()
-returns trigger language plpgsql
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    -- The retention task (maintenance/retention.sql, SECURITY DEFINER, so running as the owner) deletes
-    -- rows older than the configured retention; nothing else may.
-    if tg_op = 'DELETE' and current_setting('entitlements.audit_retention', true) = 'on'
-       and exists (select 1 from pg_roles r where r.rolname = current_user
-                      and r.oid = (select n.nspowner from pg_namespace n where n.nspname = 'entitlements')) then
-        return old;
-    end if;
-    if tg_op = 'UPDATE' and entitlements._erasing() then
-        if (new.id, new.at, new.txid, new.actor, new.actor_role, new.action, new.table_name)
-           is not distinct from (old.id, old.at, old.txid, old.actor, old.actor_role, old.action, old.table_name) then
-            return new;
-        end if;
-    end if;
-    raise exception 'entitlements.audit_log is append-only: % is not allowed', lower(tg_op)
-        using errcode = '42501';
-end
 $$;
 
 -- An erased customer stays erased: only erase_customer sets erased_at, and the profile
@@ -113,7 +81,8 @@ begin
 end
 $$;
 
--- `v` with every string (and key) through _erase_text, and the values of `keys`, at any depth, null.
+-- `v` with every string (and key) through _erase_text, and the values of `keys`, at any depth,
+-- null (empty ones stay).
 create function entitlements._erase_json(v jsonb, patterns text[], keys text[])
 returns jsonb language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
@@ -122,8 +91,9 @@ begin
     return case jsonb_typeof(v)
         when 'object' then coalesce((
             select jsonb_object_agg(entitlements._erase_text(e.key, patterns),
-                                    case when e.key = any (keys) then 'null'::jsonb
-                                         else entitlements._erase_json(e.value, patterns, keys) end)
+                                    case when not e.key = any (keys) then entitlements._erase_json(e.value, patterns, keys)
+                                         when e.value in ('{}'::jsonb, '[]'::jsonb, '""'::jsonb) then e.value
+                                         else 'null'::jsonb end)
               from jsonb_each(v) e), '{}'::jsonb)
         when 'array' then coalesce((
             select jsonb_agg(entitlements._erase_json(e.value, patterns, keys) order by e.n)
@@ -374,88 +344,3 @@ comment on function entitlements.erase_customer(uuid, text) is
 -- (_customer_email, the fan-out and delivery_claim read customers and auth_emails, emptied above;
 -- set_profile and direct writes meet customers_erased. These three needed changing:)
 
--- subscriptions/profile.sql's trigger for auth.users, which no longer copies an erased user's address.
-create or replace function entitlements.sync_auth_email()
-returns trigger language plpgsql security definer
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    if tg_table_schema <> 'auth' or tg_table_name <> 'users' or tg_level <> 'ROW' or tg_op not in ('INSERT', 'UPDATE')
-       or (select a.atttypid from pg_attribute a
-            where a.attrelid = tg_relid and a.attname = 'id' and not a.attisdropped) is distinct from 'uuid'::regtype
-       or (select a.atttypid from pg_attribute a
-            where a.attrelid = tg_relid and a.attname = 'email' and not a.attisdropped)
-          not in ('text'::regtype, 'varchar'::regtype) then
-        raise exception 'entitlements.sync_auth_email is an insert or update row trigger for auth.users (id uuid, email text)'
-            using errcode = '39P01';
-    end if;
-    if exists (select 1 from entitlements.customers c where c.id = new.id and c.erased_at is not null) then
-        delete from entitlements.auth_emails e where e.user_id = new.id;
-        return null;
-    end if;
-    insert into entitlements.auth_emails as e (user_id, email)
-    values (new.id, nullif(left(new.email::text, 320), ''))
-    on conflict (user_id) do update set email = excluded.email, updated_at = entitlements.now()
-     where e.email is distinct from excluded.email;
-    return null;
-end
-$$;
-
--- outbox/delivery.sql's retry, which never sends a canceled delivery.
-create or replace function entitlements.retry_delivery(delivery_id bigint)
-returns boolean language plpgsql volatile
-set search_path = pg_catalog, pg_temp
-as $$
-begin
-    perform entitlements._require_admin('retry_delivery');
-    perform entitlements._require_not_null(delivery_id, 'delivery_id');
-    update entitlements.deliveries d
-       set status = 'pending', attempts = 0, next_attempt_at = entitlements.now()
-     where d.id = delivery_id and d.status not in ('delivered', 'canceled');
-    if not found then
-        if not exists (select 1 from entitlements.deliveries d where d.id = delivery_id) then
-            raise exception 'delivery % does not exist', delivery_id using errcode = 'P0002';
-        end if;
-        return false;
-    end if;
-    perform pg_notify('entitlements_outbox', '');
-    return true;
-end
-$$;
-
--- stripe/events.sql's event store, which keeps no person's details in an event about an
--- erased customer (Stripe still holds them and sends them with every customer.updated).
-create or replace function entitlements.stripe_record_event(event jsonb)
-returns boolean language plpgsql volatile
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-    v_new boolean;
-    v_object jsonb;
-    v_stripe_customer text;
-    v_customer uuid;
-begin
-    perform entitlements._stripe_require_admin('stripe_record_event');
-    if jsonb_typeof(event) is distinct from 'object' or event ->> 'id' !~ '^evt_[A-Za-z0-9_]+$'
-       or coalesce(event ->> 'object', 'event') <> 'event' or jsonb_typeof(event -> 'type') is distinct from 'string'
-       or jsonb_typeof(event -> 'created') is distinct from 'number'
-       or jsonb_typeof(event #> '{data,object}') is distinct from 'object' then
-        raise exception 'not a Stripe event: it needs an id (evt_...), a type, created and data.object'
-            using errcode = '22023';
-    end if;
-    v_object := event #> '{data,object}';
-    v_stripe_customer := case when v_object ->> 'object' = 'customer' then v_object ->> 'id'
-                              else entitlements._stripe_id(v_object -> 'customer') end;
-    v_customer := entitlements._stripe_uuid(coalesce(v_object #>> '{metadata,entitlements_customer_id}',
-                                                     v_object ->> 'client_reference_id'));
-    if exists (select 1 from entitlements.customers c
-                where c.erased_at is not null and (c.stripe_customer_id = v_stripe_customer or c.id = v_customer)) then
-        event := entitlements._erase_json(event, '{}'::text[], entitlements._erase_stripe_keys());
-    end if;
-    insert into entitlements.stripe_events (id, type, created, api_version, payload)
-    values (event ->> 'id', event ->> 'type', entitlements._stripe_ts(event -> 'created'), event ->> 'api_version', event)
-    on conflict (id) do nothing
-    returning true into v_new;
-    return coalesce(v_new, false);
-end
-$$;

@@ -134,7 +134,7 @@ begin
                     or strpos(e.payload::text, v_key) > 0
                     or exists (select 1 from unnest(v_emails) m where strpos(lower(e.payload::text), m) > 0)), '[]')),
         -- Rows about the customer in full; rows of what they did to others without the values
-        -- (those are the others' data).
+        -- (those are the others' data, as are app rows that merely mention their address).
         'audit', coalesce((
             select jsonb_agg(case when x.about then to_jsonb(a)
                                   else to_jsonb(a) - 'old_values' - 'new_values' - 'reason'
@@ -143,10 +143,7 @@ begin
               from entitlements.audit_log a
              cross join lateral (select a.row_key = v_key
                                         or exists (select 1 from unnest(array['id', 'customer_id', 'user_id', 'organization_id']) k
-                                                    where a.old_values ->> k = v_key or a.new_values ->> k = v_key)
-                                        or exists (select 1 from unnest(v_emails) m
-                                                    where strpos(lower(a.old_values::text), m) > 0
-                                                       or strpos(lower(a.new_values::text), m) > 0) as about) x
+                                                    where a.old_values ->> k = v_key or a.new_values ->> k = v_key) as about) x
              where x.about or a.actor = customer), '[]'));
 end
 $$;

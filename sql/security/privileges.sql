@@ -83,7 +83,9 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._meter_undo(uuid, text, numeric, text[], timestamptz[], smallint[], boolean[], text),
     -- Refusal counts: _meter (definer) names the customer; the flush worker writes them.
     entitlements._note_refusal(text, text, text), entitlements._record_signals(jsonb),
-    entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check()
+    entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check(),
+    -- Erasure: the guard trigger, and the readers export and erasure use around RLS.
+    entitlements._customer_erasure_guard(), entitlements._privacy_known(uuid), entitlements._privacy_json_emails(uuid)
     from entitlements_api, entitlements_admin;
 
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.

@@ -9,6 +9,9 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_new boolean;
+    v_object jsonb;
+    v_stripe_customer text;
+    v_customer uuid;
 begin
     perform entitlements._stripe_require_admin('stripe_record_event');
     if jsonb_typeof(event) is distinct from 'object' or event ->> 'id' !~ '^evt_[A-Za-z0-9_]+$'
@@ -17,6 +20,15 @@ begin
        or jsonb_typeof(event #> '{data,object}') is distinct from 'object' then
         raise exception 'not a Stripe event: it needs an id (evt_...), a type, created and data.object'
             using errcode = '22023';
+    end if;
+    v_object := event #> '{data,object}';
+    v_stripe_customer := case when v_object ->> 'object' = 'customer' then v_object ->> 'id'
+                              else entitlements._stripe_id(v_object -> 'customer') end;
+    v_customer := entitlements._stripe_uuid(coalesce(v_object #>> '{metadata,entitlements_customer_id}',
+                                                     v_object ->> 'client_reference_id'));
+    if exists (select 1 from entitlements.customers c
+                where c.erased_at is not null and (c.stripe_customer_id = v_stripe_customer or c.id = v_customer)) then
+        event := entitlements._erase_json(event, '{}'::text[], entitlements._erase_stripe_keys());
     end if;
     insert into entitlements.stripe_events (id, type, created, api_version, payload)
     values (event ->> 'id', event ->> 'type', entitlements._stripe_ts(event -> 'created'), event ->> 'api_version', event)

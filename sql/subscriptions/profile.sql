@@ -82,6 +82,10 @@ begin
         raise exception 'entitlements.sync_auth_email is an insert or update row trigger for auth.users (id uuid, email text)'
             using errcode = '39P01';
     end if;
+    if exists (select 1 from entitlements.customers c where c.id = new.id and c.erased_at is not null) then
+        delete from entitlements.auth_emails e where e.user_id = new.id;
+        return null;
+    end if;
     insert into entitlements.auth_emails as e (user_id, email)
     values (new.id, nullif(left(new.email::text, 320), ''))
     on conflict (user_id) do update set email = excluded.email, updated_at = entitlements.now()

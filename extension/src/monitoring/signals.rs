@@ -181,6 +181,8 @@ struct Open {
 
 #[derive(Default)]
 struct Tally {
+    /// The exit hook is registered (on the first refusal).
+    hooked: bool,
     open: Option<Open>,
     /// Counts no worker has yet (no slot was free, or a worker was lost).
     carried: Vec<Entry>,
@@ -200,6 +202,11 @@ pub fn note(kind: Kind, subject: &str, detail: &str) {
 
 impl Tally {
     fn note(&mut self, entry: Entry) {
+        if !self.hooked {
+            self.hooked = true;
+            // SAFETY: registering a plain callback; it runs once, as this backend exits.
+            unsafe { pg_sys::before_shmem_exit(Some(hand_over_at_exit), pg_sys::Datum::from(0)) };
+        }
         if self.open.as_ref().is_some_and(|o| o.opened.elapsed() > RECLAIM_AFTER) {
             self.reclaim();
         }
@@ -303,6 +310,17 @@ impl Tally {
         self.carried_dropped = 0;
         self.open = Some(Open { seg, shared, handle, opened: Instant::now(), slots });
     }
+}
+
+/// A backend that exits with counts no worker has (no slot was free when it tried) starts one
+/// for them: the segment is pinned, so it outlives the backend.
+#[pg_guard]
+unsafe extern "C-unwind" fn hand_over_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    TALLY.with_borrow_mut(|t| {
+        if !t.carried.is_empty() || t.carried_dropped > 0 {
+            t.launch();
+        }
+    });
 }
 
 /// Adds `entry` to a table of `len` counts, merging with the same key.
