@@ -8,7 +8,7 @@ RUNS=${BENCH_RUNS:-7}
 BASE_RUNS=${BENCH_BASE_RUNS:-3}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 # Which parts to run (all by default), e.g. BENCH_PARTS=metering; the setup always runs.
-PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning revenue} "
+PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning revenue monitoring} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 
 scripts/cluster.sh stop "$DATA"
@@ -154,4 +154,9 @@ fi
 # --- Revenue (issue #12): movements and MRR over 100,000 customers' history ------------------
 if part revenue; then
 bench/revenue/run.sh "$PORT"
+fi
+
+# --- Refusal signals (issue #13): consume's refusal path counted vs not ------------------------
+if part monitoring; then
+bench/monitoring/run.sh "$PORT"
 fi

@@ -21,6 +21,7 @@ mod subscriptions;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     clock::define_guc();
+    monitoring::signals::define_guc();
 }
 
 // The SQL, by concept, in the order it must be created. `requires` names the Rust

@@ -13,6 +13,7 @@
 
 use crate::clock;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -194,8 +195,26 @@ thread_local! {
     static TALLY: RefCell<Tally> = RefCell::new(Tally::default());
 }
 
+/// `entitlements.refusal_signals`: counting is on unless a superuser turns it off (the
+/// benchmark compares both in one run).
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+pub fn define_guc() {
+    GucRegistry::define_bool_guc(
+        c"entitlements.refusal_signals",
+        c"Count refusals (PT429, PT403, 42501) for the security rules.",
+        c"Off: refusals are not counted and the rules that read them find nothing.",
+        &ENABLED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
 /// Counts one refusal.
 pub fn note(kind: Kind, subject: &str, detail: &str) {
+    if !ENABLED.get() {
+        return;
+    }
     let entry = Entry::new(kind, subject, detail, clock::statement_now());
     TALLY.with_borrow_mut(|t| t.note(entry));
 }
