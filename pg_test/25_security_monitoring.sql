@@ -4,7 +4,7 @@
 -- its own, so those rows outlive this transaction: they use fresh ids), each rule below and at
 -- its threshold, repeats, incidents and their state machine, tenant scoping, the outbox.
 begin;
-select plan(75);
+select plan(82);
 \ir fixtures/catalog.sql
 
 -- The SQLSTATE a statement fails with, or 'ok'.
@@ -105,6 +105,12 @@ select is((select detail from entitlements.security_signals where kind = 'permis
 select is((pg_temp.scan() ->> 'alerts_opened')::int >= 1, true, 'the scan opens alerts');
 select is((pg_temp.alert('refusal_burst', :'user1')).events, 5::bigint, 'refusal_burst at 5 in 5 minutes');
 select is((pg_temp.alert('feature_probing', :'abuser')).subject, null, 'one PT403 is below feature_probing''s 4');
+select is((pg_temp.alert('refusal_burst', :'abuser')).id, null, 'the customer refused by quota is no refusal_burst');
+select pg_temp.signal('permission_refused', 'role:someone', 4, now(), 'add_admin');
+select pg_temp.signal('feature_refused', :'abuser', 3, now() + interval '1 second', 'exports');
+select pg_temp.scan() is not null as scanned \gset
+select is((pg_temp.alert('refusal_burst', 'role:someone')).id, null, 'four refused admin calls: below refusal_burst''s 5');
+select is((pg_temp.alert('feature_probing', :'abuser')).events, 4::bigint, 'four PT403 in 2 minutes: feature_probing at its 4');
 
 -- quota_abuse below, at and past its threshold; repeats ------------------------------------------
 select pg_temp.signal('quota_refused', :'user1', 49);
@@ -162,13 +168,25 @@ insert into entitlements.delivery_attempts (delivery_id, ok, status_code, error)
 select d.id, false, 500, 'HTTP 500' from entitlements.deliveries d, generate_series(1, 5)
  where d.endpoint_id = :'endpoint';
 select entitlements.record_signal('webhook_refused', 'stripe', 'signature_mismatch', 5);
+select entitlements.record_signal('webhook_refused', 'stripe-eu', 'stale', 4);
+select entitlements.add_webhook_endpoint('https://hooks.example.test/y', array['subscription.created']) as endpoint2 \gset
+insert into entitlements.delivery_attempts (delivery_id, ok, status_code, error)
+select d.id, false, 500, 'HTTP 500' from entitlements.deliveries d, generate_series(1, 4)
+ where d.endpoint_id = :'endpoint2';
 select pg_temp.scan() is not null as scanned \gset
 select is((pg_temp.alert('task_failures', 'task:retention')).details ->> 'last_error', 'disk full', 'three: alert, with the error');
 select is((pg_temp.alert('delivery_failures', 'endpoint:' || :'endpoint')).events, 5::bigint, 'five failed deliveries to one endpoint');
 select is((pg_temp.alert('webhook_signature', 'stripe')).severity, 'high', 'five refused Stripe webhooks: high');
+select is((pg_temp.alert('delivery_failures', 'endpoint:' || :'endpoint2')).id, null, 'four failures: below 5');
+select is((pg_temp.alert('webhook_signature', 'stripe-eu')).id, null, 'four refused webhooks from another source: below 5');
+select is((pg_temp.alert('off_hours_admin', :'admin_a')).id, null, 'office hours are off until configured');
 select is(pg_temp.outcome($$select entitlements.record_signal('quota_refused', 'x')$$), '22023',
           'record_signal takes only what the worker sees');
 select entitlements.configure_security_rule('off_hours_admin', enabled => true,
+    config => '{"from": "00:00", "to": "24:00", "days": [1, 2, 3, 4, 5, 6, 7]}');
+select pg_temp.scan() is not null as scanned \gset
+select is((pg_temp.alert('off_hours_admin', :'admin_a')).id, null, 'office hours around the clock: nothing is off hours');
+select entitlements.configure_security_rule('off_hours_admin',
     config => jsonb_build_object('days', jsonb_build_array(extract(isodow from now() + interval '1 day')::int)));
 select pg_temp.scan() is not null as scanned \gset
 select is((pg_temp.alert('off_hours_admin', :'admin_a')).details -> 'tables' ? 'entitlements.grants', true,
