@@ -4,7 +4,7 @@
 -- its own, so those rows outlive this transaction: they use fresh ids), each rule below and at
 -- its threshold, repeats, incidents and their state machine, tenant scoping, the outbox.
 begin;
-select plan(82);
+select plan(91);
 \ir fixtures/catalog.sql
 
 -- The SQLSTATE a statement fails with, or 'ok'.
@@ -100,6 +100,13 @@ select set_config('request.jwt.claims', json_build_object('sub', :'user1', 'role
 select throws_ok($$select entitlements.run_task('health_snapshot')$$, '42501') from generate_series(1, 5);
 reset role;
 select is(pg_temp.signals('permission_refused', :'user1', 5), 5::bigint, 'five refused admin calls of one user');
+set local role authenticated;
+select set_config('request.jwt.claims', json_build_object('sub', :'admin_c', 'role', 'authenticated')::text, true) is not null as u \gset
+select count(pg_temp.outcome(format($$select entitlements._require(false, 'probe_%s')$$, i))) as probes from generate_series(1, 40) i \gset
+reset role;
+select is(pg_temp.signals('permission_refused', :'admin_c', 40), 40::bigint, 'forty refusals under forty made-up action names: all counted');
+select cmp_ok((select count(*) from entitlements.security_signals where kind = 'permission_refused' and subject = :'admin_c'),
+              '<=', 17::bigint, 'in at most 16 details and one * (a caller cannot flood the table)');
 select is((select detail from entitlements.security_signals where kind = 'permission_refused' and subject = :'user1' limit 1),
           'run_task', 'naming the action');
 select is((pg_temp.scan() ->> 'alerts_opened')::int >= 1, true, 'the scan opens alerts');
@@ -151,6 +158,16 @@ select is((pg_temp.alert('privilege_change', :'newcomer')).severity, 'high', 'an
 select is((pg_temp.alert('privilege_change', :'intruder')).severity, 'critical',
           'an admin added by a database role, no admin user: critical');
 select is((pg_temp.alert('mass_grants', :'admin_a')).events, 10::bigint, '10 grants by one admin in 10 minutes');
+create role monitoring_sneaky nologin;
+grant entitlements_admin to monitoring_sneaky;
+select pg_temp.scan() is not null as scanned \gset
+select is((select (severity, details ->> 'change') from entitlements.security_alerts
+            where rule = 'privilege_change' and subject = 'role:monitoring_sneaky'),
+          row('critical'::text, 'granted entitlements_admin'::text), 'a database role granted entitlements_admin: critical');
+select pg_temp.scan() is not null as scanned \gset
+select is((pg_temp.alert('privilege_change', 'role:monitoring_sneaky')).count, 1, 'found once');
+select is((select count(*) from entitlements.security_alerts where subject like 'role:%' and rule = 'privilege_change'),
+          1::bigint, 'the roles that were admins at install raise nothing');
 select is((pg_temp.alert('mass_grants', :'admin_b')).id, null, '9 grants by another (over two customers): none');
 select is((pg_temp.alert('customer_many_admins', :'abuser')).events >= 3, true,
           'a customer''s grants changed by three admins');
@@ -236,9 +253,17 @@ select is(pg_temp.outcome(format($$select entitlements.acknowledge_incident(%s)$
 select is(pg_temp.outcome(format($$select entitlements.assign_incident(%s, %L)$$, :incident, :'admin_c')), '55000',
           'a resolved incident is not reassigned');
 select is(pg_temp.outcome(format($$update entitlements.security_incidents set status = 'acknowledged', acknowledged_at = now(), acknowledged_by = 'x' where id = %s$$, :incident)),
-          '55000', 'nor moved by a direct UPDATE');
+          '42501', 'an admin writes incidents only through the functions');
+select is(pg_temp.outcome(format($$update entitlements.security_alerts set status = 'closed', closed_at = now(), severity = 'info' where id = %s$$, :quota_alert)),
+          '42501', 'and alerts not at all');
+select is(pg_temp.outcome(format($$insert into entitlements.incident_notes (incident_id, author, body) values (%s, 'someone else', 'signed by another')$$, :incident)),
+          '42501', 'nor notes in another''s name');
+reset role;
+select is(pg_temp.outcome(format($$update entitlements.security_incidents set status = 'acknowledged', acknowledged_at = now(), acknowledged_by = 'x' where id = %s$$, :incident)),
+          '55000', 'even the owner does not move an incident out of order');
 select is(pg_temp.outcome(format($$update entitlements.security_alerts set status = 'open', closed_at = null where incident_id = %s$$, :incident)),
-          '55000', 'a closed alert stays closed');
+          '55000', 'and a closed alert stays closed');
+set local role authenticated;
 select is((select (status, reopened, resolved_at) from entitlements.reopen_incident(:incident, 'it came back')),
           row('open'::text, 1, null::timestamptz), 'resolved -> open (reopen)');
 select is((select array_agg(body order by id) from entitlements.incident_notes where incident_id = :incident),
@@ -260,6 +285,9 @@ select is(pg_temp.outcome(format($$select entitlements.open_incident('mine', arr
           'nor files it (it does not exist for them)');
 select is(pg_temp.outcome($$select entitlements.configure_security_rule('quota_abuse', threshold => 1000)$$), '42501',
           'nor configures rules');
+select is(pg_temp.outcome(format($$insert into entitlements.security_alerts (rule, subject, dedup_key, tenant_id, severity, events, evidence_until)
+                                   values ('privilege_change', 'x', 'privilege_change:x', %L, 'info', 0, 'infinity')$$, :'tenant2')),
+          '42501', 'nor squats a dedup key with an alert of its own');
 select set_config('request.jwt.claims', json_build_object('sub', :'store_admin1', 'role', 'authenticated')::text, true) is not null as t1 \gset
 select is((select array_agg(subject) from entitlements.security_alerts), array[:'store_customer'],
           'the store''s admin sees its alert only');

@@ -21,7 +21,7 @@ start)
         exit 0
     fi
     as_pg "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start \
-        -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB -c fsync=${PG_FSYNC:-on}" >/dev/null
+        -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_worker_processes=16 -c shared_buffers=256MB -c fsync=${PG_FSYNC:-on}" >/dev/null
     echo "cluster in $dir listening on 127.0.0.1:$port"
     ;;
 stop)

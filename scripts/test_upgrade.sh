@@ -59,7 +59,7 @@ NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_n
              entitlements.features.unit_cost_cents entitlements.usage_ledger.usage_cost_cents entitlements.usage_ledger.metadata
              entitlements.customers.erased_at)
 # Tables new in 0.2.0 that the upgrade fills from 0.1.0's rows, compared apart (below).
-FILLED_TABLES=(entitlements.access_notices entitlements.subscription_history)
+FILLED_TABLES=(entitlements.access_notices entitlements.subscription_history entitlements.security_admin_roles)
 # Columns the upgrade fills in or rewrites on purpose, compared apart (below).
 # The thresholds it sets are a catalog change: audited (one more audit row, compared apart) and
 # a new cache version, so that running backends load them.
@@ -238,6 +238,11 @@ done
         full join entitlements.access_notices n on n.subscription_id = s.id
         where n.subscription_id is null or s.id is null or n.state <> 'granting'")" = 0 ] \
     || fail "access_notices not filled in by the upgrade"
+# The security scan's baseline of admin roles is the cluster's, as at a fresh install.
+[ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.security_admin_roles k
+        full join entitlements._admin_roles() r using (role_name)
+        where k.role_name is null or r.role_name is null or k.superuser <> r.superuser")" = 0 ] \
+    || fail "security_admin_roles not filled in by the upgrade"
 # Every subscription's history starts with its current state, from its creation.
 [ "$(psql_in "$OLD" -At -c "select count(*) from entitlements.subscriptions s
         full join entitlements.subscription_history h on h.subscription_id = s.id

@@ -5745,8 +5745,7 @@ comment on table entitlements.security_signals is
     'Refusals counted per kind, subject, detail and minute, for the security rules. Global admins read them.';
 select pg_catalog.pg_extension_config_dump('entitlements.security_signals', '');
 alter table entitlements.security_signals enable row level security;
-create policy security_signals_admin on entitlements.security_signals for all
-    using (entitlements.is_admin()) with check (entitlements.is_admin());
+create policy security_signals_read on entitlements.security_signals for select using (entitlements.is_admin());
 
 -- Adds counts (the flush worker's, record_signal's): one upsert per key.
 create function entitlements._add_signals(entries jsonb)
@@ -5780,16 +5779,17 @@ returns void language sql volatile
 set search_path = pg_catalog, pg_temp
 as $$ select entitlements._add_signals(entries) $$;
 
--- A refusal the worker saw (an incoming webhook whose signature did not verify). Admins only
--- (the worker's role).
+-- A refusal the worker saw (an incoming webhook whose signature did not verify). Global admins
+-- only (the worker's role); definer, as nobody writes signals directly.
 create function entitlements.record_signal(kind text, subject text, detail text default '', count integer default 1)
-returns void language plpgsql volatile
+returns void language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_now bigint := (extract(epoch from entitlements._statement_now()) * 1000000)::bigint;
 begin
-    perform entitlements._require_admin('record_signal');
+    perform entitlements._require(entitlements._role_is_privileged(entitlements._outer_role())
+                                  or entitlements._is_listed_admin(null), 'record_signal');
     if kind is null or kind not in ('webhook_refused') then
         raise exception 'kind must be webhook_refused, not %', coalesce(kind, 'NULL') using errcode = '22023';
     end if;
@@ -5980,19 +5980,22 @@ as $$
 $$;
 
 -- Signals of one kind per subject over the threshold in the window (by the engine clock).
+-- The details listed are the 20 most counted (a caller chooses some of them).
 create function entitlements._signal_findings(p_kind text, p_threshold integer, p_window interval, p_severity text)
 returns setof entitlements.security_finding language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select s.subject, entitlements._subject_customer(s.subject), sum(s.count)::bigint, min(s.first_at), max(s.last_at),
-           p_severity,
-           jsonb_build_object('by_detail', jsonb_object_agg(s.detail, s.count))
-      from (select x.subject, x.detail, sum(x.count) as count, min(x.first_at) as first_at, max(x.last_at) as last_at
+    select s.subject, entitlements._subject_customer(s.subject), s.total, s.first_at, s.last_at, p_severity,
+           jsonb_build_object('by_detail', (
+               select jsonb_object_agg(d.detail, d.count)
+                 from (select x.detail, sum(x.count) as count from entitlements.security_signals x
+                        where x.kind = p_kind and x.subject = s.subject and x.last_at > entitlements.now() - p_window
+                        group by x.detail order by 2 desc, 1 limit 20) d))
+      from (select x.subject, sum(x.count)::bigint as total, min(x.first_at) as first_at, max(x.last_at) as last_at
               from entitlements.security_signals x
              where x.kind = p_kind and x.last_at > entitlements.now() - p_window
-             group by x.subject, x.detail) s
-     group by s.subject
-    having sum(s.count) >= p_threshold
+             group by x.subject
+            having sum(x.count) >= p_threshold) s
 $$;
 
 -- Who made an audited change: the user id, else the role.
@@ -6000,13 +6003,43 @@ create function entitlements._audit_actor(a entitlements.audit_log)
 returns text language sql immutable parallel safe
 as $$ select coalesce(a.actor::text, 'role:' || a.actor_role) $$;
 
+-- Database roles that administer the engine (superusers and members of entitlements_admin)
+-- as the last scan saw them, so one granted since is found. Filled at install, not dumped: a
+-- restored database starts from the roles of its own cluster.
+create table entitlements.security_admin_roles (
+    role_name text primary key,
+    superuser boolean not null,
+    seen_at   timestamptz not null default entitlements.now()
+);
+comment on table entitlements.security_admin_roles is
+    'Database roles with admin powers over the engine as the security scan last saw them (privilege_change).';
+alter table entitlements.security_admin_roles enable row level security;
+create policy security_admin_roles_read on entitlements.security_admin_roles for select using (entitlements.is_admin());
+
+create function entitlements._admin_roles()
+returns table (role_name text, superuser boolean) language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select r.rolname::text, r.rolsuper from pg_roles r
+     where r.rolsuper or pg_has_role(r.oid, 'entitlements_admin', 'MEMBER')
+$$;
+insert into entitlements.security_admin_roles (role_name, superuser) select * from entitlements._admin_roles();
+
 -- privilege_change: every new admin row, and a tenant admin made global. Critical when the
 -- actor is the new admin, or no admin user made it (a database role by direct SQL), or
--- the actor user was not an admin at all.
+-- the actor user was not an admin at all. And, always critical, a database role that became
+-- a superuser or got entitlements_admin since the last scan (nothing audits a GRANT).
 create function entitlements._rule_privilege_change(p_threshold integer, p_window interval, p_severity text)
 returns setof entitlements.security_finding language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
+    select 'role:' || r.role_name, null::uuid, 1::bigint, entitlements.now(), entitlements.now(), 'critical',
+           jsonb_build_object('role', r.role_name, 'superuser', r.superuser,
+                              'change', case when r.superuser then 'superuser' else 'granted entitlements_admin' end)
+      from entitlements._admin_roles() r
+     where not exists (select 1 from entitlements.security_admin_roles k
+                        where k.role_name = r.role_name and k.superuser >= r.superuser)
+    union all
     select a.new_values ->> 'user_id', null::uuid, count(*), min(a.at), max(a.at),
            case when bool_or(a.actor is null or a.actor::text = a.new_values ->> 'user_id'
                              or not exists (select 1 from entitlements.admins x
@@ -6143,7 +6176,9 @@ $$;
 -- Incidents group alerts and move open -> acknowledged -> resolved (and back to open), the
 -- database refusing any other move; every change is audited. An alert or incident about a
 -- customer of a tenant (store) belongs to that tenant, and its admins see it; the rest are for
--- global admins.
+-- global admins. Nobody writes these tables directly (no grants): the scan and the incident
+-- functions are SECURITY DEFINER, check the real caller, and set who did what themselves, so
+-- an alert cannot be pre-empted, edited or closed and a note cannot be signed in another name.
 
 create function entitlements._severity_rank(severity text)
 returns integer language sql immutable parallel safe strict
@@ -6289,6 +6324,14 @@ $$;
 create trigger security_alerts_check before insert or update on entitlements.security_alerts
     for each row execute function entitlements._alert_check();
 
+-- Is the real caller (outside these definer functions) an admin of `tenant` (NULL: global)?
+create function entitlements._caller_administers(tenant uuid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(tenant)
+$$;
+
 -- The scan ---------------------------------------------------------------------------------
 
 -- High and critical alerts, once per alert and severity, through the outbox: app webhooks
@@ -6309,9 +6352,10 @@ begin
 end
 $$;
 
--- Runs every enabled rule; each finding opens an alert or repeats the open one.
+-- Runs every enabled rule; each finding opens an alert or repeats the open one. Definer: it
+-- reads the whole audit log and signals and writes alerts; global admins only.
 create function entitlements._task_security_scan()
-returns jsonb language plpgsql volatile
+returns jsonb language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -6323,6 +6367,7 @@ declare
     v_pruned bigint;
     v_severity text;
 begin
+    perform entitlements._require(entitlements._caller_administers(null), 'security_scan');
     for r in select * from entitlements.security_rules() x where x.enabled order by x.rule loop
         for f in select * from entitlements._rule_findings(r.rule, r.threshold, r.window_length, r.severity, r.config) loop
             v_severity := coalesce(f.severity, r.severity);
@@ -6351,6 +6396,15 @@ begin
             end if;
         end loop;
     end loop;
+    -- The admin roles seen now are the ones the next scan compares with.
+    if exists (select 1 from entitlements.security_rules() x where x.rule = 'privilege_change' and x.enabled) then
+        delete from entitlements.security_admin_roles k
+         where not exists (select 1 from entitlements._admin_roles() x where x.role_name = k.role_name);
+        insert into entitlements.security_admin_roles as k (role_name, superuser)
+        select x.role_name, x.superuser from entitlements._admin_roles() x
+        on conflict (role_name) do update set superuser = excluded.superuser, seen_at = entitlements.now()
+         where k.superuser is distinct from excluded.superuser;
+    end if;
     -- Signals older than a week serve no rule (a window is at most 7 days).
     delete from entitlements.security_signals s where s.last_at < entitlements.now() - interval '7 days';
     get diagnostics v_pruned = row_count;
@@ -6361,8 +6415,8 @@ $$;
 
 -- Incidents ------------------------------------------------------------------------------------
 
--- The incident, locked, as the caller may see it; 22023 when there is none (or it is another
--- tenant's: RLS hides it).
+-- The incident, locked, if the real caller administers its tenant; 22023 when there is none
+-- or it is another tenant's (the same answer: nothing is revealed).
 create function entitlements._incident_for_update(p_incident bigint)
 returns entitlements.security_incidents language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -6374,7 +6428,7 @@ begin
         raise exception 'incident must not be NULL' using errcode = '22004';
     end if;
     select * into v from entitlements.security_incidents i where i.id = p_incident for update;
-    if v.id is null then
+    if v.id is null or not entitlements._caller_administers(v.tenant_id) then
         raise exception 'no incident %', p_incident using errcode = '22023';
     end if;
     return v;
@@ -6385,7 +6439,7 @@ $$;
 -- theirs; with no alerts, `tenant` (NULL: global admins').
 create function entitlements.open_incident(title text, alerts bigint[] default '{}', severity text default null,
                                            assignee uuid default null, tenant uuid default null)
-returns bigint language plpgsql volatile
+returns bigint language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -6401,9 +6455,10 @@ begin
         select array_agg(distinct a.tenant_id),
                (array_agg(a.severity order by entitlements._severity_rank(a.severity) desc))[1]
           into v_tenants, v_severity
-          from entitlements.security_alerts a where a.id = any (alerts);
+          from entitlements.security_alerts a where a.id = any (alerts) and entitlements._caller_administers(a.tenant_id);
         v_severity := coalesce(severity, v_severity);
-        if (select count(*) from entitlements.security_alerts a where a.id = any (alerts))
+        if (select count(*) from entitlements.security_alerts a
+             where a.id = any (alerts) and entitlements._caller_administers(a.tenant_id))
            <> (select count(distinct x) from unnest(alerts) x) then
             raise exception 'no alert with some of the ids %', alerts using errcode = '22023';
         end if;
@@ -6415,7 +6470,7 @@ begin
             raise exception 'the alerts belong to another tenant than %', tenant using errcode = '22023';
         end if;
     end if;
-    perform entitlements._require_admin('open_incident', v_tenant);
+    perform entitlements._require(entitlements._caller_administers(v_tenant), 'open_incident');
     insert into entitlements.security_incidents (tenant_id, title, severity, assignee, opened_by)
     values (v_tenant, title, coalesce(v_severity, 'medium'), assignee, entitlements._principal())
     returning id into v_id;
@@ -6430,14 +6485,14 @@ comment on function entitlements.open_incident(text, bigint[], text, uuid, uuid)
 
 -- File alerts into an incident (open, of its tenant, in no other incident).
 create function entitlements.attach_alerts(incident bigint, alerts bigint[])
-returns integer language plpgsql volatile
+returns integer language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
     v_n integer;
 begin
-    perform entitlements._require_admin('attach_alerts', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'attach_alerts');
     if alerts is null or cardinality(alerts) = 0 or array_position(alerts, null) is not null then
         raise exception 'alerts must be a non-empty array of ids' using errcode = '22023';
     end if;
@@ -6445,10 +6500,12 @@ begin
         raise exception 'incident % is resolved: reopen it first', v.id using errcode = '55000';
     end if;
     if exists (select 1 from entitlements.security_alerts a
-                where a.id = any (alerts) and a.incident_id is not null and a.incident_id <> v.id) then
+                where a.id = any (alerts) and a.tenant_id is not distinct from v.tenant_id
+                  and a.incident_id is not null and a.incident_id <> v.id) then
         raise exception 'an alert of % is in another incident', alerts using errcode = '22023';
     end if;
-    update entitlements.security_alerts a set incident_id = v.id where a.id = any (alerts);
+    update entitlements.security_alerts a set incident_id = v.id
+     where a.id = any (alerts) and a.tenant_id is not distinct from v.tenant_id;
     get diagnostics v_n = row_count;
     if v_n <> (select count(distinct x) from unnest(alerts) x) then
         raise exception 'no alert with some of the ids %', alerts using errcode = '22023';
@@ -6467,13 +6524,13 @@ as $$
 $$;
 
 create function entitlements.add_incident_note(incident bigint, body text)
-returns void language plpgsql volatile
+returns void language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('add_incident_note', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'add_incident_note');
     if nullif(btrim(body), '') is null then
         raise exception 'body must not be empty' using errcode = '22023';
     end if;
@@ -6483,13 +6540,13 @@ $$;
 comment on function entitlements.add_incident_note(bigint, text) is 'Add a note to an incident.';
 
 create function entitlements.acknowledge_incident(incident bigint, note text default null)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('acknowledge_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'acknowledge_incident');
     update entitlements.security_incidents i
        set status = 'acknowledged', acknowledged_at = entitlements.now(), acknowledged_by = entitlements._principal()
      where i.id = v.id
@@ -6502,13 +6559,13 @@ comment on function entitlements.acknowledge_incident(bigint, text) is 'open -> 
 
 -- The assignee is an admin who can see the incident (a global one, or of its tenant).
 create function entitlements.assign_incident(incident bigint, assignee uuid, note text default null)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('assign_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'assign_incident');
     if assignee is not null and not entitlements._user_administers(assignee, v.tenant_id) then
         raise exception 'user % is not an admin of this incident''s tenant', assignee using errcode = '22023';
     end if;
@@ -6538,13 +6595,13 @@ $$;
 
 -- Resolving closes the incident's open alerts: the rule opens a new one if it finds it again.
 create function entitlements.resolve_incident(incident bigint, resolution text)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('resolve_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'resolve_incident');
     if nullif(btrim(resolution), '') is null then
         raise exception 'resolution must say what was found and done' using errcode = '22023';
     end if;
@@ -6562,13 +6619,13 @@ comment on function entitlements.resolve_incident(bigint, text) is
     '-> resolved, with who and when; its open alerts close.';
 
 create function entitlements.reopen_incident(incident bigint, reason text)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('reopen_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'reopen_incident');
     if nullif(btrim(reason), '') is null then
         raise exception 'reason must not be empty' using errcode = '22023';
     end if;
@@ -7275,13 +7332,9 @@ grant insert, update on entitlements.webhook_endpoints, entitlements.email_templ
 grant delete on entitlements.email_templates to entitlements_api, entitlements_admin;
 grant insert, update on entitlements.deliveries to entitlements_api, entitlements_admin;
 grant insert on entitlements.delivery_attempts to entitlements_api, entitlements_admin;
--- Security monitoring: admins (RLS: global ones, tenant admins for their tenant's alerts and
--- incidents) configure rules, run the scan, and work incidents; notes are never edited.
-grant insert, update, delete on entitlements.security_signals, entitlements.security_rules
-    to entitlements_api, entitlements_admin;
-grant insert, update on entitlements.security_alerts, entitlements.security_incidents
-    to entitlements_api, entitlements_admin;
-grant insert on entitlements.incident_notes to entitlements_api, entitlements_admin;
+-- Security monitoring: global admins configure the rules (RLS); signals, alerts, incidents
+-- and notes are written only by the definer functions (monitoring/), which check the caller.
+grant insert, update, delete on entitlements.security_rules to entitlements_api, entitlements_admin;
     for o in
         select format('function %I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
           from pg_depend d
@@ -7329,6 +7382,8 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     -- Refusal counts: _meter (definer) names the customer; the flush worker writes them.
     entitlements._note_refusal(text, text, text), entitlements._record_signals(jsonb),
     entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check(),
+    entitlements._add_signals(jsonb), entitlements._incident_for_update(bigint), entitlements._incident_note(bigint, text),
+    entitlements._alert_event(entitlements.security_alerts),
     -- Erasure: the guard trigger, and the readers export and erasure use around RLS.
     entitlements._customer_erasure_guard(), entitlements._privacy_known(uuid), entitlements._privacy_json_emails(uuid)
     from entitlements_api, entitlements_admin;

@@ -5,7 +5,9 @@
 -- Incidents group alerts and move open -> acknowledged -> resolved (and back to open), the
 -- database refusing any other move; every change is audited. An alert or incident about a
 -- customer of a tenant (store) belongs to that tenant, and its admins see it; the rest are for
--- global admins.
+-- global admins. Nobody writes these tables directly (no grants): the scan and the incident
+-- functions are SECURITY DEFINER, check the real caller, and set who did what themselves, so
+-- an alert cannot be pre-empted, edited or closed and a note cannot be signed in another name.
 
 create function entitlements._severity_rank(severity text)
 returns integer language sql immutable parallel safe strict
@@ -151,6 +153,14 @@ $$;
 create trigger security_alerts_check before insert or update on entitlements.security_alerts
     for each row execute function entitlements._alert_check();
 
+-- Is the real caller (outside these definer functions) an admin of `tenant` (NULL: global)?
+create function entitlements._caller_administers(tenant uuid)
+returns boolean language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(tenant)
+$$;
+
 -- The scan ---------------------------------------------------------------------------------
 
 -- High and critical alerts, once per alert and severity, through the outbox: app webhooks
@@ -171,9 +181,10 @@ begin
 end
 $$;
 
--- Runs every enabled rule; each finding opens an alert or repeats the open one.
+-- Runs every enabled rule; each finding opens an alert or repeats the open one. Definer: it
+-- reads the whole audit log and signals and writes alerts; global admins only.
 create function entitlements._task_security_scan()
-returns jsonb language plpgsql volatile
+returns jsonb language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -185,6 +196,7 @@ declare
     v_pruned bigint;
     v_severity text;
 begin
+    perform entitlements._require(entitlements._caller_administers(null), 'security_scan');
     for r in select * from entitlements.security_rules() x where x.enabled order by x.rule loop
         for f in select * from entitlements._rule_findings(r.rule, r.threshold, r.window_length, r.severity, r.config) loop
             v_severity := coalesce(f.severity, r.severity);
@@ -213,6 +225,15 @@ begin
             end if;
         end loop;
     end loop;
+    -- The admin roles seen now are the ones the next scan compares with.
+    if exists (select 1 from entitlements.security_rules() x where x.rule = 'privilege_change' and x.enabled) then
+        delete from entitlements.security_admin_roles k
+         where not exists (select 1 from entitlements._admin_roles() x where x.role_name = k.role_name);
+        insert into entitlements.security_admin_roles as k (role_name, superuser)
+        select x.role_name, x.superuser from entitlements._admin_roles() x
+        on conflict (role_name) do update set superuser = excluded.superuser, seen_at = entitlements.now()
+         where k.superuser is distinct from excluded.superuser;
+    end if;
     -- Signals older than a week serve no rule (a window is at most 7 days).
     delete from entitlements.security_signals s where s.last_at < entitlements.now() - interval '7 days';
     get diagnostics v_pruned = row_count;
@@ -223,8 +244,8 @@ $$;
 
 -- Incidents ------------------------------------------------------------------------------------
 
--- The incident, locked, as the caller may see it; 22023 when there is none (or it is another
--- tenant's: RLS hides it).
+-- The incident, locked, if the real caller administers its tenant; 22023 when there is none
+-- or it is another tenant's (the same answer: nothing is revealed).
 create function entitlements._incident_for_update(p_incident bigint)
 returns entitlements.security_incidents language plpgsql volatile
 set search_path = pg_catalog, pg_temp
@@ -236,7 +257,7 @@ begin
         raise exception 'incident must not be NULL' using errcode = '22004';
     end if;
     select * into v from entitlements.security_incidents i where i.id = p_incident for update;
-    if v.id is null then
+    if v.id is null or not entitlements._caller_administers(v.tenant_id) then
         raise exception 'no incident %', p_incident using errcode = '22023';
     end if;
     return v;
@@ -247,7 +268,7 @@ $$;
 -- theirs; with no alerts, `tenant` (NULL: global admins').
 create function entitlements.open_incident(title text, alerts bigint[] default '{}', severity text default null,
                                            assignee uuid default null, tenant uuid default null)
-returns bigint language plpgsql volatile
+returns bigint language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -263,9 +284,10 @@ begin
         select array_agg(distinct a.tenant_id),
                (array_agg(a.severity order by entitlements._severity_rank(a.severity) desc))[1]
           into v_tenants, v_severity
-          from entitlements.security_alerts a where a.id = any (alerts);
+          from entitlements.security_alerts a where a.id = any (alerts) and entitlements._caller_administers(a.tenant_id);
         v_severity := coalesce(severity, v_severity);
-        if (select count(*) from entitlements.security_alerts a where a.id = any (alerts))
+        if (select count(*) from entitlements.security_alerts a
+             where a.id = any (alerts) and entitlements._caller_administers(a.tenant_id))
            <> (select count(distinct x) from unnest(alerts) x) then
             raise exception 'no alert with some of the ids %', alerts using errcode = '22023';
         end if;
@@ -277,7 +299,7 @@ begin
             raise exception 'the alerts belong to another tenant than %', tenant using errcode = '22023';
         end if;
     end if;
-    perform entitlements._require_admin('open_incident', v_tenant);
+    perform entitlements._require(entitlements._caller_administers(v_tenant), 'open_incident');
     insert into entitlements.security_incidents (tenant_id, title, severity, assignee, opened_by)
     values (v_tenant, title, coalesce(v_severity, 'medium'), assignee, entitlements._principal())
     returning id into v_id;
@@ -292,14 +314,14 @@ comment on function entitlements.open_incident(text, bigint[], text, uuid, uuid)
 
 -- File alerts into an incident (open, of its tenant, in no other incident).
 create function entitlements.attach_alerts(incident bigint, alerts bigint[])
-returns integer language plpgsql volatile
+returns integer language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
     v_n integer;
 begin
-    perform entitlements._require_admin('attach_alerts', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'attach_alerts');
     if alerts is null or cardinality(alerts) = 0 or array_position(alerts, null) is not null then
         raise exception 'alerts must be a non-empty array of ids' using errcode = '22023';
     end if;
@@ -307,10 +329,12 @@ begin
         raise exception 'incident % is resolved: reopen it first', v.id using errcode = '55000';
     end if;
     if exists (select 1 from entitlements.security_alerts a
-                where a.id = any (alerts) and a.incident_id is not null and a.incident_id <> v.id) then
+                where a.id = any (alerts) and a.tenant_id is not distinct from v.tenant_id
+                  and a.incident_id is not null and a.incident_id <> v.id) then
         raise exception 'an alert of % is in another incident', alerts using errcode = '22023';
     end if;
-    update entitlements.security_alerts a set incident_id = v.id where a.id = any (alerts);
+    update entitlements.security_alerts a set incident_id = v.id
+     where a.id = any (alerts) and a.tenant_id is not distinct from v.tenant_id;
     get diagnostics v_n = row_count;
     if v_n <> (select count(distinct x) from unnest(alerts) x) then
         raise exception 'no alert with some of the ids %', alerts using errcode = '22023';
@@ -329,13 +353,13 @@ as $$
 $$;
 
 create function entitlements.add_incident_note(incident bigint, body text)
-returns void language plpgsql volatile
+returns void language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('add_incident_note', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'add_incident_note');
     if nullif(btrim(body), '') is null then
         raise exception 'body must not be empty' using errcode = '22023';
     end if;
@@ -345,13 +369,13 @@ $$;
 comment on function entitlements.add_incident_note(bigint, text) is 'Add a note to an incident.';
 
 create function entitlements.acknowledge_incident(incident bigint, note text default null)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('acknowledge_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'acknowledge_incident');
     update entitlements.security_incidents i
        set status = 'acknowledged', acknowledged_at = entitlements.now(), acknowledged_by = entitlements._principal()
      where i.id = v.id
@@ -364,13 +388,13 @@ comment on function entitlements.acknowledge_incident(bigint, text) is 'open -> 
 
 -- The assignee is an admin who can see the incident (a global one, or of its tenant).
 create function entitlements.assign_incident(incident bigint, assignee uuid, note text default null)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('assign_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'assign_incident');
     if assignee is not null and not entitlements._user_administers(assignee, v.tenant_id) then
         raise exception 'user % is not an admin of this incident''s tenant', assignee using errcode = '22023';
     end if;
@@ -400,13 +424,13 @@ $$;
 
 -- Resolving closes the incident's open alerts: the rule opens a new one if it finds it again.
 create function entitlements.resolve_incident(incident bigint, resolution text)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('resolve_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'resolve_incident');
     if nullif(btrim(resolution), '') is null then
         raise exception 'resolution must say what was found and done' using errcode = '22023';
     end if;
@@ -424,13 +448,13 @@ comment on function entitlements.resolve_incident(bigint, text) is
     '-> resolved, with who and when; its open alerts close.';
 
 create function entitlements.reopen_incident(incident bigint, reason text)
-returns entitlements.security_incidents language plpgsql volatile
+returns entitlements.security_incidents language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
-    perform entitlements._require_admin('reopen_incident', v.tenant_id);
+    perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'reopen_incident');
     if nullif(btrim(reason), '') is null then
         raise exception 'reason must not be empty' using errcode = '22023';
     end if;

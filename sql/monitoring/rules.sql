@@ -169,19 +169,22 @@ as $$
 $$;
 
 -- Signals of one kind per subject over the threshold in the window (by the engine clock).
+-- The details listed are the 20 most counted (a caller chooses some of them).
 create function entitlements._signal_findings(p_kind text, p_threshold integer, p_window interval, p_severity text)
 returns setof entitlements.security_finding language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select s.subject, entitlements._subject_customer(s.subject), sum(s.count)::bigint, min(s.first_at), max(s.last_at),
-           p_severity,
-           jsonb_build_object('by_detail', jsonb_object_agg(s.detail, s.count))
-      from (select x.subject, x.detail, sum(x.count) as count, min(x.first_at) as first_at, max(x.last_at) as last_at
+    select s.subject, entitlements._subject_customer(s.subject), s.total, s.first_at, s.last_at, p_severity,
+           jsonb_build_object('by_detail', (
+               select jsonb_object_agg(d.detail, d.count)
+                 from (select x.detail, sum(x.count) as count from entitlements.security_signals x
+                        where x.kind = p_kind and x.subject = s.subject and x.last_at > entitlements.now() - p_window
+                        group by x.detail order by 2 desc, 1 limit 20) d))
+      from (select x.subject, sum(x.count)::bigint as total, min(x.first_at) as first_at, max(x.last_at) as last_at
               from entitlements.security_signals x
              where x.kind = p_kind and x.last_at > entitlements.now() - p_window
-             group by x.subject, x.detail) s
-     group by s.subject
-    having sum(s.count) >= p_threshold
+             group by x.subject
+            having sum(x.count) >= p_threshold) s
 $$;
 
 -- Who made an audited change: the user id, else the role.
@@ -189,13 +192,43 @@ create function entitlements._audit_actor(a entitlements.audit_log)
 returns text language sql immutable parallel safe
 as $$ select coalesce(a.actor::text, 'role:' || a.actor_role) $$;
 
+-- Database roles that administer the engine (superusers and members of entitlements_admin)
+-- as the last scan saw them, so one granted since is found. Filled at install, not dumped: a
+-- restored database starts from the roles of its own cluster.
+create table entitlements.security_admin_roles (
+    role_name text primary key,
+    superuser boolean not null,
+    seen_at   timestamptz not null default entitlements.now()
+);
+comment on table entitlements.security_admin_roles is
+    'Database roles with admin powers over the engine as the security scan last saw them (privilege_change).';
+alter table entitlements.security_admin_roles enable row level security;
+create policy security_admin_roles_read on entitlements.security_admin_roles for select using (entitlements.is_admin());
+
+create function entitlements._admin_roles()
+returns table (role_name text, superuser boolean) language sql stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select r.rolname::text, r.rolsuper from pg_roles r
+     where r.rolsuper or pg_has_role(r.oid, 'entitlements_admin', 'MEMBER')
+$$;
+insert into entitlements.security_admin_roles (role_name, superuser) select * from entitlements._admin_roles();
+
 -- privilege_change: every new admin row, and a tenant admin made global. Critical when the
 -- actor is the new admin, or no admin user made it (a database role by direct SQL), or
--- the actor user was not an admin at all.
+-- the actor user was not an admin at all. And, always critical, a database role that became
+-- a superuser or got entitlements_admin since the last scan (nothing audits a GRANT).
 create function entitlements._rule_privilege_change(p_threshold integer, p_window interval, p_severity text)
 returns setof entitlements.security_finding language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
+    select 'role:' || r.role_name, null::uuid, 1::bigint, entitlements.now(), entitlements.now(), 'critical',
+           jsonb_build_object('role', r.role_name, 'superuser', r.superuser,
+                              'change', case when r.superuser then 'superuser' else 'granted entitlements_admin' end)
+      from entitlements._admin_roles() r
+     where not exists (select 1 from entitlements.security_admin_roles k
+                        where k.role_name = r.role_name and k.superuser >= r.superuser)
+    union all
     select a.new_values ->> 'user_id', null::uuid, count(*), min(a.at), max(a.at),
            case when bool_or(a.actor is null or a.actor::text = a.new_values ->> 'user_id'
                              or not exists (select 1 from entitlements.admins x

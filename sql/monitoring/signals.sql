@@ -29,8 +29,7 @@ comment on table entitlements.security_signals is
     'Refusals counted per kind, subject, detail and minute, for the security rules. Global admins read them.';
 select pg_catalog.pg_extension_config_dump('entitlements.security_signals', '');
 alter table entitlements.security_signals enable row level security;
-create policy security_signals_admin on entitlements.security_signals for all
-    using (entitlements.is_admin()) with check (entitlements.is_admin());
+create policy security_signals_read on entitlements.security_signals for select using (entitlements.is_admin());
 
 -- Adds counts (the flush worker's, record_signal's): one upsert per key.
 create function entitlements._add_signals(entries jsonb)
@@ -64,16 +63,17 @@ returns void language sql volatile
 set search_path = pg_catalog, pg_temp
 as $$ select entitlements._add_signals(entries) $$;
 
--- A refusal the worker saw (an incoming webhook whose signature did not verify). Admins only
--- (the worker's role).
+-- A refusal the worker saw (an incoming webhook whose signature did not verify). Global admins
+-- only (the worker's role); definer, as nobody writes signals directly.
 create function entitlements.record_signal(kind text, subject text, detail text default '', count integer default 1)
-returns void language plpgsql volatile
+returns void language plpgsql volatile security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
     v_now bigint := (extract(epoch from entitlements._statement_now()) * 1000000)::bigint;
 begin
-    perform entitlements._require_admin('record_signal');
+    perform entitlements._require(entitlements._role_is_privileged(entitlements._outer_role())
+                                  or entitlements._is_listed_admin(null), 'record_signal');
     if kind is null or kind not in ('webhook_refused') then
         raise exception 'kind must be webhook_refused, not %', coalesce(kind, 'NULL') using errcode = '22023';
     end if;

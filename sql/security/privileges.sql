@@ -45,13 +45,9 @@ grant insert, update on entitlements.webhook_endpoints, entitlements.email_templ
 grant delete on entitlements.email_templates to entitlements_api, entitlements_admin;
 grant insert, update on entitlements.deliveries to entitlements_api, entitlements_admin;
 grant insert on entitlements.delivery_attempts to entitlements_api, entitlements_admin;
--- Security monitoring: admins (RLS: global ones, tenant admins for their tenant's alerts and
--- incidents) configure rules, run the scan, and work incidents; notes are never edited.
-grant insert, update, delete on entitlements.security_signals, entitlements.security_rules
-    to entitlements_api, entitlements_admin;
-grant insert, update on entitlements.security_alerts, entitlements.security_incidents
-    to entitlements_api, entitlements_admin;
-grant insert on entitlements.incident_notes to entitlements_api, entitlements_admin;
+-- Security monitoring: global admins configure the rules (RLS); signals, alerts, incidents
+-- and notes are written only by the definer functions (monitoring/), which check the caller.
+grant insert, update, delete on entitlements.security_rules to entitlements_api, entitlements_admin;
 
 -- Owner only: SECURITY DEFINER triggers (nobody may attach them elsewhere; a trigger that
 -- fires needs no EXECUTE), and what reads around RLS without asking who calls.
@@ -84,6 +80,8 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     -- Refusal counts: _meter (definer) names the customer; the flush worker writes them.
     entitlements._note_refusal(text, text, text), entitlements._record_signals(jsonb),
     entitlements._check_security_rule(), entitlements._incident_transition(), entitlements._alert_check(),
+    entitlements._add_signals(jsonb), entitlements._incident_for_update(bigint), entitlements._incident_note(bigint, text),
+    entitlements._alert_event(entitlements.security_alerts),
     -- Erasure: the guard trigger, and the readers export and erasure use around RLS.
     entitlements._customer_erasure_guard(), entitlements._privacy_known(uuid), entitlements._privacy_json_emails(uuid)
     from entitlements_api, entitlements_admin;

@@ -127,7 +127,7 @@ async fn environment_wins_over_the_file_and_secrets_stay_secret() {
         format!(
             "database_url = \"{secret_url}\"\nlisten_addr = \"{file_addr}\"\nworker_id = \"from-file\"\n\
              [scheduler.tasks]\nhealth_snapshot = \"150ms\"\nexpire_subscriptions = \"off\"\ncorrect_entitlements = \"off\"\nprune_task_runs = \"off\"\n\
-             usage_partitions = \"off\"\nretention = \"off\"\ntime_events = \"off\"\n\
+             usage_partitions = \"off\"\nretention = \"off\"\ntime_events = \"off\"\nsecurity_scan = \"off\"\n\
              [stripe]\nwebhook_secret = \"whsec_FILE-SECRET\"\n"
         ),
     )

@@ -23,11 +23,17 @@ use std::time::{Duration, Instant};
 /// How long a worker collects before it writes, and so the least time between two workers
 /// of one backend.
 const FLUSH_DELAY: Duration = Duration::from_millis(1000);
+/// After no worker could be started (every slot taken), the next refusal tries again this soon.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// A backend exiting with counts no worker could take waits this long for a slot.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
 /// A segment no worker closed after this long lost its worker (it never started, or died):
 /// the backend takes its counts back.
 const RECLAIM_AFTER: Duration = Duration::from_secs(30);
 /// Distinct (kind, subject, detail, minute) counts one segment holds; more are counted as dropped.
 const CAPACITY: usize = 256;
+/// Distinct details one subject keeps in a segment; more are counted under `*`.
+const DETAILS_PER_SUBJECT: usize = 16;
 /// Subjects (a customer id, a role) and details (a feature key, an action) are kept to this
 /// many bytes.
 const TEXT_MAX: usize = 63;
@@ -188,7 +194,8 @@ struct Tally {
     /// Counts no worker has yet (no slot was free, or a worker was lost).
     carried: Vec<Entry>,
     carried_dropped: u64,
-    last_launch: Option<Instant>,
+    /// When the next worker may start (FLUSH_DELAY after one started, RETRY_AFTER after none could).
+    next_launch: Option<Instant>,
 }
 
 thread_local! {
@@ -253,7 +260,7 @@ impl Tally {
         } else {
             self.carried_dropped = self.carried_dropped.saturating_add(entry.count);
         }
-        if self.last_launch.is_none_or(|t| t.elapsed() >= FLUSH_DELAY) {
+        if self.next_launch.is_none_or(|t| Instant::now() >= t) {
             self.launch();
         }
     }
@@ -281,14 +288,15 @@ impl Tally {
         unsafe { pg_sys::dsm_detach(open.seg) };
     }
 
-    /// A new segment with the carried counts, and a worker to write it.
-    fn launch(&mut self) {
-        self.last_launch = Some(Instant::now());
+    /// A new segment with the carried counts, and a worker to write it; false when no worker
+    /// could be started (the counts stay carried).
+    fn launch(&mut self) -> bool {
+        self.next_launch = Some(Instant::now() + RETRY_AFTER);
         // SAFETY: dsm_create returns NULL (with this flag) rather than raising when no segment is left.
         let seg =
             unsafe { pg_sys::dsm_create(std::mem::size_of::<Shared>(), pg_sys::DSM_CREATE_NULL_IF_MAXSEGMENTS as i32) };
         if seg.is_null() {
-            return;
+            return false;
         }
         // SAFETY: a fresh segment of the right size; we write every field before sharing it.
         let (shared, handle) = unsafe {
@@ -322,34 +330,58 @@ impl Tally {
                 pg_sys::dsm_unpin_segment(handle);
                 pg_sys::dsm_detach(seg);
             }
-            return;
+            return false;
         }
+        self.next_launch = Some(Instant::now() + FLUSH_DELAY);
         let slots = self.carried.iter().enumerate().map(|(i, e)| (e.key(), i)).collect();
         self.carried.clear();
         self.carried_dropped = 0;
         self.open = Some(Open { seg, shared, handle, opened: Instant::now(), slots });
+        true
     }
 }
 
 /// A backend that exits with counts no worker has (no slot was free when it tried) starts one
-/// for them: the segment is pinned, so it outlives the backend.
+/// for them, waiting up to EXIT_WAIT for a slot (flush workers free theirs within a second):
+/// the segment is pinned, so it outlives the backend.
 #[pg_guard]
 unsafe extern "C-unwind" fn hand_over_at_exit(_code: i32, _arg: pg_sys::Datum) {
     TALLY.with_borrow_mut(|t| {
-        if !t.carried.is_empty() || t.carried_dropped > 0 {
-            t.launch();
+        let until = Instant::now() + EXIT_WAIT;
+        while (!t.carried.is_empty() || t.carried_dropped > 0) && !t.launch() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
         }
     });
 }
 
-/// Adds `entry` to a table of `len` counts, merging with the same key.
+/// Adds `entry` to a table of `len` counts, merging with the same key. A subject's details
+/// beyond DETAILS_PER_SUBJECT (a caller chooses some: action names) and any count the table
+/// has no room for go under detail `*` of the same subject, so the rules, which count per
+/// subject, still see them; only when even that does not fit is the count dropped.
 fn add(entries: &mut [Entry], len: &mut u32, dropped: &mut u64, slots: &mut HashMap<Key, usize>, entry: &Entry) {
     let key = entry.key();
     if let Some(&i) = slots.get(&key) {
         entries[i].merge(entry);
-    } else if (*len as usize) < entries.len().min(CAPACITY) {
+        return;
+    }
+    let room = (*len as usize) < entries.len().min(CAPACITY);
+    let details = slots.keys().filter(|k| k.0 == key.0 && k.1 == key.1 && k.2 == key.2).count();
+    if room && details < DETAILS_PER_SUBJECT {
         entries[*len as usize] = *entry;
         slots.insert(key, *len as usize);
+        *len += 1;
+        return;
+    }
+    let mut rest = *entry;
+    rest.detail = [0; TEXT_MAX];
+    rest.detail[0] = b'*';
+    rest.detail_len = 1;
+    let rest_key = rest.key();
+    if let Some(&i) = slots.get(&rest_key) {
+        entries[i].merge(&rest);
+    } else if room {
+        entries[*len as usize] = rest;
+        slots.insert(rest_key, *len as usize);
         *len += 1;
     } else {
         *dropped = dropped.saturating_add(entry.count);
@@ -398,6 +430,8 @@ pub extern "C-unwind" fn pg_entitlements_signal_flush(arg: pg_sys::Datum) {
             "select pg_catalog.to_regprocedure('entitlements._record_signals(jsonb)') is not null",
         );
         if installed == Ok(Some(true)) {
+            // A session holding a lock on the table must not keep this worker (and its slot).
+            let _ = Spi::run("set local lock_timeout = '2s'; set local statement_timeout = '30s'");
             let _ = Spi::run_with_args(
                 "select entitlements._record_signals($1)",
                 &[pgrx::JsonB(serde_json::Value::Array(rows)).into()],
