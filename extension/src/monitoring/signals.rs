@@ -219,7 +219,9 @@ pub fn define_guc() {
 
 /// Counts one refusal.
 pub fn note(kind: Kind, subject: &str, detail: &str) {
-    if !ENABLED.get() {
+    // A hot standby cannot write the counts (its primary counts what reaches it).
+    // SAFETY: a plain read of shared state, cached by PostgreSQL once recovery is over.
+    if !ENABLED.get() || unsafe { pg_sys::RecoveryInProgress() } {
         return;
     }
     let entry = Entry::new(kind, subject, detail, clock::statement_now());
