@@ -4,7 +4,7 @@
 -- its own, so those rows outlive this transaction: they use fresh ids), each rule below and at
 -- its threshold, repeats, incidents and their state machine, tenant scoping, the outbox.
 begin;
-select plan(91);
+select plan(92);
 \ir fixtures/catalog.sql
 
 -- The SQLSTATE a statement fails with, or 'ok'.
@@ -297,6 +297,8 @@ select is((select tenant_id from entitlements.security_incidents where id = :sto
 select is(pg_temp.outcome(format($$select entitlements.acknowledge_incident(%s)$$, :incident)), '22023',
           'a global incident does not exist for a store admin');
 select is((entitlements.acknowledge_incident(:store_incident)).status, 'acknowledged', 'its own it works');
+select isnt(entitlements.boost_quota(:'store_customer', 'minutes', 10, reason => 'goodwill after the incident'), null,
+            'and it boosts its customer''s quota (regression: RLS refused the tenantless customers row)');
 select is(pg_temp.outcome(format($$select entitlements.assign_incident(%s, %L)$$, :store_incident, :'store_admin2')), '22023',
           'and assigns it to no admin of another store');
 select is(pg_temp.outcome($$select entitlements.open_incident('global', tenant => null)$$), '42501',

@@ -32,7 +32,11 @@ begin
         end if;
     end if;
     perform set_config('entitlements.reason', reason, true);
-    insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
+    -- Only when missing: a tenant admin (who may grant only to its tenant's customers, which
+    -- exist) would fail RLS's check on the proposed tenantless row even with DO NOTHING.
+    if not exists (select 1 from entitlements.customers c where c.id = customer) then
+        insert into entitlements.customers (id) values (customer) on conflict (id) do nothing;
+    end if;
     insert into entitlements.grants (customer_id, kind, feature_key, value, starts_at, expires_at, reason, created_by)
     values (customer, kind, feature, value, starts_at, expires_at, reason, entitlements.current_user_id())
     returning id into v_id;
