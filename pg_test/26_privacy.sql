@@ -4,8 +4,10 @@
 -- about her (profile, Supabase address, subscription and plan change, coupon, grants, usage,
 -- an organization, events with a pending email, Stripe events, an audited app table), exported
 -- and then erased; the revenue of every past instant must read the same afterwards.
+-- Rows about her are found by her ids only: once she gave herself Otto's address and the name
+-- "usd", and neither Otto's rows nor anyone's currencies, keys or pending emails may change.
 begin;
-select plan(62);
+select plan(79);
 \ir fixtures/catalog.sql
 
 \set zed    '''00000000-0000-0000-0000-00000000e701'''
@@ -13,6 +15,8 @@ select plan(62);
 \set other  '''00000000-0000-0000-0000-00000000e703'''
 \set tadmin '''00000000-0000-0000-0000-00000000e704'''
 \set xadmin '''00000000-0000-0000-0000-00000000e705'''
+\set vic    '''00000000-0000-0000-0000-00000000e706'''
+\set fresh  '''00000000-0000-0000-0000-00000000e707'''
 \set nobody '''00000000-0000-0000-0000-00000000e7ff'''
 \set t1     '''00000000-0000-0000-0000-00000000e7a1'''
 \set t2     '''00000000-0000-0000-0000-00000000e7a2'''
@@ -33,24 +37,21 @@ exception when others then
 end
 $f$;
 grant execute on function pg_temp.outcome(text) to public;
--- Every table of the engine (ledger partitions included) and the app table that holds any needle.
-create function pg_temp.holding() returns text[] language plpgsql as $f$
+-- Every row of every table of the engine (ledger partitions included) and of the app table
+-- that holds any needle: the table, and the row's id (else its customer_id).
+create function pg_temp.holding() returns table (rel text, row_id text) language plpgsql as $f$
 declare
     r record;
-    v_hit boolean;
-    v_out text[] := '{}';
 begin
     for r in select c.oid::regclass as rel from pg_class c
               where c.relnamespace = 'entitlements'::regnamespace and c.relkind = 'r'
              union all select 'public.privacy_crm'::regclass
     loop
-        execute format('select exists (select 1 from %s t, pg_temp.needles n where strpos(lower(t::text), lower(n.needle)) > 0)',
-                       r.rel) into v_hit;
-        if v_hit then
-            v_out := v_out || r.rel::text;
-        end if;
+        return query execute format(
+            'select %L::text, coalesce(to_jsonb(t) ->> ''id'', to_jsonb(t) ->> ''customer_id'') from %s t
+              where exists (select 1 from pg_temp.needles n where strpos(lower(t::text), lower(n.needle)) > 0)',
+            r.rel, r.rel);
     end loop;
-    return v_out;
 end
 $f$;
 -- Everything the engine holds, as one hash: "changed nothing".
@@ -69,6 +70,25 @@ begin
     return md5(v_all);
 end
 $f$;
+-- Rows of others (Otto, her organization, other Stripe customers, the app's row 2) that an
+-- erasure of Zelda must leave exactly as they are, as one hash.
+create function pg_temp.others() returns text language sql as $f$
+    select md5(string_agg(x, ',' order by x)) from (
+        select c::text from entitlements.customers c
+         where c.id in ('00000000-0000-0000-0000-00000000e702', '00000000-0000-0000-0000-00000000e703')
+        union all select s::text from entitlements.subscriptions s where s.customer_id = '00000000-0000-0000-0000-00000000e703'
+        union all select a::text from entitlements.audit_log a
+         where a.row_key in ('00000000-0000-0000-0000-00000000e702', '00000000-0000-0000-0000-00000000e703')
+            or a.new_values ->> 'customer_id' = '00000000-0000-0000-0000-00000000e703'
+            or (a.table_name = 'public.privacy_crm' and a.row_key = '2')
+        union all select o::text from entitlements.outbox o where o.customer_id = '00000000-0000-0000-0000-00000000e703'
+        union all select d::text from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
+         where o.customer_id = '00000000-0000-0000-0000-00000000e703'
+        union all select e::text from entitlements.stripe_events e where e.id in ('evt_otto', 'evt_inv9', 'evt_ref7')
+        union all select i::text from entitlements.usage_idempotency i where i.customer_id = '00000000-0000-0000-0000-00000000e702'
+        union all select l::text from entitlements.usage_ledger l
+         where l.customer_id = '00000000-0000-0000-0000-00000000e702' and l.actor is null) o(x)
+$f$;
 create temp table docs (who text, doc jsonb);
 grant select, insert on docs to public;
 
@@ -85,7 +105,7 @@ create schema auth;
 create table auth.users (id uuid primary key, email varchar(255));
 create trigger entitlements_email after insert or update of email on auth.users
     for each row execute function entitlements.sync_auth_email();
-insert into auth.users values (:zed, :auth_email);
+insert into auth.users values (:zed, :auth_email), (:vic, 'vic@auth.example.org');
 select entitlements.add_webhook_endpoint('https://app.example.com/hooks', array['*']) is not null as ep \gset
 select entitlements.link_stripe_customer(:zed, 'cus_zed1') is null as linked \gset
 select entitlements.subscribe(:zed, 'pro') as sub \gset
@@ -104,7 +124,19 @@ select is((select array[status, target] from entitlements.deliveries where id = 
 set entitlements.clock = '2025-01-15 00:00:00+00';
 select ledger_id as l1 from entitlements.record_usage(:zed, 'minutes', 5, metadata => jsonb_build_object('by', :email, 'who', :name)) \gset
 select (entitlements.consume(:zed, 'minutes', 2, :email || ':call-1')).used as used \gset
+-- Her organization's usage: once recorded by her (naming her), once by the app with a key that
+-- names her (the organization's key: not hers to erase).
+select set_config('entitlements.user_id', :zed, true) is not null as c \gset
 select ledger_id as l2 from entitlements.record_usage(:org, 'minutes', 1, metadata => jsonb_build_object('user', :email, 'n', 1)) \gset
+select set_config('entitlements.user_id', '', true) is not null as c \gset
+select ledger_id as l3 from entitlements.record_usage(:org, 'minutes', 1, idempotency_key => :email || ':org-call') \gset
+-- A failed attempt of her email with the longest error there is, full of a name of hers.
+insert into entitlements.delivery_attempts (delivery_id, at, ok, status_code, error, worker)
+values (:d_email, entitlements.now(), false, 452, rtrim(repeat('usd ', 500)) || ' ', 'w1');
+-- Otto: a pro subscription (in usd) whose welcome email to his address waits.
+select entitlements.subscribe(:other, 'pro') is not null as otto_sub \gset
+update entitlements.subscriptions set metadata = jsonb_build_object('usd', 1, 'contact', :email, 'note', 'pays in usd')
+ where id = :'sub';
 -- Stripe: her customer object, and someone else's invoice sent to her address.
 select entitlements.stripe_record_event(jsonb_build_object('id', 'evt_zed1', 'object', 'event', 'type', 'customer.updated',
     'created', 1736899200, 'data', jsonb_build_object('object', jsonb_build_object(
@@ -116,6 +148,18 @@ select entitlements.stripe_record_event(jsonb_build_object('id', 'evt_inv9', 'ob
     'created', 1736899300, 'data', jsonb_build_object('object', jsonb_build_object(
         'id', 'in_9', 'object', 'invoice', 'customer', 'cus_someone9', 'customer_email', :email,
         'lines', jsonb_build_object('data', '[]'::jsonb))))) as stored \gset
+-- Her checkout (found by her uuid alone), someone's charge whose description quotes her uuid,
+-- and Otto's Stripe customer (his address, in usd).
+select entitlements.stripe_record_event(jsonb_build_object('id', 'evt_cs1', 'object', 'event', 'type', 'checkout.session.completed',
+    'created', 1736899400, 'data', jsonb_build_object('object', jsonb_build_object(
+        'id', 'cs_1', 'object', 'checkout.session', 'client_reference_id', :zed, 'currency', 'usd',
+        'customer_details', jsonb_build_object('email', :email, 'name', :name))))) as stored \gset
+select entitlements.stripe_record_event(jsonb_build_object('id', 'evt_ref7', 'object', 'event', 'type', 'charge.succeeded',
+    'created', 1736899500, 'data', jsonb_build_object('object', jsonb_build_object(
+        'id', 'ch_7', 'object', 'charge', 'customer', 'cus_someone9', 'description', 'refers to ' || :zed)))) as stored \gset
+select entitlements.stripe_record_event(jsonb_build_object('id', 'evt_otto', 'object', 'event', 'type', 'customer.updated',
+    'created', 1736899600, 'data', jsonb_build_object('object', jsonb_build_object(
+        'id', 'cus_otto', 'object', 'customer', 'email', 'other@example.com', 'name', 'Otto', 'currency', 'usd')))) as stored \gset
 -- An app table audited by the engine: the app holds her address, then removes its own copies.
 create table public.privacy_crm (id integer primary key, user_id uuid, contact text, notes jsonb);
 select entitlements.enable_audit('public.privacy_crm');
@@ -123,6 +167,17 @@ insert into public.privacy_crm values (1, :zed, :email, jsonb_build_object('name
                                       (2, null, 'someone@else.example.com', jsonb_build_object('cc', jsonb_build_array('Cc: ' || :email)));
 delete from public.privacy_crm where id = 1;
 update public.privacy_crm set notes = '{"cc": []}' where id = 2;
+
+-- She gives herself Otto's address and the name "usd" (nobody checks a name or an address):
+-- her export still holds only her own Stripe events, not Otto's. Then back.
+set local role authenticated;
+select set_config('request.jwt.claims', json_build_object('sub', :zed, 'role', 'authenticated')::text, true) is not null as c \gset
+select entitlements.set_profile(:zed, 'other@example.com', 'usd') is null as hijacked \gset
+select is((select string_agg(e ->> 'id', ',' order by e ->> 'id') from jsonb_array_elements(entitlements.export_customer(:zed) #> '{stripe,events}') e),
+          'evt_cs1,evt_zed1', 'with Otto''s address as hers, her export still has her Stripe events only');
+select entitlements.set_profile(:zed, :email, :name, 'en') is null as restored \gset
+reset role;
+select set_config('request.jwt.claims', '', true) is not null as c \gset
 
 set entitlements.clock = '2025-02-10 00:00:00+00';
 select entitlements.change_plan(:'sub', 'team', 'upgrade') is null as changed \gset
@@ -144,10 +199,10 @@ select ok((select mrr from before_mrr where t = '2025-01-15 00:00:00+00') > 0
           and (select mrr from before_mrr where t = '2025-02-15 00:00:00+00')
               > (select mrr from before_mrr where t = '2025-02-01 00:00:00+00'),
           'the revenue before: a discounted pro, then team (an expansion)');
-select ok(pg_temp.holding() @> array['entitlements.customers', 'entitlements.audit_log', 'entitlements.auth_emails',
+select ok(array(select rel from pg_temp.holding()) @> array['entitlements.customers', 'entitlements.audit_log', 'entitlements.auth_emails',
                                      'entitlements.deliveries', 'entitlements.delivery_attempts', 'entitlements.grants',
                                      'entitlements.stripe_events', 'entitlements.usage_idempotency',
-                                     'entitlements.usage_ledger_default'],
+                                     'entitlements.usage_ledger_default', 'entitlements.subscriptions'],
           'before: her address and name are in the profile, audit log, deliveries, grants, Stripe events, usage');
 
 -- Export ----------------------------------------------------------------------------------------------
@@ -171,8 +226,8 @@ select ok((select not (doc #> '{notifications,events}')::text like '%app.example
           'but not the app''s webhook URLs');
 select is((select array[doc #>> '{stripe,customer_id}',
                         (select string_agg(e ->> 'id', ',' order by e ->> 'id') from jsonb_array_elements(doc #> '{stripe,events}') e)]
-             from docs where who = 'admin'), array['cus_zed1', 'evt_inv9,evt_zed1'],
-          'her Stripe customer id and the Stripe events that mention her');
+             from docs where who = 'admin'), array['cus_zed1', 'evt_cs1,evt_zed1'],
+          'her Stripe customer id and her Stripe events (by her Stripe id or uuid; not others'' naming her address or uuid)');
 select ok((select doc -> 'audit' @> '[{"table_name": "entitlements.customers", "action": "insert"}]'
                   and doc -> 'audit' @> '[{"table_name": "public.privacy_crm", "action": "delete"}]'
                   and doc -> 'audit' @> '[{"table_name": "entitlements.members", "action": "insert"}]'
@@ -193,10 +248,23 @@ select set_config('request.jwt.claims', json_build_object('sub', :xadmin, 'role'
 select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :zed)), '42501', 'another tenant''s admin: 42501');
 select set_config('request.jwt.claims', json_build_object('sub', :other, 'role', 'authenticated')::text, true) is not null as c \gset
 select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :zed)), '42501', 'another signed-in user: 42501');
+-- A tenant admin may not make someone the engine knows (here by a Supabase address) their
+-- tenant's customer, and so theirs to export or erase; a new id is fine, but not as a
+-- way to rename a customer into a known id.
+select set_config('request.jwt.claims', json_build_object('sub', :tadmin, 'role', 'authenticated')::text, true) is not null as c \gset
+select is(pg_temp.outcome(format('insert into entitlements.customers (id, tenant_id) values (%L, %L)', :vic, :t1)), '42501',
+          'a tenant admin cannot claim a known user id for their tenant');
+select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :vic)), '42501', 'nor export that user');
+select is(pg_temp.outcome(format('insert into entitlements.customers (id, tenant_id) values (%L, %L)', :fresh, :t1)), 'ok',
+          'a new id they may add');
+select is(pg_temp.outcome(format('update entitlements.customers set id = %L where id = %L', :vic, :fresh)), '42501',
+          'but not move it onto a known id');
 select set_config('request.jwt.claims', '{"role": "anon"}', true) is not null as c \gset
 set local role anon;
 select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :zed)), '42501', 'anon: 42501');
 reset role;
+select is(pg_temp.outcome(format('insert into entitlements.customers (id, tenant_id) values (%L, %L)', :vic, :t2)), 'ok',
+          'a global admin may place a known user in a tenant');
 create role privacy_plain login;
 set local role privacy_plain;
 select set_config('entitlements.user_id', :zed, true) is not null as c \gset
@@ -226,6 +294,12 @@ select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :
           'a reason containing her address (in any case) is refused: 22023');
 select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, 'asked by zelda privacyson')), '22023',
           'so is one containing her name');
+select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, 'Privacyson asked')), '22023',
+          'or any word of it');
+select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, 'refund in USD')), '22023',
+          'or a name her own profile history holds');
+select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, repeat('x', 1001))), '22023',
+          'a reason over 1000 characters: 22023');
 select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, '  ')), '22023', 'a blank reason: 22023');
 select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, null)', :zed)), '22023', 'a NULL reason: 22023');
 select is(pg_temp.outcome($$select entitlements.erase_customer(null, 'x')$$), '22004', 'a NULL customer: 22004');
@@ -241,6 +315,7 @@ select is(pg_temp.snapshot(), :'snap0', 'the refused calls wrote nothing');
 
 -- Erasure, by her tenant's admin -------------------------------------------------------------------------
 select count(*) as audit_before from entitlements.audit_log \gset
+select pg_temp.others() as others_before \gset
 select count(*) as pending_before from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
  where o.customer_id = :zed and d.status = 'pending' \gset
 set local role authenticated;
@@ -251,7 +326,36 @@ select set_config('request.jwt.claims', '', true) is not null as c \gset
 select is((select array[doc ->> 'already_erased', doc #>> '{changed,deliveries_canceled}', doc #>> '{changed,auth_emails}']
              from docs where who = 'erased'), array['false', :'pending_before', '1'],
           'erased: the summary counts what changed (every pending delivery of her events canceled)');
-select is(pg_temp.holding(), '{}'::text[], 'no table of the engine (ledger partitions included) nor the app table holds her address or name');
+select set_eq($$select * from pg_temp.holding()$$,
+              $$select 'entitlements.stripe_events' as rel, 'evt_inv9' as row_id
+                union all select 'entitlements.audit_log', id::text from entitlements.audit_log
+                           where table_name = 'public.privacy_crm' and row_key = '2'
+                union all select 'entitlements.usage_idempotency', '00000000-0000-0000-0000-00000000e702'
+                union all select 'entitlements.usage_ledger_default', id::text from entitlements.usage_ledger
+                           where customer_id = '00000000-0000-0000-0000-00000000e702' and idempotency_key like 'zelda%'$$,
+              'no row about her (ledger partitions and the app table included) holds her address or name: only others'' rows '
+              'that mention it (someone''s invoice sent to her address, the app''s cc row, her organization''s key)');
+select is(pg_temp.others(), :'others_before',
+          'Otto''s rows, her organization''s, other Stripe customers'' and the app''s row 2 are exactly as they were');
+select is((select array[d.status, d.target] from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
+            where o.customer_id = :other and d.channel = 'email'), array['pending', 'other@example.com'],
+          'Otto''s pending email to the address she once claimed still waits');
+select is((select idempotency_key from entitlements.usage_idempotency where customer_id = :org), :email || ':org-call',
+          'her organization''s idempotency key naming her is the organization''s: kept');
+select ok((select bool_and(idempotency_key like 'erased:%') from entitlements.usage_idempotency where customer_id = :zed)
+          and (select count(*) = 1 from entitlements.usage_ledger where customer_id = :zed and idempotency_key like 'erased:%'),
+          'her own key naming her is replaced, in the key table and the ledger alike');
+select is((select metadata from entitlements.subscriptions where id = :'sub'),
+          '{"usd": 1, "contact": "[erased]", "note": "pays in usd"}'::jsonb,
+          'a JSON value that is wholly her address goes; keys, and values that merely contain a name of hers, stay');
+select is((select payload #>> '{data,object,currency}' from entitlements.stripe_events where id = 'evt_cs1'), 'usd',
+          'her checkout''s currency stays usd (a name of hers is never taken for a currency)');
+select is((select array_agg(left(error, 26) || ' (' || length(error) || ')' order by id) from entitlements.delivery_attempts
+            where delivery_id = :d_email),
+          array['452 4.2.2 <[erased]> mailb (33)', '[erased] [erased] [erased] (2000)'],
+          'free text loses her address and names word by word, within its 2000 characters');
+select is((select payload #> '{data,object,customer_details}' from entitlements.stripe_events where id = 'evt_cs1'), 'null'::jsonb,
+          'her checkout, found by her uuid, loses her details');
 select is((select array[email, display_name, locale, metadata::text, (erased_at = entitlements.now())::text]
              from entitlements.customers where id = :zed), array[null, null, null, '{}', 'true'],
           'her profile is empty and marked erased');
@@ -269,7 +373,7 @@ select set_eq($$select * from before_usage$$,
               $$select customer_id, feature_key, sum(amount) as amount, sum(coalesce(usage_cost_cents, 0)) as cost, count(*) as n
                   from entitlements.usage_ledger group by 1, 2$$, 'usage amounts and costs are unchanged');
 select is((select array_agg(coalesce(metadata::text, 'null') order by id) from entitlements.usage_ledger where id in (:l1, :l2)),
-          array['null', '{"n": 1, "user": "[erased]"}'], 'her ledger rows lose their metadata; her organization''s no longer name her');
+          array['null', '{"n": 1, "user": "[erased]"}'], 'her ledger rows lose their metadata; what she recorded for her organization no longer names her');
 select is((select array[status, target, last_error] from entitlements.deliveries where id = :d_email),
           array['canceled', '[erased]', 'customer erased'], 'the pending email is canceled, its address gone');
 set entitlements.clock = '2025-06-01 00:00:00+00';

@@ -1,8 +1,27 @@
 -- GDPR erasure (issue #13): irreversible pseudonymisation of one customer. Their email,
--- name, locale and metadata go, from their row and from every copy the engine made (audit
--- values, events, deliveries, usage metadata, Stripe payloads); ids, amounts, plans, prices,
--- dates, subscriptions, their history and discounts stay, so the revenue of every past
--- instant reads the same. Needs privacy/export.sql (_privacy_known, _privacy_json_emails).
+-- name, locale and metadata go, from their row and from the copies the engine made in rows
+-- about them (audit values, events, deliveries, usage metadata, Stripe payloads); ids,
+-- amounts, plans, prices, dates, subscriptions, their history and discounts stay, so the
+-- revenue of every past instant reads the same. Needs privacy/export.sql (_privacy_known,
+-- _privacy_json_emails, _privacy_stripe_about, _privacy_audit_about).
+--
+-- Rows are chosen by the customer's exact identifiers only, as export_customer chooses them:
+-- their uuid as a row's key, id, customer_id, user_id or organization_id (any top-level value
+-- of an app table's audit row), rows they wrote (audit actor, usage actor), their outbox events
+-- with those events' deliveries and attempts, Stripe events by their Stripe customer id or
+-- uuid. Never by an address or a name: a customer sets those themself (set_profile) and may
+-- have set someone else's, or "usd". Inside the chosen rows, personal keys are nulled, a JSON
+-- string is replaced only when it is WHOLE one of their addresses or names (keys, ids, dates,
+-- currencies and statuses stay), and free text (reasons, delivery errors, their own
+-- idempotency keys) loses their addresses and names of 3+ letters/digits as whole words.
+--
+-- What may remain: rows about OTHER people that merely mention one of their addresses or
+-- names: another Stripe customer's invoice sent to their address, an app row about someone
+-- else that cc'd them (and its audit rows), an organization's idempotency keys or usage
+-- metadata naming them (unless they recorded it), free text inside app rows about them that
+-- contains their name among other words. Those are the other party's records: erasing by
+-- string match there is what let a customer who claimed another's address or a short name
+-- rewrite and cancel other people's data.
 
 comment on column entitlements.customers.erased_at is
     'When entitlements.erase_customer pseudonymised the customer; its email, name, locale and metadata stay empty.';
@@ -19,8 +38,25 @@ as $$
                       and r.oid = (select n.nspowner from pg_namespace n where n.nspname = 'entitlements'))
 $$;
 
+-- May the caller give `customer` a customers row in `tenant`? A global admin may. A tenant
+-- admin may only for an id the engine holds nothing about: a row in their tenant would make
+-- them an admin of that person (export_customer, erase_customer), whose usage, events,
+-- memberships and Supabase address were never theirs. Definer: tenant admins cannot read
+-- those tables; it answers one boolean, and to anyone but an admin of `tenant` always false
+-- (their insert is refused by the customers policy anyway), so it tells nobody else anything.
+create function entitlements._customer_id_claimable(customer uuid, tenant uuid)
+returns boolean language sql stable security definer
+set search_path = pg_catalog, pg_temp
+as $$
+    select entitlements._role_is_privileged(entitlements._outer_role())
+        or entitlements._is_listed_admin(null)
+        or (entitlements._is_listed_admin(tenant) and not entitlements._privacy_known(customer))
+$$;
+
 -- An erased customer stays erased: only erase_customer sets erased_at, and the profile
--- columns stay empty whoever writes the row later (set_profile, an admin's UPDATE).
+-- columns stay empty whoever writes the row later (set_profile, an admin's UPDATE). And a
+-- customers row with a tenant (new, or moved to another id) is for an id the caller may
+-- claim (_customer_id_claimable).
 create function entitlements._customer_erasure_guard()
 returns trigger language plpgsql
 set search_path = pg_catalog, pg_temp
@@ -33,6 +69,10 @@ begin
     end if;
     if tg_op = 'UPDATE' then
         v_was := old.erased_at;
+    end if;
+    if new.tenant_id is not null and (tg_op = 'INSERT' or new.id is distinct from old.id) then
+        perform entitlements._require(entitlements._customer_id_claimable(new.id, new.tenant_id),
+            'creating a customer in a tenant', 'a global admin when the engine already holds data about that id');
     end if;
     if new.erased_at is distinct from v_was and not entitlements._erasing() then
         raise exception 'customers.erased_at is set by entitlements.erase_customer only' using errcode = '42501';
@@ -81,26 +121,55 @@ begin
 end
 $$;
 
--- `v` with every string (and key) through _erase_text, and the values of `keys`, at any depth,
--- null (empty ones stay).
-create function entitlements._erase_json(v jsonb, patterns text[], keys text[])
+-- Keys whose string values are identifiers, dates, amounts' currencies or states: never
+-- taken for a name, whatever the customer called themself.
+create function entitlements._erase_kept_key(key text)
+returns boolean language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select key ~ '^(id|object|type|currency|status|kind|plan|feature|action|role|interval|created|period|change|valid_from|valid_to|trial_end)$'
+        or key ~ '_(id|ids|at|start|end|key|kind|status|interval)$'
+$$;
+
+-- `v` with the values of `keys`, at any depth, null (empty ones stay), and every other
+-- string that is as a whole (trimmed, any case) one of `needles` (lower case) [erased].
+-- Keys are never rewritten, nor strings under _erase_kept_key.
+create function entitlements._erase_json(v jsonb, needles text[], keys text[])
 returns jsonb language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
     return case jsonb_typeof(v)
         when 'object' then coalesce((
-            select jsonb_object_agg(entitlements._erase_text(e.key, patterns),
-                                    case when not e.key = any (keys) then entitlements._erase_json(e.value, patterns, keys)
-                                         when e.value in ('{}'::jsonb, '[]'::jsonb, '""'::jsonb) then e.value
-                                         else 'null'::jsonb end)
+            select jsonb_object_agg(e.key,
+                                    case when e.key = any (keys)
+                                         then case when e.value in ('{}'::jsonb, '[]'::jsonb, '""'::jsonb) then e.value
+                                                   else 'null'::jsonb end
+                                         when jsonb_typeof(e.value) = 'string' and entitlements._erase_kept_key(e.key)
+                                         then e.value
+                                         else entitlements._erase_json(e.value, needles, keys) end)
               from jsonb_each(v) e), '{}'::jsonb)
         when 'array' then coalesce((
-            select jsonb_agg(entitlements._erase_json(e.value, patterns, keys) order by e.n)
+            select jsonb_agg(entitlements._erase_json(e.value, needles, keys) order by e.n)
               from jsonb_array_elements(v) with ordinality e(value, n)), '[]'::jsonb)
-        when 'string' then to_jsonb(entitlements._erase_text(v #>> '{}', patterns))
+        when 'string' then case when lower(btrim(v #>> '{}')) = any (needles) then '"[erased]"'::jsonb else v end
         else v end;
 end
+$$;
+
+-- `v` (an audit row's values) with the top-level string `columns` (free text: a grant's
+-- reason, a server's last error) through _erase_text.
+create function entitlements._erase_columns(v jsonb, columns text[], patterns text[])
+returns jsonb language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select case when jsonb_typeof(v) = 'object'
+                then coalesce((select jsonb_object_agg(e.key,
+                                          case when e.key = any (columns) and jsonb_typeof(e.value) = 'string'
+                                               then to_jsonb(entitlements._erase_text(e.value #>> '{}', patterns))
+                                               else e.value end)
+                                 from jsonb_each(v) e), '{}'::jsonb)
+                else v end
 $$;
 
 -- Where Stripe objects keep a person's details (customers, Checkout Sessions, invoices,
@@ -110,6 +179,13 @@ returns text[] language sql immutable parallel safe
 return array['email', 'name', 'phone', 'address', 'shipping', 'description', 'billing_details', 'customer_details',
              'customer_email', 'customer_name', 'customer_phone', 'customer_address', 'customer_shipping',
              'customer_tax_ids', 'tax_ids', 'receipt_email'];
+
+-- Where a profile keeps a person's details: nulled in their outbox events and in the audited
+-- values of rows about them (app tables' too; the customers row adds locale and metadata).
+create function entitlements._erase_profile_keys()
+returns text[] language sql immutable parallel safe
+return array['email', 'display_name', 'name', 'full_name', 'first_name', 'last_name', 'phone', 'address',
+             'customer_email', 'customer_name'];
 
 -- Erasure --------------------------------------------------------------------------------------------
 
@@ -124,10 +200,10 @@ declare
     v_key constant text := customer::text;
     v_now constant timestamptz := entitlements.now();
     v_customer entitlements.customers;
-    v_emails text[];      -- lower case
-    v_json_emails text[]; -- lower case, as inside JSON text
-    v_patterns text[];
-    v_ids uuid[];         -- the customer and its organizations (whose usage may name it)
+    v_emails text[];   -- lower case, trimmed
+    v_names text[];    -- lower case, trimmed
+    v_needles text[];  -- whole JSON strings to erase: v_emails and v_names
+    v_patterns text[]; -- free text: the addresses, and the names of 3+ letters/digits, as words
     v_prev_reason text := current_setting('entitlements.reason', true);
     v_counts jsonb := '{}'::jsonb;
     v_n bigint;
@@ -144,6 +220,9 @@ begin
     if reason is null or btrim(reason) = '' then
         raise exception 'a reason is required' using errcode = '22023';
     end if;
+    if length(reason) > 1000 then
+        raise exception 'the reason is at most 1000 characters' using errcode = '22023';
+    end if;
     -- One erasure of a customer at a time (it may have no customers row yet).
     perform pg_advisory_xact_lock('entitlements.customers'::regclass::oid::integer, hashtext('erase:' || v_key));
     select * into v_customer from entitlements.customers c where c.id = customer for update;
@@ -152,30 +231,34 @@ begin
                                   'changed', '{}'::jsonb);
     end if;
 
-    -- What to look for: every address and name the customer had (their audit rows keep the
-    -- earlier ones; their emails went to the addresses of the time).
-    select coalesce(array_agg(distinct lower(btrim(x.e))), '{}') into v_emails
-      from (select v_customer.email
-            union all select a.email from entitlements.auth_emails a where a.user_id = customer
-            union all select v.x ->> 'email' from entitlements.audit_log a
+    -- Their addresses and names: the current ones, the Supabase address, and those their own
+    -- customers audit rows hold. The reason (kept in the erase audit row) names none of them,
+    -- nor any word of 3+ letters/digits of a name.
+    v_emails := entitlements._privacy_json_emails(customer);
+    select coalesce(array_agg(distinct lower(btrim(x.n))), '{}') into v_names
+      from (select v_customer.display_name
+            union all select v.x ->> 'display_name' from entitlements.audit_log a
                        cross join lateral (values (a.old_values), (a.new_values)) v(x)
-                      where a.table_name = 'entitlements.customers' and a.row_key = v_key
-            union all select d.target from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
-                      where o.customer_id = customer and d.channel = 'email') x(e)
-     where btrim(x.e) <> '' and x.e <> '[erased]';
-    v_json_emails := array(select lower(substr(to_jsonb(e)::text, 2, length(to_jsonb(e)::text) - 2)) from unnest(v_emails) e);
-    select coalesce(array_agg(entitlements._erase_pattern(n)), '{}') into v_patterns
-      from (select e from unnest(v_emails) e
-            union
-            select btrim(x.n) from (select v_customer.display_name
-                                    union all select v.x ->> 'display_name' from entitlements.audit_log a
-                                               cross join lateral (values (a.old_values), (a.new_values)) v(x)
-                                              where a.table_name = 'entitlements.customers' and a.row_key = v_key) x(n)
-             where btrim(x.n) <> '') p(n);
-    if exists (select 1 from unnest(v_patterns) p where reason ~* p) then
-        raise exception 'the reason must not contain the customer''s email address or name' using errcode = '22023';
+                      where a.table_name = 'entitlements.customers' and a.row_key = v_key) x(n)
+     where btrim(x.n) <> '' and x.n <> '[erased]';
+    if exists (select 1 from unnest(v_emails) e where strpos(e, '@') > 0 and reason ~* entitlements._erase_pattern(e))
+       or exists (select 1 from unnest(v_names) n cross join lateral regexp_split_to_table(n, '[^[:alnum:]]+') w
+                   where length(w) >= 3 and reason ~* entitlements._erase_pattern(w)) then
+        raise exception 'the reason must not contain the customer''s email address or any word of their name'
+            using errcode = '22023';
     end if;
-    v_ids := array[customer] || array(select m.organization_id from entitlements.members m where m.user_id = customer);
+    -- To erase, also the addresses their own emails went to.
+    select coalesce(array_agg(distinct x.e), '{}') into v_emails
+      from (select e from unnest(v_emails) e
+            union all
+            select lower(btrim(d.target)) from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
+             where o.customer_id = customer and d.channel = 'email') x(e)
+     where x.e <> '' and x.e <> '[erased]';
+    v_needles := v_emails || v_names;
+    select coalesce(array_agg(entitlements._erase_pattern(x.n)), '{}') into v_patterns
+      from (select e from unnest(v_emails) e where strpos(e, '@') > 0
+            union
+            select n from unnest(v_names) n where length(regexp_replace(n, '[^[:alnum:]]', '', 'g')) >= 3) x(n);
 
     -- The audit rows the triggers write below carry the reason; the erasure path opens.
     perform set_config('entitlements.reason', reason, true);
@@ -194,132 +277,115 @@ begin
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('auth_emails', v_n);
 
-    -- Reasons and metadata that name them; amounts, plans and dates stay.
+    -- Their grants' reasons and values, their subscriptions' metadata; amounts, plans and dates stay.
     with x as (select g.id, coalesce(nullif(btrim(entitlements._erase_text(g.reason, v_patterns)), ''), '[erased]') as reason,
-                      entitlements._erase_json(g.value, v_patterns, '{}') as value
+                      entitlements._erase_json(g.value, v_needles, '{}') as value
                  from entitlements.grants g where g.customer_id = customer)
     update entitlements.grants g set reason = x.reason, value = x.value
       from x where x.id = g.id and (g.reason, g.value) is distinct from (x.reason, x.value);
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('grants', v_n);
-    with x as (select s.id, entitlements._erase_json(s.metadata, v_patterns, '{}') as metadata
+    with x as (select s.id, entitlements._erase_json(s.metadata, v_needles, '{}') as metadata
                  from entitlements.subscriptions s where s.customer_id = customer)
     update entitlements.subscriptions s set metadata = x.metadata
       from x where x.id = s.id and s.metadata is distinct from x.metadata;
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('subscriptions', v_n);
 
-    -- Usage: the metadata of their ledger rows goes, what their organizations' rows say of
-    -- them is erased; amounts and costs stay. Idempotency keys naming them are replaced
-    -- (ledger and key table alike).
+    -- Usage: their ledger rows lose their metadata; rows they recorded for others (an
+    -- organization's) lose what names them as a whole value (found by actor: one scan of
+    -- the ledger, for a rare call). Amounts and costs stay.
     with x as (select l.id, l.at,
                       case when l.customer_id = customer then null
-                           else entitlements._erase_json(l.metadata, v_patterns, '{}') end as metadata
+                           else entitlements._erase_json(l.metadata, v_needles, '{}') end as metadata
                  from entitlements.usage_ledger l
-                where l.customer_id = any (v_ids) and l.metadata is not null)
+                where (l.customer_id = customer or l.actor = customer) and l.metadata is not null)
     update entitlements.usage_ledger l set metadata = x.metadata
       from x where x.id = l.id and x.at = l.at and l.metadata is distinct from x.metadata;
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('usage_ledger', v_n);
-    with k as (select y.customer_id, y.idempotency_key, 'erased:' || gen_random_uuid()::text as replacement
-                 from (select i.customer_id, i.idempotency_key from entitlements.usage_idempotency i
-                        where i.customer_id = any (v_ids)
+    -- Their own idempotency keys that name them are replaced (key table and ledger alike);
+    -- nobody else's, not even their organizations'. A retry that still carries an old key
+    -- would count once more: acceptable, as the key held their personal data and the app
+    -- has nothing left to retry for an erased person (its key names an address now gone).
+    with k as (select y.idempotency_key, 'erased:' || gen_random_uuid()::text as replacement
+                 from (select i.idempotency_key from entitlements.usage_idempotency i where i.customer_id = customer
                        union
-                       select l.customer_id, l.idempotency_key from entitlements.usage_ledger l
-                        where l.customer_id = any (v_ids) and l.idempotency_key is not null) y
-                where exists (select 1 from unnest(v_patterns) p where y.idempotency_key ~* p)),
+                       select l.idempotency_key from entitlements.usage_ledger l
+                        where l.customer_id = customer and l.idempotency_key is not null) y
+                where entitlements._erase_text(y.idempotency_key, v_patterns) <> y.idempotency_key),
          i as (update entitlements.usage_idempotency i set idempotency_key = k.replacement
-                 from k where i.customer_id = k.customer_id and i.idempotency_key = k.idempotency_key returning 1),
+                 from k where i.customer_id = customer and i.idempotency_key = k.idempotency_key returning 1),
          l as (update entitlements.usage_ledger l set idempotency_key = k.replacement
-                 from k where l.customer_id = k.customer_id and l.idempotency_key = k.idempotency_key returning 1)
+                 from k where l.customer_id = customer and l.idempotency_key = k.idempotency_key returning 1)
     select (select count(*) from i) + (select count(*) from l) into v_n;
     v_counts := v_counts || jsonb_build_object('idempotency_keys', v_n);
 
-    -- Stripe events about them lose the person's details; any other naming their address, the address.
+    -- Stripe events about them lose the person's details.
     with x as (select e.id,
-                      entitlements._erase_json(e.payload, v_patterns,
-                          case when (v_customer.stripe_customer_id is not null
-                                     and (entitlements._stripe_id(e.payload #> '{data,object,customer}') = v_customer.stripe_customer_id
-                                          or (e.payload #>> '{data,object,object}' = 'customer'
-                                              and e.payload #>> '{data,object,id}' = v_customer.stripe_customer_id)))
-                                    or strpos(e.payload::text, v_key) > 0
-                               then entitlements._erase_stripe_keys() else '{}'::text[] end) as payload,
+                      entitlements._erase_json(e.payload, v_needles, entitlements._erase_stripe_keys()) as payload,
                       entitlements._erase_text(e.last_error, v_patterns) as last_error
                  from entitlements.stripe_events e
-                where (v_customer.stripe_customer_id is not null
-                       and (entitlements._stripe_id(e.payload #> '{data,object,customer}') = v_customer.stripe_customer_id
-                            or (e.payload #>> '{data,object,object}' = 'customer'
-                                and e.payload #>> '{data,object,id}' = v_customer.stripe_customer_id)))
-                   or strpos(e.payload::text, v_key) > 0
-                   or exists (select 1 from unnest(v_json_emails) m
-                               where strpos(lower(e.payload::text), m) > 0 or strpos(lower(coalesce(e.last_error, '')), m) > 0))
+                where entitlements._privacy_stripe_about(e.payload, v_customer.stripe_customer_id, customer))
     update entitlements.stripe_events e set payload = x.payload, last_error = x.last_error
       from x where x.id = e.id and (e.payload, e.last_error) is distinct from (x.payload, x.last_error);
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('stripe_events', v_n);
 
-    -- Notifications: their events' payloads, and any event naming their address.
-    with x as (select o.id,
-                      entitlements._erase_json(o.payload, v_patterns,
-                          case when o.customer_id = customer
-                               then array['email', 'display_name', 'customer_email', 'customer_name', 'phone', 'address']
-                               else '{}'::text[] end) as payload
-                 from entitlements.outbox o
-                where o.customer_id = customer
-                   or exists (select 1 from unnest(v_json_emails) m where strpos(lower(o.payload::text), m) > 0))
+    -- Their notifications: the events' payloads; what still waits is never sent; the emails'
+    -- addresses go, and errors lose what names them (within the columns' 2000 characters).
+    with x as (select o.id, entitlements._erase_json(o.payload, v_needles, entitlements._erase_profile_keys()) as payload
+                 from entitlements.outbox o where o.customer_id = customer)
     update entitlements.outbox o set payload = x.payload
       from x where x.id = o.id and o.payload is distinct from x.payload;
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('outbox', v_n);
-    -- What still waits for their events, or for their address, is never sent.
     update entitlements.deliveries d set status = 'canceled', last_error = 'customer erased'
      where d.status = 'pending'
-       and (d.event_id in (select o.id from entitlements.outbox o where o.customer_id = customer)
-            or (d.channel = 'email' and lower(btrim(d.target)) = any (v_emails)));
+       and d.event_id in (select o.id from entitlements.outbox o where o.customer_id = customer);
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('deliveries_canceled', v_n);
     with x as (select d.id,
-                      case when d.channel = 'email' and (o.customer_id = customer or lower(btrim(d.target)) = any (v_emails))
-                           then '[erased]' else entitlements._erase_text(d.target, v_patterns) end as target,
-                      entitlements._erase_text(d.last_error, v_patterns) as last_error
-                 from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
-                where o.customer_id = customer
-                   or exists (select 1 from unnest(v_emails) m
-                               where strpos(lower(d.target), m) > 0 or strpos(lower(coalesce(d.last_error, '')), m) > 0))
+                      case when d.channel = 'email' then '[erased]' else d.target end as target,
+                      left(entitlements._erase_text(d.last_error, v_patterns), 2000) as last_error
+                 from entitlements.deliveries d
+                where d.event_id in (select o.id from entitlements.outbox o where o.customer_id = customer))
     update entitlements.deliveries d set target = x.target, last_error = x.last_error
       from x where x.id = d.id and (d.target, d.last_error) is distinct from (x.target, x.last_error);
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('deliveries', v_n);
-    with x as (select t.id, entitlements._erase_text(t.error, v_patterns) as error
+    with x as (select t.id, left(entitlements._erase_text(t.error, v_patterns), 2000) as error
                  from entitlements.delivery_attempts t
                 where t.error is not null
-                  and (t.delivery_id in (select d.id from entitlements.deliveries d
-                                           join entitlements.outbox o on o.id = d.event_id where o.customer_id = customer)
-                       or exists (select 1 from unnest(v_emails) m where strpos(lower(t.error), m) > 0)))
+                  and t.delivery_id in (select d.id from entitlements.deliveries d
+                                          join entitlements.outbox o on o.id = d.event_id where o.customer_id = customer))
     update entitlements.delivery_attempts t set error = x.error
       from x where x.id = t.id and t.error is distinct from x.error;
     get diagnostics v_n = row_count;
     v_counts := v_counts || jsonb_build_object('delivery_attempts', v_n);
 
     -- The audit log last, with the rows the writes above just added: rows about them (their
-    -- profile's personal columns null), rows they wrote, and any row anywhere (app tables
-    -- too) naming their address.
-    with x as (select a.id,
-                      entitlements._erase_json(a.old_values, v_patterns, y.keys) as old_values,
-                      entitlements._erase_json(a.new_values, v_patterns, y.keys) as new_values,
-                      entitlements._erase_text(a.reason, v_patterns) as reason,
-                      entitlements._erase_text(a.row_key, v_patterns) as row_key
+    -- profile's personal columns, an app row's personal keys null) and rows they wrote.
+    with y as (select a.id, a.row_key, a.old_values, a.new_values, a.reason,
+                      case when not entitlements._privacy_audit_about(a.table_name, a.row_key, a.old_values, a.new_values,
+                                                                      customer) then '{}'::text[]
+                           when a.table_name = 'entitlements.customers'
+                           then entitlements._erase_profile_keys() || array['locale', 'metadata']
+                           when a.table_name like 'entitlements.%' then '{}'::text[]
+                           else entitlements._erase_profile_keys() end as keys,
+                      case when a.table_name like 'entitlements.%' then array['reason', 'last_error']
+                           else '{}'::text[] end as text_columns
                  from entitlements.audit_log a
-                cross join lateral (
-                    select case when a.table_name = 'entitlements.customers'
-                                     and (a.row_key = v_key or a.old_values ->> 'id' = v_key or a.new_values ->> 'id' = v_key)
-                                then array['email', 'display_name', 'locale', 'metadata'] else '{}'::text[] end as keys) y
-                where a.row_key = v_key or a.actor = customer
-                   or exists (select 1 from unnest(array['id', 'customer_id', 'user_id', 'organization_id']) k
-                               where a.old_values ->> k = v_key or a.new_values ->> k = v_key)
-                   or exists (select 1 from unnest(v_json_emails) m
-                               where strpos(lower(a.old_values::text), m) > 0 or strpos(lower(a.new_values::text), m) > 0
-                                  or strpos(lower(coalesce(a.reason, '')), m) > 0 or strpos(lower(coalesce(a.row_key, '')), m) > 0))
+                where a.actor = customer
+                   or entitlements._privacy_audit_about(a.table_name, a.row_key, a.old_values, a.new_values, customer)),
+         x as (select y.id,
+                      entitlements._erase_columns(entitlements._erase_json(y.old_values, v_needles, y.keys),
+                                                  y.text_columns, v_patterns) as old_values,
+                      entitlements._erase_columns(entitlements._erase_json(y.new_values, v_needles, y.keys),
+                                                  y.text_columns, v_patterns) as new_values,
+                      entitlements._erase_text(y.reason, v_patterns) as reason,
+                      case when lower(btrim(y.row_key)) = any (v_needles) then '[erased]' else y.row_key end as row_key
+                 from y)
     update entitlements.audit_log a
        set old_values = x.old_values, new_values = x.new_values, reason = x.reason, row_key = x.row_key
       from x where x.id = a.id
@@ -337,10 +403,10 @@ begin
 end
 $$;
 comment on function entitlements.erase_customer(uuid, text) is
-    'GDPR erasure: pseudonymise a customer (email, name, locale, metadata and every copy of them), keeping the '
-    'financial record. Irreversible; idempotent; one audit row. Admins of the customer.';
+    'GDPR erasure: pseudonymise a customer (email, name, locale, metadata and their copies in rows about them), keeping '
+    'the financial record. Irreversible; idempotent; one audit row. Admins of the customer.';
 
--- What reads an address later brings none back --------------------------------------------------------
--- (_customer_email, the fan-out and delivery_claim read customers and auth_emails, emptied above;
--- set_profile and direct writes meet customers_erased. These three needed changing:)
-
+-- What reads an address later brings none back: _customer_email, the fan-out and
+-- delivery_claim read customers and auth_emails, emptied above; set_profile and direct writes
+-- meet customers_erased; sync_auth_email (subscriptions/profile.sql), retry_delivery
+-- (outbox/delivery.sql) and stripe_record_event (stripe/events.sql) look at erased_at.

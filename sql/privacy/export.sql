@@ -1,8 +1,11 @@
 -- GDPR access (issue #13): everything the engine holds about one person, as one document.
--- Erasure (privacy/erasure.sql, which comes after this file) uses the same idea of "about".
+-- Erasure (privacy/erasure.sql, which comes after this file) uses the same idea of "about":
+-- rows found by the person's exact identifiers (their uuid, their Stripe customer id), never
+-- by an email or a name, which anyone can set for themselves (set_profile) without proof.
 
--- Does the engine hold anything about `customer`? A customers row, or what a user of the
--- default plan has without one (usage, events, a membership, a Supabase address).
+-- Does the engine hold anything about `customer`? A customers row (or the audit rows of
+-- one that was deleted), or what a user of the default plan has without one (usage, events,
+-- a membership, a Supabase address, a place in entitlements.admins, earlier subscriptions).
 create function entitlements._privacy_known(customer uuid)
 returns boolean language sql stable
 set search_path = pg_catalog, pg_temp
@@ -15,19 +18,68 @@ as $$
         or exists (select 1 from entitlements.usage_idempotency i where i.customer_id = customer)
         or exists (select 1 from entitlements.outbox o where o.customer_id = customer)
         or exists (select 1 from entitlements.auth_emails a where a.user_id = customer)
+        or exists (select 1 from entitlements.admins a where a.user_id = customer)
+        or exists (select 1 from entitlements.subscription_history h where h.customer_id = customer)
+        or exists (select 1 from entitlements.discounts d where d.customer_id = customer)
+        or exists (select 1 from entitlements.audit_log a
+                    where a.table_name = 'entitlements.customers' and a.row_key = customer::text)
 $$;
 
--- The customer's addresses (customers.email, the Supabase one), lower case, as they appear
--- inside JSON text: what finds the rows that name them (Stripe events, app tables' audit rows).
+-- The customer's addresses, lower case and trimmed: the current one, the Supabase one, and
+-- every one their own customers audit rows hold. Only ever compared with whole values (or
+-- searched in the customer's own rows); they select no row. (Named _privacy_json_emails
+-- since it first returned them as JSON text; security/privileges.sql names it.)
 create function entitlements._privacy_json_emails(customer uuid)
 returns text[] language sql stable
 set search_path = pg_catalog, pg_temp
 as $$
-    select coalesce(array_agg(distinct lower(substr(to_jsonb(x.e)::text, 2, length(to_jsonb(x.e)::text) - 2))), '{}')
+    select coalesce(array_agg(distinct lower(btrim(x.e))), '{}')
       from (select c.email from entitlements.customers c where c.id = customer
             union all
-            select a.email from entitlements.auth_emails a where a.user_id = customer) x(e)
-     where btrim(x.e) <> ''
+            select a.email from entitlements.auth_emails a where a.user_id = customer
+            union all
+            select v.x ->> 'email' from entitlements.audit_log a
+             cross join lateral (values (a.old_values), (a.new_values)) v(x)
+             where a.table_name = 'entitlements.customers' and a.row_key = customer::text) x(e)
+     where btrim(x.e) <> '' and x.e <> '[erased]'
+$$;
+
+-- Is the Stripe event `payload` about the customer? Only by exact identifiers: their Stripe
+-- customer id as the object's customer (or as the id of a customer object), or their uuid as
+-- the object's metadata.entitlements_customer_id or client_reference_id (read as
+-- stripe_record_event and the apply path read them). An address or a name in the payload
+-- says nothing: anyone can give themselves someone else's.
+create function entitlements._privacy_stripe_about(payload jsonb, stripe_customer text, customer uuid)
+returns boolean language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(
+        (stripe_customer is not null
+         and (entitlements._stripe_id(payload #> '{data,object,customer}') = stripe_customer
+              or (payload #>> '{data,object,object}' = 'customer' and payload #>> '{data,object,id}' = stripe_customer)))
+        or (payload #>> '{data,object,metadata,entitlements_customer_id}' is not null
+            and entitlements._stripe_uuid(payload #>> '{data,object,metadata,entitlements_customer_id}') = customer)
+        or (payload #>> '{data,object,client_reference_id}' is not null
+            and entitlements._stripe_uuid(payload #>> '{data,object,client_reference_id}') = customer), false)
+$$;
+
+-- Is an audit row about the customer? Its row key is their uuid, or (the extension's tables)
+-- its id, customer_id, user_id or organization_id is, or (an app table, whose columns we do
+-- not know) one of its top-level values is. Exact ids only: a row that merely mentions their
+-- address or name is someone else's.
+create function entitlements._privacy_audit_about(table_name text, row_key text, old_values jsonb, new_values jsonb,
+                                                  customer uuid)
+returns boolean language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select coalesce(row_key = customer::text, false)
+        or case when table_name like 'entitlements.%'
+                then exists (select 1 from unnest(array['id', 'customer_id', 'user_id', 'organization_id']) k
+                              where old_values ->> k = customer::text or new_values ->> k = customer::text)
+                else exists (select 1 from jsonb_each_text(case when jsonb_typeof(old_values) = 'object' then old_values end) e
+                              where lower(e.value) = customer::text)
+                  or exists (select 1 from jsonb_each_text(case when jsonb_typeof(new_values) = 'object' then new_values end) e
+                              where lower(e.value) = customer::text) end
 $$;
 
 -- Definer: the audit log, Stripe events and deliveries are for admins, yet a user may ask
@@ -38,9 +90,7 @@ returns jsonb language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-    v_key constant text := customer::text;
     v_stripe text;
-    v_emails text[];
 begin
     if customer is null then
         raise exception 'customer must not be NULL' using errcode = '22004';
@@ -54,7 +104,6 @@ begin
         raise exception 'customer % is not known', customer using errcode = '22023';
     end if;
     select c.stripe_customer_id into v_stripe from entitlements.customers c where c.id = customer;
-    v_emails := entitlements._privacy_json_emails(customer);
 
     return jsonb_build_object(
         'customer', customer,
@@ -128,11 +177,7 @@ begin
             'events', coalesce((
                 select jsonb_agg(to_jsonb(e) order by e.created, e.received_at, e.id)
                   from entitlements.stripe_events e
-                 where (v_stripe is not null
-                        and (entitlements._stripe_id(e.payload #> '{data,object,customer}') = v_stripe
-                             or (e.payload #>> '{data,object,object}' = 'customer' and e.payload #>> '{data,object,id}' = v_stripe)))
-                    or strpos(e.payload::text, v_key) > 0
-                    or exists (select 1 from unnest(v_emails) m where strpos(lower(e.payload::text), m) > 0)), '[]')),
+                 where entitlements._privacy_stripe_about(e.payload, v_stripe, customer)), '[]')),
         -- Rows about the customer in full; rows of what they did to others without the values
         -- (those are the others' data, as are app rows that merely mention their address).
         'audit', coalesce((
@@ -141,9 +186,8 @@ begin
                                        || jsonb_build_object('values_withheld', true) end
                              order by a.id)
               from entitlements.audit_log a
-             cross join lateral (select a.row_key = v_key
-                                        or exists (select 1 from unnest(array['id', 'customer_id', 'user_id', 'organization_id']) k
-                                                    where a.old_values ->> k = v_key or a.new_values ->> k = v_key) as about) x
+             cross join lateral (select entitlements._privacy_audit_about(a.table_name, a.row_key, a.old_values, a.new_values,
+                                                                          customer) as about) x
              where x.about or a.actor = customer), '[]'));
 end
 $$;
