@@ -4,7 +4,7 @@
 -- its own, so those rows outlive this transaction: they use fresh ids), each rule below and at
 -- its threshold, repeats, incidents and their state machine, tenant scoping, the outbox.
 begin;
-select plan(92);
+select plan(95);
 \ir fixtures/catalog.sql
 
 -- The SQLSTATE a statement fails with, or 'ok'.
@@ -60,6 +60,9 @@ select entitlements.subscribe(:'abuser', 'free') is not null as s1 \gset
 select entitlements.subscribe(:'user1', 'free') is not null as s2 \gset
 insert into entitlements.admins (user_id) values (:'admin_a'), (:'admin_b'), (:'admin_c');
 insert into entitlements.customers (id, email, display_name) values (:'admin_a', 'admin-a@example.test', 'Admin A');
+-- Global admins whose profiles sit in a store: that store's admins could edit them.
+insert into entitlements.customers (id, tenant_id, email) values (:'admin_b', :'tenant1', 'admin-b@example.test'),
+                                                                  (:'admin_c', :'tenant1', null);
 insert into entitlements.customers (id, tenant_id) values (:'store_customer', :'tenant1');
 insert into entitlements.customers (id) values (:'quiet');
 insert into entitlements.admins (user_id, tenant_id) values (:'store_admin1', :'tenant1'), (:'store_admin2', :'tenant2');
@@ -224,6 +227,10 @@ select is((select count(distinct d.event_id) from entitlements.deliveries d join
             where o.kind = 'security.alert' and d.channel = 'email' and d.target = 'admin-a@example.test'),
           (select count(*) from entitlements.outbox where kind = 'security.alert'),
           'each emailed to the global admin with an email');
+select is((select count(*) from entitlements.deliveries where target = 'admin-b@example.test'), 0::bigint,
+          'not to a global admin whose profile is in a store (its admins could redirect the mail)');
+select is((select (a.id is not null, a.tenant_id) from pg_temp.alert('refusal_burst', :'admin_c') a),
+          row(true, null::uuid), 'an alert about an admin''s own conduct is global, wherever its profile sits');
 select is((select array_agg(severity || '=' || open order by entitlements._severity_rank(severity)) from entitlements.open_alert_counts()),
           (select array_agg(s || '=' || (select count(*) from entitlements.security_alerts a where a.severity = s and a.status = 'open')
                             order by n)
@@ -242,6 +249,8 @@ select is(pg_temp.outcome(format($$select entitlements.assign_incident(%s, %L)$$
           'assigning to someone who is not an admin is refused');
 select is((entitlements.assign_incident(:incident, :'admin_b', 'yours')).assignee, :'admin_b'::uuid, 'assigned to an admin');
 select is((entitlements.acknowledge_incident(:incident)).status, 'acknowledged', 'open -> acknowledged');
+select is(pg_temp.outcome(format($$select entitlements.acknowledge_incident(%s)$$, :incident)), '55000',
+          'acknowledged once: a second acknowledgement does not overwrite who and when');
 select is(pg_temp.outcome(format($$select entitlements.resolve_incident(%s, '  ')$$, :incident)), '22023',
           'resolving needs a resolution');
 select is((select (status, resolved_by) from entitlements.resolve_incident(:incident, 'customer throttled; admin confirmed')),

@@ -7,13 +7,14 @@
 -- Rows about her are found by her ids only: once she gave herself Otto's address and the name
 -- "usd", and neither Otto's rows nor anyone's currencies, keys or pending emails may change.
 begin;
-select plan(79);
+select plan(83);
 \ir fixtures/catalog.sql
 
 \set zed    '''00000000-0000-0000-0000-00000000e701'''
 \set org    '''00000000-0000-0000-0000-00000000e702'''
 \set other  '''00000000-0000-0000-0000-00000000e703'''
 \set tadmin '''00000000-0000-0000-0000-00000000e704'''
+\set gadmin '''00000000-0000-0000-0000-00000000e70a'''
 \set xadmin '''00000000-0000-0000-0000-00000000e705'''
 \set vic    '''00000000-0000-0000-0000-00000000e706'''
 \set fresh  '''00000000-0000-0000-0000-00000000e707'''
@@ -99,7 +100,7 @@ values (:zed, :t1, :email, :name, 'en', jsonb_build_object('phone', '+1 555 0100
 insert into entitlements.customers (id, kind, tenant_id, email, display_name)
 values (:org, 'organization', :t1, 'billing@corp.example.com', 'Corp Ltd'),
        (:other, 'user', :t2, 'other@example.com', 'Otto');
-insert into entitlements.admins (user_id, tenant_id) values (:tadmin, :t1), (:xadmin, :t2);
+insert into entitlements.admins (user_id, tenant_id) values (:tadmin, :t1), (:xadmin, :t2), (:gadmin, null);
 -- Supabase's auth.users address, copied by the trigger the operator attaches.
 create schema auth;
 create table auth.users (id uuid primary key, email varchar(255));
@@ -241,9 +242,14 @@ insert into docs select 'self', entitlements.export_customer(:zed);
 select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :org)), '42501',
           'a member may not export her organization');
 select set_config('request.jwt.claims', json_build_object('sub', :tadmin, 'role', 'authenticated')::text, true) is not null as c \gset
-insert into docs select 'tenant admin', entitlements.export_customer(:zed);
+-- Export and erasure reach beyond a tenant (app tables' audit rows, Stripe events), and a
+-- tenant admin controls its customers' names and addresses: global admins only.
+select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :zed)), '42501',
+          'her tenant''s admin: 42501 (global admins only)');
 select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :nobody)), '42501',
           'a tenant admin asking about an unknown customer: 42501, nothing revealed');
+select set_config('request.jwt.claims', json_build_object('sub', :gadmin, 'role', 'authenticated')::text, true) is not null as c \gset
+insert into docs select 'global admin user', entitlements.export_customer(:zed);
 select set_config('request.jwt.claims', json_build_object('sub', :xadmin, 'role', 'authenticated')::text, true) is not null as c \gset
 select is(pg_temp.outcome(format('select entitlements.export_customer(%L)', :zed)), '42501', 'another tenant''s admin: 42501');
 select set_config('request.jwt.claims', json_build_object('sub', :other, 'role', 'authenticated')::text, true) is not null as c \gset
@@ -274,7 +280,7 @@ reset role;
 select set_config('entitlements.user_id', '', true) is not null as c \gset
 select set_config('request.jwt.claims', '', true) is not null as c \gset
 select is((select array_agg(who order by who) from docs where doc = (select doc from docs where who = 'admin')),
-          array['admin', 'self', 'tenant admin'], 'she, her tenant''s admin and a global admin get the same document');
+          array['admin', 'global admin user', 'self'], 'she, a global admin user and a global admin role get the same document');
 select throws_ok($$select entitlements.export_customer(null)$$, '22004', NULL, 'export: NULL customer is 22004');
 select throws_ok(format('select entitlements.export_customer(%L)', :nobody), '22023', NULL, 'an unknown customer is 22023 (to admins)');
 
@@ -290,6 +296,9 @@ select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :
 select set_config('request.jwt.claims', json_build_object('sub', :tadmin, 'role', 'authenticated')::text, true) is not null as c \gset
 select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :nobody, 'GDPR request')), '42501',
           'an unknown customer, to a tenant admin: 42501');
+select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, 'GDPR request')), '42501',
+          'her tenant''s admin may not erase her either (global admins only)');
+select set_config('request.jwt.claims', json_build_object('sub', :gadmin, 'role', 'authenticated')::text, true) is not null as c \gset
 select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, 'asked by ' || upper(:email))), '22023',
           'a reason containing her address (in any case) is refused: 22023');
 select is(pg_temp.outcome(format('select entitlements.erase_customer(%L, %L)', :zed, 'asked by zelda privacyson')), '22023',
@@ -313,13 +322,13 @@ select throws_ok(format('select entitlements.erase_customer(%L, %L)', :nobody, '
                  'an unknown customer, to an admin: 22023');
 select is(pg_temp.snapshot(), :'snap0', 'the refused calls wrote nothing');
 
--- Erasure, by her tenant's admin -------------------------------------------------------------------------
+-- Erasure, by a global admin (a user) ----------------------------------------------------------------------
 select count(*) as audit_before from entitlements.audit_log \gset
 select pg_temp.others() as others_before \gset
 select count(*) as pending_before from entitlements.deliveries d join entitlements.outbox o on o.id = d.event_id
  where o.customer_id = :zed and d.status = 'pending' \gset
 set local role authenticated;
-select set_config('request.jwt.claims', json_build_object('sub', :tadmin, 'role', 'authenticated')::text, true) is not null as c \gset
+select set_config('request.jwt.claims', json_build_object('sub', :gadmin, 'role', 'authenticated')::text, true) is not null as c \gset
 insert into docs select 'erased', entitlements.erase_customer(:zed, 'GDPR erasure request #4711');
 reset role;
 select set_config('request.jwt.claims', '', true) is not null as c \gset
@@ -384,7 +393,7 @@ select is((select count(*)::int from entitlements.deliveries where id = :d_email
 set entitlements.clock = '2025-03-15 00:00:00+00';
 select is((select count(*)::int from entitlements.audit_log where action = 'erase'), 1, 'exactly one erase audit row');
 select is((select array[actor::text, table_name, row_key, reason] from entitlements.audit_log where action = 'erase'),
-          array[:tadmin, 'entitlements.customers', :zed, 'GDPR erasure request #4711'], 'who, what and why');
+          array[:gadmin, 'entitlements.customers', :zed, 'GDPR erasure request #4711'], 'who, what and why');
 select ok((select not exists (select 1 from pg_temp.needles n where strpos(lower(a::text), lower(n.needle)) > 0)
              from entitlements.audit_log a where action = 'erase'), 'and nothing personal');
 select is((select count(*)::int from entitlements.audit_log a where a.id > :audit_before and a.action <> 'erase'
@@ -421,6 +430,19 @@ select is((select array[doc #>> '{profile,email}', (doc #>> '{profile,erased_at}
                         (doc -> 'audit' @> '[{"action": "erase"}]')::text]
              from (select entitlements.export_customer(:zed) as doc) x), array[null, 'true', 'true'],
           'an export after the erasure shows it');
+
+-- Regression (second attack review): a value nested 1,000 deep in an audited app table (any
+-- login role can write one about anyone) neither blocks the erasure nor keeps the address.
+select '00000000-0000-0000-0000-00000000e7d0' as deep \gset
+select entitlements.subscribe(:'deep', 'free') is not null as s \gset
+update entitlements.customers set email = 'deep.person@example.org' where id = :'deep';
+create table public.deep_notes (id uuid primary key, v jsonb);
+select entitlements.enable_audit('public.deep_notes');
+insert into public.deep_notes values (:'deep', (repeat('[', 1000) || '"deep.person@example.org"' || repeat(']', 1000))::jsonb);
+select lives_ok(format('select entitlements.erase_customer(%L, %L)', :'deep', 'GDPR request'),
+                'erasing past a 1,000-deep value works');
+select is((select count(*) from entitlements.audit_log where table_name = 'public.deep_notes'
+             and new_values::text like '%deep.person@example.org%'), 0::bigint, 'and the address is gone from it');
 
 select * from finish();
 rollback;

@@ -2970,16 +2970,18 @@ begin
     insert into entitlements.deliveries (event_id, channel, target)
     select new.id, 'email', x.email
       from (select entitlements._customer_email(new.customer_id) as email) x
-     where x.email is not null
+     where x.email is not null and length(x.email) <= 2000
        and (entitlements._email_template(new.kind, (select c.locale from entitlements.customers c
                                                       where c.id = new.customer_id))).kind is not null;
     -- Security alerts (monitoring/alerts.sql) go to the admins who may see them: global ones,
     -- and those of the alert's tenant, at their profile's email.
+    -- Only at a profile no one else may edit: a global admin's own row has no tenant (a
+    -- tenant's admins edit that tenant's customers), a tenant admin's is in its tenant.
     insert into entitlements.deliveries (event_id, channel, target)
     select distinct new.id, 'email', c.email
       from entitlements.admins a
-      join entitlements.customers c on c.id = a.user_id
-     where new.kind like 'security.%' and c.email is not null
+      join entitlements.customers c on c.id = a.user_id and c.tenant_id is not distinct from a.tenant_id
+     where new.kind like 'security.%' and c.email like '%@%' and length(c.email) <= 320
        and (a.tenant_id is null or a.tenant_id::text = new.payload ->> 'tenant_id');
     -- Apps may LISTEN for events (no customer id: anyone may LISTEN; the row is behind RLS).
     perform pg_notify('entitlements_events', jsonb_build_object('id', new.id, 'kind', new.kind)::text);
@@ -6381,8 +6383,12 @@ begin
             if a.id is null then
                 insert into entitlements.security_alerts (rule, subject, dedup_key, tenant_id, customer_id, severity,
                                                           events, evidence_until, details)
+                -- A store's alert only when it is about one of the store's customers; one about
+                -- an actor (an admin's grants, refusals, hours) is global: a tenant admin must
+                -- not close what an admin of another scope did.
                 values (r.rule, f.subject, r.rule || ':' || f.subject,
-                        (select c.tenant_id from entitlements.customers c where c.id = f.customer_id),
+                        case when r.rule in ('quota_abuse', 'feature_probing', 'customer_many_admins')
+                             then (select c.tenant_id from entitlements.customers c where c.id = f.customer_id) end,
                         f.customer_id, v_severity, f.events, f.last_at, coalesce(f.details, '{}'))
                 returning * into a;
                 v_opened := v_opened + 1;
@@ -6551,6 +6557,9 @@ declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
     perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'acknowledge_incident');
+    if v.status <> 'open' then
+        raise exception 'incident % is %, not open', v.id, v.status using errcode = '55000';
+    end if;
     update entitlements.security_incidents i
        set status = 'acknowledged', acknowledged_at = entitlements.now(), acknowledged_by = entitlements._principal()
      where i.id = v.id
@@ -6799,8 +6808,8 @@ begin
     perform entitlements._require(
         customer = entitlements.current_user_id()
         or entitlements._role_is_privileged(entitlements._outer_role())
-        or entitlements._is_listed_admin_of(customer),
-        'export_customer', 'the customer themself or an entitlements admin of it');
+        or entitlements._is_listed_admin(null),
+        'export_customer', 'the customer themself or a global entitlements admin');
     if not entitlements._privacy_known(customer) then
         raise exception 'customer % is not known', customer using errcode = '22023';
     end if;
@@ -7033,11 +7042,17 @@ $$;
 -- `v` with the values of `keys`, at any depth, null (empty ones stay), and every other
 -- string that is as a whole (trimmed, any case) one of `needles` (lower case) [erased].
 -- Keys are never rewritten, nor strings under _erase_kept_key.
-create function entitlements._erase_json(v jsonb, needles text[], keys text[])
+-- Past 64 levels (app tables' values have no depth limit) a subtree that holds a needle
+-- anywhere is erased whole, so no value can make the erasure run out of stack.
+create function entitlements._erase_json(v jsonb, needles text[], keys text[], depth integer default 0)
 returns jsonb language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    if depth >= 64 then
+        return case when exists (select 1 from unnest(needles) n where strpos(lower(v::text), n) > 0)
+                    then '"[erased]"'::jsonb else v end;
+    end if;
     return case jsonb_typeof(v)
         when 'object' then coalesce((
             select jsonb_object_agg(e.key,
@@ -7046,10 +7061,10 @@ begin
                                                    else 'null'::jsonb end
                                          when jsonb_typeof(e.value) = 'string' and entitlements._erase_kept_key(e.key)
                                          then e.value
-                                         else entitlements._erase_json(e.value, needles, keys) end)
+                                         else entitlements._erase_json(e.value, needles, keys, depth + 1) end)
               from jsonb_each(v) e), '{}'::jsonb)
         when 'array' then coalesce((
-            select jsonb_agg(entitlements._erase_json(e.value, needles, keys) order by e.n)
+            select jsonb_agg(entitlements._erase_json(e.value, needles, keys, depth + 1) order by e.n)
               from jsonb_array_elements(v) with ordinality e(value, n)), '[]'::jsonb)
         when 'string' then case when lower(btrim(v #>> '{}')) = any (needles) then '"[erased]"'::jsonb else v end
         else v end;
@@ -7111,7 +7126,9 @@ begin
         raise exception 'customer must not be NULL' using errcode = '22004';
     end if;
     perform entitlements._require(
-        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin_of(customer),
+        -- Global admins only: erasure reaches beyond any tenant (app tables' audit rows,
+        -- Stripe events), and a tenant admin controls its customers' names and addresses.
+        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null),
         'erase_customer', 'an entitlements admin of this customer');
     if not entitlements._privacy_known(customer) then
         raise exception 'customer % is not known', customer using errcode = '22023';
@@ -7192,8 +7209,9 @@ begin
     v_counts := v_counts || jsonb_build_object('subscriptions', v_n);
 
     -- Usage: their ledger rows lose their metadata; rows they recorded for others (an
-    -- organization's) lose what names them as a whole value (found by actor: one scan of
-    -- the ledger, for a rare call). Amounts and costs stay.
+    -- organization's) lose what names them as a whole value: the metadata of their own act
+    -- (found by actor: one scan of the ledger, for a rare call). Amounts and costs stay.
+    -- (Audit rows they merely wrote are left whole, below: those hold the others' rows.)
     with x as (select l.id, l.at,
                       case when l.customer_id = customer then null
                            else entitlements._erase_json(l.metadata, v_needles, '{}') end as metadata
@@ -7275,8 +7293,9 @@ begin
                       case when a.table_name like 'entitlements.%' then array['reason', 'last_error']
                            else '{}'::text[] end as text_columns
                  from entitlements.audit_log a
-                where a.actor = customer
-                   or entitlements._privacy_audit_about(a.table_name, a.row_key, a.old_values, a.new_values, customer)),
+                -- Not rows they merely wrote: those hold other people's data, which a name or
+                -- address the person chose must not get erased from.
+                where entitlements._privacy_audit_about(a.table_name, a.row_key, a.old_values, a.new_values, customer)),
          x as (select y.id,
                       entitlements._erase_columns(entitlements._erase_json(y.old_values, v_needles, y.keys),
                                                   y.text_columns, v_patterns) as old_values,

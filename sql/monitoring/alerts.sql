@@ -206,8 +206,12 @@ begin
             if a.id is null then
                 insert into entitlements.security_alerts (rule, subject, dedup_key, tenant_id, customer_id, severity,
                                                           events, evidence_until, details)
+                -- A store's alert only when it is about one of the store's customers; one about
+                -- an actor (an admin's grants, refusals, hours) is global: a tenant admin must
+                -- not close what an admin of another scope did.
                 values (r.rule, f.subject, r.rule || ':' || f.subject,
-                        (select c.tenant_id from entitlements.customers c where c.id = f.customer_id),
+                        case when r.rule in ('quota_abuse', 'feature_probing', 'customer_many_admins')
+                             then (select c.tenant_id from entitlements.customers c where c.id = f.customer_id) end,
                         f.customer_id, v_severity, f.events, f.last_at, coalesce(f.details, '{}'))
                 returning * into a;
                 v_opened := v_opened + 1;
@@ -376,6 +380,9 @@ declare
     v entitlements.security_incidents := entitlements._incident_for_update(incident);
 begin
     perform entitlements._require(entitlements._caller_administers(v.tenant_id), 'acknowledge_incident');
+    if v.status <> 'open' then
+        raise exception 'incident % is %, not open', v.id, v.status using errcode = '55000';
+    end if;
     update entitlements.security_incidents i
        set status = 'acknowledged', acknowledged_at = entitlements.now(), acknowledged_by = entitlements._principal()
      where i.id = v.id

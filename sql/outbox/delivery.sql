@@ -258,16 +258,18 @@ begin
     insert into entitlements.deliveries (event_id, channel, target)
     select new.id, 'email', x.email
       from (select entitlements._customer_email(new.customer_id) as email) x
-     where x.email is not null
+     where x.email is not null and length(x.email) <= 2000
        and (entitlements._email_template(new.kind, (select c.locale from entitlements.customers c
                                                       where c.id = new.customer_id))).kind is not null;
     -- Security alerts (monitoring/alerts.sql) go to the admins who may see them: global ones,
     -- and those of the alert's tenant, at their profile's email.
+    -- Only at a profile no one else may edit: a global admin's own row has no tenant (a
+    -- tenant's admins edit that tenant's customers), a tenant admin's is in its tenant.
     insert into entitlements.deliveries (event_id, channel, target)
     select distinct new.id, 'email', c.email
       from entitlements.admins a
-      join entitlements.customers c on c.id = a.user_id
-     where new.kind like 'security.%' and c.email is not null
+      join entitlements.customers c on c.id = a.user_id and c.tenant_id is not distinct from a.tenant_id
+     where new.kind like 'security.%' and c.email like '%@%' and length(c.email) <= 320
        and (a.tenant_id is null or a.tenant_id::text = new.payload ->> 'tenant_id');
     -- Apps may LISTEN for events (no customer id: anyone may LISTEN; the row is behind RLS).
     perform pg_notify('entitlements_events', jsonb_build_object('id', new.id, 'kind', new.kind)::text);

@@ -134,11 +134,17 @@ $$;
 -- `v` with the values of `keys`, at any depth, null (empty ones stay), and every other
 -- string that is as a whole (trimmed, any case) one of `needles` (lower case) [erased].
 -- Keys are never rewritten, nor strings under _erase_kept_key.
-create function entitlements._erase_json(v jsonb, needles text[], keys text[])
+-- Past 64 levels (app tables' values have no depth limit) a subtree that holds a needle
+-- anywhere is erased whole, so no value can make the erasure run out of stack.
+create function entitlements._erase_json(v jsonb, needles text[], keys text[], depth integer default 0)
 returns jsonb language plpgsql immutable parallel safe
 set search_path = pg_catalog, pg_temp
 as $$
 begin
+    if depth >= 64 then
+        return case when exists (select 1 from unnest(needles) n where strpos(lower(v::text), n) > 0)
+                    then '"[erased]"'::jsonb else v end;
+    end if;
     return case jsonb_typeof(v)
         when 'object' then coalesce((
             select jsonb_object_agg(e.key,
@@ -147,10 +153,10 @@ begin
                                                    else 'null'::jsonb end
                                          when jsonb_typeof(e.value) = 'string' and entitlements._erase_kept_key(e.key)
                                          then e.value
-                                         else entitlements._erase_json(e.value, needles, keys) end)
+                                         else entitlements._erase_json(e.value, needles, keys, depth + 1) end)
               from jsonb_each(v) e), '{}'::jsonb)
         when 'array' then coalesce((
-            select jsonb_agg(entitlements._erase_json(e.value, needles, keys) order by e.n)
+            select jsonb_agg(entitlements._erase_json(e.value, needles, keys, depth + 1) order by e.n)
               from jsonb_array_elements(v) with ordinality e(value, n)), '[]'::jsonb)
         when 'string' then case when lower(btrim(v #>> '{}')) = any (needles) then '"[erased]"'::jsonb else v end
         else v end;
@@ -212,7 +218,9 @@ begin
         raise exception 'customer must not be NULL' using errcode = '22004';
     end if;
     perform entitlements._require(
-        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin_of(customer),
+        -- Global admins only: erasure reaches beyond any tenant (app tables' audit rows,
+        -- Stripe events), and a tenant admin controls its customers' names and addresses.
+        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null),
         'erase_customer', 'an entitlements admin of this customer');
     if not entitlements._privacy_known(customer) then
         raise exception 'customer % is not known', customer using errcode = '22023';
@@ -293,8 +301,9 @@ begin
     v_counts := v_counts || jsonb_build_object('subscriptions', v_n);
 
     -- Usage: their ledger rows lose their metadata; rows they recorded for others (an
-    -- organization's) lose what names them as a whole value (found by actor: one scan of
-    -- the ledger, for a rare call). Amounts and costs stay.
+    -- organization's) lose what names them as a whole value: the metadata of their own act
+    -- (found by actor: one scan of the ledger, for a rare call). Amounts and costs stay.
+    -- (Audit rows they merely wrote are left whole, below: those hold the others' rows.)
     with x as (select l.id, l.at,
                       case when l.customer_id = customer then null
                            else entitlements._erase_json(l.metadata, v_needles, '{}') end as metadata
@@ -376,8 +385,9 @@ begin
                       case when a.table_name like 'entitlements.%' then array['reason', 'last_error']
                            else '{}'::text[] end as text_columns
                  from entitlements.audit_log a
-                where a.actor = customer
-                   or entitlements._privacy_audit_about(a.table_name, a.row_key, a.old_values, a.new_values, customer)),
+                -- Not rows they merely wrote: those hold other people's data, which a name or
+                -- address the person chose must not get erased from.
+                where entitlements._privacy_audit_about(a.table_name, a.row_key, a.old_values, a.new_values, customer)),
          x as (select y.id,
                       entitlements._erase_columns(entitlements._erase_json(y.old_values, v_needles, y.keys),
                                                   y.text_columns, v_patterns) as old_values,
