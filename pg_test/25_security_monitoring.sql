@@ -169,8 +169,9 @@ select is((select (severity, details ->> 'change') from entitlements.security_al
           row('critical'::text, 'granted entitlements_admin'::text), 'a database role granted entitlements_admin: critical');
 select pg_temp.scan() is not null as scanned \gset
 select is((pg_temp.alert('privilege_change', 'role:monitoring_sneaky')).count, 1, 'found once');
-select is((select count(*) from entitlements.security_alerts where subject like 'role:%' and rule = 'privilege_change'),
-          1::bigint, 'the roles that were admins at install raise nothing');
+select is((select count(*) from entitlements.security_alerts
+            where subject like 'role:%' and rule = 'privilege_change' and status = 'open'),
+          1::bigint, 'the roles that were admins at the scan before raise nothing');
 select is((pg_temp.alert('mass_grants', :'admin_b')).id, null, '9 grants by another (over two customers): none');
 select is((pg_temp.alert('customer_many_admins', :'abuser')).events >= 3, true,
           'a customer''s grants changed by three admins');
