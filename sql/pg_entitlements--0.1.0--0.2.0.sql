@@ -5794,8 +5794,7 @@ as $$
 declare
     v_now bigint := (extract(epoch from entitlements._statement_now()) * 1000000)::bigint;
 begin
-    perform entitlements._require(entitlements._role_is_privileged(entitlements._outer_role())
-                                  or entitlements._is_listed_admin(null), 'record_signal');
+    perform entitlements._require_caller_admin('record_signal');
     if kind is null or kind not in ('webhook_refused') then
         raise exception 'kind must be webhook_refused, not %', coalesce(kind, 'NULL') using errcode = '22023';
     end if;
@@ -6373,7 +6372,7 @@ declare
     v_pruned bigint;
     v_severity text;
 begin
-    perform entitlements._require(entitlements._caller_administers(null), 'security_scan');
+    perform entitlements._require_caller_admin('security_scan');
     for r in select * from entitlements.security_rules() x where x.enabled order by x.rule loop
         for f in select * from entitlements._rule_findings(r.rule, r.threshold, r.window_length, r.severity, r.config) loop
             v_severity := coalesce(f.severity, r.severity);
@@ -6598,7 +6597,7 @@ returns boolean language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(tenant)) then
+    if not entitlements._caller_administers(tenant) then
         return false;
     end if;
     return exists (select 1 from entitlements.admins a
@@ -7125,11 +7124,9 @@ begin
     if customer is null then
         raise exception 'customer must not be NULL' using errcode = '22004';
     end if;
-    perform entitlements._require(
-        -- Global admins only: erasure reaches beyond any tenant (app tables' audit rows,
-        -- Stripe events), and a tenant admin controls its customers' names and addresses.
-        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null),
-        'erase_customer', 'an entitlements admin of this customer');
+    -- Global admins only: erasure reaches beyond any tenant (app tables' audit rows,
+    -- Stripe events), and a tenant admin controls its customers' names and addresses.
+    perform entitlements._require_caller_admin('erase_customer');
     if not entitlements._privacy_known(customer) then
         raise exception 'customer % is not known', customer using errcode = '22023';
     end if;

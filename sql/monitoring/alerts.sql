@@ -196,7 +196,7 @@ declare
     v_pruned bigint;
     v_severity text;
 begin
-    perform entitlements._require(entitlements._caller_administers(null), 'security_scan');
+    perform entitlements._require_caller_admin('security_scan');
     for r in select * from entitlements.security_rules() x where x.enabled order by x.rule loop
         for f in select * from entitlements._rule_findings(r.rule, r.threshold, r.window_length, r.severity, r.config) loop
             v_severity := coalesce(f.severity, r.severity);
@@ -421,7 +421,7 @@ returns boolean language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(tenant)) then
+    if not entitlements._caller_administers(tenant) then
         return false;
     end if;
     return exists (select 1 from entitlements.admins a

@@ -72,8 +72,7 @@ as $$
 declare
     v_now bigint := (extract(epoch from entitlements._statement_now()) * 1000000)::bigint;
 begin
-    perform entitlements._require(entitlements._role_is_privileged(entitlements._outer_role())
-                                  or entitlements._is_listed_admin(null), 'record_signal');
+    perform entitlements._require_caller_admin('record_signal');
     if kind is null or kind not in ('webhook_refused') then
         raise exception 'kind must be webhook_refused, not %', coalesce(kind, 'NULL') using errcode = '22023';
     end if;

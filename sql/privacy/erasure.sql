@@ -217,11 +217,9 @@ begin
     if customer is null then
         raise exception 'customer must not be NULL' using errcode = '22004';
     end if;
-    perform entitlements._require(
-        -- Global admins only: erasure reaches beyond any tenant (app tables' audit rows,
-        -- Stripe events), and a tenant admin controls its customers' names and addresses.
-        entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(null),
-        'erase_customer', 'an entitlements admin of this customer');
+    -- Global admins only: erasure reaches beyond any tenant (app tables' audit rows,
+    -- Stripe events), and a tenant admin controls its customers' names and addresses.
+    perform entitlements._require_caller_admin('erase_customer');
     if not entitlements._privacy_known(customer) then
         raise exception 'customer % is not known', customer using errcode = '22023';
     end if;
