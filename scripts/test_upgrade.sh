@@ -52,7 +52,7 @@ SQL
 
 # What 0.2.0 adds to the data: a table that starts empty and a column that starts NULL
 # (checked after the upgrade); the rows are compared without them.
-NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts entitlements.coupons entitlements.discounts entitlements.feature_unit_costs entitlements.security_signals entitlements.security_rules entitlements.security_incidents entitlements.security_alerts entitlements.incident_notes)
+NEW_TABLES=(entitlements.auth_emails entitlements.settings entitlements.leases entitlements.outbox entitlements.server_records entitlements.server_secrets entitlements.server_domains entitlements.server_counts entitlements.webhook_endpoints entitlements.email_templates entitlements.deliveries entitlements.delivery_attempts entitlements.coupons entitlements.discounts entitlements.feature_unit_costs entitlements.security_signals entitlements.security_rules entitlements.security_incidents entitlements.security_alerts entitlements.incident_notes entitlements.admin_tokens)
 NEW_COLUMNS=(entitlements.stripe_events.dead_at entitlements.customers.display_name entitlements.customers.locale
              entitlements.usage_counters.split entitlements.subscriptions.price_cents
              entitlements.subscriptions.currency entitlements.subscriptions.billing_interval entitlements.plans.tenant_id

@@ -122,6 +122,8 @@ extension_sql_file!("../../sql/monitoring/rules.sql", name = "security_rules", r
 extension_sql_file!("../../sql/monitoring/alerts.sql", name = "security_alerts", requires = ["security_rules"]);
 extension_sql_file!("../../sql/privacy/export.sql", name = "privacy_export", requires = ["security_alerts"]);
 extension_sql_file!("../../sql/privacy/erasure.sql", name = "privacy_erasure", requires = ["privacy_export"]);
+extension_sql_file!("../../sql/console/tokens.sql", name = "console_tokens", requires = ["privacy_erasure"]);
+extension_sql_file!("../../sql/console/search.sql", name = "console_search", requires = ["console_tokens"]);
 extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.

@@ -36,7 +36,9 @@ as $$
          '{"timezone": "UTC", "from": "07:00", "to": "20:00", "days": [1, 2, 3, 4, 5]}'::jsonb,
          'Admin changes (catalog, grants, admins, endpoints, templates) outside the configured hours and days (ISO: 1 is Monday); off until configured.'),
         (10, 'customer_many_admins', true, 3, interval '30 minutes', 'medium', '{}'::jsonb,
-         'A customer''s grants or subscriptions were changed by this many different actors.')
+         'A customer''s grants or subscriptions were changed by this many different actors.'),
+        (11, 'sign_in_failures', true, 10, interval '10 minutes', 'high', '{}'::jsonb,
+         'Console sign-ins refused (unknown, expired or revoked admin tokens, access tokens that do not verify) this many times from one client address.')
       ) r(n, rule, enabled, threshold, window_length, severity, config, description)
      order by r.n
 $$;
@@ -338,6 +340,8 @@ begin
             return query select * from entitlements._signal_findings('feature_refused', p_threshold, p_window, p_severity);
         when 'webhook_signature' then
             return query select * from entitlements._signal_findings('webhook_refused', p_threshold, p_window, p_severity);
+        when 'sign_in_failures' then
+            return query select * from entitlements._signal_findings('sign_in_refused', p_threshold, p_window, p_severity);
         when 'privilege_change' then
             return query select * from entitlements._rule_privilege_change(p_threshold, p_window, p_severity);
         when 'mass_grants' then

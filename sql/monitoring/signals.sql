@@ -9,11 +9,13 @@
 --   feature_refused     PT403: a feature the plan does not include           subject: customer, detail: feature
 --   permission_refused  42501 of an admin function or of acting for another  subject: user id or role:<name>, detail: action
 --   webhook_refused     an incoming webhook the worker refused (signature)   subject: the source (stripe), detail: why
+--   sign_in_refused     a console sign-in the worker refused (bad, expired or  subject: the client address, detail: why
+--                       revoked token; an access token that does not verify)
 --   signals_dropped     counts a backend could not keep (more than 256 keys a second)
 
 create table entitlements.security_signals (
     kind         text not null check (kind in ('quota_refused', 'feature_refused', 'permission_refused',
-                                               'webhook_refused', 'signals_dropped')),
+                                               'webhook_refused', 'sign_in_refused', 'signals_dropped')),
     subject      text not null check (length(subject) <= 200),
     detail       text not null default '' check (length(detail) <= 200),
     -- The minute the refusals fell in, by the engine's clock (entitlements.now()).
@@ -73,8 +75,9 @@ declare
     v_now bigint := (extract(epoch from entitlements._statement_now()) * 1000000)::bigint;
 begin
     perform entitlements._require_caller_admin('record_signal');
-    if kind is null or kind not in ('webhook_refused') then
-        raise exception 'kind must be webhook_refused, not %', coalesce(kind, 'NULL') using errcode = '22023';
+    if kind is null or kind not in ('webhook_refused', 'sign_in_refused') then
+        raise exception 'kind must be webhook_refused or sign_in_refused, not %', coalesce(kind, 'NULL')
+            using errcode = '22023';
     end if;
     if subject is null or length(subject) not between 1 and 200 or length(coalesce(detail, '')) > 200 then
         raise exception 'subject must be 1 to 200 characters and detail at most 200' using errcode = '22023';
@@ -88,4 +91,4 @@ begin
 end
 $$;
 comment on function entitlements.record_signal(text, text, text, integer) is
-    'Count a refusal seen outside the database (the worker: webhook_refused). Admins only.';
+    'Count a refusal seen outside the database (the worker: webhook_refused, sign_in_refused). Admins only.';

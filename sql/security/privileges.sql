@@ -86,6 +86,10 @@ revoke execute on function entitlements._audit_row(), entitlements._cache_bump()
     entitlements._customer_erasure_guard(), entitlements._privacy_known(uuid), entitlements._privacy_json_emails(uuid)
     from entitlements_api, entitlements_admin;
 
+-- The console's sign-in check runs with the worker's own role (an admin), before anyone is
+-- signed in; the API roles never need it.
+revoke execute on function entitlements.admin_token_sign_in(text) from entitlements_api;
+
 -- The Supabase Auth hook runs as supabase_auth_admin; nobody else needs it.
 revoke execute on function entitlements.custom_access_token_hook(jsonb) from entitlements_api;
 

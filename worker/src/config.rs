@@ -165,6 +165,43 @@ pub struct Cli {
     #[arg(long, env = "ENTITLEMENTS_WEBHOOK_TIMEOUT", global = true, value_parser = parse_duration)]
     pub webhook_timeout: Option<Duration>,
 
+    /// Serve the admin console (/admin) and account page (/account) in `serve` (true/false)
+    /// [default: true].
+    #[arg(long, env = "ENTITLEMENTS_CONSOLE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub console: Option<bool>,
+
+    /// Key that signs console session cookies and CSRF tokens (at least 32 characters; the
+    /// same on every replica) [default: a random key per process: sessions end at restart].
+    #[arg(long, env = "ENTITLEMENTS_CONSOLE_SECRET", hide_env_values = true, global = true)]
+    pub console_secret: Option<String>,
+
+    /// Database role the console's reads and actions run as, with the signed-in user's claims
+    /// (the worker's role must be a member) [default: authenticated].
+    #[arg(long, env = "ENTITLEMENTS_CONSOLE_ROLE", global = true)]
+    pub console_role: Option<String>,
+
+    /// Address people reach the worker at (`https://...`: session cookies are Secure); Stripe
+    /// Checkout and Billing Portal come back to it [default: http://LISTEN_ADDR].
+    #[arg(long, env = "ENTITLEMENTS_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// Supabase JWT secret (HS256) that access tokens are signed with.
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true, global = true)]
+    pub supabase_jwt_secret: Option<String>,
+
+    /// Supabase JWKS address (asymmetric signing keys: RS256, ES256), e.g.
+    /// https://PROJECT.supabase.co/auth/v1/.well-known/jwks.json.
+    #[arg(long, env = "SUPABASE_JWKS_URL", global = true)]
+    pub supabase_jwks_url: Option<String>,
+
+    /// Longest console session [default: 8h; never past the token or access token it came from].
+    #[arg(long, env = "ENTITLEMENTS_CONSOLE_SESSION", global = true, value_parser = parse_duration)]
+    pub console_session: Option<Duration>,
+
+    /// Sign-in attempts one client address may make per minute [default: 10].
+    #[arg(long, env = "ENTITLEMENTS_SIGN_IN_PER_MINUTE", global = true)]
+    pub sign_in_per_minute: Option<u32>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -216,6 +253,15 @@ Configuration file (TOML), every key optional:
   concurrency = 8
   lease = \"1m\"
   webhook_timeout = \"10s\"
+  [console]                       # /admin and /account
+  enabled = true
+  secret = \"...\"                 # signs sessions; the same on every replica
+  role = \"authenticated\"         # what pages run as, with the user's claims
+  public_url = \"https://billing.example.org\"
+  supabase_jwt_secret = \"...\"    # HS256 access tokens
+  supabase_jwks_url = \"https://PROJECT.supabase.co/auth/v1/.well-known/jwks.json\"
+  session = \"8h\"
+  sign_in_per_minute = 10
 Durations: a number of seconds, or a number with ms, s, m or h.";
 
 #[derive(Debug, Subcommand)]
@@ -302,6 +348,32 @@ pub struct Config {
     pub stripe: StripeConfig,
     pub provision: ProvisionConfig,
     pub delivery: DeliveryConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The admin console and account page (console/).
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// Signs session cookies and CSRF tokens.
+    pub secret: Secret,
+    /// True when no secret was configured and one was drawn for this process.
+    pub secret_generated: bool,
+    /// The role pages run as (SET LOCAL ROLE), a plain identifier.
+    pub role: String,
+    /// Where people reach the worker, without a trailing slash.
+    pub public_url: String,
+    pub jwt_secret: Option<Secret>,
+    pub jwks_url: Option<String>,
+    pub session: Duration,
+    pub sign_in_per_minute: u32,
+}
+
+impl ConsoleConfig {
+    /// Session cookies get `Secure` when people reach the worker over TLS.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.starts_with("https://")
+    }
 }
 
 /// What one client may hold of the HTTP listener (listener.rs).
@@ -382,6 +454,21 @@ struct FileConfig {
     provision: FileProvision,
     #[serde(default)]
     delivery: FileDelivery,
+    #[serde(default)]
+    console: FileConsole,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConsole {
+    enabled: Option<bool>,
+    secret: Option<String>,
+    role: Option<String>,
+    public_url: Option<String>,
+    supabase_jwt_secret: Option<String>,
+    supabase_jwks_url: Option<String>,
+    session: Option<FileDuration>,
+    sign_in_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -539,9 +626,11 @@ impl Config {
         }
         let provision = provision_config(cli, file.provision)?;
         let delivery = delivery_config(cli, file.delivery)?;
+        let listen_addr = cli.listen_addr.clone().or(file.listen_addr).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let console = console_config(cli, file.console, &listen_addr)?;
         Ok(Config {
             database_url: Secret::new(database_url),
-            listen_addr: cli.listen_addr.clone().or(file.listen_addr).unwrap_or_else(|| "127.0.0.1:8080".into()),
+            listen_addr,
             log_format: cli.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             worker_id: cli.worker_id.clone().or(file.worker_id).unwrap_or_else(default_worker_id),
             shutdown_timeout,
@@ -555,6 +644,7 @@ impl Config {
             stripe,
             provision,
             delivery,
+            console,
         })
     }
 }
@@ -663,6 +753,61 @@ fn delivery_config(cli: &Cli, file: FileDelivery) -> Result<DeliveryConfig> {
         concurrency,
         lease,
         webhook_timeout,
+    })
+}
+
+fn console_config(cli: &Cli, file: FileConsole, listen_addr: &str) -> Result<ConsoleConfig> {
+    let (secret, secret_generated) = match cli.console_secret.clone().or(file.secret).filter(|s| !s.is_empty()) {
+        Some(s) if s.len() < 32 => {
+            return Err(Error::Config("ENTITLEMENTS_CONSOLE_SECRET must be at least 32 characters".into()))
+        }
+        Some(s) => (s, false),
+        // 244 random bits from the operating system (uuid v4 draws from getrandom).
+        None => (format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()), true),
+    };
+    let role = cli.console_role.clone().or(file.role).unwrap_or_else(|| "authenticated".into());
+    // It is put in a SET ROLE by name: a plain identifier only.
+    if role.is_empty()
+        || role.len() > 63
+        || !role.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        || role.as_bytes()[0].is_ascii_digit()
+    {
+        return Err(Error::Config(format!(
+            "ENTITLEMENTS_CONSOLE_ROLE must be a plain role name (a-z, 0-9, _), not {role:?}"
+        )));
+    }
+    let public_url = cli
+        .public_url
+        .clone()
+        .or(file.public_url)
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| format!("http://{listen_addr}"));
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        return Err(Error::Config(format!(
+            "ENTITLEMENTS_PUBLIC_URL must start with http:// or https://, not {public_url:?}"
+        )));
+    }
+    let session =
+        duration(cli.console_session, file.session.as_ref(), "console.session", Duration::from_secs(8 * 3600))?;
+    let sign_in_per_minute = cli.sign_in_per_minute.or(file.sign_in_per_minute).unwrap_or(10);
+    if sign_in_per_minute == 0 {
+        return Err(Error::Config("sign_in_per_minute must be at least 1".into()));
+    }
+    Ok(ConsoleConfig {
+        enabled: cli.console.or(file.enabled).unwrap_or(true),
+        secret: Secret::new(secret),
+        secret_generated,
+        role,
+        public_url: public_url.trim_end_matches('/').to_owned(),
+        jwt_secret: cli
+            .supabase_jwt_secret
+            .clone()
+            .or(file.supabase_jwt_secret)
+            .filter(|s| !s.is_empty())
+            .map(Secret::new),
+        jwks_url: cli.supabase_jwks_url.clone().or(file.supabase_jwks_url).filter(|s| !s.is_empty()),
+        session,
+        sign_in_per_minute,
     })
 }
 

@@ -44,6 +44,8 @@ pub struct Context {
     /// Wakes the Stripe applier when the webhook stored a new event (it also polls, for
     /// events stored by another replica or due for a retry).
     pub stripe_wake: Arc<Notify>,
+    /// The console's sign-in limits and access token keys.
+    pub console: Arc<crate::console::State>,
 }
 
 impl Context {
@@ -63,8 +65,16 @@ impl Context {
             stripe_webhooks = config.stripe.webhook_secret.is_some(),
             stripe_api = config.stripe.secret_key.is_some(),
             provisioning = config.provision.enabled,
+            console = config.console.enabled,
             "starting"
         );
+        if config.console.enabled && config.console.secret_generated {
+            tracing::warn!(
+                "ENTITLEMENTS_CONSOLE_SECRET is not set: console sessions are signed with a key drawn at start, \
+                 so they end when the worker restarts and do not carry over to other replicas"
+            );
+        }
+        let config_console = config.console.clone();
         Ok(Context {
             pool,
             config: Arc::new(config),
@@ -75,6 +85,7 @@ impl Context {
             tracker: TaskTracker::new(),
             background: Arc::new(Semaphore::new(BACKGROUND_CONNECTIONS)),
             stripe_wake: Arc::new(Notify::new()),
+            console: Arc::new(crate::console::State::new(&config_console)),
         })
     }
 }

@@ -8,13 +8,16 @@ use serde_json::json;
 use std::time::Duration;
 
 pub fn router(ctx: Context) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/healthz", get(healthz))
         .route("/metrics", get(prometheus))
-        .merge(crate::stripe::router())
-        .with_state(ctx)
+        .merge(crate::stripe::router());
+    if ctx.config.console.enabled {
+        router = router.merge(crate::console::router());
+    }
+    router.with_state(ctx)
 }
 
 /// Liveness: the process accepts and answers HTTP. It never asks the database, so a

@@ -2,6 +2,7 @@
 //! it never re-implements an entitlement rule.
 
 pub mod config;
+pub mod console;
 pub mod context;
 pub mod db;
 pub mod error;

@@ -20,13 +20,19 @@ use tokio::time::{Instant, Sleep};
 /// The longest any one connection is served.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
 
-/// Requests of one connection being handled now, shared by the connection and its requests.
+/// Requests of one connection being handled now, shared by the connection and its requests,
+/// and the address the connection came from.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<AtomicUsize>, Option<std::net::SocketAddr>);
+
+/// The peer address of a request's connection (a request extension, set by `mark_busy`): the
+/// console's sign-in limits and counts refusals by it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::IpAddr);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, LimitedListener>> for InFlight {
     fn connect_info(stream: axum::serve::IncomingStream<'_, LimitedListener>) -> Self {
-        stream.io().in_flight.clone()
+        InFlight(stream.io().in_flight.0.clone(), Some(*stream.remote_addr()))
     }
 }
 
@@ -45,6 +51,10 @@ pub async fn mark_busy(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     in_flight.0.fetch_add(1, Ordering::Relaxed);
+    let mut request = request;
+    if let Some(peer) = in_flight.1 {
+        request.extensions_mut().insert(ClientAddr(peer.ip()));
+    }
     let _busy = Busy(in_flight);
     next.run(request).await
 }

@@ -1,0 +1,63 @@
+//! The admin console (`/admin`) and the account page (`/account`), served by the worker on its
+//! listener: HTML rendered here (maud), one stylesheet and one small script served here too,
+//! forms that post normally. Who may see and do what is the database's decision: every page
+//! runs in a transaction as the signed-in user (viewer.rs), never with the worker's rights.
+//!
+//!   sign_in.rs    signing in (admin token or Supabase access token), out, rate limits
+//!   session.rs    the signed session cookie and CSRF tokens
+//!   viewer.rs     the signed-in request and its transaction as the user
+//!   overview.rs, customers.rs, security.rs, operations.rs   the admin pages
+//!   account.rs    the user's own page
+//!   html.rs, charts.rs, error.rs   the frame, SVG charts, error pages
+pub mod access_token;
+pub mod account;
+pub mod charts;
+pub mod customers;
+pub mod error;
+pub mod html;
+pub mod operations;
+pub mod overview;
+pub mod security;
+pub mod session;
+pub mod sign_in;
+pub mod viewer;
+
+use crate::config::ConsoleConfig;
+use crate::Context;
+use axum::response::Redirect;
+use axum::routing::{get, post};
+use axum::Router;
+
+/// What the console keeps between requests: the sign-in limits and the access token keys.
+pub struct State {
+    pub limiter: sign_in::Limiter,
+    pub verifier: access_token::Verifier,
+}
+
+impl State {
+    pub fn new(config: &ConsoleConfig) -> State {
+        State {
+            limiter: sign_in::Limiter::new(config.sign_in_per_minute),
+            verifier: access_token::Verifier::new(config),
+        }
+    }
+}
+
+/// The console's routes, merged into the HTTP router by http.rs when it is enabled.
+pub fn router() -> Router<Context> {
+    Router::new()
+        .route("/console/console.css", get(html::style))
+        .route("/console/console.js", get(html::script))
+        .route("/sign-in", get(sign_in::show).post(sign_in::submit))
+        .route("/sign-out", post(sign_in::sign_out))
+        .route("/admin", get(overview::page))
+        .route("/admin/", get(|| async { Redirect::permanent("/admin") }))
+        .route("/admin/customers", get(customers::search))
+        .route("/admin/customers/{id}", get(customers::detail))
+        .route("/admin/customers/{id}/actions", post(customers::act))
+        .route("/admin/customers/{id}/export", get(customers::export))
+        .route("/admin/customers/{id}/erase", get(customers::confirm_erase))
+        .route("/admin/security", get(security::page).post(security::act))
+        .route("/admin/operations", get(operations::page).post(operations::act))
+        .route("/account", get(account::page))
+}
