@@ -7451,6 +7451,122 @@ comment on function entitlements.admin_token_sign_in(text) is
     'The console''s sign-in check of an admin token: its id, user and expiry when active. The worker''s role only.';
 -- END copy of sql/console/tokens.sql
 
+-- BEGIN copy of sql/console/search.sql
+-- Finding a customer (the console's search; also for apps' own admin screens): by exact id,
+-- exact Stripe customer id, or the start of an email address or display name (any case).
+-- Runs as the caller: RLS decides whom they find (a tenant admin finds their tenant's only).
+create index customers_email_prefix on entitlements.customers (lower(email) text_pattern_ops) where email is not null;
+create index customers_name_prefix on entitlements.customers (lower(display_name) text_pattern_ops)
+    where display_name is not null;
+create index customers_stripe_id on entitlements.customers (stripe_customer_id) where stripe_customer_id is not null;
+
+create function entitlements.search_customers(query text, max_rows integer default 50)
+returns table (id uuid, kind text, email text, display_name text, stripe_customer_id text, tenant_id uuid,
+               plan_key text, status text, created_at timestamptz)
+language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_q text := btrim(coalesce(query, ''));
+    v_prefix text;
+begin
+    if max_rows is null or max_rows not between 1 and 500 then
+        raise exception 'max_rows must be between 1 and 500' using errcode = '22023';
+    end if;
+    if length(v_q) > 320 then
+        raise exception 'query must be at most 320 characters' using errcode = '22023';
+    end if;
+    -- LIKE's wildcards in what was typed are matched as themselves.
+    v_prefix := replace(replace(replace(lower(v_q), '\', '\\'), '%', '\%'), '_', '\_') || '%';
+    return query
+    select c.id, c.kind, c.email, c.display_name, c.stripe_customer_id, c.tenant_id, s.plan_key, s.status, c.created_at
+      from (
+        select x.* from entitlements.customers x
+         where v_q ~* '^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$' and x.id = v_q::uuid
+        union
+        select x.* from entitlements.customers x where v_q like 'cus\_%' and x.stripe_customer_id = v_q
+        union
+        (select x.* from entitlements.customers x
+          where v_q <> '' and x.email is not null and lower(x.email) like v_prefix
+          order by lower(x.email) limit max_rows)
+        union
+        (select x.* from entitlements.customers x
+          where v_q <> '' and x.display_name is not null and lower(x.display_name) like v_prefix
+          order by lower(x.display_name) limit max_rows)
+        union
+        (select x.* from entitlements.customers x where v_q = '' order by x.created_at desc, x.id limit max_rows)
+      ) c
+      left join lateral (
+        select s.plan_key, s.status from entitlements.subscriptions s
+         where s.customer_id = c.id order by s.created_at desc limit 1) s on true
+     order by c.email nulls last, c.id
+     limit max_rows;
+end
+$$;
+comment on function entitlements.search_customers(text, integer) is
+    'Customers by exact id, exact Stripe customer id, or the start of an email or name (empty: the newest), with their latest plan; as the caller sees them.';
+-- END copy of sql/console/search.sql
+
+-- BEGIN copy of sql/catalog/document.sql
+-- The catalog as a document in apply_catalog's own shape: what the console's plan editor
+-- starts from, and what an operator keeps in version control. Applying it back changes
+-- nothing (pg_test/28_console_catalog.sql holds it to that). Active plans of one owner
+-- (everyone's, or one store's), in their order; every feature.
+create function entitlements.catalog_document(tenant uuid default null)
+returns jsonb language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if tenant is null then
+        perform entitlements._require_admin('catalog_document');
+    else
+        perform entitlements._require_admin('catalog_document for a store', tenant);
+    end if;
+    return jsonb_build_object(
+        'features', coalesce((
+            select jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                       'key', f.key, 'kind', f.kind, 'unit', f.unit,
+                       'thresholds', to_jsonb(f.thresholds), 'unit_cost_cents', f.unit_cost_cents))
+                   order by f.created_at, f.key)
+              from entitlements.features f), '[]'::jsonb),
+        'plans', coalesce((
+            select jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                       'key', p.key, 'name', p.name, 'description', p.description,
+                       'price_cents', p.price_cents, 'currency', p.currency, 'interval', p.interval,
+                       'default', case when p.is_default then true end, 'public', p.public,
+                       'trial_days', p.trial_days, 'grace_days', p.grace_days,
+                       'stripe_price_ids', case when cardinality(p.stripe_price_ids) > 0 then to_jsonb(p.stripe_price_ids) end,
+                       'metadata', case when p.metadata <> '{}'::jsonb then p.metadata end))
+                   || jsonb_build_object('entitlements', coalesce((
+                       select jsonb_object_agg(e.feature_key, entitlements._catalog_entry(f.kind, e.spec))
+                         from entitlements.plan_entitlements e
+                         join entitlements.features f on f.key = e.feature_key
+                        where e.plan_key = p.key), '{}'::jsonb))
+                   order by p.position, p.key)
+              from entitlements.plans p
+             where p.active and p.tenant_id is not distinct from tenant), '[]'::jsonb));
+end
+$$;
+comment on function entitlements.catalog_document(uuid) is
+    'The active catalog (of a store, with a tenant) as an apply_catalog document; applying it back changes nothing. Admins.';
+
+-- One plan's value of a feature as a document writes it (the inverse of the normalization in
+-- extension/src/catalog/mod.rs): a flag's boolean, a limit's number (an object when per unit),
+-- a concurrency's number, a metered feature's limits, a config's value.
+create function entitlements._catalog_entry(kind text, spec jsonb)
+returns jsonb language sql immutable parallel safe
+set search_path = pg_catalog, pg_temp
+as $$
+    select case kind
+        when 'flag' then spec -> 'enabled'
+        when 'limit' then case when (spec ->> 'per_unit')::boolean then spec else spec -> 'limit' end
+        when 'concurrency' then spec -> 'limit'
+        when 'metered' then spec -> 'limits'
+        else spec -> 'value'
+    end
+$$;
+-- END copy of sql/catalog/document.sql
+
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0
 -- grants nothing to PUBLIC but the checks and app-table auditing, the rest to the API and

@@ -20,13 +20,20 @@ pub struct LocalStripe {
 }
 
 impl LocalStripe {
-    /// Start it (LOCALSTRIPE_BIN or `localstripe`) and wait until it answers `GET /v1/customers`
-    /// with `key`, the key the fixture's own calls use.
+    /// Start it (LOCALSTRIPE_BIN, else `tests/localstripe/serve.py`: localstripe with Checkout
+    /// and Billing Portal sessions added) and wait until it answers `GET /v1/customers` with
+    /// `key`, the key the fixture's own calls use.
     pub async fn start(key: &str) -> LocalStripe {
         let port = free_port();
-        let bin = std::env::var("LOCALSTRIPE_BIN").unwrap_or_else(|_| "localstripe".into());
+        let (bin, mut args) = match std::env::var("LOCALSTRIPE_BIN") {
+            Ok(bin) => (bin, vec![]),
+            Err(_) => {
+                ("python3".to_owned(), vec![concat!(env!("CARGO_MANIFEST_DIR"), "/localstripe/serve.py").to_owned()])
+            }
+        };
+        args.extend(["--port".to_owned(), port.to_string(), "--from-scratch".to_owned()]);
         let mut child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--from-scratch"])
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

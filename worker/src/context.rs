@@ -74,7 +74,7 @@ impl Context {
                  so they end when the worker restarts and do not carry over to other replicas"
             );
         }
-        let config_console = config.console.clone();
+        let console = Arc::new(crate::console::State::new(&config)?);
         Ok(Context {
             pool,
             config: Arc::new(config),
@@ -85,7 +85,7 @@ impl Context {
             tracker: TaskTracker::new(),
             background: Arc::new(Semaphore::new(BACKGROUND_CONNECTIONS)),
             stripe_wake: Arc::new(Notify::new()),
-            console: Arc::new(crate::console::State::new(&config_console)),
+            console,
         })
     }
 }

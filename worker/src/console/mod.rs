@@ -6,40 +6,50 @@
 //!   sign_in.rs    signing in (admin token or Supabase access token), out, rate limits
 //!   session.rs    the signed session cookie and CSRF tokens
 //!   viewer.rs     the signed-in request and its transaction as the user
-//!   overview.rs, customers.rs, security.rs, operations.rs   the admin pages
-//!   account.rs    the user's own page
+//!   overview.rs, customers.rs, plans.rs, revenue.rs, security.rs, operations.rs   admin pages
+//!   account.rs    the user's own page; billing.rs: Stripe Checkout and Billing Portal
 //!   html.rs, charts.rs, error.rs   the frame, SVG charts, error pages
 pub mod access_token;
 pub mod account;
+pub mod billing;
 pub mod charts;
 pub mod customers;
 pub mod error;
 pub mod html;
 pub mod operations;
 pub mod overview;
+pub mod plans;
+pub mod revenue;
 pub mod security;
 pub mod session;
 pub mod sign_in;
 pub mod viewer;
 
-use crate::config::ConsoleConfig;
-use crate::Context;
+use crate::config::Config;
+use crate::{Context, Result};
 use axum::response::Redirect;
 use axum::routing::{get, post};
 use axum::Router;
 
-/// What the console keeps between requests: the sign-in limits and the access token keys.
+/// What the console keeps between requests: the sign-in limits, the access token keys and the
+/// Stripe client of the account page (with STRIPE_SECRET_KEY).
 pub struct State {
     pub limiter: sign_in::Limiter,
     pub verifier: access_token::Verifier,
+    pub stripe: Option<crate::stripe::api::Client>,
 }
 
 impl State {
-    pub fn new(config: &ConsoleConfig) -> State {
-        State {
-            limiter: sign_in::Limiter::new(config.sign_in_per_minute),
-            verifier: access_token::Verifier::new(config),
-        }
+    pub fn new(config: &Config) -> Result<State> {
+        let stripe = match &config.stripe.secret_key {
+            Some(key) => Some(crate::stripe::api::Client::new(key, config.stripe.api_base.as_deref())?),
+            None => None,
+        };
+        Ok(State {
+            limiter: sign_in::Limiter::new(config.console.sign_in_per_minute),
+            verifier: access_token::Verifier::new(&config.console),
+            stripe,
+        })
     }
 }
 
@@ -57,7 +67,15 @@ pub fn router() -> Router<Context> {
         .route("/admin/customers/{id}/actions", post(customers::act))
         .route("/admin/customers/{id}/export", get(customers::export))
         .route("/admin/customers/{id}/erase", get(customers::confirm_erase))
+        .route("/admin/plans", get(plans::page))
+        .route("/admin/plans/preview", post(plans::preview))
+        .route("/admin/plans/apply", post(plans::apply))
+        .route("/admin/revenue", get(revenue::page))
         .route("/admin/security", get(security::page).post(security::act))
         .route("/admin/operations", get(operations::page).post(operations::act))
         .route("/account", get(account::page))
+        .route("/account/checkout", post(billing::checkout_form))
+        .route("/account/portal", post(billing::portal_form))
+        .route("/api/account/checkout", post(billing::checkout_api))
+        .route("/api/account/portal", post(billing::portal_api))
 }

@@ -17,6 +17,8 @@ use uuid::Uuid;
 pub struct Filter {
     pub currency: Option<String>,
     pub tenant: Option<Uuid>,
+    /// What the action that led here did (shown as a notice).
+    pub done: Option<String>,
 }
 
 impl Filter {

@@ -92,37 +92,9 @@ impl Viewer {
         self.session.user
     }
 
-    /// A transaction as this user. A session made with an admin token ends when the token was
-    /// revoked or expired (checked here, as the user, on every request).
+    /// A transaction as this user (see `begin_as`).
     pub async fn begin(&self, ctx: &Context) -> PageResult<Transaction<'static, Postgres>> {
-        let mut tx = ctx.pool.begin().await?;
-        let claims = serde_json::json!({"sub": self.session.user, "role": ctx.config.console.role}).to_string();
-        sqlx::query(
-            "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true),
-                    set_config('statement_timeout', '15s', true)",
-        )
-        .bind(&ctx.config.console.role)
-        .bind(claims)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(token) = self.session.token {
-            let active: bool = sqlx::query_scalar(
-                "select exists (select 1 from entitlements.admin_tokens
-                                 where id = $1 and user_id = entitlements.current_user_id()
-                                   and revoked_at is null and expires_at > entitlements.now())",
-            )
-            .bind(token)
-            .fetch_one(&mut *tx)
-            .await?;
-            if !active {
-                return Err(PageError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "Session ended",
-                    "The admin token of this session was revoked or has expired. Sign in again.",
-                ));
-            }
-        }
-        Ok(tx)
+        begin_as(ctx, self.session.user, self.session.token).await
     }
 
     /// The admin scope of the user, read as the user (their own rows of entitlements.admins);
@@ -156,4 +128,38 @@ impl Viewer {
             ))
         }
     }
+}
+
+/// A transaction as `user`: the console role with their claims, as PostgREST would run their
+/// request. A session made with an admin token (`token`) ends when the token was revoked or
+/// expired (checked here, as the user, on every request).
+pub async fn begin_as(ctx: &Context, user: Uuid, token: Option<Uuid>) -> PageResult<Transaction<'static, Postgres>> {
+    let mut tx = ctx.pool.begin().await?;
+    let claims = serde_json::json!({"sub": user, "role": ctx.config.console.role}).to_string();
+    sqlx::query(
+        "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true),
+                set_config('statement_timeout', '15s', true)",
+    )
+    .bind(&ctx.config.console.role)
+    .bind(claims)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(token) = token {
+        let active: bool = sqlx::query_scalar(
+            "select exists (select 1 from entitlements.admin_tokens
+                             where id = $1 and user_id = entitlements.current_user_id()
+                               and revoked_at is null and expires_at > entitlements.now())",
+        )
+        .bind(token)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !active {
+            return Err(PageError::new(
+                StatusCode::UNAUTHORIZED,
+                "Session ended",
+                "The admin token of this session was revoked or has expired. Sign in again.",
+            ));
+        }
+    }
+    Ok(tx)
 }

@@ -1,5 +1,5 @@
 //! The Stripe API through async-stripe: only what the worker reads (one subscription, the list
-//! of subscriptions). async-stripe-billing's typed requests name the endpoint and its
+//! of subscriptions) and the two sessions the account page opens (Checkout, Billing Portal). async-stripe-billing's typed requests name the endpoint and its
 //! parameters; the client retries with backoff and sends every call with an
 //! `Idempotency-Key` that its retries reuse. The key travels in the `Authorization` header
 //! only (marked sensitive) and is never logged or put in an error.
@@ -17,7 +17,12 @@ use crate::{Error, Result};
 use serde_json::Value;
 use std::time::Duration;
 use stripe::{ClientBuilder, RequestStrategy, StripeError, StripeRequest};
+use stripe_billing::billing_portal_session::CreateBillingPortalSession;
 use stripe_billing::subscription::{ListSubscription, ListSubscriptionStatus, RetrieveSubscription};
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionSubscriptionData,
+};
+use stripe_checkout::CheckoutSessionMode;
 
 pub const DEFAULT_API_BASE: &str = "https://api.stripe.com/";
 /// Attempts per call (on 409, 424, 429, 5xx, timeouts and connection errors, or when Stripe
@@ -54,7 +59,7 @@ impl Client {
             return Err(Error::Stripe { status: 0, message: format!("not a subscription id: {id:?}") });
         }
         let request = RetrieveSubscription::new(id).expand(vec!["customer".to_owned()]);
-        match self.get(&request).await {
+        match self.call(&request).await {
             Ok(subscription) => Ok(Some(subscription)),
             Err(Error::Stripe { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -72,17 +77,68 @@ impl Client {
         if let Some(after) = starting_after {
             request = request.starting_after(after);
         }
-        self.get(&request).await
+        self.call(&request).await
     }
 
-    async fn get(&self, request: &impl StripeRequest) -> Result<Value> {
+    /// A Checkout Session that subscribes to `price`: for the Stripe customer already linked, else
+    /// one Checkout makes with `email`. The entitlements customer id rides along in the
+    /// session's and the subscription's metadata (and as client_reference_id), so the webhooks
+    /// link what it creates. Its `url` is where the buyer goes.
+    pub async fn checkout_session(&self, session: &CheckoutRequest<'_>) -> Result<String> {
+        let metadata = std::collections::HashMap::from([(
+            "entitlements_customer_id".to_owned(),
+            session.entitlements_customer.to_string(),
+        )]);
+        let mut item = CreateCheckoutSessionLineItems::new();
+        item.price = Some(session.price.to_owned());
+        item.quantity = Some(1);
+        let mut subscription = CreateCheckoutSessionSubscriptionData::new();
+        subscription.metadata = Some(metadata.clone());
+        let mut request = CreateCheckoutSession::new()
+            .mode(CheckoutSessionMode::Subscription)
+            .line_items(vec![item])
+            .success_url(session.success_url)
+            .cancel_url(session.cancel_url)
+            .client_reference_id(session.entitlements_customer.to_string())
+            .metadata(metadata)
+            .subscription_data(subscription);
+        request = match (session.stripe_customer, session.email) {
+            (Some(customer), _) => request.customer(customer),
+            (None, Some(email)) => request.customer_email(email),
+            (None, None) => request,
+        };
+        url_of(self.call(&request).await?, "Checkout Session")
+    }
+
+    /// A Billing Portal session for the Stripe customer; its `url` is where they manage billing.
+    pub async fn portal_session(&self, stripe_customer: &str, return_url: &str) -> Result<String> {
+        let request = CreateBillingPortalSession::new().customer(stripe_customer).return_url(return_url);
+        url_of(self.call(&request).await?, "Billing Portal session")
+    }
+
+    async fn call(&self, request: &impl StripeRequest) -> Result<Value> {
         let request = request.build();
-        let path = format!("GET /v1{}", request.path);
+        // StripeMethod's Debug is its name (Get, Post, Delete).
+        let path = format!("{} /v1{}", format!("{:?}", request.method).to_uppercase(), request.path);
         let raw: miniserde::json::Value =
             request.customize().send(&self.inner).await.map_err(|e| describe(&path, e))?;
         // Numbers and strings come through unchanged; only key order may differ (jsonb sorts anyway).
         serde_json::from_str(&miniserde::json::to_string(&raw)).map_err(|e| Error::StripeAnswer(format!("{path}: {e}")))
     }
+}
+
+/// What a Checkout Session is opened for.
+pub struct CheckoutRequest<'a> {
+    pub price: &'a str,
+    pub entitlements_customer: uuid::Uuid,
+    pub stripe_customer: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub success_url: &'a str,
+    pub cancel_url: &'a str,
+}
+
+fn url_of(answer: Value, what: &str) -> Result<String> {
+    answer["url"].as_str().map(str::to_owned).ok_or_else(|| Error::StripeAnswer(format!("the {what} has no url")))
 }
 
 /// Our error for async-stripe's: the status and Stripe's own message, on one line (its
