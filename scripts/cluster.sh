@@ -20,8 +20,13 @@ start)
         echo "cluster in $dir already running"
         exit 0
     fi
-    as_pg "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start \
-        -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_worker_processes=16 -c shared_buffers=256MB -c fsync=${PG_FSYNC:-on}" >/dev/null
+    if ! as_pg "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start \
+        -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_worker_processes=16 -c shared_buffers=256MB -c fsync=${PG_FSYNC:-on}" >/dev/null; then
+        # Say why (a port in use, memory), before a caller's cleanup removes the log.
+        echo "cluster in $dir did not start on port $port; its log ends:" >&2
+        tail -n 20 "$dir/server.log" >&2 || true
+        exit 1
+    fi
     echo "cluster in $dir listening on 127.0.0.1:$port"
     ;;
 stop)

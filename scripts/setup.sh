@@ -4,7 +4,8 @@ set -euo pipefail
 PGRX_VERSION=0.18.0
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
-          libclang-dev clang sudo pkg-config libssl-dev postgresql-15-plpgsql-check)
+          libclang-dev clang sudo pkg-config libssl-dev postgresql-15-plpgsql-check
+          chromium chromium-driver)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -16,8 +16,11 @@
 //! - [`SmtpServer`]: PyPI aiosmtpd on a free port, every message it is given parsed and kept.
 //! - [`WebhookReceiver`]: an app's webhook endpoint that verifies Standard Webhooks signatures
 //!   (hmac/sha2/base64 here, independently of the worker) and answers as scripted.
+//! - [`browser::Browser`]: headless chromium through chromium-driver (fantoccini), screenshots
+//!   in tests/screenshots/.
 //! - [`eventually`], [`TestDb::wait_until`], [`race`]: waiting for a condition with a bound,
 //!   never a fixed sleep; sessions that start racing together.
+pub mod browser;
 mod db;
 mod http;
 pub mod kube_fake;

@@ -9,7 +9,7 @@ use tokio::process::{Child, Command};
 
 /// Every setting the worker reads from the environment: cleared for each worker a test starts
 /// (nothing inherited changes what a test sees), and each documented in `--help`.
-pub const WORKER_SETTINGS: [&str; 33] = [
+pub const WORKER_SETTINGS: [&str; 41] = [
     "DATABASE_URL",
     "ENTITLEMENTS_CONFIG",
     "ENTITLEMENTS_LISTEN_ADDR",
@@ -43,6 +43,14 @@ pub const WORKER_SETTINGS: [&str; 33] = [
     "ENTITLEMENTS_DELIVERY_CONCURRENCY",
     "ENTITLEMENTS_DELIVERY_LEASE",
     "ENTITLEMENTS_WEBHOOK_TIMEOUT",
+    "ENTITLEMENTS_CONSOLE",
+    "ENTITLEMENTS_CONSOLE_SECRET",
+    "ENTITLEMENTS_CONSOLE_ROLE",
+    "ENTITLEMENTS_PUBLIC_URL",
+    "SUPABASE_JWT_SECRET",
+    "SUPABASE_JWKS_URL",
+    "ENTITLEMENTS_CONSOLE_SESSION",
+    "ENTITLEMENTS_SIGN_IN_PER_MINUTE",
 ];
 
 /// The installed binary (`make install`), or ENTITLEMENTS_WORKER_BIN.
