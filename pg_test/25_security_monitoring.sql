@@ -71,7 +71,7 @@ select pg_temp.scan() is not null as baseline \gset
 update entitlements.security_alerts set status = 'closed', closed_at = now() where status = 'open';
 
 -- Rules ----------------------------------------------------------------------------------------
-select is((select count(*) from entitlements.security_rules()), 10::bigint, 'ten rules ship');
+select is((select count(*) from entitlements.security_rules()), 11::bigint, 'eleven rules ship');
 select is((select array_agg(rule order by rule) from entitlements.security_rules() where not enabled),
           array['off_hours_admin'], 'all on but office hours, which need configuring');
 select is(pg_temp.outcome($$select entitlements.configure_security_rule('no_such_rule', threshold => 3)$$), '22023',

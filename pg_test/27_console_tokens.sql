@@ -4,7 +4,7 @@
 -- as a hash, checked by the worker's role at sign-in, read by their user (the console's
 -- session check), revocable by their user or a global admin; refusals for everyone else.
 begin;
-select plan(36);
+select plan(38);
 
 \set gadmin '''00000000-0000-0000-0000-00000000c001'''
 \set tadmin '''00000000-0000-0000-0000-00000000c002'''
@@ -80,7 +80,7 @@ reset entitlements.clock;
 
 -- A signed-in user of the API roles --------------------------------------------------------
 set local role authenticated;
-select set_config('request.jwt.claims', json_build_object('sub', :'tadmin', 'role', 'authenticated')::text, true) is not null as u \gset
+select set_config('request.jwt.claims', json_build_object('sub', :tadmin::text, 'role', 'authenticated')::text, true) is not null as u \gset
 select is((select count(*) from entitlements.admin_tokens), 1::bigint, 'a user reads their own tokens only');
 select is(pg_temp.outcome(format('select entitlements.admin_token_sign_in(%L)', :'gtoken')), '42501',
           'the API roles cannot call the sign-in check');
@@ -100,7 +100,7 @@ select ok(not entitlements.revoke_admin_token((select id from entitlements.admin
           'twice: it was no longer active');
 
 -- A global admin user revokes anyone's.
-select set_config('request.jwt.claims', json_build_object('sub', :'gadmin', 'role', 'authenticated')::text, true) is not null as g \gset
+select set_config('request.jwt.claims', json_build_object('sub', :gadmin::text, 'role', 'authenticated')::text, true) is not null as g \gset
 select is((select count(*) from entitlements.admin_tokens), 3::bigint, 'a global admin reads every token');
 select ok(entitlements.revoke_admin_token((select id from entitlements.admin_tokens where token_hash = sha256(convert_to(:'gtoken', 'UTF8')))),
           'a global admin revokes a token');
@@ -111,7 +111,7 @@ select is((select count(*) from entitlements.admin_token_sign_in(:'ttoken')), 0:
 -- A plain login role ------------------------------------------------------------------------
 create role console_plain login;
 set local role console_plain;
-select set_config('request.jwt.claims', json_build_object('sub', :'gadmin', 'role', 'authenticated')::text, true) is not null as p \gset
+select set_config('request.jwt.claims', json_build_object('sub', :gadmin::text, 'role', 'authenticated')::text, true) is not null as p \gset
 select is(array[pg_temp.outcome('select count(*) from entitlements.admin_tokens'),
                 pg_temp.outcome(format('select entitlements.create_admin_token(%L, %L, now() + interval ''1 day'')', :gadmin, 'x')),
                 pg_temp.outcome(format('select entitlements.admin_token_sign_in(%L)', :'gtoken')),
@@ -119,6 +119,17 @@ select is(array[pg_temp.outcome('select count(*) from entitlements.admin_tokens'
           array['42501', '42501', '42501', '42501'],
           'a plain login role claiming a global admin''s id: every token function and the table refuse');
 reset role;
+
+-- Refused sign-ins the worker counts feed the sign_in_failures rule ----------------------------
+select entitlements.record_signal('sign_in_refused', '203.0.113.9', 'admin_token', 9);
+select (entitlements.run_task('security_scan')).outcome as scanned \gset
+select is((select count(*) from entitlements.security_alerts where rule = 'sign_in_failures'), 0::bigint,
+          'nine refused sign-ins from one address: below the threshold');
+select entitlements.record_signal('sign_in_refused', '203.0.113.9', 'rate_limited');
+select entitlements.record_signal('sign_in_refused', '198.51.100.1', 'admin_token', 3);
+select (entitlements.run_task('security_scan')).outcome as scanned \gset
+select is((select array_agg(subject || ':' || severity) from entitlements.security_alerts where rule = 'sign_in_failures'),
+          array['203.0.113.9:high'], 'the tenth makes a high alert about that address only');
 
 select * from finish();
 rollback;

@@ -7375,7 +7375,6 @@ declare
     v_now timestamptz := entitlements.now();
     -- 244 random bits (two version-4 uuids, from the server's strong random source).
     v_token text := 'eat_' || replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
-    v_id uuid;
 begin
     perform entitlements._require_caller_admin('create_admin_token');
     if user_id is null then
@@ -7394,8 +7393,7 @@ begin
     end if;
     insert into entitlements.admin_tokens (user_id, label, token_hash, created_at, created_by, created_role, expires_at)
     values (user_id, btrim(label), sha256(convert_to(v_token, 'UTF8')), v_now,
-            entitlements.current_user_id(), entitlements._outer_role()::text, expires_at)
-    returning id into v_id;
+            entitlements.current_user_id(), pg_catalog.pg_get_userbyid(entitlements._outer_role()), expires_at);
     return v_token;
 end
 $$;
