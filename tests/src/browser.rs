@@ -5,6 +5,7 @@
 use crate::http::free_port;
 use crate::wait::{eventually, WAIT};
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -58,7 +59,7 @@ impl Browser {
         let client = eventually(WAIT, &format!("chromedriver on port {port}"), || {
             let caps = caps.clone();
             let url = url.clone();
-            async move { ClientBuilder::rustls().ok()?.capabilities(caps).connect(&url).await.ok() }
+            async move { ClientBuilder::new(HttpConnector::new()).capabilities(caps).connect(&url).await.ok() }
         })
         .await;
         Browser { client, _driver: driver, _profile: tempdir::Dir(profile) }
@@ -141,4 +142,9 @@ pub async fn wait_for_url(b: &Browser, part: &str) {
         b.current_url().await.contains(part).then_some(())
     })
     .await;
+}
+
+/// Wait until the browser shows a page titled `title` (the next page has loaded).
+pub async fn wait_for_title(b: &Browser, title: &str) {
+    eventually(WAIT, &format!("a page titled {title:?}"), || async { (b.title().await == title).then_some(()) }).await;
 }

@@ -34,12 +34,25 @@ impl PageError {
 impl From<sqlx::Error> for PageError {
     fn from(e: sqlx::Error) -> PageError {
         let Some(db) = e.as_database_error() else {
-            tracing::warn!(error = %e, "console: database unavailable");
-            return PageError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Database unavailable",
-                "The database did not answer. Try again in a moment.",
-            );
+            return match e {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                    tracing::warn!(error = %e, "console: database unavailable");
+                    PageError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Database unavailable",
+                        "The database did not answer. Try again in a moment.",
+                    )
+                }
+                // An answer this worker does not understand (a version mismatch): ours to fix.
+                _ => {
+                    tracing::error!(error = %e, "console: unexpected answer from the database");
+                    PageError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "Something went wrong",
+                        "The database's answer was not understood; the worker's log has the details.",
+                    )
+                }
+            };
         };
         let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
         let message = db.message().to_owned();

@@ -76,7 +76,9 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(filter): Que
         .fetch_one(&mut *tx)
         .await?;
     let months: Vec<Month> = sqlx::query_as(
-        "select bucket_start, end_mrr, arr, new_mrr, expansion_mrr, contraction_mrr, churned_mrr, reactivation_mrr
+        "select bucket_start, coalesce(end_mrr, 0) as end_mrr, coalesce(arr, 0) as arr, coalesce(new_mrr, 0) as new_mrr,
+                coalesce(expansion_mrr, 0) as expansion_mrr, coalesce(contraction_mrr, 0) as contraction_mrr,
+                coalesce(churned_mrr, 0) as churned_mrr, coalesce(reactivation_mrr, 0) as reactivation_mrr
            from entitlements.revenue_movements(date_trunc('month', entitlements.now()) - interval '11 months',
                                                entitlements.now(), 'month', $1, $2)
           order by bucket_start",

@@ -169,12 +169,13 @@ pub fn diff(before: &str, after: &str) -> Markup {
             lines.push((' ', a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            lines.push(('+', b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // What went out before what came in, as diff(1) shows a changed line.
             lines.push(('-', a[i]));
             i += 1;
+        } else {
+            lines.push(('+', b[j]));
+            j += 1;
         }
     }
     html! {
@@ -199,5 +200,6 @@ mod tests {
         let d = diff("a\nb\nc", "a\nB\nc\nd").into_string();
         assert!(d.contains("- b") && d.contains("+ B") && d.contains("+ d") && d.contains("  a"), "{d}");
         assert!(!d.contains("- a") && !d.contains("+ c"), "{d}");
+        assert!(d.find("- b").unwrap() < d.find("+ B").unwrap(), "out before in: {d}");
     }
 }

@@ -22,8 +22,9 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(filter): Que
     let tenant = scope.tenant(filter.tenant);
     let currency = filter.currency();
     let months: Vec<Movement> = sqlx::query_as(
-        "select bucket_start, start_mrr, new_mrr, expansion_mrr, contraction_mrr, churned_mrr, reactivation_mrr, end_mrr,
-                customers_end, new_customers, arpa::float8, net_mrr_churn::float8
+        "select bucket_start, coalesce(start_mrr, 0), coalesce(new_mrr, 0), coalesce(expansion_mrr, 0),
+                coalesce(contraction_mrr, 0), coalesce(churned_mrr, 0), coalesce(reactivation_mrr, 0), coalesce(end_mrr, 0),
+                coalesce(customers_end, 0), coalesce(new_customers, 0), arpa::float8, net_mrr_churn::float8
            from entitlements.revenue_movements(date_trunc('month', entitlements.now()) - interval '11 months',
                                                entitlements.now(), 'month', $1, $2) order by bucket_start",
     )
@@ -32,7 +33,7 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(filter): Que
     .fetch_all(&mut *tx)
     .await?;
     let conversions: Vec<Conversion> = sqlx::query_as(
-        "select cohort_start, kind, started, converted, rate::float8
+        "select cohort_start, kind, coalesce(started, 0), coalesce(converted, 0), rate::float8
            from entitlements.conversions(date_trunc('month', entitlements.now()) - interval '5 months',
                                          entitlements.now(), 'month', $1) order by cohort_start, kind",
     )
@@ -40,7 +41,8 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(filter): Que
     .fetch_all(&mut *tx)
     .await?;
     let usage: Vec<Usage> = sqlx::query_as(
-        "select plan_key, feature_key, customers, units::float8, revenue_cents::float8, cost_cents::float8, margin_cents::float8
+        "select plan_key, coalesce(feature_key, '(subscription)'), coalesce(customers, 0), coalesce(units, 0)::float8, coalesce(revenue_cents, 0)::float8,
+                coalesce(cost_cents, 0)::float8, coalesce(margin_cents, 0)::float8
            from entitlements.usage_report(date_trunc('month', entitlements.now()), entitlements.now(), $1, $2)
           order by plan_key, feature_key",
     )
