@@ -25,7 +25,7 @@ pub fn line(id: &str, title: &str, points: &[(String, f64)], format: impl Fn(f64
     let step = step(max);
     let top = (max / step).ceil().max(1.0) * step;
     let n = points.len().max(2) as f64;
-    let x = |i: usize| LEFT + (W - LEFT - 10.0) * i as f64 / (n - 1.0);
+    let x = |i: usize| LEFT + (W - LEFT - 30.0) * i as f64 / (n - 1.0);
     let y = |v: f64| TOP + (H - TOP - BOTTOM) * (1.0 - v / top);
     let path: Vec<String> = points.iter().enumerate().map(|(i, (_, v))| format!("{:.1},{:.1}", x(i), y(*v))).collect();
     let grid: Vec<f64> = (0..=((top / step).round() as usize)).map(|k| k as f64 * step).collect();

@@ -74,6 +74,9 @@ pub struct Done {
     done: Option<String>,
 }
 
+/// kind, email, name, Stripe customer, tenant, erased at.
+type Profile = (String, Option<String>, Option<String>, Option<String>, Option<Uuid>, Option<DateTime<Utc>>);
+
 #[derive(sqlx::FromRow)]
 struct Subscription {
     id: Uuid,
@@ -119,14 +122,13 @@ pub async fn detail(
     let mut tx = viewer.begin(&ctx).await?;
     Viewer::scope(&mut tx).await?;
     // As the admin: a customer of another tenant is not visible, so it is "not found".
-    let profile: Option<(String, Option<String>, Option<String>, Option<String>, Option<Uuid>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            "select kind, email, display_name, stripe_customer_id, tenant_id, erased_at
+    let profile: Option<Profile> = sqlx::query_as(
+        "select kind, email, display_name, stripe_customer_id, tenant_id, erased_at
                from entitlements.customers where id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
     let Some((kind, email, name, stripe_id, tenant, erased_at)) = profile else {
         return Err(PageError::not_found(format!("No customer {id} that you administer.")));
     };

@@ -68,7 +68,7 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(filter): Que
             tbody { @for m in &months {
                 tr { td { (m.0.format("%Y-%m")) } td class="num" { (fmt(m.1 as f64)) } td class="num" { (fmt(m.2 as f64)) } td class="num" { (fmt(m.3 as f64)) }
                      td class="num" { (fmt(m.4 as f64)) } td class="num" { (fmt(m.5 as f64)) } td class="num" { (fmt(m.6 as f64)) } td class="num" { (fmt(m.7 as f64)) }
-                     td class="num" { (m.8) } td class="num" { (m.10.map(|v| cents(v)).unwrap_or_default()) }
+                     td class="num" { (m.8) } td class="num" { (m.10.map(cents).unwrap_or_default()) }
                      td class="num" { (m.11.map(|v| format!("{:.1}%", v * 100.0)).unwrap_or_default()) } }
             } }
         }
