@@ -8,7 +8,7 @@ RUNS=${BENCH_RUNS:-7}
 BASE_RUNS=${BENCH_BASE_RUNS:-3}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 # Which parts to run (all by default), e.g. BENCH_PARTS=metering; the setup always runs.
-PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning revenue monitoring} "
+PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning revenue monitoring console} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 
 scripts/cluster.sh stop "$DATA"
@@ -159,4 +159,9 @@ fi
 # --- Refusal signals (issue #13): consume's refusal path counted vs not ------------------------
 if part monitoring; then
 bench/monitoring/run.sh "$PORT"
+fi
+
+# --- Admin console (issue #14): pages beside the SQL they run, 100,000 customers --------------
+if part console; then
+bench/console/run.sh "$PORT"
 fi

@@ -7503,6 +7503,10 @@ end
 $$;
 comment on function entitlements.search_customers(text, integer) is
     'Customers by exact id, exact Stripe customer id, or the start of an email or name (empty: the newest), with their latest plan; as the caller sees them.';
+
+-- A customer's audit trail (the console's customer page): their customers row by its key, and
+-- every other row that names them as customer_id, by this index rather than a scan of the log.
+create index audit_log_customer on entitlements.audit_log ((coalesce(new_values ->> 'customer_id', old_values ->> 'customer_id')));
 -- END copy of sql/console/search.sql
 
 -- BEGIN copy of sql/catalog/document.sql

@@ -166,7 +166,8 @@ pub async fn detail(
     .await?;
     let audit: Vec<Audit> = sqlx::query_as(
         "select at, actor, actor_role, action, table_name, reason from entitlements.audit_log
-          where row_key = $1::text or new_values ->> 'customer_id' = $1::text or old_values ->> 'customer_id' = $1::text
+          where (table_name = 'entitlements.customers' and row_key = $1::text)
+             or coalesce(new_values ->> 'customer_id', old_values ->> 'customer_id') = $1::text
           order by id desc limit 50",
     )
     .bind(id)
