@@ -119,6 +119,7 @@ impl Verifier {
 mod tests {
     use super::*;
     use crate::config::Secret;
+    use base64::Engine;
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     fn config(secret: &str) -> ConsoleConfig {
@@ -157,6 +158,62 @@ mod tests {
         no_user["sub"] = serde_json::json!("not-a-uuid");
         assert_eq!(v.verify(&token("project-secret", no_user)).await, Err(Refused::NoUser));
         assert_eq!(v.verify("not.a.token").await, Err(Refused::Invalid));
+    }
+
+    /// A P-256 key made for this test only (PKCS#8 DER), and its public half as a JWK.
+    const EC_KEY: &str = "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420de784d1a31cf75403cb4e2a03482fb869325ff97397045e097d0aeaadd667ba8a144034200041e6544f0d218cf8d6d8a6977dab6b2faf06cf9362906b0254d57949435730e55478d2f3f4f7fe34a18600026cc3081c8e282865f8d0078acf125d76c01c8aa80";
+    const EC_X: &str = "HmVE8NIYz41timl32ray-vBs-TYpBrAlTVeUlDVzDlU";
+    const EC_Y: &str = "R40vP09_40oYYAAmzDCByOKChl-NAHis8SXXbAHIqoA";
+
+    /// A JWKS served over HTTP (as Supabase serves it), counting how often it was fetched.
+    async fn jwks_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let fetched = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = fetched.clone();
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": EC_X, "y": EC_Y, "kid": "k1", "alg": "ES256", "use": "sig"}]});
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let jwks = jwks.clone();
+                async move { axum::Json(jwks) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, fetched)
+    }
+
+    fn es256(kid: &str, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        encode(&header, claims, &EncodingKey::from_ec_der(&hex::decode(EC_KEY).unwrap())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn es256_tokens_verify_against_the_projects_jwks_fetched_once() {
+        let (url, fetched) = jwks_server().await;
+        let mut c = config("unused");
+        c.jwt_secret = None;
+        c.jwks_url = Some(url);
+        let v = Verifier::new(&c);
+        let user = Uuid::new_v4();
+        let exp = super::super::session::now_unix() + 600;
+        let claims = serde_json::json!({"sub": user, "exp": exp, "aud": "authenticated"});
+        assert_eq!(v.verify(&es256("k1", &claims)).await, Ok(Verified { user, expires: exp }));
+        assert_eq!(v.verify(&es256("k1", &claims)).await, Ok(Verified { user, expires: exp }));
+        assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 1, "the key set is kept");
+        assert_eq!(v.verify(&es256("unknown", &claims)).await, Err(Refused::Invalid), "a key id the set lacks");
+        assert_eq!(fetched.load(std::sync::atomic::Ordering::SeqCst), 1, "and made-up key ids do not refetch at once");
+        // An HS256 token when only the JWKS is configured: no secret to check it with.
+        assert_eq!(v.verify(&token("anything", claims.clone())).await, Err(Refused::Invalid));
+        // A token whose payload was changed after signing.
+        let signed = es256("k1", &claims);
+        let mut parts: Vec<&str> = signed.split('.').collect();
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::json!({"sub": Uuid::new_v4(), "exp": exp, "aud": "authenticated"}).to_string());
+        parts[1] = &forged;
+        assert_eq!(v.verify(&parts.join(".")).await, Err(Refused::Invalid));
     }
 
     #[tokio::test]
