@@ -31,9 +31,18 @@ fn return_url(given: Option<&str>, default: String) -> PageResult<String> {
     }
 }
 
-async fn checkout(ctx: &Context, user: Uuid, plan: &str, success: String, cancel: String) -> PageResult<String> {
+/// Who asks: the user, and the admin token of their console session (checked again), if any.
+type Asker = (Uuid, Option<Uuid>);
+
+async fn checkout(
+    ctx: &Context,
+    (user, token): Asker,
+    plan: &str,
+    success: String,
+    cancel: String,
+) -> PageResult<String> {
     let stripe = client(ctx)?;
-    let mut tx = begin_as(ctx, user, None).await?;
+    let mut tx = begin_as(ctx, user, token).await?;
     let price: Option<Option<String>> = sqlx::query_scalar(
         "select p.stripe_price_ids[1] from entitlements.plans p where p.key = $1 and p.public and p.active",
     )
@@ -65,9 +74,9 @@ async fn checkout(ctx: &Context, user: Uuid, plan: &str, success: String, cancel
     Ok(url)
 }
 
-async fn portal(ctx: &Context, user: Uuid, back: String) -> PageResult<String> {
+async fn portal(ctx: &Context, (user, token): Asker, back: String) -> PageResult<String> {
     let stripe = client(ctx)?;
-    let mut tx = begin_as(ctx, user, None).await?;
+    let mut tx = begin_as(ctx, user, token).await?;
     let customer: Option<Option<String>> = sqlx::query_scalar(
         "select stripe_customer_id from entitlements.customers where id = entitlements.current_user_id()",
     )
@@ -106,7 +115,7 @@ pub async fn checkout_form(
     let base = &ctx.config.console.public_url;
     let url = checkout(
         &ctx,
-        viewer.user(),
+        (viewer.user(), viewer.session.token),
         &form.plan,
         format!(
             "{base}/account?done=Thank%20you%3A%20your%20plan%20changes%20once%20Stripe%20confirms%20the%20payment."
@@ -129,7 +138,8 @@ pub async fn portal_form(
     Form(form): Form<PortalForm>,
 ) -> PageResult<Response> {
     viewer.check_csrf(&ctx, &form.csrf)?;
-    let url = portal(&ctx, viewer.user(), format!("{}/account", ctx.config.console.public_url)).await?;
+    let url = portal(&ctx, (viewer.user(), viewer.session.token), format!("{}/account", ctx.config.console.public_url))
+        .await?;
     Ok(Redirect::to(&url).into_response())
 }
 
@@ -172,7 +182,7 @@ pub async fn checkout_api(State(ctx): State<Context>, headers: HeaderMap, Json(c
     let urls = return_url(call.success_url.as_deref(), format!("{base}/account"))
         .and_then(|s| return_url(call.cancel_url.as_deref(), format!("{base}/account")).map(|c| (s, c)));
     let result = match urls {
-        Ok((success, cancel)) => checkout(&ctx, user, &call.plan, success, cancel).await,
+        Ok((success, cancel)) => checkout(&ctx, (user, None), &call.plan, success, cancel).await,
         Err(e) => Err(e),
     };
     match result {
@@ -193,7 +203,7 @@ pub async fn portal_api(State(ctx): State<Context>, headers: HeaderMap, Json(cal
         Err(r) => return r,
     };
     let result = match return_url(call.return_url.as_deref(), format!("{}/account", ctx.config.console.public_url)) {
-        Ok(back) => portal(&ctx, user, back).await,
+        Ok(back) => portal(&ctx, (user, None), back).await,
         Err(e) => Err(e),
     };
     match result {

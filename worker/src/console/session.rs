@@ -158,6 +158,13 @@ mod tests {
     }
 
     #[test]
+    fn cookies_are_http_only_strict_and_secure_over_tls() {
+        let plain = set_cookie(COOKIE, "v", 60, false);
+        assert_eq!(plain, "entitlements_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict");
+        assert!(set_cookie(COOKIE, "v", 60, true).ends_with("; Secure"));
+    }
+
+    #[test]
     fn cookies_are_found_among_others() {
         let mut h = axum::http::HeaderMap::new();
         h.append(axum::http::header::COOKIE, "a=1; entitlements_session=xyz.abc".parse().unwrap());
