@@ -180,6 +180,14 @@ async fn an_admin_reads_the_overview_finds_a_customer_boosts_a_quota_and_changes
     }
     assert_eq!(db.count(&format!("select count(*) from entitlements.grants where customer_id = '{ada}'")).await, 1);
 
+    // What every page tells the browser: no framing, no foreign scripts, no sniffing.
+    let r = http.get(w.url("/admin")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"), "{csp}");
+
     // The plan editor: a price change previewed (nothing written), then applied.
     b.goto(&w.url("/admin/plans")).await;
     b.screenshot("plans").await;
@@ -295,6 +303,18 @@ async fn plain_users_are_refused_tenant_admins_see_their_tenant_and_sign_ins_are
         .unwrap();
     assert_eq!(r.status(), 403, "a valid form of theirs, for another tenant's customer: {}", r.text().await.unwrap());
     assert_eq!(db.count(&format!("select count(*) from entitlements.grants where customer_id = '{theirs}'")).await, 0);
+    // Nor a catalog for another tenant: refused, never applied to their own tenant instead.
+    let store_plans = "select count(*) from entitlements.plans where tenant_id is not null and active";
+    let before = db.count(store_plans).await;
+    let r = http
+        .post(w.url("/admin/plans/apply"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("tenant", &t2.to_string()), ("catalog", r#"{"plans": []}"#)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a catalog for a tenant they do not administer");
+    assert_eq!(db.count(store_plans).await, before, "nothing retired anywhere");
     b.close().await;
 
     // Refused sign-ins are counted for the security rules, and limited per address (a worker of
@@ -336,6 +356,15 @@ async fn the_account_page_sends_checkout_and_billing_portal_to_stripe() {
     let stripe = LocalStripe::start("sk_test_console").await;
     stripe.plans().await;
     let user = customer(&db, "payer@example.org", "free", None).await;
+    // A store's public plan, with a Stripe price: for that store's customers only.
+    let store = Uuid::new_v4();
+    sqlx::query("select entitlements.apply_catalog($1, $2)")
+        .bind(json!({"plans": [{"key": "store_gold", "name": "Store Gold", "price_cents": 700, "public": true,
+                                "stripe_price_ids": ["price_business_monthly_store"], "entitlements": {}}]}))
+        .bind(store)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let stripe_customer = stripe.customer(Some(user)).await;
     db.link_stripe_customer(user, &stripe_customer).await;
     let w = console_worker(&db, &[("STRIPE_SECRET_KEY", "sk_test_console"), ("STRIPE_API_BASE", &stripe.base)]).await;
@@ -345,6 +374,7 @@ async fn the_account_page_sends_checkout_and_billing_portal_to_stripe() {
     sign_in_with_access_token(&b, &w, &jwt, "/account").await;
     wait_for_title(&b, "My account · Entitlements").await;
     assert_eq!(b.text("#plan").await, "free");
+    assert!(!b.exists("tr[data-plan=store_gold]").await, "another store's plan is not offered");
     b.click("tr[data-plan=pro] form button").await;
     wait_for_url(&b, "/c/pay/cs_").await;
     assert_eq!(b.text("#price").await, "price_pro_monthly");
@@ -391,6 +421,14 @@ async fn the_account_page_sends_checkout_and_billing_portal_to_stripe() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400, "a plan that is not public");
+    let r = http
+        .post(w.url("/api/account/checkout"))
+        .bearer_auth(&jwt)
+        .json(&json!({"plan": "store_gold"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "nor a store's plan to someone who is not its customer");
     let r = http
         .post(w.url("/api/account/portal"))
         .bearer_auth(&jwt)

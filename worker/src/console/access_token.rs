@@ -71,6 +71,9 @@ impl Verifier {
         let validation = |alg| {
             let mut v = Validation::new(alg);
             v.set_audience(&["authenticated"]);
+            // Absent claims are not checked by default: require them, and honour nbf.
+            v.set_required_spec_claims(&["exp", "aud", "sub"]);
+            v.validate_nbf = true;
             v.leeway = 30;
             v
         };
@@ -154,6 +157,12 @@ mod tests {
         let mut anon = claims.clone();
         anon["aud"] = serde_json::json!("anon");
         assert_eq!(v.verify(&token("project-secret", anon)).await, Err(Refused::Invalid));
+        let mut no_audience = claims.clone();
+        no_audience.as_object_mut().unwrap().remove("aud");
+        assert_eq!(v.verify(&token("project-secret", no_audience)).await, Err(Refused::Invalid), "no aud");
+        let mut not_yet = claims.clone();
+        not_yet["nbf"] = serde_json::json!(exp);
+        assert_eq!(v.verify(&token("project-secret", not_yet)).await, Err(Refused::Invalid), "not valid before");
         let mut no_user = claims;
         no_user["sub"] = serde_json::json!("not-a-uuid");
         assert_eq!(v.verify(&token("project-secret", no_user)).await, Err(Refused::NoUser));

@@ -37,8 +37,10 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(done): Query
     .fetch_all(&mut *tx)
     .await?;
     let plans: Vec<PublicPlan> = sqlx::query_as(
-        "select key, name, price_cents, currency, interval, stripe_price_ids from entitlements.plans
-          where public and active order by position, price_cents, key",
+        "select p.key, p.name, p.price_cents, p.currency, p.interval, p.stripe_price_ids from entitlements.plans p
+          where p.public and p.active and p.tenant_id is not distinct from
+                (select c.tenant_id from entitlements.customers c where c.id = entitlements.current_user_id())
+          order by p.position, p.price_cents, p.key",
     )
     .fetch_all(&mut *tx)
     .await?;

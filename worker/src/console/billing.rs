@@ -44,7 +44,11 @@ async fn checkout(
     let stripe = client(ctx)?;
     let mut tx = begin_as(ctx, user, token).await?;
     let price: Option<Option<String>> = sqlx::query_scalar(
-        "select p.stripe_price_ids[1] from entitlements.plans p where p.key = $1 and p.public and p.active",
+        "select p.stripe_price_ids[1] from entitlements.plans p
+          where p.key = $1 and p.public and p.active
+            -- A store's plans are for its customers; everyone else's for customers of no store.
+            and p.tenant_id is not distinct from
+                (select c.tenant_id from entitlements.customers c where c.id = entitlements.current_user_id())",
     )
     .bind(plan)
     .fetch_optional(&mut *tx)

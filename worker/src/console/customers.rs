@@ -356,6 +356,9 @@ pub fn features_table(resolved: &Value) -> Markup {
     }
 }
 
+/// The longest reason an action takes (the forms say so too).
+const MAX_REASON: usize = 500;
+
 #[derive(Deserialize)]
 pub struct Action {
     #[serde(default)]
@@ -390,6 +393,9 @@ pub async fn act(
     let reason = form.reason.trim();
     if reason.is_empty() {
         return Err(PageError::bad_request("Every action needs a reason: it goes into the audit log."));
+    }
+    if reason.chars().count() > MAX_REASON {
+        return Err(PageError::bad_request(format!("A reason is at most {MAX_REASON} characters.")));
     }
     let mut tx = viewer.begin(&ctx).await?;
     Viewer::scope(&mut tx).await?;

@@ -53,6 +53,25 @@ impl State {
     }
 }
 
+/// What every console answer says to the browser: load nothing from elsewhere, run no inline
+/// script, never be framed (clickjacking), never sniff a type, send no referrer elsewhere.
+/// (Form posts that redirect to Stripe are left free: `form-action` would stop them.)
+async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; \
+             base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    response
+}
+
 /// The console's routes, merged into the HTTP router by http.rs when it is enabled.
 pub fn router() -> Router<Context> {
     Router::new()
@@ -78,4 +97,5 @@ pub fn router() -> Router<Context> {
         .route("/account/portal", post(billing::portal_form))
         .route("/api/account/checkout", post(billing::checkout_api))
         .route("/api/account/portal", post(billing::portal_api))
+        .layer(axum::middleware::map_response(security_headers))
 }

@@ -46,7 +46,7 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(done): Query
     .await?;
     let servers: Vec<Server> = sqlx::query_as(
         "select id, name, phase, attempts, last_error from entitlements.server_records
-          where phase <> 'Ready' order by updated_at desc limit 50",
+          where phase not in ('ready', 'terminated') order by updated_at desc limit 50",
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -94,7 +94,7 @@ pub async fn page(State(ctx): State<Context>, viewer: Viewer, Query(done): Query
             thead { tr { th { "Server" } th { "Phase" } th class="num" { "Attempts" } th { "Last error" } th {} } }
             tbody { @for (id, name, phase, attempts, err) in &servers {
                 tr { td { (name) } td { (phase) } td class="num" { (attempts) } td { (err.as_deref().unwrap_or("")) }
-                     td { @if phase == "Failed" { (retry("server", &id.to_string())) } } }
+                     td { @if phase == "failed" { (retry("server", &id.to_string())) } } }
             } @if servers.is_empty() { tr { td colspan="5" class="muted" { "Every server is ready." } } } }
         }
     };

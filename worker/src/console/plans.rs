@@ -88,7 +88,7 @@ pub async fn preview(State(ctx): State<Context>, viewer: Viewer, Form(change): F
     let doc = parse(&change)?;
     let mut tx = viewer.begin(&ctx).await?;
     let scope = Viewer::scope(&mut tx).await?;
-    let tenant = scope.tenant(change.tenant);
+    let tenant = scope.acting_tenant(change.tenant)?;
     let current: Value =
         sqlx::query_scalar("select entitlements.catalog_document($1)").bind(tenant).fetch_one(&mut *tx).await?;
     // What apply_catalog would do, and whether it accepts the document at all; then undone.
@@ -134,7 +134,7 @@ pub async fn apply(State(ctx): State<Context>, viewer: Viewer, Form(change): For
     let doc = parse(&change)?;
     let mut tx = viewer.begin(&ctx).await?;
     let scope = Viewer::scope(&mut tx).await?;
-    let tenant = scope.tenant(change.tenant);
+    let tenant = scope.acting_tenant(change.tenant)?;
     let _: Value = sqlx::query_scalar("select entitlements.apply_catalog($1, $2)")
         .bind(&doc)
         .bind(tenant)

@@ -140,8 +140,12 @@ pub async fn act(
     Viewer::scope(&mut tx).await?;
     let done = match field("action").as_str() {
         "open" => {
-            let alerts: Vec<i64> =
-                pairs.iter().filter(|(n, _)| n == "alert").filter_map(|(_, v)| v.parse().ok()).collect();
+            let alerts = pairs
+                .iter()
+                .filter(|(n, _)| n == "alert")
+                .map(|(_, v)| v.parse::<i64>())
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|_| PageError::bad_request("An alert id is not a number."))?;
             let id: i64 = sqlx::query_scalar("select entitlements.open_incident($1, $2)")
                 .bind(field("title"))
                 .bind(&alerts)

@@ -25,10 +25,33 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses remembered at most; past it, windows that ended are forgotten first.
 const MAX_TRACKED: usize = 10_000;
 
-/// Sign-in attempts per client address per minute (a fixed window per address).
+/// Sign-in attempts per client per minute (a fixed window per client; an IPv6 client is its
+/// /64, which one host usually holds whole).
 pub struct Limiter {
     per_minute: u32,
     seen: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Allowed,
+    /// Over the limit; `first` for the first refusal of this window (the one counted in the
+    /// database, so a flood does not become a write per request).
+    Limited {
+        first: bool,
+    },
+}
+
+/// The key an address is limited under.
+fn client_key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+        v4 => v4,
+    }
 }
 
 impl Limiter {
@@ -36,27 +59,28 @@ impl Limiter {
         Limiter { per_minute, seen: Mutex::new(HashMap::new()) }
     }
 
-    /// Count an attempt; false when the address is over its limit for this minute.
-    pub fn allow(&self, addr: IpAddr) -> bool {
+    /// Count an attempt of `addr`.
+    pub fn check(&self, addr: IpAddr) -> Verdict {
+        let key = client_key(addr);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if seen.len() >= MAX_TRACKED {
+        if seen.len() >= MAX_TRACKED && !seen.contains_key(&key) {
             seen.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            if seen.len() >= MAX_TRACKED {
+                // Every slot is a live window (a flood from very many addresses): new ones
+                // wait for a slot, known ones keep their own count.
+                return Verdict::Limited { first: false };
+            }
         }
-        if seen.len() >= MAX_TRACKED {
-            // Every slot is a live window: a flood of addresses. Refuse the new ones.
-            return seen.contains_key(&addr) && self.bump(&mut seen, addr, now);
-        }
-        self.bump(&mut seen, addr, now)
-    }
-
-    fn bump(&self, seen: &mut HashMap<IpAddr, (Instant, u32)>, addr: IpAddr, now: Instant) -> bool {
-        let entry = seen.entry(addr).or_insert((now, 0));
+        let entry = seen.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
             *entry = (now, 0);
         }
-        entry.1 += 1;
-        entry.1 <= self.per_minute
+        entry.1 = entry.1.saturating_add(1);
+        match entry.1.checked_sub(self.per_minute) {
+            None | Some(0) => Verdict::Allowed,
+            Some(over) => Verdict::Limited { first: over == 1 },
+        }
     }
 }
 
@@ -68,7 +92,13 @@ pub struct Next {
 /// Only the console's own pages: never an absolute URL or `//host` (no open redirect).
 fn safe_next(next: Option<&str>) -> &str {
     match next {
-        Some(n) if (n.starts_with("/admin") || n.starts_with("/account")) && !n.contains("//") && !n.contains('\\') => {
+        Some(n)
+            if (n.starts_with("/admin") || n.starts_with("/account"))
+                && !n.contains("//")
+                && n.len() <= 2000
+                // Printable ASCII only: it goes into a Location header as it is.
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
             n
         }
         _ => "/admin",
@@ -142,8 +172,10 @@ pub async fn submit(
 ) -> Response {
     let addr = client.map(|c| c.0 .0).unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let next = safe_next(attempt.next.as_deref()).to_owned();
-    if !ctx.console.limiter.allow(addr) {
-        refused(&ctx, addr, "rate_limited").await;
+    if let Verdict::Limited { first } = ctx.console.limiter.check(addr) {
+        if first {
+            refused(&ctx, addr, "rate_limited").await;
+        }
         let mut r = render_form(
             &ctx,
             &next,
@@ -266,16 +298,39 @@ mod tests {
         let l = Limiter::new(3);
         let a = IpAddr::from([10, 0, 0, 1]);
         let b = IpAddr::from([10, 0, 0, 2]);
-        assert!((0..3).all(|_| l.allow(a)));
-        assert!(!l.allow(a), "the fourth in a minute");
-        assert!(l.allow(b), "another address is not held back");
+        assert!((0..3).all(|_| l.check(a) == Verdict::Allowed));
+        assert_eq!(l.check(a), Verdict::Limited { first: true }, "the fourth in a minute");
+        assert_eq!(l.check(a), Verdict::Limited { first: false }, "counted once");
+        assert_eq!(l.check(b), Verdict::Allowed, "another address is not held back");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let l = Limiter::new(1);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(l.check(a), Verdict::Allowed);
+        assert_eq!(l.check(b), Verdict::Limited { first: true }, "the same /64");
+        assert_eq!(l.check(c), Verdict::Allowed, "another /64");
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(client_key(mapped), IpAddr::from([10, 0, 0, 7]));
     }
 
     #[test]
     fn next_stays_in_the_console() {
         assert_eq!(safe_next(Some("/admin/customers?q=x")), "/admin/customers?q=x");
         assert_eq!(safe_next(Some("/account")), "/account");
-        for bad in ["https://evil.example", "//evil.example", "/admin//evil", "/\\evil", "/other"] {
+        for bad in [
+            "https://evil.example",
+            "//evil.example",
+            "/admin//evil",
+            "/\\evil",
+            "/other",
+            "/admin\u{1}",
+            "/admin\u{7f}",
+            "/admin x",
+        ] {
             assert_eq!(safe_next(Some(bad)), "/admin", "{bad}");
         }
     }

@@ -77,6 +77,19 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The tenant a form acts for: the one chosen, when the admin administers it (global
+    /// admins: any, or none for everyone's); a tenant admin who chose none acts for their only
+    /// tenant. Anything else is refused, never swapped for another tenant.
+    pub fn acting_tenant(&self, chosen: Option<Uuid>) -> PageResult<Option<Uuid>> {
+        match (self, chosen) {
+            (Scope::Global, c) => Ok(c),
+            (Scope::Tenants(ts), Some(c)) if ts.contains(&c) => Ok(Some(c)),
+            (Scope::Tenants(ts), None) if ts.len() == 1 => Ok(Some(ts[0])),
+            (Scope::Tenants(_), None) => Err(PageError::bad_request("Choose the tenant to act for.")),
+            (Scope::Tenants(_), Some(c)) => Err(PageError::forbidden(format!("You do not administer tenant {c}."))),
+        }
+    }
+
     /// The tenant revenue functions are asked about: none for a global admin (everything),
     /// the chosen one of a tenant admin's (the first when none was chosen).
     pub fn tenant(&self, chosen: Option<Uuid>) -> Option<Uuid> {
