@@ -172,7 +172,7 @@ create function entitlements.usage_report(
     from_at timestamptz, to_at timestamptz, currency text default 'usd', tenant uuid default null)
 returns table (plan_key text, feature_key text, customers integer, units numeric, revenue_cents numeric,
                cost_cents numeric, margin_cents numeric)
-language plpgsql stable
+language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin

@@ -12,6 +12,12 @@
 --     expansion, contraction, churn (some at the start, none at the end). They add up:
 --     end = start + new + expansion - contraction - churned + reactivation.
 -- Admins read every customer's revenue; a tenant (store) admin reads its tenant's only.
+-- The public readers (mrr, revenue_movements, conversions, revenue_by_tenant; usage_report in
+-- costs.sql) are SECURITY DEFINER: they check the real caller first (_require_revenue_reader,
+-- _require_caller_admin), every query of theirs filters by the tenant asked about, and then
+-- they read the history without row security, which would otherwise ask who may see each of
+-- a hundred thousand customers row by row (seconds instead of milliseconds for a signed-in
+-- admin; bench/README.md, console). Their arguments are built-in types only.
 
 -- Does a subscription in this state pay at `at`? This and _monthly_cents pin no search_path
 -- on purpose: a pinned SQL function is never inlined, and the revenue queries evaluate them
@@ -47,7 +53,9 @@ returns void language plpgsql stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if not entitlements.is_admin(null) and (tenant is null or not entitlements.is_admin(tenant)) then
+    -- The real caller (these readers are definer functions): a privileged role or a listed
+    -- admin, globally or of `tenant`.
+    if not (entitlements._role_is_privileged(entitlements._outer_role()) or entitlements._is_listed_admin(tenant)) then
         raise exception 'permission denied: revenue is for entitlements admins, and a tenant''s admins with that tenant'
             using errcode = '42501', hint = 'A tenant admin passes its tenant: mrr(at, currency, tenant).';
     end if;
@@ -98,7 +106,7 @@ $$;
 
 create function entitlements.mrr(at timestamptz default entitlements.now(), currency text default 'usd',
                                  tenant uuid default null)
-returns bigint language plpgsql stable
+returns bigint language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
@@ -153,7 +161,7 @@ returns table (
     reactivated_customers integer,
     logo_churn numeric, gross_mrr_churn numeric, net_mrr_churn numeric, nrr numeric, grr numeric,
     arpa numeric, ltv numeric)
-language plpgsql stable
+language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
@@ -246,11 +254,11 @@ $$;
 -- MRR by tenant (store) at an instant; customers without a tenant under NULL.
 create function entitlements.revenue_by_tenant(at timestamptz default entitlements.now(), currency text default 'usd')
 returns table (tenant_id uuid, mrr bigint, customers integer)
-language plpgsql stable
+language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-    perform entitlements._require_admin('revenue_by_tenant');
+    perform entitlements._require_caller_admin('revenue_by_tenant');
     perform entitlements._finite(at, 'at');
     return query
     select c.tenant_id, sum(m.mrr)::bigint, count(*)::integer
@@ -267,7 +275,7 @@ $$;
 create function entitlements.conversions(
     from_at timestamptz, to_at timestamptz, bucket text default 'month', tenant uuid default null)
 returns table (cohort_start timestamptz, kind text, started integer, converted integer, rate numeric)
-language plpgsql stable
+language plpgsql stable security definer
 set search_path = pg_catalog, pg_temp
 as $$
 declare
