@@ -10,9 +10,11 @@ select id, kind, feature_key, value, expires_at, reason from entitlements.grants
 select name, phase, last_error from entitlements.server_records where customer_id = :q order by created_at;
 select o.kind, o.created_at, (select string_agg(d.channel || ': ' || d.status, ', ' order by d.id) from entitlements.deliveries d
   where d.event_id = o.id) from entitlements.outbox o where o.customer_id = :q order by o.id desc limit 20;
-select at, actor, actor_role, action, table_name, reason from entitlements.audit_log
- where (table_name = 'entitlements.customers' and row_key = :q::text)
-    or coalesce(new_values ->> 'customer_id', old_values ->> 'customer_id') = :q::text
+select at, actor, actor_role, action, table_name, reason from (
+    select id, at, actor, actor_role, action, table_name, reason from entitlements.audit_log
+     where (table_name = 'entitlements.customers' and row_key = :q::text)
+        or coalesce(new_values ->> 'customer_id', old_values ->> 'customer_id') = :q::text
+    offset 0) trail
  order by id desc limit 50;
 select key, name from entitlements.plans where active order by position, key;
 select key, kind from entitlements.features order by key;

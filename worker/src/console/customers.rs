@@ -165,9 +165,13 @@ pub async fn detail(
     .fetch_all(&mut *tx)
     .await?;
     let audit: Vec<Audit> = sqlx::query_as(
-        "select at, actor, actor_role, action, table_name, reason from entitlements.audit_log
-          where (table_name = 'entitlements.customers' and row_key = $1::text)
-             or coalesce(new_values ->> 'customer_id', old_values ->> 'customer_id') = $1::text
+        // The customer's rows first, by their indexes (offset 0 keeps the planner from walking
+        // the whole log backwards by id to find the newest 50), then the newest of those.
+        "select at, actor, actor_role, action, table_name, reason from (
+            select id, at, actor, actor_role, action, table_name, reason from entitlements.audit_log
+             where (table_name = 'entitlements.customers' and row_key = $1::text)
+                or coalesce(new_values ->> 'customer_id', old_values ->> 'customer_id') = $1::text
+            offset 0) trail
           order by id desc limit 50",
     )
     .bind(id)
