@@ -2,12 +2,26 @@
 # Start/stop a private PostgreSQL 15 cluster owned by the `postgres` user.
 #   scripts/cluster.sh start DATADIR PORT   (initdb on first use; reuses an existing cluster)
 #   scripts/cluster.sh stop  DATADIR
+#   scripts/cluster.sh replica DATADIR PORT PRIMARY_PORT   (a streaming hot standby of the
+#       cluster on PRIMARY_PORT: pg_basebackup -R on first use, then started like any other)
 set -euo pipefail
 BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 cmd=${1:?start|stop}; dir=${2:?data directory}
 as_pg() { if [ "$(id -un)" = postgres ]; then "$@"; else sudo -u postgres "$@"; fi; }
 
 case "$cmd" in
+replica)
+    port=${3:?port}; primary=${4:?primary port}
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        mkdir -p "$dir"
+        chown postgres:postgres "$dir" 2>/dev/null || true
+        chmod 700 "$dir"
+        as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir" -R -X stream -c fast
+        # The primary's log came along in the copy.
+        as_pg truncate -s 0 "$dir/server.log" 2>/dev/null || true
+    fi
+    exec "$0" start "$dir" "$port"
+    ;;
 start)
     port=${3:?port}
     mkdir -p "$dir"

@@ -1330,6 +1330,9 @@ declare
     v_thresholds numeric[];
     v_crossed  jsonb := '[]'::jsonb;
 begin
+    if p_mode <> 'check' then
+        perform entitlements._require_primary(case p_mode when 'try' then 'try_consume' else 'consume' end);
+    end if;
     perform entitlements._meter_check_input(p_customer, p_feature, p_amount, p_mode);
     select f.thresholds into v_thresholds from entitlements.features f where f.key = p_feature;
     if p_key is not null and p_mode <> 'check' then
@@ -5701,6 +5704,7 @@ declare
     v_held  bigint[];
     v_key   bigint;
 begin
+    perform entitlements._require_primary('acquire');
     v_limit := entitlements._concurrency_limit(customer, feature);
     if not entitlements._may_meter(customer) then
         perform entitlements._note_permission_refused('acquire ' || feature);
@@ -7576,6 +7580,33 @@ as $$
     end
 $$;
 -- END copy of sql/catalog/document.sql
+
+-- BEGIN copy of sql/scaleout/replicas.sql
+-- Read replicas. A streaming hot standby answers every check (has_feature, entitlements(),
+-- check, the access-token hook) from its replayed copy: the per-backend cache is keyed by
+-- entitlements.cache_version, which replays with the commit that moved it, so a change is
+-- seen on a replica by the first statement after the replica has replayed that commit.
+-- Counting and slots are the primary's alone: a slot taken on a replica (an advisory lock
+-- there) would not count against the primary's, so acquire refuses instead of answering.
+-- Every other write fails with PostgreSQL's own 25006 naming the statement.
+
+create function entitlements._require_primary(verb text)
+returns void language plpgsql stable
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if pg_is_in_recovery() then
+        raise exception '% cannot run on a read replica: this server is a hot standby', verb
+            using errcode = '25006',
+                  detail = 'Usage counts and concurrency slots are kept by the primary only.',
+                  hint = 'Send consume, try_consume, acquire and every change to the primary; '
+                         'has_feature, entitlements() and check answer on replicas.';
+    end if;
+end
+$$;
+comment on function entitlements._require_primary(text) is
+    'Refuse (25006) a counting verb on a hot standby, naming it.';
+-- END copy of sql/scaleout/replicas.sql
 
 -- Privileges (sql/security/privileges.sql) -----------------------------------------------------
 -- 0.1.0 granted the tables to PUBLIC and the access-token hook to service_role; 0.2.0

@@ -125,6 +125,7 @@ extension_sql_file!("../../sql/privacy/erasure.sql", name = "privacy_erasure", r
 extension_sql_file!("../../sql/console/tokens.sql", name = "console_tokens", requires = ["privacy_erasure"]);
 extension_sql_file!("../../sql/console/search.sql", name = "console_search", requires = ["console_tokens"]);
 extension_sql_file!("../../sql/catalog/document.sql", name = "catalog_document", requires = ["console_search"]);
+extension_sql_file!("../../sql/scaleout/replicas.sql", name = "replicas", requires = ["catalog_document"]);
 extension_sql_file!("../../sql/security/privileges.sql", name = "privileges", finalize);
 
 /// Hooks for `cargo pgrx test`.

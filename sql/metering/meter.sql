@@ -422,6 +422,9 @@ declare
     v_thresholds numeric[];
     v_crossed  jsonb := '[]'::jsonb;
 begin
+    if p_mode <> 'check' then
+        perform entitlements._require_primary(case p_mode when 'try' then 'try_consume' else 'consume' end);
+    end if;
     perform entitlements._meter_check_input(p_customer, p_feature, p_amount, p_mode);
     select f.thresholds into v_thresholds from entitlements.features f where f.key = p_feature;
     if p_key is not null and p_mode <> 'check' then

@@ -39,6 +39,7 @@ declare
     v_held  bigint[];
     v_key   bigint;
 begin
+    perform entitlements._require_primary('acquire');
     v_limit := entitlements._concurrency_limit(customer, feature);
     if not entitlements._may_meter(customer) then
         perform entitlements._note_permission_refused('acquire ' || feature);

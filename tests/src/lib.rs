@@ -16,6 +16,7 @@
 //! - [`SmtpServer`]: PyPI aiosmtpd on a free port, every message it is given parsed and kept.
 //! - [`WebhookReceiver`]: an app's webhook endpoint that verifies Standard Webhooks signatures
 //!   (hmac/sha2/base64 here, independently of the worker) and answers as scripted.
+//! - [`Replica`]: a streaming hot standby of the test cluster (pg_basebackup), on a free port.
 //! - [`browser::Browser`]: headless chromium through chromium-driver (fantoccini), screenshots
 //!   in tests/screenshots/.
 //! - [`eventually`], [`TestDb::wait_until`], [`race`]: waiting for a condition with a bound,
@@ -25,6 +26,7 @@ mod db;
 mod http;
 pub mod kube_fake;
 mod localstripe;
+mod replica;
 mod smtp;
 pub mod stripe;
 mod wait;
@@ -35,6 +37,7 @@ pub use db::{admin_url, demo_catalog, has_feature, sqlstate, subscribe, TestDb, 
 pub use http::{free_addr, free_port, get_json, http_get, FakeHttp, Request};
 pub use kube_fake::{Calls, Fault, FaultKind, FieldManager, KubeFake, RequestRecord};
 pub use localstripe::LocalStripe;
+pub use replica::Replica;
 pub use smtp::{Message, SmtpServer};
 pub use wait::{eventually, race, WAIT};
 pub use webhooks::{Answer, Received, WebhookReceiver};

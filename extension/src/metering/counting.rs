@@ -254,6 +254,11 @@ struct Outcome {
 
 /// None: not the common case, let `_meter` decide.
 fn fast_path(customer: Uuid, feature: &str, amount: &AnyNumeric) -> Result<Option<Usage>> {
+    // A hot standby counts nothing: `_meter` refuses there with 25006 (sql/scaleout/replicas.sql).
+    // SAFETY: a read of shared recovery state, valid in any backend.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        return Ok(None);
+    }
     if !f64::try_from(amount.clone()).is_ok_and(|a| a > 0.0 && a <= crate::catalog::MAX_NUMBER) {
         return Ok(None);
     }
