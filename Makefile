@@ -8,7 +8,7 @@ PGDATA ?= $(CURDIR)/.pgdata
 PGPORT ?= 54329
 export PGDATA PGPORT
 
-.PHONY: setup install run test bench check clean
+.PHONY: setup install run test test-citus bench check clean
 
 setup:
 	@scripts/setup.sh
@@ -25,6 +25,10 @@ run: install
 
 test: install
 	@scripts/test.sh
+
+# The Citus tier alone (also the last tier of `make test`): scripts/test_citus.sh.
+test-citus: install
+	@scripts/test_citus.sh
 
 bench: install
 	@bench/run.sh

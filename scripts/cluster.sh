@@ -2,6 +2,7 @@
 # Start/stop a private PostgreSQL 15 cluster owned by the `postgres` user.
 #   scripts/cluster.sh start DATADIR PORT   (initdb on first use; reuses an existing cluster)
 #   scripts/cluster.sh stop  DATADIR
+#   PG_EXTRA_OPTS adds server options ("-c name=value ..."), e.g. Citus's preload (scripts/citus.sh).
 #   scripts/cluster.sh replica DATADIR PORT PRIMARY_PORT   (a streaming hot standby of the
 #       cluster on PRIMARY_PORT: pg_basebackup -R on first use, then started like any other)
 set -euo pipefail
@@ -35,7 +36,7 @@ start)
         exit 0
     fi
     if ! as_pg "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start \
-        -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_worker_processes=16 -c shared_buffers=256MB -c fsync=${PG_FSYNC:-on}" >/dev/null; then
+        -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c max_worker_processes=16 -c shared_buffers=256MB -c fsync=${PG_FSYNC:-on} ${PG_EXTRA_OPTS:-}" >/dev/null; then
         # Say why (a port in use, memory), before a caller's cleanup removes the log.
         echo "cluster in $dir did not start on port $port; its log ends:" >&2
         tail -n 20 "$dir/server.log" >&2 || true

@@ -6,6 +6,7 @@
 #     plpgsql_check, the privileges allow-list, dump/restore and the upgrade from 0.1.0
 #  3. integration tests in tests/ (cargo test) against the same cluster
 #  4. the worker's Kubernetes manifests against the real schemas
+#  5. the Citus tier: the contract tests on a coordinator and two workers (scripts/test_citus.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${TEST_PGPORT:-54339}
@@ -63,4 +64,7 @@ ENTITLEMENTS_TEST_ADMIN_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
     cargo test --release -p integration-tests -- --test-threads=2
 echo "== Kubernetes manifests (kubernetes-validate, Kubernetes 1.32 schemas)"
 kubernetes-validate --strict -k 1.32 deploy/kubernetes/*.yaml
+echo "== Citus tier"
+scripts/cluster.sh stop "$DATA"
+scripts/test_citus.sh
 echo "== all tests passed"

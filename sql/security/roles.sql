@@ -19,10 +19,18 @@
 do $$
 begin
     if not exists (select 1 from pg_catalog.pg_roles where rolname = 'entitlements_api') then
-        create role entitlements_api nologin;
+        begin
+            create role entitlements_api nologin;
+        exception when unique_violation or duplicate_object then
+            null;  -- created at the same moment by an install into another database
+        end;
     end if;
     if not exists (select 1 from pg_catalog.pg_roles where rolname = 'entitlements_admin') then
-        create role entitlements_admin nologin;
+        begin
+            create role entitlements_admin nologin;
+        exception when unique_violation or duplicate_object then
+            null;  -- created at the same moment by an install into another database
+        end;
     end if;
 end
 $$;

@@ -52,6 +52,10 @@ impl TestDb {
             None => admin.clone(),
         };
         let pool = PgPoolOptions::new().max_connections(60).connect_with(opts).await.unwrap();
+        let workers = citus_workers();
+        if !workers.is_empty() {
+            citus_database(&pool, &name, &workers).await;
+        }
         sqlx::query("create extension pg_entitlements").execute(&pool).await.unwrap();
         sqlx::query("select entitlements.apply_catalog($1)").bind(demo_catalog()).execute(&pool).await.unwrap();
         TestDb { name, url, pool }
@@ -142,10 +146,54 @@ impl Drop for TestDb {
             rt.block_on(async {
                 let mut conn = PgConnection::connect(&admin_url()).await.expect("connect to the test cluster");
                 drop_database(&mut conn, &name).await;
+                for worker in citus_workers() {
+                    let mut conn = PgConnection::connect(&worker_url(&worker, "postgres")).await.expect("connect to a worker");
+                    drop_database(&mut conn, &name).await;
+                }
             })
         })
         .join();
         assert!(dropped.is_ok(), "dropping the test database {} failed", self.name);
+    }
+}
+
+/// The Citus workers beside the coordinator at ENTITLEMENTS_TEST_ADMIN_URL, when the tests run
+/// on a Citus cluster (scripts/test_citus.sh): `host:port,host:port`.
+fn citus_workers() -> Vec<String> {
+    std::env::var("ENTITLEMENTS_TEST_CITUS_WORKERS")
+        .map(|v| v.split(',').map(str::trim).filter(|w| !w.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn worker_url(worker: &str, database: &str) -> String {
+    format!("postgres://postgres@{worker}/{database}")
+}
+
+/// A Citus database: the same database on every worker, citus in each, the workers in the
+/// coordinator's metadata. `create extension pg_entitlements` then reaches every node.
+async fn citus_database(coordinator: &PgPool, name: &str, workers: &[String]) {
+    for worker in workers {
+        let mut conn = PgConnection::connect(&worker_url(worker, "postgres")).await.expect("connect to a worker");
+        drop_database(&mut conn, name).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut conn).await.unwrap();
+        let mut conn = PgConnection::connect(&worker_url(worker, name)).await.expect("connect to a worker");
+        sqlx::query("create extension citus").execute(&mut conn).await.unwrap();
+    }
+    sqlx::query("create extension citus").execute(coordinator).await.unwrap();
+    let coordinator_port = PgConnectOptions::from_str(&admin_url()).unwrap().get_port();
+    sqlx::query("select citus_set_coordinator_host('127.0.0.1', $1)")
+        .bind(i32::from(coordinator_port))
+        .execute(coordinator)
+        .await
+        .unwrap();
+    for worker in workers {
+        let (host, port) = worker.rsplit_once(':').expect("a worker is host:port");
+        sqlx::query("select citus_add_node($1, $2)")
+            .bind(host)
+            .bind(port.parse::<i32>().expect("a worker's port"))
+            .execute(coordinator)
+            .await
+            .unwrap();
     }
 }
 
