@@ -147,7 +147,8 @@ impl Drop for TestDb {
                 let mut conn = PgConnection::connect(&admin_url()).await.expect("connect to the test cluster");
                 drop_database(&mut conn, &name).await;
                 for worker in citus_workers() {
-                    let mut conn = PgConnection::connect(&worker_url(&worker, "postgres")).await.expect("connect to a worker");
+                    let mut conn =
+                        PgConnection::connect(&worker_url(&worker, "postgres")).await.expect("connect to a worker");
                     drop_database(&mut conn, &name).await;
                 }
             })
