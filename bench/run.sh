@@ -8,12 +8,14 @@ RUNS=${BENCH_RUNS:-7}
 BASE_RUNS=${BENCH_BASE_RUNS:-3}
 PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres)
 # Which parts to run (all by default), e.g. BENCH_PARTS=metering; the setup always runs.
-PARTS=" ${BENCH_PARTS:-has_feature metering cache webhooks provisioning revenue monitoring console} "
+PARTS=" ${BENCH_PARTS:-has_feature replica metering cache webhooks provisioning revenue monitoring console} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 
+REPLICA_DATA="$DATA-replica"
+scripts/cluster.sh stop "$REPLICA_DATA"
 scripts/cluster.sh stop "$DATA"
-rm -rf "$DATA"
-trap 'scripts/cluster.sh stop "$DATA"' EXIT
+rm -rf "$DATA" "$REPLICA_DATA"
+trap 'scripts/cluster.sh stop "$REPLICA_DATA"; scripts/cluster.sh stop "$DATA"' EXIT
 scripts/cluster.sh start "$DATA" "$PORT"
 "${PSQL[@]}" -d postgres -c "create database bench"
 "${PSQL[@]}" -d bench -c "create extension pg_entitlements" \
@@ -34,9 +36,10 @@ echo "customers x features where the extension and the PL/pgSQL baseline disagre
 
 # Median wall time (ms) of a query run N times in one session as bench_reader, after one warm-up.
 median_ms() {
-    local query=$1 n=$2
+    local query=$1 n=$2 port=${3:-$PORT}
     { echo "set role bench_reader;"; echo "$query;"; echo "\\timing on"; for _ in $(seq "$n"); do echo "$query;"; done; } |
-        "${PSQL[@]}" -d bench -At | awk '/^Time:/ {print $2}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+        psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench -At |
+        awk '/^Time:/ {print $2}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
 }
 rows() { "${PSQL[@]}" -d bench -At -c "set role bench_reader" -c "select count(*) from bench.$1"; }
 
@@ -55,6 +58,38 @@ awk -v o="$open_ms" -v e="$ext_ms" -v b="$base_ms" 'BEGIN {
     printf "%-34s %10.1f %14.3f %16.3f\n", "PL/pgSQL baseline", b, b * 1000 / r, (b - o) * 1000 / r
     printf "ratio (baseline / extension): %.0fx per row overall, %.0fx net of the scan\n", b / e, (b - o) / (e - o)
 }'
+fi
+
+# --- Checks on a read replica: the same RLS scan on the primary and on a hot standby -------
+if part replica; then
+echo "== has_feature per row on a streaming hot standby beside its primary (200,000 rows)"
+REPLICA_PORT=$((PORT + 1))
+scripts/cluster.sh replica "$REPLICA_DATA" "$REPLICA_PORT" "$PORT" >/dev/null
+lsn=$("${PSQL[@]}" -d bench -At -c "select pg_current_wal_lsn()")
+for _ in $(seq 600); do
+    caught=$(psql -X -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -d bench -At \
+        -c "select coalesce(pg_last_wal_replay_lsn() >= '$lsn', false)" 2>/dev/null || echo f)
+    [ "$caught" = t ] && break
+    sleep 0.1
+done
+[ "$caught" = t ] || { echo "FAIL: the replica did not replay $lsn within a minute" >&2; exit 1; }
+n_rep=$(psql -X -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -d bench -At -c "set role bench_reader" \
+    -c "select count(*) from bench.docs_ext")
+n_pri=$(rows docs_ext)
+echo "rows visible: primary $n_pri, replica $n_rep"
+[ "$n_rep" = "$n_pri" ] || { echo "FAIL: the replica answers differently" >&2; exit 1; }
+pri_open=$(median_ms "select count(*) from bench.docs_open" "$RUNS")
+pri_ext=$(median_ms "select count(*) from bench.docs_ext" "$RUNS")
+rep_open=$(median_ms "select count(*) from bench.docs_open" "$RUNS" "$REPLICA_PORT")
+rep_ext=$(median_ms "select count(*) from bench.docs_ext" "$RUNS" "$REPLICA_PORT")
+awk -v po="$pri_open" -v pe="$pri_ext" -v ro="$rep_open" -v re="$rep_ext" 'BEGIN {
+    r = 200000
+    printf "%-10s %14s %18s %18s\n", "server", "scan only ms", "has_feature ms", "us/row (net)"
+    printf "%-10s %14.1f %18.1f %18.3f\n", "primary", po, pe, (pe - po) * 1000 / r
+    printf "%-10s %14.1f %18.1f %18.3f\n", "replica", ro, re, (re - ro) * 1000 / r
+    printf "ratio (replica / primary): %.2fx overall, %.2fx net of the scan\n", re / pe, (re - ro) / (pe - po)
+}'
+scripts/cluster.sh stop "$REPLICA_DATA"
 fi
 
 # --- Metering: consume() against the hand-written counter, same clients, same run ---------

@@ -21,6 +21,10 @@ replica)
         # The primary's log came along in the copy.
         as_pg truncate -s 0 "$dir/server.log" 2>/dev/null || true
     fi
+    if [ ! -f "$dir/standby.signal" ]; then
+        echo "$dir holds a cluster that is not a standby: refusing to start it as a replica" >&2
+        exit 1
+    fi
     exec "$0" start "$dir" "$port"
     ;;
 start)
@@ -49,5 +53,5 @@ stop)
         as_pg "$BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
     fi
     ;;
-*) echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2 ;;
+*) echo "usage: $0 start DIR PORT | stop DIR | replica DIR PORT PRIMARY_PORT" >&2; exit 2 ;;
 esac

@@ -1425,6 +1425,7 @@ as $$
 declare
     v_limit float8;
 begin
+    perform entitlements._require_primary('slots_in_use');
     v_limit := entitlements._concurrency_limit(customer, feature);
     if not entitlements._may_meter(customer) then
         raise exception 'permission denied' using errcode = '42501';
@@ -7595,15 +7596,17 @@ $$;
 -- entitlements.cache_version, which replays with the commit that moved it, so a change is
 -- seen on a replica by the first statement after the replica has replayed that commit.
 -- Counting and slots are the primary's alone: a slot taken on a replica (an advisory lock
--- there) would not count against the primary's, so acquire refuses instead of answering.
+-- there) would not count against the primary's, and a replica sees none of the primary's
+-- slots, so acquire and slots_in_use refuse instead of answering.
 -- Every other write fails with PostgreSQL's own 25006 naming the statement.
 
+-- No SET clause (a SET costs every call of _meter and acquire a GUC save and restore): the
+-- one name it uses is qualified.
 create function entitlements._require_primary(verb text)
 returns void language plpgsql stable
-set search_path = pg_catalog, pg_temp
 as $$
 begin
-    if pg_is_in_recovery() then
+    if pg_catalog.pg_is_in_recovery() then
         raise exception '% cannot run on a read replica: this server is a hot standby', verb
             using errcode = '25006',
                   detail = 'Usage counts and concurrency slots are kept by the primary only.',

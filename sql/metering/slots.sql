@@ -73,6 +73,7 @@ as $$
 declare
     v_limit float8;
 begin
+    perform entitlements._require_primary('slots_in_use');
     v_limit := entitlements._concurrency_limit(customer, feature);
     if not entitlements._may_meter(customer) then
         raise exception 'permission denied' using errcode = '42501';

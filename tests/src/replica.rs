@@ -1,12 +1,16 @@
 //! A streaming hot standby of the test cluster: `scripts/cluster.sh replica` takes a base
-//! backup of the cluster at ENTITLEMENTS_TEST_ADMIN_URL and starts it on a free port. Stopped
-//! and removed on drop.
+//! backup of the cluster at ENTITLEMENTS_TEST_ADMIN_URL (on this machine, as the `postgres`
+//! user) and starts it on a free port. Stopped and removed on drop; after a failure its data
+//! is kept to look at, until a later run removes it.
+//!
+//! The base backup copies every database of the cluster, so no other test may drop a database
+//! while it runs: cargo runs test binaries one at a time, and tests/read_replica.rs holds one test.
 use crate::db::admin_url;
 use crate::http::free_port;
 use crate::wait::WAIT;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -16,31 +20,46 @@ pub struct Replica {
     pub port: u16,
 }
 
-fn cluster_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh")
+fn cluster(args: &[&str]) -> std::process::Output {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster.sh");
+    Command::new(script).args(args).output().expect("run scripts/cluster.sh")
+}
+
+const PREFIX: &str = "/tmp/pg_entitlements-replica-";
+
+/// Replicas left by earlier runs whose process is gone.
+fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = path.to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PREFIX).and_then(|rest| rest.rsplit('-').next()) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+            cluster(&["stop", &name]);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 impl Replica {
     /// Base backup and start; returns once the standby accepts connections.
     pub fn start(name: &str) -> Replica {
-        let primary = PgConnectOptions::from_str(&admin_url()).expect("admin url").get_port();
-        let port = free_port();
-        let dir = PathBuf::from(format!("/tmp/pg_entitlements-replica-{name}-{}", std::process::id()));
+        remove_leftovers();
+        let primary = PgConnectOptions::from_str(&admin_url()).expect("admin url").get_port().to_string();
+        let dir = PathBuf::from(format!("{PREFIX}{name}-{}", std::process::id()));
+        cluster(&["stop", &dir.to_string_lossy()]);
         let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(cluster_script())
-            .arg("replica")
-            .arg(&dir)
-            .arg(port.to_string())
-            .arg(primary.to_string())
-            .output()
-            .expect("run scripts/cluster.sh replica");
-        assert!(
-            out.status.success(),
-            "the replica did not start: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Replica { dir, port }
+        // A free port can be taken between asking and binding: try a few.
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let out = cluster(&["replica", &dir.to_string_lossy(), &port.to_string(), &primary]);
+            if out.status.success() {
+                return Replica { dir, port };
+            }
+            last = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        panic!("the replica did not start: {last}");
     }
 
     /// The same database on the replica.
@@ -70,7 +89,7 @@ impl Replica {
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        let _ = Command::new(cluster_script()).arg("stop").arg(&self.dir).status();
+        cluster(&["stop", &self.dir.to_string_lossy()]);
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
