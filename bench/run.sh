@@ -24,6 +24,15 @@ scripts/cluster.sh start "$DATA" "$PORT"
 "${PSQL[@]}" -d bench -f bench/has_feature/baseline.sql >/dev/null
 "${PSQL[@]}" -d bench -f bench/has_feature/rls.sql >/dev/null
 
+# Median wall time (ms) of a query run N times in one session as bench_reader, after one warm-up.
+median_ms() {
+    local query=$1 n=$2 port=${3:-$PORT}
+    { echo "set role bench_reader;"; echo "$query;"; echo "\\timing on"; for _ in $(seq "$n"); do echo "$query;"; done; } |
+        psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench -At |
+        awk '/^Time:/ {print $2}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
+}
+rows() { "${PSQL[@]}" -d bench -At -c "set role bench_reader" -c "select count(*) from bench.$1"; }
+
 if part has_feature; then
 echo "== has_feature: identical answers"
 diff=$("${PSQL[@]}" -d bench -At -c "
@@ -34,14 +43,6 @@ diff=$("${PSQL[@]}" -d bench -At -c "
 echo "customers x features where the extension and the PL/pgSQL baseline disagree: $diff"
 [ "$diff" = 0 ] || { echo "FAIL: answers differ" >&2; exit 1; }
 
-# Median wall time (ms) of a query run N times in one session as bench_reader, after one warm-up.
-median_ms() {
-    local query=$1 n=$2 port=${3:-$PORT}
-    { echo "set role bench_reader;"; echo "$query;"; echo "\\timing on"; for _ in $(seq "$n"); do echo "$query;"; done; } |
-        psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench -At |
-        awk '/^Time:/ {print $2}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'
-}
-rows() { "${PSQL[@]}" -d bench -At -c "set role bench_reader" -c "select count(*) from bench.$1"; }
 
 echo "== has_feature per row from an RLS policy, 200,000 rows, 1,000 customers"
 n_ext=$(rows docs_ext); n_base=$(rows docs_plpgsql)
@@ -63,7 +64,7 @@ fi
 # --- Checks on a read replica: the same RLS scan on the primary and on a hot standby -------
 if part replica; then
 echo "== has_feature per row on a streaming hot standby beside its primary (200,000 rows)"
-REPLICA_PORT=$((PORT + 1))
+REPLICA_PORT=${BENCH_REPLICA_PGPORT:-$((PORT - 1))}
 scripts/cluster.sh replica "$REPLICA_DATA" "$REPLICA_PORT" "$PORT" >/dev/null
 lsn=$("${PSQL[@]}" -d bench -At -c "select pg_current_wal_lsn()")
 for _ in $(seq 600); do
@@ -73,7 +74,7 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 [ "$caught" = t ] || { echo "FAIL: the replica did not replay $lsn within a minute" >&2; exit 1; }
-n_rep=$(psql -X -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -d bench -At -c "set role bench_reader" \
+n_rep=$(psql -X -q -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres -d bench -At -c "set role bench_reader" \
     -c "select count(*) from bench.docs_ext")
 n_pri=$(rows docs_ext)
 echo "rows visible: primary $n_pri, replica $n_rep"
