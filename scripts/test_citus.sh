@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The Citus tier (the last tier of `make test`; alone: `make test-citus`): Citus 13.2.2
+# The Citus tier (`make test-citus`; not in `make test` yet: once, the coordinator's
+# citus_add_node failed while two test databases were being set up at once, a flake not yet
+# understood, and `make test` must never flake): Citus 13.2.2
 # built from ../shared/citus, a coordinator and two workers on ports PORT, PORT+1, PORT+2, and
 # the contract tests that matter most run against the coordinator unchanged: two-session
 # staleness, 32 racers on one quota, idempotency keys, seats under concurrency, Stripe applies.
@@ -31,5 +33,5 @@ args=()
 for t in "${TESTS[@]}"; do args+=(--test "$t"); done
 ENTITLEMENTS_TEST_ADMIN_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
 ENTITLEMENTS_TEST_CITUS_WORKERS="127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))" \
-    cargo test --release -p integration-tests "${args[@]}" -- --test-threads=2
+    cargo test --release -p integration-tests "${args[@]}" -- --test-threads=1
 echo "== Citus tier passed"
