@@ -18,15 +18,16 @@ citus_source() {
     for d in "${CITUS_SOURCE:-}" "$PWD/../shared/citus" /work/shared/citus; do
         if [ -n "$d" ] && [ -x "$d/build.sh" ]; then echo "$d"; return 0; fi
     done
+    echo "citus: no Citus source (set CITUS_SOURCE to the folder of build.sh)" >&2
     return 1
 }
 
 case "$cmd" in
 source)
-    citus_source || { echo "citus: no Citus source (set CITUS_SOURCE to the folder of build.sh)" >&2; exit 1; }
+    citus_source
     ;;
 install)
-    src=$(citus_source) || { echo "citus: no Citus source (set CITUS_SOURCE to the folder of build.sh)" >&2; exit 1; }
+    src=$(citus_source)
     "$src/build.sh"
     ;;
 start)

@@ -16,15 +16,20 @@ async fn sql(conn: &mut PgConnection, query: &str, customer: Uuid) -> Result<(),
     sqlx::query(sqlx::AssertSqlSafe(query.to_owned())).bind(customer).execute(conn).await.map(|_| ())
 }
 
-/// Rows of the app's table `user` sees through its policy, signed in as PostgREST signs in.
-async fn visible_notes(conn: &mut PgConnection, user: Uuid) -> i64 {
-    let mut tx = conn.begin().await.unwrap();
+/// For the rest of this transaction, `user` signed in the way PostgREST signs a request in.
+async fn sign_in(tx: &mut PgConnection, user: Uuid) {
     sqlx::query("set local role authenticated").execute(&mut *tx).await.unwrap();
     sqlx::query("select set_config('request.jwt.claims', json_build_object('sub', $1::text, 'role', 'authenticated')::text, true)")
         .bind(user)
         .execute(&mut *tx)
         .await
         .unwrap();
+}
+
+/// Rows of the app's table `user` sees through its policy, signed in as PostgREST signs in.
+async fn visible_notes(conn: &mut PgConnection, user: Uuid) -> i64 {
+    let mut tx = conn.begin().await.unwrap();
+    sign_in(&mut tx, user).await;
     let n: i64 = sqlx::query_scalar("select count(*) from notes").fetch_one(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();
     n
@@ -114,12 +119,7 @@ async fn a_hot_standby_answers_checks_and_sees_each_replayed_commit() {
 
     // The signed-in user's own check, as PostgREST runs it on a replica.
     let mut tx = r.begin().await.unwrap();
-    sqlx::query("set local role authenticated").execute(&mut *tx).await.unwrap();
-    sqlx::query("select set_config('request.jwt.claims', json_build_object('sub', $1::text, 'role', 'authenticated')::text, true)")
-        .bind(alice)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+    sign_in(&mut tx, alice).await;
     let own: bool =
         sqlx::query_scalar("select entitlements.has_feature('kb_files')").fetch_one(&mut *tx).await.unwrap();
     let others: i64 = sqlx::query_scalar("select count(*) from entitlements.subscriptions where customer_id <> $1")
